@@ -1,0 +1,86 @@
+import type { ArgsDef } from "citty";
+import { AppError } from "../lib/errors.ts";
+import { type Client, createClient } from "./client.ts";
+
+/** Flags every client command takes. */
+export const clientArgs = {
+  url: {
+    type: "string",
+    description: "Master URL (env KILN_URL; default http://127.0.0.1:7070)",
+    valueHint: "URL",
+  },
+  token: {
+    type: "string",
+    description: "API token (env KILN_TOKEN; default DATA/admin.token on the master's host)",
+    valueHint: "TOKEN",
+  },
+  data: { type: "string", description: "Data dir whose admin.token to use", valueHint: "DIR" },
+  json: { type: "boolean", description: "Print one JSON value instead of text" },
+} as const satisfies ArgsDef;
+
+const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+
+/**
+ * Refuses flags the command does not define (citty accepts anything), so a typo is an error that names
+ * it rather than a silently ignored option.
+ */
+export function checkFlags(ctx: { rawArgs: string[]; cmd: { meta?: unknown } }, args: ArgsDef) {
+  const known = new Set<string>(["help", "h"]);
+  for (const [name, def] of Object.entries(args)) {
+    known.add(name);
+    known.add(kebab(name));
+    const alias = (def as { alias?: string | string[] }).alias;
+    for (const a of Array.isArray(alias) ? alias : alias ? [alias] : []) known.add(a);
+    if ((def as { type?: string }).type === "boolean") known.add(`no-${kebab(name)}`);
+  }
+  for (const raw of ctx.rawArgs) {
+    if (raw === "--") break;
+    if (!raw.startsWith("-") || raw === "-" || /^-\d/.test(raw)) continue;
+    const name = raw.replace(/^--?/, "").split("=")[0]!;
+    const names = raw.startsWith("--") ? [name] : name.split("");
+    for (const n of names) {
+      const cmd = (ctx.cmd.meta as { name?: string } | undefined)?.name ?? "";
+      if (!known.has(n))
+        throw new AppError(
+          "USAGE",
+          `unknown flag ${raw.startsWith("--") ? "--" : "-"}${n}: see \`kiln ${cmd} --help\``,
+        );
+    }
+  }
+}
+
+export function clientOf(args: { url?: string; token?: string; data?: string }): Client {
+  return createClient({ url: args.url, token: args.token, data: args.data });
+}
+
+/** Prints `value` as JSON when --json was given, else the human text. */
+export function print(json: boolean | undefined, value: unknown, human: () => string) {
+  if (json) process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  else {
+    const text = human();
+    if (text) process.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
+  }
+}
+
+/** Lays out rows as aligned columns. */
+export function table(head: string[], rows: (string | number | null)[][]): string {
+  const cells = [head, ...rows.map((r) => r.map((c) => (c === null ? "-" : String(c))))];
+  const widths = head.map((_, i) => Math.max(...cells.map((r) => r[i]!.length)));
+  return cells
+    .map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join("  "))
+    .join("\n");
+}
+
+/** Parses a positional job id or throws a usage error. */
+export function jobIdArg(text: string | undefined): number {
+  if (!text) throw new AppError("USAGE", "a job id is required: see `kiln jobs`");
+  if (!/^\d{1,15}$/.test(text))
+    throw new AppError("USAGE", `"${text}" is not a job id: job ids are numbers, see \`kiln jobs\``);
+  return Number(text);
+}
+
+/** Collects a repeatable string flag (citty gives a string for one use and an array for several). */
+export function many(v: unknown): string[] {
+  if (v === undefined || v === null || v === false) return [];
+  return (Array.isArray(v) ? v : [v]).map(String);
+}

@@ -1,0 +1,171 @@
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { defineCommand } from "citty";
+import { loadConfig, type Overrides } from "../config/load.ts";
+import { dataDir } from "../config/paths.ts";
+import type { Config } from "../config/schema.ts";
+import { AppError, coerceError } from "../lib/errors.ts";
+import { logger, setupLogging } from "../lib/log.ts";
+import { checkFlags } from "./common.ts";
+
+const common = {
+  config: { type: "string", description: "TOML config file (see appliance/kiln.toml)", valueHint: "FILE" },
+  data: { type: "string", description: "Data dir (default /var/lib/kiln as root)", valueHint: "DIR" },
+  "log-format": {
+    type: "string",
+    description: "human or json (default: human on a terminal)",
+    valueHint: "FORMAT",
+  },
+  "log-level": { type: "string", description: "error, warn, info, debug or trace", valueHint: "LEVEL" },
+  n: {
+    type: "boolean",
+    description: "Debug mode: foreground, debug logs, job output echoed to the terminal",
+  },
+} as const;
+const masterFlags = {
+  listen: {
+    type: "string",
+    description: "HOST:PORT for the API and worker websocket (default 127.0.0.1:7070)",
+    valueHint: "HOST:PORT",
+  },
+  db: {
+    type: "string",
+    description: "libSQL URL (default: an embedded file in the data dir)",
+    valueHint: "URL",
+  },
+} as const;
+const workerFlags = {
+  master: { type: "string", description: "Master URL (default http://127.0.0.1:7070)", valueHint: "URL" },
+  name: { type: "string", description: "Worker name (default: the host name)", valueHint: "NAME" },
+  channels: {
+    type: "string",
+    description: "Channels served, comma-separated (default: default)",
+    valueHint: "A,B",
+  },
+  capacity: { type: "string", description: "Number of slots (jobs at once)", valueHint: "N" },
+  join: {
+    type: "string",
+    description: "Worker token from `kiln token create --role worker`",
+    valueHint: "TOKEN",
+  },
+} as const;
+
+type Args = Record<string, string | boolean | undefined>;
+
+/** Resolves config (defaults < file < env < flags), sets up logging and the data dir. */
+function setup(a: Args): { cfg: Config; data: string } {
+  const flags: Overrides = {
+    node: { data: a.data as string | undefined },
+    log: { format: a["log-format"] as never, level: (a.n ? "debug" : a["log-level"]) as never },
+    master: { listen: a.listen as string | undefined, db: a.db as string | undefined },
+    worker: {
+      master: a.master as string | undefined,
+      name: a.name as string | undefined,
+      channels: a.channels as never,
+      capacity: a.capacity as never,
+      join: a.join as string | undefined,
+    },
+  };
+  const cfg = loadConfig({ file: a.config as string | undefined, flags });
+  setupLogging(cfg.log.format as never, cfg.log.level as never);
+  const data = dataDir(cfg);
+  mkdirSync(data, { recursive: true, mode: 0o700 });
+  // The embedded libSQL addon is extracted to BUN_TMPDIR at first use; /tmp is often noexec on servers.
+  if (!process.env.BUN_TMPDIR) {
+    const tmp = join(data, "tmp");
+    mkdirSync(tmp, { recursive: true, mode: 0o700 });
+    process.env.BUN_TMPDIR = tmp;
+  }
+  return { cfg, data };
+}
+
+/** Runs a role until SIGINT/SIGTERM, then stops it cleanly; exits non-zero if a loop died. */
+async function serve(name: string, parts: { stop(): Promise<void>; done: Promise<void> }[]) {
+  const log = logger(name);
+  let stopping = false;
+  const stop = async (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info(`${sig}: stopping`);
+    await Promise.allSettled(parts.map((p) => p.stop()));
+    process.exit(0);
+  };
+  process.on("SIGINT", () => void stop("SIGINT"));
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  try {
+    await Promise.all(parts.map((p) => p.done));
+  } catch (err) {
+    log.error(`stopped: ${coerceError(err).message}`);
+    process.exit(1);
+  }
+  if (!stopping) {
+    log.error("a background loop stopped unexpectedly");
+    process.exit(1);
+  }
+}
+
+async function workerToken(cfg: Config, data: string, masterUrl?: string): Promise<string> {
+  if (cfg.worker.join) return cfg.worker.join;
+  const { resolveToken } = await import("./client.ts");
+  const t = resolveToken({ data });
+  if (!t) {
+    throw new AppError(
+      "USAGE",
+      `no token to join ${masterUrl ?? cfg.worker.master}: pass --join TOKEN (from \`kiln token create --role worker\`)`,
+    );
+  }
+  return t;
+}
+
+async function runner(cfg: Config) {
+  const { createProcessRunner } = await import("../worker/process-runner.ts");
+  if (cfg.worker.runner === "sandbox")
+    throw new AppError("CONFIG_INVALID", "worker.runner = sandbox is not available in this build");
+  return createProcessRunner();
+}
+
+export const master = defineCommand({
+  meta: { name: "master", description: "Run the control plane: queue, dispatch, API, worker websocket" },
+  args: { ...common, ...masterFlags },
+  async run(ctx) {
+    checkFlags(ctx, { ...common, ...masterFlags });
+    const { cfg, data } = setup(ctx.args as Args);
+    const { startMaster } = await import("../master/index.ts");
+    const m = await startMaster(cfg, data);
+    await serve("master", [m]);
+  },
+});
+
+export const worker = defineCommand({
+  meta: { name: "worker", description: "Run jobs for a master: kiln worker --master URL --join TOKEN" },
+  args: { ...common, ...workerFlags },
+  async run(ctx) {
+    checkFlags(ctx, { ...common, ...workerFlags });
+    const { cfg, data } = setup(ctx.args as Args);
+    const { startWorker } = await import("../worker/index.ts");
+    const w = await startWorker({
+      cfg,
+      data,
+      token: await workerToken(cfg, data),
+      runner: await runner(cfg),
+      echo: Boolean(ctx.args.n),
+    });
+    await serve("worker", [w]);
+  },
+});
+
+export const up = defineCommand({
+  meta: { name: "up", description: "Run a master and one local worker in one process" },
+  args: { ...common, ...masterFlags, ...workerFlags },
+  async run(ctx) {
+    checkFlags(ctx, { ...common, ...masterFlags, ...workerFlags });
+    const { cfg, data } = setup(ctx.args as Args);
+    const { startMaster } = await import("../master/index.ts");
+    const { startWorker } = await import("../worker/index.ts");
+    const m = await startMaster(cfg, data);
+    cfg.worker.master = m.url;
+    const token = cfg.worker.join || (await workerToken(cfg, data, m.url));
+    const w = await startWorker({ cfg, data, token, runner: await runner(cfg), echo: Boolean(ctx.args.n) });
+    await serve("up", [w, m]);
+  },
+});

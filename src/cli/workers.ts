@@ -1,0 +1,87 @@
+import { defineCommand } from "citty";
+import { AppError } from "../lib/errors.ts";
+import { checkFlags, clientArgs, clientOf, print, table } from "./common.ts";
+
+interface WorkerView {
+  name: string;
+  arch: string;
+  channels: string[];
+  state: string;
+  holdReason: string | null;
+  capacity: number;
+  busy: number;
+  slots: { name: string; resources: string[]; held: string | null; job: number | null }[];
+  lastSeen: string;
+}
+
+export const workers = defineCommand({
+  meta: { name: "workers", description: "List workers, their slots and why any is held" },
+  args: clientArgs,
+  async run(ctx) {
+    checkFlags(ctx, clientArgs);
+    const rows = await clientOf(ctx.args).request<WorkerView[]>("GET", "/api/v1/workers");
+    print(ctx.args.json, rows, () => {
+      if (rows.length === 0) return "no workers have registered yet";
+      const main = table(
+        ["NAME", "STATE", "ARCH", "CHANNELS", "SLOTS", "LAST SEEN"],
+        rows.map((w) => [
+          w.name,
+          w.state + (w.holdReason ? ` (${w.holdReason})` : ""),
+          w.arch,
+          w.channels.join(","),
+          `${w.busy}/${w.capacity}`,
+          w.lastSeen,
+        ]),
+      );
+      const held = rows.flatMap((w) =>
+        w.slots.filter((s) => s.held).map((s) => `  ${w.name}/${s.name} held: ${s.held}`),
+      );
+      return held.length ? `${main}\n${held.join("\n")}` : main;
+    });
+  },
+});
+
+const workerAction = (
+  name: string,
+  description: string,
+  extra: Record<string, { type: "string"; description: string; valueHint: string }> = {},
+) => {
+  const args = {
+    ...clientArgs,
+    ...extra,
+    worker: { type: "positional", description: "Worker name", required: false },
+  } as const;
+  return defineCommand({
+    meta: { name, description },
+    args,
+    async run(ctx) {
+      checkFlags(ctx, args);
+      const w = ctx.args.worker as string | undefined;
+      if (!w)
+        throw new AppError("USAGE", `a worker name is required: kiln ${name} WORKER (see \`kiln workers\`)`);
+      let body: unknown;
+      if (name === "hold") {
+        const reason = (ctx.args as Record<string, unknown>).reason;
+        if (typeof reason !== "string" || !reason)
+          throw new AppError("USAGE", "kiln hold WORKER --reason TEXT: a reason is required");
+        body = { reason };
+      }
+      const res = await clientOf(ctx.args).request<WorkerView>(
+        "POST",
+        `/api/v1/admin/workers/${encodeURIComponent(w)}/${name}`,
+        body,
+      );
+      print(
+        ctx.args.json,
+        res,
+        () => `${res.name}: ${res.state}${res.holdReason ? ` (${res.holdReason})` : ""}`,
+      );
+    },
+  });
+};
+
+export const drain = workerAction("drain", "Stop giving a worker new jobs; running ones finish");
+export const hold = workerAction("hold", "Hold a worker: no new jobs until released", {
+  reason: { type: "string", description: "Why (shown in kiln workers)", valueHint: "TEXT" },
+});
+export const release = workerAction("release", "Release a held or draining worker");

@@ -1,0 +1,159 @@
+import { readFileSync } from "node:fs";
+import { parse as parseToml } from "smol-toml";
+import { parseDuration } from "../lib/duration.ts";
+import { AppError } from "../lib/errors.ts";
+import { parseSize } from "../lib/size.ts";
+import { type Config, type KeySpec, SCHEMA } from "./schema.ts";
+
+export type Overrides = Partial<{ [S in keyof Config]: Partial<Config[S]> }>;
+
+class ConfigError extends AppError {
+  constructor(message: string) {
+    super("CONFIG_INVALID", message);
+  }
+}
+
+/** Converts one raw value (from TOML, env or a flag) to the key's type, or throws naming key and origin. */
+function coerce(where: string, key: string, spec: KeySpec, raw: unknown): unknown {
+  const fail = (what: string): never => {
+    throw new ConfigError(`${where}: ${key} ${what}`);
+  };
+  const text = typeof raw === "string" ? raw.trim() : undefined;
+  switch (spec.type) {
+    case "string":
+      if (typeof raw !== "string") fail(`must be a string, got ${JSON.stringify(raw)}`);
+      return raw;
+    case "int": {
+      const n =
+        typeof raw === "number"
+          ? raw
+          : text !== undefined && /^-?\d+$/.test(text)
+            ? Number(text)
+            : Number.NaN;
+      if (!Number.isInteger(n)) fail(`must be an integer, got ${JSON.stringify(raw)}`);
+      if (spec.min !== undefined && n < spec.min) fail(`must be at least ${spec.min}, got ${n}`);
+      if (spec.max !== undefined && n > spec.max) fail(`must be at most ${spec.max}, got ${n}`);
+      return n;
+    }
+    case "bool":
+      if (typeof raw === "boolean") return raw;
+      if (text === "true" || text === "1") return true;
+      if (text === "false" || text === "0") return false;
+      return fail(`must be true or false, got ${JSON.stringify(raw)}`);
+    case "duration":
+    case "size": {
+      if (typeof raw !== "string" && typeof raw !== "number")
+        fail(`must be a string like "30s", got ${JSON.stringify(raw)}`);
+      let n = 0;
+      try {
+        n = spec.type === "duration" ? parseDuration(String(raw)) : parseSize(String(raw));
+      } catch (err) {
+        fail((err as Error).message);
+      }
+      if (spec.min !== undefined && n < spec.min) fail(`is too small (minimum ${spec.min})`);
+      return n;
+    }
+    case "list": {
+      const items = Array.isArray(raw) ? raw : text !== undefined ? text.split(",") : fail("must be a list");
+      const out = (items as unknown[]).map((v) =>
+        typeof v === "string" ? v.trim() : fail("must be a list of strings"),
+      );
+      return out.filter((v) => v !== "");
+    }
+    case "enum":
+      if (typeof raw !== "string" || !spec.values!.includes(raw))
+        fail(`must be one of ${spec.values!.join(", ")}, got ${JSON.stringify(raw)}`);
+      return raw;
+    case "listen": {
+      const m = typeof raw === "string" ? /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(raw) : null;
+      if (!m || Number(m[2]) > 65535)
+        fail(`must be HOST:PORT, like 127.0.0.1:7070, got ${JSON.stringify(raw)}`);
+      return raw;
+    }
+  }
+}
+
+function defaults(): Config {
+  const out: Record<string, Record<string, unknown>> = {};
+  for (const [section, keys] of Object.entries(SCHEMA)) {
+    out[section] = {};
+    for (const [key, spec] of Object.entries(keys)) {
+      const d = (spec as KeySpec).default;
+      out[section][key] = Array.isArray(d) ? [...d] : d;
+    }
+  }
+  return out as Config;
+}
+
+/** Applies a parsed TOML document to `cfg`, refusing unknown sections, unknown keys and wrong types. */
+export function applyToml(cfg: Config, doc: Record<string, unknown>, file: string) {
+  const target = cfg as unknown as Record<string, Record<string, unknown>>;
+  for (const [section, body] of Object.entries(doc)) {
+    const keys = (SCHEMA as Record<string, Record<string, KeySpec>>)[section];
+    if (!keys)
+      throw new ConfigError(
+        `${file}: unknown section [${section}] (known: ${Object.keys(SCHEMA).join(", ")})`,
+      );
+    if (typeof body !== "object" || body === null || Array.isArray(body)) {
+      throw new ConfigError(`${file}: ${section} must be a [${section}] table`);
+    }
+    for (const [key, raw] of Object.entries(body)) {
+      const spec = keys[key];
+      if (!spec)
+        throw new ConfigError(
+          `${file}: unknown key ${section}.${key} (known: ${Object.keys(keys).join(", ")})`,
+        );
+      target[section]![key] = coerce(file, `${section}.${key}`, spec, raw);
+    }
+  }
+}
+
+/** Applies KILN_<SECTION>_<KEY> variables; an unknown KILN_<SECTION>_* variable is an error like an unknown key. */
+export function applyEnv(cfg: Config, env: Record<string, string | undefined>) {
+  const target = cfg as unknown as Record<string, Record<string, unknown>>;
+  for (const [name, value] of Object.entries(env)) {
+    if (!name.startsWith("KILN_") || value === undefined) continue;
+    const rest = name.slice(5).toLowerCase();
+    const section = Object.keys(SCHEMA).find((s) => rest.startsWith(`${s}_`));
+    if (!section) continue; // KILN_URL, KILN_TOKEN and friends belong to the client.
+    const key = rest.slice(section.length + 1);
+    const spec = (SCHEMA as Record<string, Record<string, KeySpec>>)[section]![key];
+    if (!spec) throw new ConfigError(`environment: unknown variable ${name} (no key ${section}.${key})`);
+    target[section]![key] = coerce("environment", name, spec, value);
+  }
+}
+
+/**
+ * Loads the config once: defaults < TOML file < KILN_* environment < flags. Flags arrive already parsed
+ * as strings and are checked with the same rules.
+ */
+export function loadConfig(
+  opts: { file?: string; env?: Record<string, string | undefined>; flags?: Overrides } = {},
+): Config {
+  const cfg = defaults();
+  if (opts.file) {
+    let text: string;
+    try {
+      text = readFileSync(opts.file, "utf8");
+    } catch (err) {
+      throw new ConfigError(`cannot read config file ${opts.file}: ${(err as Error).message}`);
+    }
+    let doc: Record<string, unknown>;
+    try {
+      doc = parseToml(text) as Record<string, unknown>;
+    } catch (err) {
+      throw new ConfigError(`${opts.file} is not valid TOML: ${(err as Error).message.split("\n")[0]}`);
+    }
+    applyToml(cfg, doc, opts.file);
+  }
+  applyEnv(cfg, opts.env ?? process.env);
+  const target = cfg as unknown as Record<string, Record<string, unknown>>;
+  for (const [section, keys] of Object.entries(opts.flags ?? {})) {
+    for (const [key, raw] of Object.entries(keys ?? {})) {
+      if (raw === undefined) continue;
+      const spec = (SCHEMA as Record<string, Record<string, KeySpec>>)[section]![key]!;
+      target[section]![key] = coerce("command line", `--${key.replaceAll("_", "-")}`, spec, raw);
+    }
+  }
+  return cfg;
+}

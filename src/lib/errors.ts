@@ -1,0 +1,31 @@
+/** The one error type Kiln raises on purpose: a stable `code`, a message that says what to do, and an HTTP status. */
+export class AppError extends Error {
+  readonly code: string;
+  readonly status: number;
+
+  constructor(code: string, message: string, options: { status?: number; cause?: unknown } = {}) {
+    super(message, { cause: options.cause });
+    this.name = "AppError";
+    this.code = code;
+    this.status = options.status ?? 400;
+  }
+}
+
+/** Turns anything thrown into an Error, so a `catch` can always read `.message`. */
+export function coerceError(err: unknown): Error {
+  if (err instanceof Error) return err;
+  if (typeof err === "string") return new Error(err);
+  try {
+    return new Error(JSON.stringify(err));
+  } catch {
+    return new Error(String(err));
+  }
+}
+
+export const notFound = (what: string, id: string | number) =>
+  new AppError(`${what.toUpperCase()}_NOT_FOUND`, `no ${what} ${id}: list them with \`kiln ${what}s\``, {
+    status: 404,
+  });
+
+export const badRequest = (message: string, code = "BAD_REQUEST") =>
+  new AppError(code, message, { status: 400 });

@@ -1,0 +1,31 @@
+import { Hono } from "hono";
+import { AppError, coerceError } from "../lib/errors.ts";
+import { authenticate, type Caller } from "./auth.ts";
+import type { MasterContext } from "./context.ts";
+import { adminRoutes } from "./routes/admin.ts";
+import { clientRoutes } from "./routes/client.ts";
+import { publicRoutes } from "./routes/public.ts";
+
+/**
+ * The master's HTTP app. Every error leaves as `{"error":{"code","message"}}`: an AppError with its own
+ * status, anything else (a bug) as a 500 that is also logged.
+ */
+export function createApp(ctx: MasterContext) {
+  const app = new Hono<{ Variables: { caller: Caller } }>();
+  app.onError((err, c) => {
+    if (err instanceof AppError) {
+      return c.json({ error: { code: err.code, message: err.message } }, err.status as 400);
+    }
+    const e = coerceError(err);
+    ctx.log.error(`${c.req.method} ${c.req.path}: ${e.stack ?? e.message}`);
+    return c.json({ error: { code: "INTERNAL", message: `internal error: ${e.message}` } }, 500);
+  });
+  app.notFound((c) =>
+    c.json({ error: { code: "NOT_FOUND", message: `no such endpoint: ${c.req.method} ${c.req.path}` } }, 404),
+  );
+  app.route("/", publicRoutes(ctx));
+  app.use("/api/v1/*", authenticate(ctx));
+  app.route("/api/v1", clientRoutes(ctx));
+  app.route("/api/v1", adminRoutes(ctx));
+  return app;
+}

@@ -1,0 +1,20 @@
+import type { ConsolaInstance } from "consola";
+import type { Config } from "../config/schema.ts";
+import type { Store } from "../store/open.ts";
+import type { LogStore } from "./logs.ts";
+import type { Registry } from "./registry.ts";
+
+/** What every part of the master shares: config, store, logs, the live worker registry. */
+export interface MasterContext {
+  cfg: Config;
+  dataDir: string;
+  store: Store;
+  logs: LogStore;
+  registry: Registry;
+  log: ConsolaInstance;
+  /** Asks the dispatcher for a pass; cheap to call often, passes never overlap. */
+  dispatch(): void;
+  /** Resolves when every dispatch asked for so far has been carried out (tests, bench). */
+  dispatched(): Promise<void>;
+  startedAt: number;
+}

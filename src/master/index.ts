@@ -1,0 +1,145 @@
+import { randomBytes } from "node:crypto";
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { Server } from "bun";
+import { adminTokenPath } from "../config/paths.ts";
+import type { Config } from "../config/schema.ts";
+import { AppError } from "../lib/errors.ts";
+import { logger } from "../lib/log.ts";
+import { type Loop, runLoop } from "../lib/loop.ts";
+import { openStore, storeUrl } from "../store/open.ts";
+import { findToken, hashToken, insertTokenHash } from "../store/tokens.ts";
+import { markAllDisconnected } from "../store/workers.ts";
+import { createApp } from "./app.ts";
+import type { MasterContext } from "./context.ts";
+import { createDispatcher } from "./dispatcher.ts";
+import { reapLeasesOnce } from "./leases.ts";
+import { openLogStore } from "./logs.ts";
+import { createRegistry } from "./registry.ts";
+import { type SocketData, workerSocketHandlers } from "./worker-socket.ts";
+
+export interface RunningMaster {
+  url: string;
+  ctx: MasterContext;
+  /** Rejects if a background loop dies; the role's main exits non-zero then. */
+  done: Promise<void>;
+  stop(): Promise<void>;
+}
+
+/**
+ * Creates the admin token on first start (mode 0600 in the data dir) and makes sure the store knows its
+ * hash, so a store recreated under an existing data dir still accepts it.
+ */
+async function ensureAdminToken(ctx: MasterContext) {
+  const file = adminTokenPath(ctx.dataDir);
+  let secret: string;
+  if (existsSync(file)) {
+    secret = readFileSync(file, "utf8").trim();
+    chmodSync(file, 0o600);
+  } else {
+    secret = `kiln_${randomBytes(24).toString("base64url")}`;
+    writeFileSync(file, `${secret}\n`, { mode: 0o600, flag: "wx" });
+    ctx.log.info(`created the admin token in ${file}`);
+  }
+  if (!(await findToken(ctx.store.db, secret))) {
+    await insertTokenHash(ctx.store, {
+      id: hashToken(secret).slice(0, 12),
+      hash: hashToken(secret),
+      role: "admin",
+      name: "admin",
+    });
+  }
+}
+
+/** Starts the master: store, admin token, dispatcher, lease reaper, and the HTTP + websocket server. */
+export async function startMaster(cfg: Config, data: string): Promise<RunningMaster> {
+  const log = logger("master");
+  mkdirSync(data, { recursive: true, mode: 0o700 });
+  const store = await openStore(storeUrl(cfg.master.db, data), process.env.KILN_DB_TOKEN);
+  const dispatcher = createDispatcher(() => ctx);
+  const ctx: MasterContext = {
+    cfg,
+    dataDir: data,
+    store,
+    logs: openLogStore(join(data, "logs")),
+    registry: createRegistry(),
+    log,
+    dispatch: dispatcher.dispatch,
+    dispatched: dispatcher.settled,
+    startedAt: Date.now(),
+  };
+  await ensureAdminToken(ctx);
+  await markAllDisconnected(store);
+
+  const app = createApp(ctx);
+  const ws = workerSocketHandlers(ctx);
+  const [host, port] = splitListen(cfg.master.listen);
+  let server: Server<SocketData>;
+  try {
+    server = Bun.serve<SocketData>({
+      hostname: host,
+      port,
+      idleTimeout: 0,
+      async fetch(req, srv) {
+        const url = new URL(req.url);
+        if (url.pathname === "/api/v1/worker/connect") {
+          const m = /^Bearer\s+(\S+)$/i.exec(req.headers.get("authorization") ?? "");
+          const token = m ? await findToken(store.db, m[1]!) : undefined;
+          if (!token || (token.role !== "worker" && token.role !== "admin")) {
+            return Response.json(
+              {
+                error: { code: "UNAUTHENTICATED", message: "workers need a worker or admin token (--join)" },
+              },
+              { status: 401 },
+            );
+          }
+          if (srv.upgrade(req, { data: { name: null, chain: Promise.resolve() } })) return undefined;
+          return Response.json(
+            { error: { code: "UPGRADE_REQUIRED", message: "this endpoint takes a websocket" } },
+            { status: 426 },
+          );
+        }
+        return app.fetch(req, { ip: srv.requestIP(req) });
+      },
+      websocket: {
+        open: ws.open,
+        message: ws.message,
+        close: ws.close,
+        // Logs flow as many small frames; backpressure is handled by the worker's own resend logic.
+        maxPayloadLength: 16 * 1024 * 1024,
+        idleTimeout: 120,
+        sendPings: true,
+      },
+    });
+  } catch (err) {
+    store.close();
+    throw new AppError(
+      "LISTEN_FAILED",
+      `cannot listen on ${cfg.master.listen}: ${(err as Error).message}; is another master running there?`,
+    );
+  }
+  const url =
+    cfg.master.url ||
+    `http://${server.hostname?.includes(":") ? `[${server.hostname}]` : server.hostname}:${server.port}`;
+  log.info(`master listening on ${url} (data ${data})`);
+
+  const loops: Loop[] = [runLoop({ name: "leases", everyMs: 1000, log }, () => reapLeasesOnce(ctx))];
+  ctx.dispatch();
+  return {
+    url,
+    ctx,
+    done: Promise.all(loops.map((l) => l.done)).then(() => {}),
+    async stop() {
+      for (const l of loops) l.stop();
+      server.stop(true);
+      await Promise.all(loops.map((l) => l.done));
+      await dispatcher.settled();
+      store.close();
+    },
+  };
+}
+
+export function splitListen(listen: string): [string, number] {
+  const i = listen.lastIndexOf(":");
+  return [listen.slice(0, i).replace(/^\[|\]$/g, ""), Number(listen.slice(i + 1))];
+}

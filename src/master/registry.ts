@@ -1,0 +1,66 @@
+import type { ServerWebSocket } from "bun";
+import type { MasterMessage, SlotInfo } from "../protocol/wire.ts";
+
+/*
+ * The master's in-memory view of connected workers and their slots. It is rebuilt from each worker's
+ * hello after a restart; the store keeps only what must survive (registrations, holds, jobs).
+ */
+
+export interface LiveSlot {
+  name: string;
+  resources: string[];
+  held: string | null;
+  /** `jobId:attempt` of the job occupying it, if any. */
+  job: string | null;
+}
+
+export interface LiveWorker {
+  name: string;
+  arch: string;
+  channels: string[];
+  slots: Map<string, LiveSlot>;
+  draining: boolean;
+  holdReason: string | null;
+  send(msg: MasterMessage): void;
+  ws: ServerWebSocket<unknown>;
+}
+
+export interface Registry {
+  workers: Map<string, LiveWorker>;
+  add(w: LiveWorker): void;
+  remove(name: string, ws: ServerWebSocket<unknown>): boolean;
+  setSlots(name: string, slots: SlotInfo[]): void;
+  occupy(worker: string, slot: string, job: string | null): void;
+}
+
+export function createRegistry(): Registry {
+  const workers = new Map<string, LiveWorker>();
+  return {
+    workers,
+    add(w) {
+      workers.set(w.name, w);
+    },
+    remove(name, ws) {
+      const w = workers.get(name);
+      if (!w || w.ws !== ws) return false;
+      workers.delete(name);
+      return true;
+    },
+    setSlots(name, slots) {
+      const w = workers.get(name);
+      if (!w) return;
+      for (const s of slots) {
+        const live = w.slots.get(s.name);
+        if (live) {
+          live.held = s.held;
+          live.resources = s.resources;
+        } else w.slots.set(s.name, { ...s, job: null });
+      }
+      for (const n of [...w.slots.keys()]) if (!slots.some((s) => s.name === n)) w.slots.delete(n);
+    },
+    occupy(worker, slot, job) {
+      const s = workers.get(worker)?.slots.get(slot);
+      if (s) s.job = job;
+    },
+  };
+}

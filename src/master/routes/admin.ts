@@ -1,0 +1,141 @@
+import { Hono } from "hono";
+import { z } from "zod";
+import { parseDuration } from "../../lib/duration.ts";
+import { AppError, notFound } from "../../lib/errors.ts";
+import { checkName } from "../../lib/names.ts";
+import { createToken, listTokens, ROLES, revokeToken } from "../../store/tokens.ts";
+import { getWorker, listWorkers, setWorker } from "../../store/workers.ts";
+import type { Caller } from "../auth.ts";
+import { requireRole } from "../auth.ts";
+import type { MasterContext } from "../context.ts";
+import { body } from "./client.ts";
+
+type Env = { Variables: { caller: Caller } };
+
+/** The API shape of a worker: its registration joined with what the live connection says. */
+export async function workerViews(ctx: MasterContext) {
+  const rows = await listWorkers(ctx.store.db);
+  return rows.map((w) => {
+    const live = ctx.registry.workers.get(w.name);
+    const slots = live
+      ? [...live.slots.values()].map((s) => ({
+          name: s.name,
+          resources: s.resources,
+          held: s.held,
+          job: s.job ? Number(s.job.split(":")[0]) : null,
+        }))
+      : w.slots.map((s) => ({ ...s, held: null, job: null }));
+    return {
+      name: w.name,
+      arch: w.arch,
+      channels: w.channels,
+      version: w.version,
+      connected: live !== undefined,
+      state: !live ? "offline" : w.holdReason ? "held" : w.draining ? "draining" : "ready",
+      draining: w.draining,
+      holdReason: w.holdReason,
+      capacity: slots.length,
+      busy: slots.filter((s) => s.job !== null).length,
+      slots,
+      firstSeen: new Date(w.firstSeen).toISOString(),
+      lastSeen: new Date(live ? Date.now() : w.lastSeen).toISOString(),
+    };
+  });
+}
+
+/** Worker listing for viewers; drain, hold, release and tokens for operators and admins. */
+export function adminRoutes(ctx: MasterContext) {
+  const app = new Hono<Env>();
+
+  app.get("/workers", async (c) => {
+    requireRole(c, "viewer");
+    return c.json(await workerViews(ctx));
+  });
+
+  const change = async (name: string, set: { draining?: boolean; holdReason?: string | null }) => {
+    checkName("worker", name);
+    if (!(await getWorker(ctx.store.db, name))) throw notFound("worker", name);
+    await setWorker(ctx.store, name, set);
+    const live = ctx.registry.workers.get(name);
+    if (live) {
+      if (set.draining !== undefined) live.draining = set.draining;
+      if (set.holdReason !== undefined) live.holdReason = set.holdReason;
+    }
+    ctx.dispatch();
+    return (await workerViews(ctx)).find((w) => w.name === name);
+  };
+
+  app.post("/admin/workers/:name/drain", async (c) => {
+    requireRole(c, "operator");
+    return c.json(await change(c.req.param("name"), { draining: true }));
+  });
+  app.post("/admin/workers/:name/hold", async (c) => {
+    requireRole(c, "operator");
+    const req = await body(
+      c.req.raw,
+      z.object({ reason: z.string().min(1, "a reason is required").max(500) }).strict(),
+    );
+    return c.json(await change(c.req.param("name"), { holdReason: req.reason }));
+  });
+  app.post("/admin/workers/:name/release", async (c) => {
+    requireRole(c, "operator");
+    return c.json(await change(c.req.param("name"), { draining: false, holdReason: null }));
+  });
+
+  app.post("/admin/tokens", async (c) => {
+    requireRole(c, "admin");
+    const req = await body(
+      c.req.raw,
+      z
+        .object({
+          role: z.enum(ROLES),
+          name: z.string().max(100).optional(),
+          project: z.string().optional(),
+          ttl: z.string().optional(),
+        })
+        .strict(),
+    );
+    if (req.project) checkName("project", req.project);
+    let ttlMs: number | null = null;
+    if (req.ttl) {
+      try {
+        ttlMs = parseDuration(req.ttl);
+      } catch (err) {
+        throw new AppError("INVALID_REQUEST", `ttl: ${(err as Error).message}`);
+      }
+    }
+    const t = await createToken(ctx.store, {
+      role: req.role,
+      name: req.name ?? req.role,
+      project: req.project ?? null,
+      ttlMs,
+    });
+    return c.json({ id: t.id, token: t.secret }, 201);
+  });
+  app.get("/admin/tokens", async (c) => {
+    requireRole(c, "admin");
+    const rows = await listTokens(ctx.store.db);
+    return c.json(
+      rows.map((t) => ({
+        id: t.id,
+        name: t.name,
+        role: t.role,
+        project: t.project,
+        createdAt: new Date(t.createdAt).toISOString(),
+        expiresAt: t.expiresAt ? new Date(t.expiresAt).toISOString() : null,
+        revoked: t.revokedAt !== null,
+      })),
+    );
+  });
+  app.delete("/admin/tokens/:id", async (c) => {
+    requireRole(c, "admin");
+    const id = c.req.param("id");
+    if (!/^[0-9a-f]{12}$/.test(id))
+      throw new AppError("INVALID_REQUEST", `"${id}" is not a token id: see \`kiln token ls\``);
+    const row = await revokeToken(ctx.store, id);
+    if (!row) throw notFound("token", id);
+    return c.json({ id, revoked: true });
+  });
+
+  return app;
+}

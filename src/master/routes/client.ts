@@ -1,0 +1,208 @@
+import { Hono } from "hono";
+import { z } from "zod";
+import { AppError, badRequest, notFound } from "../../lib/errors.ts";
+import { isTerminal, SubmitSchema } from "../../protocol/job.ts";
+import { cancelJob, getJob, insertJob, jobHistory, listJobs } from "../../store/jobs.ts";
+import type { JobRow } from "../../store/schema.ts";
+import type { Caller } from "../auth.ts";
+import { requireRole } from "../auth.ts";
+import type { MasterContext } from "../context.ts";
+import { jobView, whyQueued } from "../views.ts";
+
+type Env = { Variables: { caller: Caller } };
+
+/** Parses a request body with a schema, turning the first problem into a 400 that names the field. */
+export async function body<T extends z.ZodType>(req: Request, schema: T): Promise<z.infer<T>> {
+  let raw: unknown;
+  try {
+    raw = await req.json();
+  } catch {
+    throw badRequest("the request body must be JSON");
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const field = issue.path.join(".");
+    throw badRequest(field ? `${field}: ${issue.message}` : issue.message, "INVALID_REQUEST");
+  }
+  return parsed.data;
+}
+
+function jobId(text: string): number {
+  if (!/^\d{1,15}$/.test(text))
+    throw badRequest(`"${text}" is not a job id: job ids are numbers, see \`kiln jobs\``, "INVALID_JOB_ID");
+  return Number(text);
+}
+
+async function loadJob(ctx: MasterContext, caller: Caller, text: string): Promise<JobRow> {
+  const row = await getJob(ctx.store.db, jobId(text));
+  if (!row || (caller.project && row.project !== caller.project)) throw notFound("job", text);
+  return row;
+}
+
+const LIST = z.object({
+  state: z
+    .enum(["queued", "assigned", "running", "succeeded", "failed", "cancelled", "timed_out"])
+    .optional(),
+  project: z.string().optional(),
+  limit: z.coerce.number().int().min(1).max(1000).optional(),
+  before: z.coerce.number().int().optional(),
+});
+
+/** Routes for people and their scripts: submit, list, show, logs, cancel, retry. */
+export function clientRoutes(ctx: MasterContext) {
+  const app = new Hono<Env>();
+
+  app.post("/jobs", async (c) => {
+    const req = await body(c.req.raw, SubmitSchema);
+    const caller = requireRole(c, "submitter", req.project);
+    const row = await insertJob(ctx.store, {
+      name: req.name ?? req.command.join(" ").slice(0, 80),
+      project: req.project,
+      channel: req.channel,
+      arch: req.arch ?? null,
+      priority: req.priority,
+      command: req.command,
+      env: req.env,
+      timeoutMs: req.timeoutMs ?? ctx.cfg.master.default_timeout,
+      memoryBytes: req.memoryBytes ?? null,
+      cpus: req.cpus ?? null,
+      pids: req.pids ?? null,
+      scratchBytes: req.scratchBytes ?? null,
+      root: req.root,
+      needs: req.needs,
+      egress: req.egress,
+      repo: req.repo ?? null,
+      retries: req.retries ?? ctx.cfg.master.default_retries,
+      submittedBy: caller.name,
+    });
+    ctx.dispatch();
+    return c.json({ id: row.id }, 201);
+  });
+
+  app.get("/jobs", async (c) => {
+    const caller = requireRole(c, "viewer");
+    const q = LIST.safeParse(c.req.query());
+    if (!q.success) throw badRequest(`${q.error.issues[0]!.path.join(".")}: ${q.error.issues[0]!.message}`);
+    const rows = await listJobs(ctx.store.db, { ...q.data, project: caller.project ?? q.data.project });
+    return c.json(rows.map((r) => jobView(r)));
+  });
+
+  app.get("/jobs/:id", async (c) => {
+    const caller = requireRole(c, "viewer");
+    const row = await loadJob(ctx, caller, c.req.param("id"));
+    const waitingFor = row.state === "queued" ? await whyQueued(ctx, row) : null;
+    return c.json(jobView(row, { waitingFor, logSize: ctx.logs.size(row.id) }));
+  });
+
+  app.get("/jobs/:id/events", async (c) => {
+    const caller = requireRole(c, "viewer");
+    const row = await loadJob(ctx, caller, c.req.param("id"));
+    const events = await jobHistory(ctx.store.db, row.id);
+    return c.json(events.map((e) => ({ ...e, at: new Date(e.at).toISOString() })));
+  });
+
+  app.get("/jobs/:id/log", async (c) => {
+    const caller = requireRole(c, "viewer");
+    const row = await loadJob(ctx, caller, c.req.param("id"));
+    const offsetText = c.req.query("offset") ?? "0";
+    if (!/^\d{1,15}$/.test(offsetText)) throw badRequest("offset must be a byte count");
+    const follow = c.req.query("follow") === "1" || c.req.query("follow") === "true";
+    const stream = followLog(ctx, row.id, Number(offsetText), follow, c.req.raw.signal);
+    return new Response(stream, {
+      headers: {
+        "content-type": "application/octet-stream",
+        "x-kiln-job-state": row.state,
+        "cache-control": "no-store",
+      },
+    });
+  });
+
+  app.post("/jobs/:id/cancel", async (c) => {
+    const caller = requireRole(c, "submitter");
+    const row = await loadJob(ctx, caller, c.req.param("id"));
+    if (isTerminal(row.state)) {
+      throw new AppError("JOB_ENDED", `job ${row.id} already ended ${row.state}; nothing to cancel`, {
+        status: 409,
+      });
+    }
+    const after = await cancelJob(ctx.store, row.id);
+    if (after && !isTerminal(after.state) && after.worker) {
+      ctx.registry.workers
+        .get(after.worker)
+        ?.send({ type: "job.cancel", jobId: after.id, attempt: after.attempt });
+    }
+    ctx.logs.notify(row.id);
+    const now = (await getJob(ctx.store.db, row.id))!;
+    return c.json(jobView(now));
+  });
+
+  app.post("/jobs/:id/retry", async (c) => {
+    const caller = requireRole(c, "submitter");
+    const row = await loadJob(ctx, caller, c.req.param("id"));
+    if (!isTerminal(row.state)) {
+      throw new AppError(
+        "JOB_ACTIVE",
+        `job ${row.id} is still ${row.state}; cancel it first or wait for it`,
+        { status: 409 },
+      );
+    }
+    const copy = await insertJob(ctx.store, {
+      name: row.name,
+      project: row.project,
+      channel: row.channel,
+      arch: row.arch,
+      priority: row.priority,
+      command: row.command,
+      env: row.env,
+      timeoutMs: row.timeoutMs,
+      memoryBytes: row.memoryBytes,
+      cpus: row.cpus,
+      pids: row.pids,
+      scratchBytes: row.scratchBytes,
+      root: row.root,
+      needs: row.needs,
+      egress: row.egress,
+      repo: row.repo,
+      retries: row.retries,
+      retryOf: row.id,
+      submittedBy: caller.name,
+    });
+    ctx.dispatch();
+    return c.json({ id: copy.id }, 201);
+  });
+
+  return app;
+}
+
+/**
+ * Streams a job's log from `offset`. Without `follow` it sends what is there; with it, it keeps sending
+ * as the log grows and ends once the job has ended and every byte was sent. It reads from the file each
+ * time it is woken, so followers never hold a copy of the log.
+ */
+function followLog(ctx: MasterContext, id: number, offset: number, follow: boolean, signal: AbortSignal) {
+  let pos = offset;
+  const CHUNK = 256 * 1024;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      for (;;) {
+        if (signal.aborted) return controller.close();
+        const size = ctx.logs.size(id);
+        if (pos < size) {
+          const bytes = new Uint8Array(
+            await Bun.file(ctx.logs.path(id))
+              .slice(pos, Math.min(size, pos + CHUNK))
+              .arrayBuffer(),
+          );
+          pos += bytes.length;
+          controller.enqueue(bytes);
+          return;
+        }
+        if (!follow) return controller.close();
+        const row = await getJob(ctx.store.db, id);
+        if (!row || (isTerminal(row.state) && pos >= ctx.logs.size(id))) return controller.close();
+        await ctx.logs.waitForChange(id, 1000, signal);
+      }
+    },
+  });
+}

@@ -1,0 +1,77 @@
+import { Hono } from "hono";
+import { countByState } from "../../store/jobs.ts";
+import { VERSION } from "../../version.ts";
+import type { MasterContext } from "../context.ts";
+
+/** Unauthenticated endpoints: health, readiness, Prometheus metrics, the OpenAPI document, the UI stub. */
+export function publicRoutes(ctx: MasterContext) {
+  const app = new Hono();
+  app.get("/healthz", (c) => c.text("ok\n"));
+  app.get("/readyz", async (c) => {
+    await ctx.store.client.execute("SELECT 1");
+    return c.text("ready\n");
+  });
+  app.get("/metrics", async (c) => {
+    const counts = await countByState(ctx.store.db);
+    const lines = [
+      "# HELP kiln_jobs Jobs by state.",
+      "# TYPE kiln_jobs gauge",
+      ...["queued", "assigned", "running", "succeeded", "failed", "cancelled", "timed_out"].map(
+        (s) => `kiln_jobs{state="${s}"} ${counts[s] ?? 0}`,
+      ),
+      "# HELP kiln_workers_connected Workers with a live connection.",
+      "# TYPE kiln_workers_connected gauge",
+      `kiln_workers_connected ${ctx.registry.workers.size}`,
+      "# HELP kiln_slots Slots of connected workers by use.",
+      "# TYPE kiln_slots gauge",
+      `kiln_slots{use="busy"} ${[...ctx.registry.workers.values()].reduce((n, w) => n + [...w.slots.values()].filter((s) => s.job).length, 0)}`,
+      `kiln_slots{use="total"} ${[...ctx.registry.workers.values()].reduce((n, w) => n + w.slots.size, 0)}`,
+      "# HELP kiln_master_rss_bytes Resident memory of the master process.",
+      "# TYPE kiln_master_rss_bytes gauge",
+      `kiln_master_rss_bytes ${process.memoryUsage.rss()}`,
+      "# HELP kiln_master_start_time_seconds When the master started.",
+      "# TYPE kiln_master_start_time_seconds gauge",
+      `kiln_master_start_time_seconds ${Math.floor(ctx.startedAt / 1000)}`,
+      `kiln_build_info{version="${VERSION}"} 1`,
+    ];
+    return c.text(`${lines.join("\n")}\n`, 200, { "content-type": "text/plain; version=0.0.4" });
+  });
+  app.get("/api/v1/openapi.json", (c) => c.json(OPENAPI));
+  app.get("/", (c) =>
+    c.html(
+      `<!doctype html><meta charset="utf-8"><title>Kiln</title><h1>Kiln ${VERSION}</h1><p>The master is running. Use <code>kiln jobs</code> and <code>kiln workers</code>; the API is under <code>/api/v1/</code>.</p>`,
+    ),
+  );
+  return app;
+}
+
+const op = (summary: string, extra: Record<string, unknown> = {}) => ({
+  summary,
+  security: [{ bearer: [] }],
+  responses: {
+    "200": { description: "OK" },
+    "4XX": { description: 'Bad input: `{"error":{"code","message"}}`' },
+  },
+  ...extra,
+});
+
+/** The admin and client API in OpenAPI 3.1 terms (paths and operations; bodies are described in SPEC.md). */
+export const OPENAPI = {
+  openapi: "3.1.0",
+  info: { title: "Kiln API", version: VERSION },
+  components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
+  paths: {
+    "/api/v1/jobs": { get: op("List jobs (state, project, limit, before)"), post: op("Submit a job") },
+    "/api/v1/jobs/{id}": { get: op("Show a job") },
+    "/api/v1/jobs/{id}/log": { get: op("Read or follow a job's log from a byte offset (offset, follow)") },
+    "/api/v1/jobs/{id}/events": { get: op("A job's state history") },
+    "/api/v1/jobs/{id}/cancel": { post: op("Cancel a job") },
+    "/api/v1/jobs/{id}/retry": { post: op("Queue a copy of an ended job") },
+    "/api/v1/workers": { get: op("List workers and their slots") },
+    "/api/v1/admin/workers/{name}/drain": { post: op("Stop giving a worker new jobs") },
+    "/api/v1/admin/workers/{name}/hold": { post: op("Hold a worker with a reason") },
+    "/api/v1/admin/workers/{name}/release": { post: op("Release a held or draining worker") },
+    "/api/v1/admin/tokens": { get: op("List tokens"), post: op("Create a token (role, project, ttl)") },
+    "/api/v1/admin/tokens/{id}": { delete: op("Revoke a token") },
+  },
+};

@@ -1,0 +1,257 @@
+import type { ServerWebSocket } from "bun";
+import { coerceError } from "../lib/errors.ts";
+import { isName } from "../lib/names.ts";
+import {
+  decodeLogFrame,
+  type MasterMessage,
+  type WorkerMessage,
+  WorkerMessageSchema,
+} from "../protocol/wire.ts";
+import {
+  activeJobsOf,
+  extendLeases,
+  finishJob,
+  getJob,
+  markRunning,
+  requeueOrLose,
+  setProgress,
+} from "../store/jobs.ts";
+import type { JobRow } from "../store/schema.ts";
+import { getWorker, setWorker, upsertWorker } from "../store/workers.ts";
+import type { MasterContext } from "./context.ts";
+import type { LiveWorker } from "./registry.ts";
+
+/*
+ * One worker connection. Messages of a connection are handled strictly in order (a promise chain), so a
+ * log chunk is always written before the `job.finished` that follows it on the wire.
+ */
+
+export interface SocketData {
+  name: string | null;
+  chain: Promise<void>;
+}
+
+/** Where an active attempt's bytes go: attempt number and the offset of its first byte in the job log. */
+const bases = new Map<number, { attempt: number; base: number }>();
+
+export function rememberAttempt(row: Pick<JobRow, "id" | "attempt" | "logBase">) {
+  bases.set(row.id, { attempt: row.attempt, base: row.logBase });
+}
+
+/** Ends an attempt: moves the job on to a retry or to `lost`, writing a marker into its log. */
+export async function loseAttempt(ctx: MasterContext, row: JobRow, why: string) {
+  const willRetry = !row.cancelRequested && row.attempt <= row.retries;
+  const marker = willRetry
+    ? `\n--- kiln: attempt ${row.attempt} lost (${why}); retrying as attempt ${row.attempt + 1} ---\n`
+    : `\n--- kiln: attempt ${row.attempt} lost (${why}) ---\n`;
+  const base = ctx.logs.append(row.id, marker);
+  const after = await requeueOrLose(ctx.store, row, why, base);
+  ctx.logs.close(row.id);
+  bases.delete(row.id);
+  if (row.worker && row.slot) {
+    const live = ctx.registry.workers.get(row.worker);
+    const slot = live?.slots.get(row.slot);
+    if (slot?.job === `${row.id}:${row.attempt}`) slot.job = null;
+    live?.send({ type: "job.forget", jobId: row.id, attempt: row.attempt });
+  }
+  if (after) ctx.log.info(`job ${row.id}: attempt ${row.attempt} lost (${why}); now ${after.state}`);
+  ctx.dispatch();
+}
+
+export function workerSocketHandlers(ctx: MasterContext) {
+  const send = (ws: ServerWebSocket<SocketData>, msg: MasterMessage) => ws.send(JSON.stringify(msg));
+
+  async function hello(ws: ServerWebSocket<SocketData>, m: Extract<WorkerMessage, { type: "worker.hello" }>) {
+    if (!isName(m.name)) {
+      send(ws, { type: "worker.refused", message: `worker name "${m.name}" is not a valid name` });
+      ws.close(4000, "invalid name");
+      return;
+    }
+    const previous = ctx.registry.workers.get(m.name);
+    if (previous) {
+      // A reconnect after a network drop can arrive before the old socket is noticed dead: the newer wins.
+      ctx.log.warn(`worker ${m.name} connected again; closing its previous connection`);
+      ctx.registry.remove(m.name, previous.ws);
+      previous.ws.close(4001, "replaced by a newer connection");
+    }
+    ws.data.name = m.name;
+    await upsertWorker(ctx.store, {
+      name: m.name,
+      arch: m.arch,
+      channels: m.channels,
+      slots: m.slots.map((s) => ({ name: s.name, resources: s.resources })),
+      version: m.version,
+    });
+    const stored = await getWorker(ctx.store.db, m.name);
+    const live: LiveWorker = {
+      name: m.name,
+      arch: m.arch,
+      channels: m.channels,
+      slots: new Map(m.slots.map((s) => [s.name, { ...s, job: null }])),
+      draining: stored?.draining ?? false,
+      holdReason: stored?.holdReason ?? null,
+      send: (msg) => send(ws, msg),
+      ws: ws as ServerWebSocket<unknown>,
+    };
+    const reported = new Map<number, number>();
+    for (const r of m.running) reported.set(r.jobId, r.attempt);
+    for (const r of m.finished) reported.set(r.jobId, r.attempt);
+    const active = await activeJobsOf(ctx.store.db, m.name);
+    const activeById = new Map(active.map((r) => [r.id, r]));
+    send(ws, {
+      type: "worker.welcome",
+      heartbeatMs: ctx.cfg.master.heartbeat,
+      leaseMs: ctx.cfg.master.lease,
+    });
+    ctx.registry.add(live);
+    for (const r of m.running) {
+      const row = activeById.get(r.jobId);
+      if (row && row.attempt === r.attempt) {
+        const slot = live.slots.get(r.slot);
+        if (slot) slot.job = `${r.jobId}:${r.attempt}`;
+      }
+    }
+    // Jobs the store gives to this worker that it does not know about were lost with its previous life.
+    for (const row of active) {
+      if (reported.get(row.id) !== row.attempt)
+        await loseAttempt(ctx, row, `worker ${m.name} restarted without it`);
+    }
+    for (const [jobId, attempt] of reported) {
+      const row = activeById.get(jobId);
+      if (!row || row.attempt !== attempt) {
+        // Already ended or re-queued meanwhile: the worker drops it (an outbox entry is simply acked).
+        send(ws, { type: "job.forget", jobId, attempt });
+        continue;
+      }
+      rememberAttempt(row);
+      send(ws, { type: "job.log.from", jobId, attempt, offset: ctx.logs.size(jobId) - row.logBase });
+      if (row.cancelRequested) send(ws, { type: "job.cancel", jobId, attempt });
+    }
+    await extendLeases(
+      ctx.store,
+      m.name,
+      m.running.map((r) => r.jobId),
+      ctx.cfg.master.lease,
+    );
+    ctx.log.info(
+      `worker ${m.name} connected (${m.arch}, channels ${m.channels.join(",")}, ${m.slots.length} slots)`,
+    );
+    ctx.dispatch();
+  }
+
+  async function handle(ws: ServerWebSocket<SocketData>, m: WorkerMessage) {
+    if (m.type === "worker.hello") return hello(ws, m);
+    const name = ws.data.name;
+    const live = name ? ctx.registry.workers.get(name) : undefined;
+    if (!name || !live || live.ws !== (ws as ServerWebSocket<unknown>)) {
+      ws.close(4002, "say worker.hello first");
+      return;
+    }
+    switch (m.type) {
+      case "worker.heartbeat":
+        await extendLeases(
+          ctx.store,
+          name,
+          m.running.map((r) => r.jobId),
+          ctx.cfg.master.lease,
+        );
+        return;
+      case "worker.slots":
+        ctx.registry.setSlots(name, m.slots);
+        await setWorker(ctx.store, name, {
+          slots: m.slots.map((s) => ({ name: s.name, resources: s.resources })),
+        });
+        ctx.dispatch();
+        return;
+      case "job.started": {
+        const row = await markRunning(ctx.store, m.jobId, m.attempt, name, ctx.cfg.master.lease);
+        if (!row) {
+          const now = await getJob(ctx.store.db, m.jobId);
+          if (!now || now.attempt !== m.attempt || now.worker !== name || now.state !== "running") {
+            send(ws, { type: "job.forget", jobId: m.jobId, attempt: m.attempt });
+          }
+          return;
+        }
+        rememberAttempt(row);
+        ctx.logs.notify(row.id);
+        if (row.cancelRequested) send(ws, { type: "job.cancel", jobId: row.id, attempt: row.attempt });
+        return;
+      }
+      case "job.progress":
+        await setProgress(ctx.store, m.jobId, m.attempt, m.percent, m.message);
+        ctx.logs.notify(m.jobId);
+        return;
+      case "job.finished": {
+        const row = await getJob(ctx.store.db, m.jobId);
+        if (row && row.attempt === m.attempt && (row.state === "assigned" || row.state === "running")) {
+          const have = ctx.logs.size(row.id) - row.logBase;
+          if (have < m.logSize) {
+            // Some log bytes never arrived: ask for them; the worker sends job.finished again after.
+            send(ws, { type: "job.log.from", jobId: row.id, attempt: row.attempt, offset: have });
+            return;
+          }
+          const done = await finishJob(ctx.store, row.id, row.attempt, m.outcome, ctx.logs.size(row.id));
+          if (done)
+            ctx.log.info(`job ${row.id}: ${done.state}${done.reason ? ` (${done.reason})` : ""} on ${name}`);
+          ctx.logs.close(row.id);
+          bases.delete(row.id);
+        }
+        for (const s of live.slots.values()) if (s.job === `${m.jobId}:${m.attempt}`) s.job = null;
+        send(ws, { type: "job.ack", jobId: m.jobId, attempt: m.attempt });
+        ctx.dispatch();
+        return;
+      }
+    }
+  }
+
+  async function logChunk(ws: ServerWebSocket<SocketData>, buf: Uint8Array) {
+    const frame = decodeLogFrame(buf);
+    let b = bases.get(frame.jobId);
+    if (!b || b.attempt !== frame.attempt) {
+      const row = await getJob(ctx.store.db, frame.jobId);
+      if (!row || row.attempt !== frame.attempt || row.worker !== ws.data.name) return;
+      if (row.state !== "assigned" && row.state !== "running") return;
+      rememberAttempt(row);
+      b = bases.get(frame.jobId)!;
+    }
+    if (!ctx.logs.writeAt(frame.jobId, b.base + frame.offset, frame.data)) {
+      send(ws, {
+        type: "job.log.from",
+        jobId: frame.jobId,
+        attempt: frame.attempt,
+        offset: ctx.logs.size(frame.jobId) - b.base,
+      });
+    }
+  }
+
+  return {
+    open(ws: ServerWebSocket<SocketData>) {
+      ws.data.chain = Promise.resolve();
+    },
+    message(ws: ServerWebSocket<SocketData>, raw: string | Buffer) {
+      ws.data.chain = ws.data.chain.then(async () => {
+        try {
+          if (typeof raw !== "string") return await logChunk(ws, new Uint8Array(raw));
+          const parsed = WorkerMessageSchema.safeParse(JSON.parse(raw));
+          if (!parsed.success) {
+            ctx.log.warn(`worker ${ws.data.name ?? "?"}: bad message: ${parsed.error.issues[0]?.message}`);
+            return;
+          }
+          await handle(ws, parsed.data);
+        } catch (err) {
+          ctx.log.error(`worker ${ws.data.name ?? "?"}: ${coerceError(err).message}`);
+        }
+      });
+    },
+    close(ws: ServerWebSocket<SocketData>) {
+      const name = ws.data.name;
+      if (!name) return;
+      ws.data.chain = ws.data.chain.then(async () => {
+        if (ctx.registry.remove(name, ws as ServerWebSocket<unknown>)) {
+          await setWorker(ctx.store, name, { connected: false, lastSeen: Date.now() }).catch(() => {});
+          ctx.log.info(`worker ${name} disconnected; its jobs keep their leases until they expire`);
+        }
+      });
+    },
+  };
+}

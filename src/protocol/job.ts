@@ -1,0 +1,139 @@
+import { z } from "zod";
+
+/** Job states exactly as SPEC.md names them. */
+export const JOB_STATES = [
+  "queued",
+  "assigned",
+  "running",
+  "succeeded",
+  "failed",
+  "cancelled",
+  "timed_out",
+] as const;
+export type JobState = (typeof JOB_STATES)[number];
+export const TERMINAL_STATES: readonly JobState[] = ["succeeded", "failed", "cancelled", "timed_out"];
+export const isTerminal = (s: string) => (TERMINAL_STATES as readonly string[]).includes(s);
+
+/** Why a job failed; see SPEC.md "Job states". */
+export const REASONS = ["exit", "signal", "oom", "pids", "no_space", "lost", "sandbox", "rejected"] as const;
+export type Reason = (typeof REASONS)[number];
+
+/** What a worker needs to run one attempt of a job. */
+export const JobSpecSchema = z.object({
+  id: z.number().int(),
+  attempt: z.number().int(),
+  name: z.string(),
+  project: z.string(),
+  command: z.array(z.string()).min(1),
+  env: z.record(z.string(), z.string()),
+  timeoutMs: z.number().int().positive(),
+  memoryBytes: z.number().int().positive().nullable(),
+  cpus: z.number().positive().nullable(),
+  pids: z.number().int().positive().nullable(),
+  scratchBytes: z.number().int().positive().nullable(),
+  root: z.string(),
+  needs: z.array(z.string()),
+  egress: z.array(z.string()),
+});
+export type JobSpec = z.infer<typeof JobSpecSchema>;
+
+/** How an attempt ended, as the worker saw it. */
+export const OutcomeSchema = z.object({
+  state: z.enum(["succeeded", "failed", "cancelled", "timed_out"]),
+  reason: z.enum(REASONS).nullable(),
+  exitCode: z.number().int().nullable(),
+  message: z.string().nullable(),
+  peakMemoryBytes: z.number().int().nullable(),
+  cpuMs: z.number().int().nullable(),
+});
+export type Outcome = z.infer<typeof OutcomeSchema>;
+
+/** A job as the API and `--json` show it. */
+export interface JobView {
+  id: number;
+  name: string;
+  project: string;
+  channel: string;
+  arch: string | null;
+  priority: number;
+  command: string[];
+  state: JobState;
+  reason: Reason | null;
+  message: string | null;
+  exitCode: number | null;
+  worker: string | null;
+  slot: string | null;
+  attempt: number;
+  retries: number;
+  createdAt: string;
+  assignedAt: string | null;
+  startedAt: string | null;
+  finishedAt: string | null;
+  timeoutMs: number;
+  resources: {
+    memoryBytes: number | null;
+    cpus: number | null;
+    pids: number | null;
+    scratchBytes: number | null;
+    root: string;
+    needs: string[];
+    egress: string[];
+    peakMemoryBytes: number | null;
+    cpuMs: number | null;
+  };
+  logSize: number;
+  cancelRequested: boolean;
+  retryOf: number | null;
+  progress: { percent: number; message: string | null } | null;
+  waitingFor: string | null;
+  artifacts: { name: string; size: number; sha256: string }[];
+}
+
+const ENV_KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+const name = (what: string) =>
+  z
+    .string()
+    .regex(
+      NAME,
+      `${what} must be 1-63 lowercase letters, digits, ".", "_" or "-", starting with a letter or digit`,
+    );
+
+/** The body of POST /api/v1/jobs. */
+export const SubmitSchema = z
+  .object({
+    name: z.string().max(200).optional(),
+    project: name("project").default("default"),
+    channel: name("channel").default("default"),
+    arch: name("arch").optional(),
+    priority: z.number().int().min(-1000).max(1000).default(0),
+    command: z.array(z.string().max(1 << 20)).min(1, "command must not be empty"),
+    env: z
+      .record(z.string().regex(ENV_KEY, "env names must be letters, digits and _"), z.string())
+      .default({}),
+    timeoutMs: z.number().int().positive().optional(),
+    memoryBytes: z
+      .number()
+      .int()
+      .min(4 << 20, "memory must be at least 4M")
+      .optional(),
+    cpus: z.number().positive().max(1024).optional(),
+    pids: z.number().int().min(8, "pids must be at least 8").optional(),
+    scratchBytes: z
+      .number()
+      .int()
+      .min(1 << 20, "scratch must be at least 1M")
+      .optional(),
+    root: z
+      .string()
+      .regex(/^(host|[a-z0-9][a-z0-9._-]{0,62})$/, "root must be host or a template name")
+      .default("host"),
+    needs: z.array(name("needs")).default([]),
+    egress: z
+      .array(z.string().regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, "egress must be HOST or HOST:PORT"))
+      .default([]),
+    repo: name("repo").optional(),
+    retries: z.number().int().min(0).max(100).optional(),
+  })
+  .strict();
+export type SubmitRequest = z.input<typeof SubmitSchema>;

@@ -1,0 +1,84 @@
+import { z } from "zod";
+import { type JobSpecSchema, OutcomeSchema } from "./job.ts";
+
+/*
+ * Messages on the worker websocket. Text frames carry JSON with a dotted `type`; binary frames carry log
+ * bytes (see encodeLogFrame). Every job message names the attempt so a late report about an earlier
+ * attempt can be recognised and ignored.
+ */
+
+export const SlotInfoSchema = z.object({
+  name: z.string(),
+  resources: z.array(z.string()),
+  held: z.string().nullable(),
+});
+export type SlotInfo = z.infer<typeof SlotInfoSchema>;
+
+const JobRef = { jobId: z.number().int(), attempt: z.number().int() };
+
+export const WorkerMessageSchema = z.discriminatedUnion("type", [
+  z.object({
+    type: z.literal("worker.hello"),
+    name: z.string(),
+    arch: z.string(),
+    channels: z.array(z.string()),
+    version: z.string(),
+    slots: z.array(SlotInfoSchema),
+    running: z.array(z.object({ ...JobRef, slot: z.string() })),
+    /** Attempts that ended and wait in the worker's outbox for the master's ack. */
+    finished: z.array(z.object(JobRef)),
+  }),
+  z.object({ type: z.literal("worker.heartbeat"), running: z.array(z.object(JobRef)) }),
+  z.object({ type: z.literal("worker.slots"), slots: z.array(SlotInfoSchema) }),
+  z.object({ type: z.literal("job.started"), ...JobRef }),
+  z.object({
+    type: z.literal("job.progress"),
+    ...JobRef,
+    percent: z.number().int().min(0).max(100),
+    message: z.string().nullable(),
+  }),
+  z.object({ type: z.literal("job.finished"), ...JobRef, outcome: OutcomeSchema, logSize: z.number().int() }),
+]);
+export type WorkerMessage = z.infer<typeof WorkerMessageSchema>;
+
+export type MasterMessage =
+  | { type: "worker.welcome"; heartbeatMs: number; leaseMs: number }
+  | { type: "worker.refused"; message: string }
+  | { type: "job.assign"; job: z.infer<typeof JobSpecSchema>; slot: string }
+  | { type: "job.cancel"; jobId: number; attempt: number }
+  | { type: "job.ack"; jobId: number; attempt: number }
+  | { type: "job.log.from"; jobId: number; attempt: number; offset: number }
+  | { type: "job.forget"; jobId: number; attempt: number };
+
+export const MasterMessageSchema = z.object({ type: z.string() }).passthrough();
+
+/** A log chunk: 4-byte big-endian header length, a JSON header, then the raw bytes. */
+export interface LogFrame {
+  jobId: number;
+  attempt: number;
+  offset: number;
+  data: Uint8Array;
+}
+
+export function encodeLogFrame(f: LogFrame): Uint8Array {
+  const header = new TextEncoder().encode(JSON.stringify({ j: f.jobId, a: f.attempt, o: f.offset }));
+  const out = new Uint8Array(4 + header.length + f.data.length);
+  new DataView(out.buffer).setUint32(0, header.length);
+  out.set(header, 4);
+  out.set(f.data, 4 + header.length);
+  return out;
+}
+
+export function decodeLogFrame(buf: Uint8Array): LogFrame {
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const len = view.getUint32(0);
+  if (len > 256 || 4 + len > buf.length) throw new Error("bad log frame header");
+  const h = JSON.parse(new TextDecoder().decode(buf.subarray(4, 4 + len))) as {
+    j: number;
+    a: number;
+    o: number;
+  };
+  if (!Number.isInteger(h.j) || !Number.isInteger(h.a) || !Number.isInteger(h.o))
+    throw new Error("bad log frame header");
+  return { jobId: h.j, attempt: h.a, offset: h.o, data: buf.subarray(4 + len) };
+}

@@ -1,0 +1,277 @@
+import { and, asc, desc, eq, gt, inArray, lt, or, sql } from "drizzle-orm";
+import type { JobState, Outcome } from "../protocol/job.ts";
+import type { Db, Store } from "./open.ts";
+import { type JobRow, jobEvents, jobs } from "./schema.ts";
+
+/*
+ * Every change of a job's state goes through this file. Each is one transaction that updates the row
+ * under a guard on the state and attempt it expects, and appends the matching job_events row; a change
+ * whose guard does not hold changes nothing and returns null. That guard is what makes "exactly one
+ * terminal state" hold when a worker's late report, a lease expiry and a cancel race each other.
+ */
+
+const ACTIVE: JobState[] = ["assigned", "running"];
+
+export type NewJob = Omit<typeof jobs.$inferInsert, "id" | "state" | "attempt" | "createdAt">;
+
+async function event(tx: Db, row: JobRow, at: number) {
+  await tx.insert(jobEvents).values({
+    jobId: row.id,
+    attempt: row.attempt,
+    at,
+    state: row.state,
+    reason: row.reason,
+    message: row.message,
+    worker: row.worker,
+  });
+}
+
+/** Queues a new job durably; returns its row once committed. */
+export function insertJob(store: Store, job: NewJob, now = Date.now()): Promise<JobRow> {
+  return store.write(async (tx) => {
+    const [row] = await tx
+      .insert(jobs)
+      .values({ ...job, state: "queued", attempt: 1, createdAt: now })
+      .returning();
+    await event(tx, row!, now);
+    return row!;
+  });
+}
+
+export async function getJob(db: Db, id: number): Promise<JobRow | undefined> {
+  return db.query.jobs.findFirst({ where: eq(jobs.id, id) });
+}
+
+/** Lists jobs newest first, optionally filtered. */
+export function listJobs(db: Db, f: { state?: string; project?: string; limit?: number; before?: number }) {
+  const conds = [];
+  if (f.state) conds.push(eq(jobs.state, f.state));
+  if (f.project) conds.push(eq(jobs.project, f.project));
+  if (f.before) conds.push(lt(jobs.id, f.before));
+  return db
+    .select()
+    .from(jobs)
+    .where(conds.length ? and(...conds) : undefined)
+    .orderBy(desc(jobs.id))
+    .limit(f.limit ?? 100);
+}
+
+/** Queued jobs in dispatch order (higher priority first, FIFO within), after the cursor `after`. */
+export function queuedPage(db: Db, after: { priority: number; id: number } | null, limit: number) {
+  const cursor = after
+    ? or(lt(jobs.priority, after.priority), and(eq(jobs.priority, after.priority), gt(jobs.id, after.id)))
+    : undefined;
+  return db
+    .select()
+    .from(jobs)
+    .where(and(eq(jobs.state, "queued"), cursor))
+    .orderBy(desc(jobs.priority), asc(jobs.id))
+    .limit(limit);
+}
+
+async function transition(
+  store: Store,
+  where: ReturnType<typeof and>,
+  set: Partial<typeof jobs.$inferInsert>,
+  now: number,
+): Promise<JobRow | null> {
+  return store.write(async (tx) => {
+    const [row] = await tx.update(jobs).set(set).where(where).returning();
+    if (!row) return null;
+    await event(tx, row, now);
+    return row;
+  });
+}
+
+/** Assigns a queued job to a worker's slot; null if it is no longer queued. */
+export function assignJob(
+  store: Store,
+  id: number,
+  worker: string,
+  slot: string,
+  leaseMs: number,
+  now = Date.now(),
+) {
+  return transition(
+    store,
+    and(eq(jobs.id, id), eq(jobs.state, "queued")),
+    { state: "assigned", worker, slot, assignedAt: now, leaseExpiresAt: now + leaseMs },
+    now,
+  );
+}
+
+/** Records that the worker started the attempt. */
+export function markRunning(
+  store: Store,
+  id: number,
+  attempt: number,
+  worker: string,
+  leaseMs: number,
+  now = Date.now(),
+) {
+  return transition(
+    store,
+    and(eq(jobs.id, id), eq(jobs.attempt, attempt), eq(jobs.worker, worker), eq(jobs.state, "assigned")),
+    { state: "running", startedAt: now, leaseExpiresAt: now + leaseMs },
+    now,
+  );
+}
+
+/** Records the attempt's outcome as the job's one terminal state; null if it already has one. */
+export function finishJob(
+  store: Store,
+  id: number,
+  attempt: number,
+  outcome: Outcome,
+  logSize: number,
+  now = Date.now(),
+) {
+  return transition(
+    store,
+    and(eq(jobs.id, id), eq(jobs.attempt, attempt), inArray(jobs.state, ACTIVE)),
+    {
+      state: outcome.state,
+      reason: outcome.reason,
+      exitCode: outcome.exitCode,
+      message: outcome.message,
+      peakMemoryBytes: outcome.peakMemoryBytes,
+      cpuMs: outcome.cpuMs,
+      finishedAt: now,
+      leaseExpiresAt: null,
+      logSize,
+    },
+    now,
+  );
+}
+
+/**
+ * An attempt was lost (its worker vanished or forgot it). The job goes back to the queue while retries
+ * remain, else ends failed with reason `lost`; a job whose cancel was requested ends cancelled instead.
+ */
+export async function requeueOrLose(
+  store: Store,
+  row: JobRow,
+  why: string,
+  logBase: number,
+  now = Date.now(),
+) {
+  const guard = and(eq(jobs.id, row.id), eq(jobs.attempt, row.attempt), inArray(jobs.state, ACTIVE));
+  if (row.cancelRequested) {
+    return transition(
+      store,
+      guard,
+      { state: "cancelled", message: why, finishedAt: now, leaseExpiresAt: null },
+      now,
+    );
+  }
+  if (row.attempt <= row.retries) {
+    return transition(
+      store,
+      guard,
+      {
+        state: "queued",
+        attempt: row.attempt + 1,
+        message: `attempt ${row.attempt} lost: ${why}`,
+        worker: null,
+        slot: null,
+        leaseExpiresAt: null,
+        assignedAt: null,
+        startedAt: null,
+        logBase,
+      },
+      now,
+    );
+  }
+  return transition(
+    store,
+    guard,
+    {
+      state: "failed",
+      reason: "lost",
+      message: why,
+      finishedAt: now,
+      leaseExpiresAt: null,
+      logSize: logBase,
+    },
+    now,
+  );
+}
+
+/**
+ * Cancels a job: a queued job ends cancelled at once; an active one is flagged so its worker kills it and
+ * reports `cancelled`. Returns the row after the change, or null when the job had already ended.
+ */
+export async function cancelJob(store: Store, id: number, now = Date.now()): Promise<JobRow | null> {
+  const queued = await transition(
+    store,
+    and(eq(jobs.id, id), eq(jobs.state, "queued")),
+    { state: "cancelled", message: "cancelled before it started", finishedAt: now },
+    now,
+  );
+  if (queued) return queued;
+  return store.write(async (tx) => {
+    const [row] = await tx
+      .update(jobs)
+      .set({ cancelRequested: true })
+      .where(and(eq(jobs.id, id), inArray(jobs.state, ACTIVE)))
+      .returning();
+    return row ?? null;
+  });
+}
+
+/** Extends the leases of the given active jobs held by `worker`. */
+export function extendLeases(store: Store, worker: string, ids: number[], leaseMs: number, now = Date.now()) {
+  if (ids.length === 0) return Promise.resolve();
+  return store.write(async (tx) => {
+    await tx
+      .update(jobs)
+      .set({ leaseExpiresAt: now + leaseMs })
+      .where(and(eq(jobs.worker, worker), inArray(jobs.state, ACTIVE), inArray(jobs.id, ids)));
+  });
+}
+
+/** Active jobs whose lease ran out. */
+export function expiredLeases(db: Db, now = Date.now()) {
+  return db
+    .select()
+    .from(jobs)
+    .where(and(inArray(jobs.state, ACTIVE), lt(jobs.leaseExpiresAt, now)));
+}
+
+/** Active jobs the store believes `worker` holds. */
+export function activeJobsOf(db: Db, worker: string) {
+  return db
+    .select()
+    .from(jobs)
+    .where(and(eq(jobs.worker, worker), inArray(jobs.state, ACTIVE)));
+}
+
+/** Stores a running job's progress report. */
+export function setProgress(
+  store: Store,
+  id: number,
+  attempt: number,
+  percent: number,
+  message: string | null,
+) {
+  return store.write(async (tx) => {
+    await tx
+      .update(jobs)
+      .set({ progress: percent, progressMessage: message })
+      .where(and(eq(jobs.id, id), eq(jobs.attempt, attempt), eq(jobs.state, "running")));
+  });
+}
+
+/** The job's state history, oldest first. */
+export function jobHistory(db: Db, id: number) {
+  return db.select().from(jobEvents).where(eq(jobEvents.jobId, id)).orderBy(asc(jobEvents.id));
+}
+
+/** Counts of jobs per state, for /metrics. */
+export async function countByState(db: Db): Promise<Record<string, number>> {
+  const rows = await db
+    .select({ state: jobs.state, n: sql<number>`count(*)` })
+    .from(jobs)
+    .groupBy(jobs.state);
+  return Object.fromEntries(rows.map((r) => [r.state, Number(r.n)]));
+}

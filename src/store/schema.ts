@@ -1,0 +1,101 @@
+import { index, integer, real, sqliteTable, text } from "drizzle-orm/sqlite-core";
+
+/*
+ * The durable state of the master. Times are milliseconds since the epoch. A job's state changes only
+ * through store/jobs.ts, each change one transaction that also appends to job_events, so a job's history
+ * can be audited and "exactly one terminal state" checked.
+ */
+
+export const jobs = sqliteTable(
+  "jobs",
+  {
+    id: integer("id").primaryKey({ autoIncrement: true }),
+    name: text("name").notNull(),
+    project: text("project").notNull(),
+    channel: text("channel").notNull(),
+    arch: text("arch"),
+    priority: integer("priority").notNull().default(0),
+    command: text("command", { mode: "json" }).$type<string[]>().notNull(),
+    env: text("env", { mode: "json" }).$type<Record<string, string>>().notNull(),
+    timeoutMs: integer("timeout_ms").notNull(),
+    memoryBytes: integer("memory_bytes"),
+    cpus: real("cpus"),
+    pids: integer("pids"),
+    scratchBytes: integer("scratch_bytes"),
+    root: text("root").notNull().default("host"),
+    needs: text("needs", { mode: "json" }).$type<string[]>().notNull(),
+    egress: text("egress", { mode: "json" }).$type<string[]>().notNull(),
+    repo: text("repo"),
+    retries: integer("retries").notNull(),
+    attempt: integer("attempt").notNull().default(1),
+    state: text("state").notNull(),
+    reason: text("reason"),
+    message: text("message"),
+    exitCode: integer("exit_code"),
+    worker: text("worker"),
+    slot: text("slot"),
+    leaseExpiresAt: integer("lease_expires_at"),
+    cancelRequested: integer("cancel_requested", { mode: "boolean" }).notNull().default(false),
+    createdAt: integer("created_at").notNull(),
+    assignedAt: integer("assigned_at"),
+    startedAt: integer("started_at"),
+    finishedAt: integer("finished_at"),
+    peakMemoryBytes: integer("peak_memory_bytes"),
+    cpuMs: integer("cpu_ms"),
+    logSize: integer("log_size").notNull().default(0),
+    // Where the current attempt's output starts in the job's log file; earlier attempts precede it.
+    logBase: integer("log_base").notNull().default(0),
+    retryOf: integer("retry_of"),
+    progress: integer("progress"),
+    progressMessage: text("progress_message"),
+    submittedBy: text("submitted_by"),
+  },
+  (t) => [
+    index("jobs_queue").on(t.state, t.priority, t.id),
+    index("jobs_worker").on(t.worker, t.state),
+    index("jobs_project").on(t.project, t.id),
+  ],
+);
+
+export const jobEvents = sqliteTable(
+  "job_events",
+  {
+    id: integer("id").primaryKey({ autoIncrement: true }),
+    jobId: integer("job_id").notNull(),
+    attempt: integer("attempt").notNull(),
+    at: integer("at").notNull(),
+    state: text("state").notNull(),
+    reason: text("reason"),
+    message: text("message"),
+    worker: text("worker"),
+  },
+  (t) => [index("job_events_job").on(t.jobId, t.id)],
+);
+
+export const workers = sqliteTable("workers", {
+  name: text("name").primaryKey(),
+  arch: text("arch").notNull(),
+  channels: text("channels", { mode: "json" }).$type<string[]>().notNull(),
+  slots: text("slots", { mode: "json" }).$type<{ name: string; resources: string[] }[]>().notNull(),
+  version: text("version").notNull(),
+  connected: integer("connected", { mode: "boolean" }).notNull().default(false),
+  firstSeen: integer("first_seen").notNull(),
+  lastSeen: integer("last_seen").notNull(),
+  draining: integer("draining", { mode: "boolean" }).notNull().default(false),
+  holdReason: text("hold_reason"),
+});
+
+export const tokens = sqliteTable("tokens", {
+  id: text("id").primaryKey(),
+  hash: text("hash").notNull().unique(),
+  role: text("role").notNull(),
+  project: text("project"),
+  name: text("name").notNull(),
+  createdAt: integer("created_at").notNull(),
+  expiresAt: integer("expires_at"),
+  revokedAt: integer("revoked_at"),
+});
+
+export type JobRow = typeof jobs.$inferSelect;
+export type WorkerRow = typeof workers.$inferSelect;
+export type TokenRow = typeof tokens.$inferSelect;

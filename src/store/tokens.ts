@@ -1,0 +1,68 @@
+import { createHash, randomBytes } from "node:crypto";
+import { and, eq, isNull } from "drizzle-orm";
+import type { Db, Store } from "./open.ts";
+import { type TokenRow, tokens } from "./schema.ts";
+
+export const ROLES = ["admin", "operator", "submitter", "viewer", "worker"] as const;
+export type Role = (typeof ROLES)[number];
+
+/** Only the hash of a token is stored; the secret itself is shown once, at creation. */
+export const hashToken = (secret: string) => createHash("sha256").update(secret).digest("hex");
+
+/** Creates a token and returns its secret (prefixed `kiln_` so leaked tokens are easy to scan for). */
+export async function createToken(
+  store: Store,
+  t: { role: Role; name: string; project?: string | null; ttlMs?: number | null },
+  now = Date.now(),
+): Promise<{ id: string; secret: string }> {
+  const secret = `kiln_${randomBytes(24).toString("base64url")}`;
+  const id = randomBytes(6).toString("hex");
+  await insertTokenHash(store, { id, hash: hashToken(secret), ...t }, now);
+  return { id, secret };
+}
+
+/** Stores a token whose secret already exists (the admin token file); does nothing if it is stored. */
+export function insertTokenHash(
+  store: Store,
+  t: { id: string; hash: string; role: Role; name: string; project?: string | null; ttlMs?: number | null },
+  now = Date.now(),
+) {
+  return store.write(async (tx) => {
+    await tx
+      .insert(tokens)
+      .values({
+        id: t.id,
+        hash: t.hash,
+        role: t.role,
+        name: t.name,
+        project: t.project ?? null,
+        createdAt: now,
+        expiresAt: t.ttlMs ? now + t.ttlMs : null,
+      })
+      .onConflictDoNothing();
+  });
+}
+
+/** The live token with this secret, or undefined (unknown, revoked or expired). */
+export async function findToken(db: Db, secret: string, now = Date.now()): Promise<TokenRow | undefined> {
+  const row = await db.query.tokens.findFirst({
+    where: and(eq(tokens.hash, hashToken(secret)), isNull(tokens.revokedAt)),
+  });
+  if (!row || (row.expiresAt !== null && row.expiresAt <= now)) return undefined;
+  return row;
+}
+
+export function listTokens(db: Db) {
+  return db.select().from(tokens).orderBy(tokens.createdAt);
+}
+
+export function revokeToken(store: Store, id: string, now = Date.now()) {
+  return store.write(async (tx) => {
+    const [row] = await tx
+      .update(tokens)
+      .set({ revokedAt: now })
+      .where(and(eq(tokens.id, id), isNull(tokens.revokedAt)))
+      .returning();
+    return row ?? null;
+  });
+}

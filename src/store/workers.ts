@@ -1,0 +1,49 @@
+import { eq } from "drizzle-orm";
+import type { Db, Store } from "./open.ts";
+import { type WorkerRow, workers } from "./schema.ts";
+
+/** Records a worker's registration (or re-registration) and marks it connected. */
+export function upsertWorker(
+  store: Store,
+  w: Pick<WorkerRow, "name" | "arch" | "channels" | "slots" | "version">,
+  now = Date.now(),
+) {
+  return store.write(async (tx) => {
+    await tx
+      .insert(workers)
+      .values({ ...w, connected: true, firstSeen: now, lastSeen: now })
+      .onConflictDoUpdate({
+        target: workers.name,
+        set: {
+          arch: w.arch,
+          channels: w.channels,
+          slots: w.slots,
+          version: w.version,
+          connected: true,
+          lastSeen: now,
+        },
+      });
+  });
+}
+
+export function setWorker(store: Store, name: string, set: Partial<WorkerRow>) {
+  return store.write(async (tx) => {
+    const [row] = await tx.update(workers).set(set).where(eq(workers.name, name)).returning();
+    return row ?? null;
+  });
+}
+
+export function getWorker(db: Db, name: string) {
+  return db.query.workers.findFirst({ where: eq(workers.name, name) });
+}
+
+export function listWorkers(db: Db) {
+  return db.select().from(workers).orderBy(workers.name);
+}
+
+/** At master start no worker is connected yet, whatever the store last said. */
+export function markAllDisconnected(store: Store) {
+  return store.write(async (tx) => {
+    await tx.update(workers).set({ connected: false });
+  });
+}

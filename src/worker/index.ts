@@ -1,0 +1,442 @@
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { hostname } from "node:os";
+import { join } from "node:path";
+import type { Config } from "../config/schema.ts";
+import { coerceError } from "../lib/errors.ts";
+import { logger } from "../lib/log.ts";
+import { delay } from "../lib/loop.ts";
+import type { JobSpec, Outcome } from "../protocol/job.ts";
+import { encodeLogFrame, type MasterMessage, type SlotInfo, type WorkerMessage } from "../protocol/wire.ts";
+import { VERSION } from "../version.ts";
+import {
+  createJobDir,
+  type JobDir,
+  jobKey,
+  logPath,
+  readOutcome,
+  removeJobDir,
+  scanJobDirs,
+  writeOutcome,
+} from "./job-dir.ts";
+import type { RunHandle, Runner, RunResult, Slot } from "./runner.ts";
+
+export interface WorkerOptions {
+  cfg: Config;
+  data: string;
+  token: string;
+  runner: Runner;
+  /** Echo job output to this process's stderr as well (debug mode). */
+  echo?: boolean;
+}
+
+interface Active {
+  job: JobDir;
+  spec: JobSpec;
+  slot: Slot;
+  logFd: number;
+  /** How many bytes of the log the master has been sent (or said it has). */
+  sent: number;
+  handle: RunHandle | null;
+  cancelled: boolean;
+  timedOut: boolean;
+  timer: Timer | null;
+  forgotten: boolean;
+}
+
+export interface RunningWorker {
+  name: string;
+  stop(): Promise<void>;
+  done: Promise<void>;
+}
+
+/** Debian's names for the machine's architecture, which package repositories use too. */
+export function defaultArch(): string {
+  return process.arch === "x64" ? "amd64" : process.arch;
+}
+
+const LOG_CHUNK = 64 * 1024;
+// Stop sending log bytes while this much is still queued in the socket; the master asks for the rest.
+const MAX_BUFFERED = 4 * 1024 * 1024;
+
+/** Maps how a job ended to its state and reason (SPEC.md "Job states"). */
+export function outcomeOf(r: RunResult, a: { cancelled: boolean; timedOut: boolean }): Outcome {
+  const base = { peakMemoryBytes: r.peakMemoryBytes, cpuMs: r.cpuMs };
+  if (a.timedOut)
+    return {
+      ...base,
+      state: "timed_out",
+      reason: null,
+      exitCode: null,
+      message: "the job ran past its timeout",
+    };
+  if (a.cancelled) return { ...base, state: "cancelled", reason: null, exitCode: null, message: "cancelled" };
+  if (r.exit.kind === "sandbox")
+    return { ...base, state: "failed", reason: "sandbox", exitCode: null, message: r.exit.message };
+  if (r.limit) {
+    const why = {
+      oom: "killed: out of memory",
+      pids: "hit its process limit",
+      no_space: "its scratch space filled up",
+    }[r.limit];
+    const exitCode = r.exit.kind === "exit" ? r.exit.code : null;
+    return { ...base, state: "failed", reason: r.limit, exitCode, message: why };
+  }
+  if (r.exit.kind === "signal") {
+    return {
+      ...base,
+      state: "failed",
+      reason: "signal",
+      exitCode: null,
+      message: `killed by signal ${r.exit.signal}`,
+    };
+  }
+  if (r.exit.code === 0) return { ...base, state: "succeeded", reason: null, exitCode: 0, message: null };
+  return {
+    ...base,
+    state: "failed",
+    reason: "exit",
+    exitCode: r.exit.code,
+    message: `exited with status ${r.exit.code}`,
+  };
+}
+
+/**
+ * Starts a worker: sweeps what a previous life left, connects to the master (reconnecting with backoff),
+ * runs what it is given through its Runner, streams logs and delivers results through its outbox.
+ */
+export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
+  const { cfg } = opts;
+  const log = logger("worker");
+  const name =
+    cfg.worker.name ||
+    hostname()
+      .toLowerCase()
+      .replace(/[^a-z0-9._-]/g, "-");
+  const arch = cfg.worker.arch || defaultArch();
+  const jobsRoot = join(opts.data, "worker", "jobs");
+  const slots: Slot[] = Array.from({ length: cfg.worker.capacity }, (_, i) => ({
+    name: `slot-${i}`,
+    resources: [],
+    index: i,
+  }));
+  const active = new Map<string, Active>();
+  const outbox = new Map<string, { job: JobDir; outcome: Outcome; logSize: number }>();
+
+  const { finished, interrupted } = scanJobDirs(jobsRoot);
+  if (interrupted.length) {
+    log.warn(
+      `cleaning up ${interrupted.length} job(s) interrupted by a previous stop; the master re-queues them`,
+    );
+    await opts.runner.sweep(interrupted.map((d) => d.dir));
+    for (const d of interrupted) removeJobDir(d);
+  } else {
+    await opts.runner.sweep([]);
+  }
+  for (const d of finished) {
+    const o = readOutcome(d)!;
+    outbox.set(jobKey(d.jobId, d.attempt), { job: d, ...o });
+  }
+
+  let ws: WebSocket | null = null;
+  let connected = false;
+  let stopping = false;
+  let heartbeat: Timer | null = null;
+  let pumpTimer: Timer | null = null;
+
+  const send = (msg: WorkerMessage) => {
+    if (ws && connected) ws.send(JSON.stringify(msg));
+  };
+  const slotInfo = (): SlotInfo[] => slots.map((s) => ({ name: s.name, resources: s.resources, held: null }));
+
+  /** Sends whatever the log file holds past what the master has; returns true when all was sent. */
+  const pump = (a: Active): boolean => {
+    if (!ws || !connected) return false;
+    const size = fstatSync(a.logFd).size;
+    const buf = new Uint8Array(LOG_CHUNK);
+    while (a.sent < size) {
+      if (ws.bufferedAmount > MAX_BUFFERED) return false;
+      const n = readSync(a.logFd, buf, 0, Math.min(LOG_CHUNK, size - a.sent), a.sent);
+      if (n <= 0) break;
+      ws.send(
+        encodeLogFrame({
+          jobId: a.spec.id,
+          attempt: a.spec.attempt,
+          offset: a.sent,
+          data: buf.subarray(0, n),
+        }),
+      );
+      if (opts.echo) process.stderr.write(buf.subarray(0, n));
+      a.sent += n;
+    }
+    return a.sent >= size;
+  };
+
+  const sendFinished = (key: string) => {
+    const o = outbox.get(key);
+    if (!o) return;
+    const a = active.get(key);
+    if (a && !pump(a)) return;
+    send({
+      type: "job.finished",
+      jobId: o.job.jobId,
+      attempt: o.job.attempt,
+      outcome: o.outcome,
+      logSize: o.logSize,
+    });
+  };
+
+  const finish = async (a: Active, result: RunResult) => {
+    const key = jobKey(a.spec.id, a.spec.attempt);
+    if (a.timer) clearTimeout(a.timer);
+    const logSize = fstatSync(a.logFd).size;
+    const outcome = outcomeOf(result, a);
+    if (a.forgotten) {
+      closeSync(a.logFd);
+      active.delete(key);
+      removeJobDir(a.job);
+      return;
+    }
+    writeOutcome(a.job, outcome, logSize);
+    outbox.set(key, { job: a.job, outcome, logSize });
+    log.info(`job ${a.spec.id}: ${outcome.state}${outcome.reason ? ` (${outcome.reason})` : ""}`);
+    sendFinished(key);
+  };
+
+  const startJob = async (spec: JobSpec, slotName: string) => {
+    const key = jobKey(spec.id, spec.attempt);
+    if (active.has(key) || outbox.has(key)) return;
+    const slot = slots.find((s) => s.name === slotName);
+    const busy = [...active].some(([k, a]) => a.slot.name === slotName && !outbox.has(k));
+    if (!slot || busy) {
+      // The master's view and ours disagree; refusing makes the master re-queue it at once.
+      log.warn(`job ${spec.id}: slot ${slotName} is ${slot ? "busy" : "unknown"}; refusing`);
+      const job = createJobDir(jobsRoot, spec);
+      const outcome: Outcome = {
+        state: "failed",
+        reason: "sandbox",
+        exitCode: null,
+        message: `slot ${slotName} was not free on ${name}`,
+        peakMemoryBytes: null,
+        cpuMs: null,
+      };
+      writeOutcome(job, outcome, 0);
+      outbox.set(key, { job, outcome, logSize: 0 });
+      sendFinished(key);
+      return;
+    }
+    const job = createJobDir(jobsRoot, spec);
+    const logFd = openSync(logPath(job), "a+", 0o600);
+    const a: Active = {
+      job,
+      spec,
+      slot,
+      logFd,
+      sent: 0,
+      handle: null,
+      cancelled: false,
+      timedOut: false,
+      timer: null,
+      forgotten: false,
+    };
+    active.set(key, a);
+    const env: Record<string, string> = {
+      PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+      LANG: "C.UTF-8",
+      HOME: join(job.dir, "work"),
+      KILN_OUT: join(job.dir, "out"),
+      KILN_JOB_ID: String(spec.id),
+      KILN_ATTEMPT: String(spec.attempt),
+      ...spec.env,
+    };
+    try {
+      a.handle = await opts.runner.start({ spec, slot, dir: job.dir, logFd, env });
+    } catch (err) {
+      await finish(a, {
+        exit: { kind: "sandbox", message: coerceError(err).message },
+        limit: null,
+        peakMemoryBytes: null,
+        cpuMs: null,
+      });
+      return;
+    }
+    send({ type: "job.started", jobId: spec.id, attempt: spec.attempt });
+    a.timer = setTimeout(() => {
+      a.timedOut = true;
+      a.handle?.kill();
+    }, spec.timeoutMs);
+    a.handle.result.then(
+      (r) => finish(a, r),
+      (err) =>
+        finish(a, {
+          exit: { kind: "sandbox", message: coerceError(err).message },
+          limit: null,
+          peakMemoryBytes: null,
+          cpuMs: null,
+        }),
+    );
+  };
+
+  const onMessage = (msg: MasterMessage) => {
+    switch (msg.type) {
+      case "worker.welcome":
+        if (heartbeat) clearInterval(heartbeat);
+        heartbeat = setInterval(() => {
+          send({
+            type: "worker.heartbeat",
+            running: [...active.values()].map((a) => ({ jobId: a.spec.id, attempt: a.spec.attempt })),
+          });
+        }, msg.heartbeatMs);
+        return;
+      case "worker.refused":
+        log.error(`the master refused this worker: ${msg.message}`);
+        return;
+      case "job.assign":
+        void startJob(msg.job, msg.slot);
+        return;
+      case "job.cancel": {
+        const a = active.get(jobKey(msg.jobId, msg.attempt));
+        if (a && !a.cancelled) {
+          a.cancelled = true;
+          a.handle?.kill();
+        }
+        return;
+      }
+      case "job.forget": {
+        const key = jobKey(msg.jobId, msg.attempt);
+        const a = active.get(key);
+        if (a) {
+          a.forgotten = true;
+          a.handle?.kill();
+        }
+        const o = outbox.get(key);
+        if (o) {
+          outbox.delete(key);
+          if (!a) removeJobDir(o.job);
+        }
+        return;
+      }
+      case "job.ack": {
+        const key = jobKey(msg.jobId, msg.attempt);
+        const o = outbox.get(key);
+        if (!o) return;
+        outbox.delete(key);
+        const a = active.get(key);
+        if (a) {
+          closeSync(a.logFd);
+          active.delete(key);
+        }
+        removeJobDir(o.job);
+        return;
+      }
+      case "job.log.from": {
+        const key = jobKey(msg.jobId, msg.attempt);
+        let a = active.get(key);
+        const o = outbox.get(key);
+        if (!a && o) {
+          // A finished job from before a restart: reopen its log to resend what the master lacks.
+          a = {
+            job: o.job,
+            spec: { id: o.job.jobId, attempt: o.job.attempt } as JobSpec,
+            slot: slots[0]!,
+            logFd: openSync(logPath(o.job), "a+"),
+            sent: 0,
+            handle: null,
+            cancelled: false,
+            timedOut: false,
+            timer: null,
+            forgotten: false,
+          };
+          active.set(key, a);
+        }
+        if (!a) return;
+        a.sent = Math.min(msg.offset, fstatSync(a.logFd).size);
+        if (o) sendFinished(key);
+        else pump(a);
+        return;
+      }
+    }
+  };
+
+  const connect = async () => {
+    let backoff = 100;
+    while (!stopping) {
+      const url = `${cfg.worker.master.replace(/^http/, "ws").replace(/\/$/, "")}/api/v1/worker/connect`;
+      const opened = await new Promise<boolean>((resolve) => {
+        const sock = new WebSocket(url, {
+          headers: { authorization: `Bearer ${opts.token}` },
+        } as unknown as string[]);
+        sock.binaryType = "arraybuffer";
+        let wasOpen = false;
+        sock.onopen = () => {
+          wasOpen = true;
+          ws = sock;
+          connected = true;
+          backoff = 100;
+          const running = [...active.values()].filter(
+            (a) => !outbox.has(jobKey(a.spec.id, a.spec.attempt)) && a.handle,
+          );
+          sock.send(
+            JSON.stringify({
+              type: "worker.hello",
+              name,
+              arch,
+              channels: cfg.worker.channels,
+              version: VERSION,
+              slots: slotInfo(),
+              running: running.map((a) => ({ jobId: a.spec.id, attempt: a.spec.attempt, slot: a.slot.name })),
+              finished: [...outbox.values()].map((o) => ({ jobId: o.job.jobId, attempt: o.job.attempt })),
+            } satisfies WorkerMessage),
+          );
+          log.info(`connected to ${cfg.worker.master} as ${name}`);
+        };
+        sock.onmessage = (ev) => {
+          try {
+            onMessage(JSON.parse(String(ev.data)) as MasterMessage);
+          } catch (err) {
+            log.error(`bad message from the master: ${coerceError(err).message}`);
+          }
+        };
+        sock.onclose = (ev) => {
+          if (ws === sock) {
+            ws = null;
+            connected = false;
+          }
+          if (wasOpen && !stopping)
+            log.warn(`lost the master (${ev.code}${ev.reason ? ` ${ev.reason}` : ""}); reconnecting`);
+          resolve(wasOpen);
+        };
+        sock.onerror = () => {};
+      });
+      if (stopping) break;
+      if (!opened) log.debug(`cannot reach ${cfg.worker.master}; retrying in ${backoff}ms`);
+      // Jitter spreads a fleet's reconnects after a master restart.
+      await delay(backoff + Math.random() * backoff * 0.3);
+      backoff = Math.min(backoff * 2, 5000);
+    }
+  };
+
+  pumpTimer = setInterval(() => {
+    for (const [key, a] of active) if (!outbox.has(key)) pump(a);
+  }, 50);
+
+  const done = connect();
+  return {
+    name,
+    done,
+    async stop() {
+      stopping = true;
+      if (heartbeat) clearInterval(heartbeat);
+      if (pumpTimer) clearInterval(pumpTimer);
+      // Jobs cut short by a stop are not failures of theirs: no outcome is written, so the master
+      // re-queues them (retries permitting) when this worker comes back or its lease runs out.
+      for (const [key, a] of active) {
+        if (outbox.has(key)) continue;
+        a.forgotten = true;
+        a.handle?.kill();
+      }
+      await Promise.all([...active.values()].map((a) => a.handle?.result.catch(() => {})));
+      ws?.close();
+      await Promise.race([done, delay(1000)]);
+    },
+  };
+}

@@ -1,0 +1,79 @@
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { join } from "node:path";
+import { type JobSpec, type Outcome, OutcomeSchema } from "../protocol/job.ts";
+
+/*
+ * Each attempt a worker runs has a directory DATA/worker/jobs/ID.ATTEMPT holding spec.json, the log, and
+ * once it ends outcome.json. outcome.json is the durable outbox entry: it stays until the master acks
+ * it, so a result survives a master restart, a dropped connection or a worker restart.
+ */
+
+export const jobKey = (jobId: number, attempt: number) => `${jobId}.${attempt}`;
+
+export interface JobDir {
+  jobId: number;
+  attempt: number;
+  dir: string;
+}
+
+export function createJobDir(root: string, spec: JobSpec): JobDir {
+  const dir = join(root, jobKey(spec.id, spec.attempt));
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  writeFileSync(join(dir, "spec.json"), JSON.stringify(spec));
+  return { jobId: spec.id, attempt: spec.attempt, dir };
+}
+
+export const logPath = (d: JobDir) => join(d.dir, "log");
+
+/** Writes the outcome atomically and durably (temp file, fsync, rename, fsync of the directory). */
+export function writeOutcome(d: JobDir, outcome: Outcome, logSize: number) {
+  const tmp = join(d.dir, "outcome.json.tmp");
+  const fd = openSync(tmp, "w", 0o600);
+  writeFileSync(fd, JSON.stringify({ outcome, logSize }));
+  fsyncSync(fd);
+  closeSync(fd);
+  renameSync(tmp, join(d.dir, "outcome.json"));
+  const dfd = openSync(d.dir, "r");
+  fsyncSync(dfd);
+  closeSync(dfd);
+}
+
+export function readOutcome(d: JobDir): { outcome: Outcome; logSize: number } | null {
+  const file = join(d.dir, "outcome.json");
+  if (!existsSync(file)) return null;
+  try {
+    const raw = JSON.parse(readFileSync(file, "utf8"));
+    return { outcome: OutcomeSchema.parse(raw.outcome), logSize: Number(raw.logSize) };
+  } catch {
+    return null;
+  }
+}
+
+export function removeJobDir(d: JobDir) {
+  rmSync(d.dir, { recursive: true, force: true });
+}
+
+/** Every job directory present, split into finished (outbox) and interrupted (no outcome). */
+export function scanJobDirs(root: string): { finished: JobDir[]; interrupted: JobDir[] } {
+  mkdirSync(root, { recursive: true, mode: 0o700 });
+  const finished: JobDir[] = [];
+  const interrupted: JobDir[] = [];
+  for (const name of readdirSync(root)) {
+    const m = /^(\d+)\.(\d+)$/.exec(name);
+    if (!m) continue;
+    const d = { jobId: Number(m[1]), attempt: Number(m[2]), dir: join(root, name) };
+    (readOutcome(d) ? finished : interrupted).push(d);
+  }
+  return { finished, interrupted };
+}

@@ -1,0 +1,88 @@
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { RunHandle, Runner, RunRequest, RunResult } from "./runner.ts";
+
+/*
+ * The plain-process runner: the job's command as a child of the worker in its own session and process
+ * group, killed as a group. It isolates nothing; the sandbox runner is what production uses.
+ */
+
+const SIGNALS: Record<string, number> = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGQUIT: 3,
+  SIGKILL: 9,
+  SIGTERM: 15,
+  SIGSEGV: 11,
+  SIGABRT: 6,
+  SIGPIPE: 13,
+};
+
+function killGroup(pid: number) {
+  try {
+    process.kill(-pid, "SIGKILL");
+  } catch {
+    // Already gone.
+  }
+}
+
+/** The process start time from /proc, so a recorded pid is not confused with a reused one. */
+function startTime(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+export function createProcessRunner(): Runner {
+  return {
+    name: "process",
+    async start(req: RunRequest): Promise<RunHandle> {
+      const work = join(req.dir, "work");
+      mkdirSync(work, { recursive: true });
+      mkdirSync(req.env.KILN_OUT!, { recursive: true });
+      const child = Bun.spawn(req.spec.command, {
+        cwd: work,
+        env: req.env,
+        stdin: "ignore",
+        stdout: req.logFd,
+        stderr: req.logFd,
+        // A new session makes the child a process-group leader, so the group can be killed as a whole.
+        detached: true,
+      });
+      writeFileSync(join(req.dir, "pid"), `${child.pid} ${startTime(child.pid) ?? ""}\n`);
+      const result: Promise<RunResult> = child.exited.then(() => {
+        killGroup(child.pid);
+        const signal = child.signalCode ? (SIGNALS[child.signalCode] ?? 9) : null;
+        return {
+          exit: signal !== null ? { kind: "signal", signal } : { kind: "exit", code: child.exitCode ?? 0 },
+          limit: null,
+          // Bun reports maxRSS in bytes. It is the child's own peak; the sandbox runner reads the cgroup's.
+          peakMemoryBytes: child.resourceUsage()?.maxRSS ?? null,
+          cpuMs: (() => {
+            const u = child.resourceUsage();
+            return u ? Math.round(Number(u.cpuTime.total) / 1000) : null;
+          })(),
+        };
+      });
+      return {
+        result,
+        kill() {
+          killGroup(child.pid);
+        },
+      };
+    },
+    async sweep(dirs: string[]) {
+      for (const dir of dirs) {
+        try {
+          const [pid, start] = readFileSync(join(dir, "pid"), "utf8").trim().split(" ");
+          if (pid && start && startTime(Number(pid)) === start) killGroup(Number(pid));
+        } catch {
+          // No pid file: the job never started.
+        }
+      }
+    },
+  };
+}

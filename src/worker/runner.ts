@@ -1,0 +1,51 @@
+import type { JobSpec } from "../protocol/job.ts";
+
+/** A slot as the worker offers it: its name, the resources it holds and its default limits. */
+export interface Slot {
+  name: string;
+  resources: string[];
+  index: number;
+}
+
+/** How the job's main process ended, before the worker turns it into a state and reason. */
+export type RawExit =
+  | { kind: "exit"; code: number }
+  | { kind: "signal"; signal: number }
+  | { kind: "sandbox"; message: string };
+
+export interface RunResult {
+  exit: RawExit;
+  /** A limit that explains the failure better than the exit status (read from the kernel's counters). */
+  limit: "oom" | "pids" | "no_space" | null;
+  peakMemoryBytes: number | null;
+  cpuMs: number | null;
+}
+
+export interface RunHandle {
+  /** Resolves once the job and everything it started are gone and the slot is clean again. */
+  result: Promise<RunResult>;
+  /** Kills the job's whole process tree now. Safe to call more than once. */
+  kill(): void;
+}
+
+export interface RunRequest {
+  spec: JobSpec;
+  slot: Slot;
+  /** The job's private directory on the worker (its log, its outbox entry). */
+  dir: string;
+  /** Where stdout and stderr both go, so their interleaving is kept exactly. */
+  logFd: number;
+  /** The environment the job sees, already built by the worker. */
+  env: Record<string, string>;
+}
+
+/**
+ * How the worker runs a job. The plain-process runner and the sandbox runner both implement it; the
+ * worker never knows which one it holds.
+ */
+export interface Runner {
+  readonly name: string;
+  start(req: RunRequest): Promise<RunHandle>;
+  /** At worker start: removes whatever a crashed worker left behind (processes, mounts, cgroups...). */
+  sweep(leftoverDirs: string[]): Promise<void>;
+}
