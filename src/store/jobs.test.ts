@@ -1,0 +1,141 @@
+import { afterEach, beforeEach, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Outcome } from "../protocol/job.ts";
+import {
+  assignJob,
+  cancelJob,
+  expiredLeases,
+  extendLeases,
+  finishJob,
+  getJob,
+  insertJob,
+  jobHistory,
+  markRunning,
+  type NewJob,
+  queuedPage,
+  requeueOrLose,
+} from "./jobs.ts";
+import { openStore, type Store } from "./open.ts";
+
+let dir: string;
+let store: Store;
+
+beforeEach(async () => {
+  dir = mkdtempSync(join(tmpdir(), "kiln-store-"));
+  store = await openStore(`file:${join(dir, "kiln.db")}`);
+});
+afterEach(() => {
+  store.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const job = (over: Partial<NewJob> = {}): NewJob => ({
+  name: "t",
+  project: "default",
+  channel: "default",
+  arch: null,
+  priority: 0,
+  command: ["true"],
+  env: {},
+  timeoutMs: 60_000,
+  needs: [],
+  egress: [],
+  retries: 1,
+  ...over,
+});
+
+const ok: Outcome = {
+  state: "succeeded",
+  reason: null,
+  exitCode: 0,
+  message: null,
+  peakMemoryBytes: null,
+  cpuMs: null,
+};
+
+test("the store file is in WAL mode and migrations are recorded once", async () => {
+  const mode = await store.client.execute("PRAGMA journal_mode");
+  expect(String(mode.rows[0]![0])).toBe("wal");
+  store.close();
+  store = await openStore(`file:${join(dir, "kiln.db")}`);
+  const rows = await store.client.execute("SELECT count(*) FROM __drizzle_migrations");
+  expect(Number(rows.rows[0]![0])).toBeGreaterThanOrEqual(1);
+  const again = await store.client.execute("SELECT count(*) FROM __drizzle_migrations");
+  expect(again.rows[0]![0]).toBe(rows.rows[0]![0]);
+});
+
+test("the queue is ordered by priority, then FIFO", async () => {
+  const ids: [number, number][] = [];
+  for (const p of [0, 3, 1, 3, 0]) ids.push([(await insertJob(store, job({ priority: p }))).id, p]);
+  const page = await queuedPage(store.db, null, 10);
+  expect(page.map((r) => r.priority)).toEqual([3, 3, 1, 0, 0]);
+  expect(page[0]!.id).toBeLessThan(page[1]!.id);
+  const next = await queuedPage(store.db, { priority: page[1]!.priority, id: page[1]!.id }, 10);
+  expect(next.map((r) => r.priority)).toEqual([1, 0, 0]);
+});
+
+test("a job goes queued, assigned, running, succeeded, and records each step", async () => {
+  const row = await insertJob(store, job());
+  expect(await assignJob(store, row.id, "w", "slot-0", 1000)).not.toBeNull();
+  expect(await assignJob(store, row.id, "w2", "slot-0", 1000)).toBeNull();
+  expect(await markRunning(store, row.id, 1, "other", 1000)).toBeNull();
+  expect(await markRunning(store, row.id, 1, "w", 1000)).not.toBeNull();
+  expect((await finishJob(store, row.id, 1, ok, 0))!.state).toBe("succeeded");
+  const history = await jobHistory(store.db, row.id);
+  expect(history.map((e) => e.state)).toEqual(["queued", "assigned", "running", "succeeded"]);
+});
+
+test("a job records exactly one terminal state whatever reports race", async () => {
+  const row = await insertJob(store, job({ retries: 0 }));
+  await assignJob(store, row.id, "w", "s", 1000);
+  await markRunning(store, row.id, 1, "w", 1000);
+  const running = (await getJob(store.db, row.id))!;
+  const results = await Promise.all([
+    finishJob(store, row.id, 1, ok, 0),
+    requeueOrLose(store, running, "gone", 0),
+    finishJob(store, row.id, 1, { ...ok, state: "failed", reason: "exit", exitCode: 1 }, 0),
+    cancelJob(store, row.id),
+  ]);
+  const terminalWrites = results.slice(0, 3).filter((r) => r !== null);
+  expect(terminalWrites.length).toBe(1);
+  const history = await jobHistory(store.db, row.id);
+  expect(
+    history.filter((e) => ["succeeded", "failed", "cancelled", "timed_out"].includes(e.state)).length,
+  ).toBe(1);
+});
+
+test("a lost attempt is re-queued while retries remain, then fails as lost", async () => {
+  const row = await insertJob(store, job({ retries: 1 }));
+  await assignJob(store, row.id, "w", "s", 1000);
+  const first = await requeueOrLose(store, (await getJob(store.db, row.id))!, "gone", 42);
+  expect(first).toMatchObject({ state: "queued", attempt: 2, worker: null, logBase: 42 });
+  // A late report about attempt 1 changes nothing.
+  expect(await finishJob(store, row.id, 1, ok, 0)).toBeNull();
+  await assignJob(store, row.id, "w", "s", 1000);
+  const second = await requeueOrLose(store, (await getJob(store.db, row.id))!, "gone again", 50);
+  expect(second).toMatchObject({ state: "failed", reason: "lost", attempt: 2 });
+});
+
+test("cancel ends a queued job at once and flags an active one", async () => {
+  const a = await insertJob(store, job());
+  expect((await cancelJob(store, a.id))!.state).toBe("cancelled");
+  expect(await cancelJob(store, a.id)).toBeNull();
+  const b = await insertJob(store, job());
+  await assignJob(store, b.id, "w", "s", 1000);
+  const flagged = await cancelJob(store, b.id);
+  expect(flagged).toMatchObject({ state: "assigned", cancelRequested: true });
+  // A flagged job whose worker vanishes ends cancelled, not re-queued.
+  expect((await requeueOrLose(store, flagged!, "gone", 0))!.state).toBe("cancelled");
+});
+
+test("leases expire unless extended by the worker that holds the job", async () => {
+  const row = await insertJob(store, job());
+  await assignJob(store, row.id, "w", "s", 1000, 0);
+  expect((await expiredLeases(store.db, 2000)).map((r) => r.id)).toEqual([row.id]);
+  await extendLeases(store, "someone-else", [row.id], 10_000, 1500);
+  expect((await expiredLeases(store.db, 2000)).length).toBe(1);
+  await extendLeases(store, "w", [row.id], 10_000, 1500);
+  expect((await expiredLeases(store.db, 2000)).length).toBe(0);
+});

@@ -1,0 +1,52 @@
+import { expect, test } from "bun:test";
+import { outcomeOf } from "./index.ts";
+import type { RunResult } from "./runner.ts";
+
+const r = (exit: RunResult["exit"], limit: RunResult["limit"] = null): RunResult => ({
+  exit,
+  limit,
+  peakMemoryBytes: 1,
+  cpuMs: 2,
+});
+const none = { cancelled: false, timedOut: false };
+
+test("exit statuses, signals and limits map to the states and reasons of SPEC.md", () => {
+  expect(outcomeOf(r({ kind: "exit", code: 0 }), none)).toMatchObject({
+    state: "succeeded",
+    reason: null,
+    exitCode: 0,
+  });
+  expect(outcomeOf(r({ kind: "exit", code: 2 }), none)).toMatchObject({
+    state: "failed",
+    reason: "exit",
+    exitCode: 2,
+  });
+  expect(outcomeOf(r({ kind: "signal", signal: 9 }), none)).toMatchObject({
+    state: "failed",
+    reason: "signal",
+  });
+  expect(outcomeOf(r({ kind: "exit", code: 0 }, "oom"), none)).toMatchObject({
+    state: "failed",
+    reason: "oom",
+  });
+  expect(outcomeOf(r({ kind: "exit", code: 1 }, "pids"), none)).toMatchObject({
+    state: "failed",
+    reason: "pids",
+  });
+  expect(outcomeOf(r({ kind: "exit", code: 1 }, "no_space"), none)).toMatchObject({
+    state: "failed",
+    reason: "no_space",
+  });
+  expect(outcomeOf(r({ kind: "sandbox", message: "mount: EPERM" }), none)).toMatchObject({
+    state: "failed",
+    reason: "sandbox",
+    message: "mount: EPERM",
+  });
+  expect(outcomeOf(r({ kind: "signal", signal: 9 }), { cancelled: true, timedOut: false }).state).toBe(
+    "cancelled",
+  );
+  expect(outcomeOf(r({ kind: "signal", signal: 9 }), { cancelled: false, timedOut: true }).state).toBe(
+    "timed_out",
+  );
+  expect(outcomeOf(r({ kind: "exit", code: 0 }), none)).toMatchObject({ peakMemoryBytes: 1, cpuMs: 2 });
+});

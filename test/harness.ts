@@ -1,0 +1,278 @@
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { Subprocess } from "bun";
+
+/*
+ * Helpers for the integration tier: every test runs the compiled dist/kiln from a temp dir with no
+ * node_modules, with a fixed environment, and everything it starts is stopped at the end (a test that
+ * leaves a process behind fails through `assertNoLeftovers`).
+ */
+
+export const KILN = resolve(import.meta.dir, "..", "dist", "kiln");
+
+/** A temp dir removed when disposed (`using dir = tempDir()`). */
+export function tempDir(prefix = "kiln-test-"): { path: string; [Symbol.dispose](): void } {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  return {
+    path,
+    [Symbol.dispose]() {
+      rmSync(path, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The fixed environment every spawned kiln gets: nothing from the developer's shell leaks in. */
+export function baseEnv(extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    HOME: process.env.HOME ?? "/root",
+    LANG: "C.UTF-8",
+    KILN_LOG_FORMAT: "json",
+    ...extra,
+  };
+}
+
+export interface Result {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a client command to completion. */
+export async function kiln(
+  args: string[],
+  opts: { cwd: string; env?: Record<string, string>; stdin?: string } = { cwd: tmpdir() },
+): Promise<Result> {
+  const p = Bun.spawn([KILN, ...args], {
+    cwd: opts.cwd,
+    env: baseEnv(opts.env),
+    stdin: opts.stdin === undefined ? "ignore" : new TextEncoder().encode(opts.stdin),
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
+    p.exited,
+  ]);
+  return { code, stdout, stderr };
+}
+
+const started = new Set<Subprocess>();
+
+/** A long-running kiln role (master, worker, up) with its output captured to a file. */
+export interface Role {
+  proc: Subprocess;
+  logFile: string;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+  log(): string;
+}
+
+export function spawnRole(
+  args: string[],
+  opts: { cwd: string; env?: Record<string, string>; name: string },
+): Role {
+  const logFile = join(opts.cwd, `${opts.name}.log`);
+  const proc = Bun.spawn([KILN, ...args], {
+    cwd: opts.cwd,
+    env: baseEnv(opts.env),
+    stdin: "ignore",
+    stdout: Bun.file(logFile),
+    stderr: Bun.file(`${logFile}.err`),
+  });
+  started.add(proc);
+  return {
+    proc,
+    logFile,
+    async kill(signal = "SIGKILL") {
+      proc.kill(signal);
+      await proc.exited;
+      started.delete(proc);
+    },
+    log() {
+      try {
+        return readFileSync(`${logFile}.err`, "utf8") + readFileSync(logFile, "utf8");
+      } catch {
+        return "";
+      }
+    },
+  };
+}
+
+/** Stops every role still running; returns how many there were (a test that leaked one fails). */
+export async function stopAll(): Promise<number> {
+  const n = started.size;
+  for (const p of started) p.kill("SIGKILL");
+  await Promise.all([...started].map((p) => p.exited));
+  started.clear();
+  return n;
+}
+
+/** Polls `cond` until it returns a truthy value, or throws after `ms` with `what` in the message. */
+export async function waitFor<T>(
+  what: string,
+  cond: () => Promise<T> | T,
+  ms = 20_000,
+  every = 25,
+): Promise<NonNullable<T>> {
+  const deadline = Date.now() + ms;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await cond();
+      if (v) return v as NonNullable<T>;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline)
+      throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ""}`);
+    await Bun.sleep(every);
+  }
+}
+
+/** Picks a free loopback port by binding port 0 and closing it. */
+export function freePort(): number {
+  const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = s.port;
+  s.stop(true);
+  return port;
+}
+
+/** A master (or `up`) started in `dir` and ready to serve, with its admin token. */
+export interface Master extends Role {
+  url: string;
+  token: string;
+  data: string;
+  api<T = unknown>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }>;
+  cli(args: string[], extraEnv?: Record<string, string>): Promise<Result>;
+}
+
+export async function startMaster(
+  dir: string,
+  opts: {
+    role?: "master" | "up";
+    args?: string[];
+    env?: Record<string, string>;
+    port?: number;
+    name?: string;
+  } = {},
+): Promise<Master> {
+  const port = opts.port ?? freePort();
+  const data = join(dir, "data");
+  const role = spawnRole(
+    [opts.role ?? "master", "--data", data, "--listen", `127.0.0.1:${port}`, ...(opts.args ?? [])],
+    {
+      cwd: dir,
+      env: opts.env,
+      name: opts.name ?? opts.role ?? "master",
+    },
+  );
+  const url = `http://127.0.0.1:${port}`;
+  await waitFor(
+    `the master on ${url}`,
+    async () => {
+      if (role.proc.exitCode !== null) throw new Error(`master exited ${role.proc.exitCode}: ${role.log()}`);
+      return (await fetch(`${url}/readyz`)).ok;
+    },
+    20_000,
+  );
+  const token = readFileSync(join(data, "admin.token"), "utf8").trim();
+  return {
+    ...role,
+    url,
+    token,
+    data,
+    async api<T>(method: string, path: string, body?: unknown) {
+      const res = await fetch(`${url}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      const text = await res.text();
+      return { status: res.status, body: (text ? JSON.parse(text) : null) as T };
+    },
+    cli(args: string[], extraEnv: Record<string, string> = {}) {
+      return kiln(args, { cwd: dir, env: { KILN_URL: url, KILN_TOKEN: token, ...extraEnv } });
+    },
+  };
+}
+
+/** Starts `kiln worker` against `master` and waits until the master lists it as connected. */
+export async function startWorker(
+  master: Master,
+  dir: string,
+  name: string,
+  opts: { capacity?: number; channels?: string; env?: Record<string, string>; args?: string[] } = {},
+): Promise<Role> {
+  const role = spawnRole(
+    [
+      "worker",
+      "--master",
+      master.url,
+      "--join",
+      master.token,
+      "--name",
+      name,
+      "--data",
+      join(dir, `worker-${name}`),
+      "--capacity",
+      String(opts.capacity ?? 2),
+      ...(opts.channels ? ["--channels", opts.channels] : []),
+      ...(opts.args ?? []),
+    ],
+    { cwd: dir, env: opts.env, name: `worker-${name}` },
+  );
+  await waitFor(`worker ${name} to connect`, async () => {
+    if (role.proc.exitCode !== null) throw new Error(`worker exited ${role.proc.exitCode}: ${role.log()}`);
+    const { body } = await master.api<{ name: string; connected: boolean }[]>("GET", "/api/v1/workers");
+    return body.some((w) => w.name === name && w.connected);
+  });
+  return role;
+}
+
+export interface JobJson {
+  id: number;
+  state: string;
+  reason: string | null;
+  exitCode: number | null;
+  worker: string | null;
+  attempt: number;
+  startedAt: string | null;
+  finishedAt: string | null;
+  logSize: number;
+  waitingFor: string | null;
+  message: string | null;
+}
+
+export const TERMINAL = ["succeeded", "failed", "cancelled", "timed_out"];
+
+/** Waits until job `id` has ended and returns it. */
+export function waitJob(master: Master, id: number, ms = 30_000): Promise<JobJson> {
+  return waitFor(
+    `job ${id} to end`,
+    async () => {
+      const { body } = await master.api<JobJson>("GET", `/api/v1/jobs/${id}`);
+      return TERMINAL.includes(body.state) ? body : null;
+    },
+    ms,
+  );
+}
+
+/** Submits through the API and returns the id. */
+export async function submitJob(master: Master, body: Record<string, unknown>): Promise<number> {
+  const res = await master.api<{ id: number }>("POST", "/api/v1/jobs", body);
+  if (res.status !== 201) throw new Error(`submit failed: ${JSON.stringify(res.body)}`);
+  return res.body.id;
+}
+
+/** Pids of live processes whose command line contains `marker`. */
+export function pidsMatching(marker: string): number[] {
+  const out = Bun.spawnSync(["pgrep", "-f", marker]).stdout.toString().trim();
+  return out
+    ? out
+        .split("\n")
+        .map(Number)
+        .filter((p) => p !== process.pid)
+    : [];
+}
