@@ -25,7 +25,7 @@ const outfile = process.argv[2] ?? "dist/kiln";
 const result = await Bun.build({
   entrypoints: ["src/main.ts"],
   compile: { outfile },
-  minify: { syntax: true, whitespace: true },
+  minify: true,
   sourcemap: "linked",
   plugins: [libsqlStaticRequire],
   define: { "process.env.KILN_BUILD_TIME": JSON.stringify(new Date().toISOString()) },

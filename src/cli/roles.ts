@@ -6,6 +6,7 @@ import { dataDir } from "../config/paths.ts";
 import type { Config } from "../config/schema.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { logger, setupLogging } from "../lib/log.ts";
+import { reexecWith } from "../lib/reexec.ts";
 import { checkFlags } from "./common.ts";
 
 const common = {
@@ -74,7 +75,10 @@ function setup(a: Args): { cfg: Config; data: string } {
   if (!process.env.BUN_TMPDIR) {
     const tmp = join(data, "tmp");
     mkdirSync(tmp, { recursive: true, mode: 0o700 });
-    process.env.BUN_TMPDIR = tmp;
+    reexecWith({ BUN_TMPDIR: tmp });
+    logger("kiln").warn(
+      `could not re-execute with BUN_TMPDIR=${tmp}; the store library unpacks to the default temp dir`,
+    );
   }
   return { cfg, data };
 }

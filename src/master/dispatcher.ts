@@ -51,7 +51,8 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
   if (free.length === 0) return 0;
   let assigned = 0;
   let cursor: { priority: number; id: number } | null = null;
-  const PAGE = 256;
+  // Small pages: in the common case the first queued job fits the first free slot.
+  const PAGE = 32;
   while (free.length > 0) {
     const page = await queuedPage(ctx.store.db, cursor, PAGE);
     for (const job of page) {
@@ -59,7 +60,7 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
       if (i < 0) continue;
       const { worker, slot } = free[i]!;
       // Claim the slot before the await so a concurrent report cannot hand it out twice.
-      slot.job = `${job.id}:${job.attempt}`;
+      slot.job = `${job.id}:?`;
       free.splice(i, 1);
       const row = await assignJob(ctx.store, job.id, worker.name, slot.name, ctx.cfg.master.lease);
       if (!row) {
@@ -67,6 +68,7 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
         free.push({ worker, slot });
         continue;
       }
+      slot.job = `${row.id}:${row.attempt}`;
       try {
         worker.send({ type: "job.assign", job: specOf(row), slot: slot.name });
       } catch (err) {

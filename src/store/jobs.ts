@@ -1,6 +1,7 @@
 import { and, asc, desc, eq, gt, inArray, lt, or, sql } from "drizzle-orm";
 import type { JobState, Outcome } from "../protocol/job.ts";
 import type { Db, Store } from "./open.ts";
+import { prepared } from "./prepared.ts";
 import { type JobRow, jobEvents, jobs } from "./schema.ts";
 
 /*
@@ -39,7 +40,14 @@ export function insertJob(store: Store, job: NewJob, now = Date.now()): Promise<
 }
 
 export async function getJob(db: Db, id: number): Promise<JobRow | undefined> {
-  return db.query.jobs.findFirst({ where: eq(jobs.id, id) });
+  const q = prepared(db, "getJob", () =>
+    db
+      .select()
+      .from(jobs)
+      .where(eq(jobs.id, sql.placeholder("id")))
+      .prepare(),
+  );
+  return (await q.all({ id }))[0];
 }
 
 /** Lists jobs newest first, optionally filtered. */
@@ -56,13 +64,42 @@ export function listJobs(db: Db, f: { state?: string; project?: string; limit?: 
     .limit(f.limit ?? 100);
 }
 
-/** Queued jobs in dispatch order (higher priority first, FIFO within), after the cursor `after`. */
+/**
+ * Queued jobs in dispatch order (higher priority first, FIFO within), after the cursor `after`. Only the
+ * columns matching needs are read: the dispatcher scans this on every freed slot.
+ */
 export function queuedPage(db: Db, after: { priority: number; id: number } | null, limit: number) {
-  const cursor = after
-    ? or(lt(jobs.priority, after.priority), and(eq(jobs.priority, after.priority), gt(jobs.id, after.id)))
-    : undefined;
+  const columns = {
+    id: jobs.id,
+    priority: jobs.priority,
+    channel: jobs.channel,
+    arch: jobs.arch,
+    needs: jobs.needs,
+  };
+  if (after === null) {
+    const first = prepared(db, "queuedFirst", () =>
+      db
+        .select(columns)
+        .from(jobs)
+        .where(eq(jobs.state, "queued"))
+        .orderBy(desc(jobs.priority), asc(jobs.id))
+        .limit(sql.placeholder("limit"))
+        .prepare(),
+    );
+    return first.all({ limit });
+  }
+  const cursor = or(
+    lt(jobs.priority, after.priority),
+    and(eq(jobs.priority, after.priority), gt(jobs.id, after.id)),
+  );
   return db
-    .select()
+    .select({
+      id: jobs.id,
+      priority: jobs.priority,
+      channel: jobs.channel,
+      arch: jobs.arch,
+      needs: jobs.needs,
+    })
     .from(jobs)
     .where(and(eq(jobs.state, "queued"), cursor))
     .orderBy(desc(jobs.priority), asc(jobs.id))
@@ -232,10 +269,14 @@ export function extendLeases(store: Store, worker: string, ids: number[], leaseM
 
 /** Active jobs whose lease ran out. */
 export function expiredLeases(db: Db, now = Date.now()) {
-  return db
-    .select()
-    .from(jobs)
-    .where(and(inArray(jobs.state, ACTIVE), lt(jobs.leaseExpiresAt, now)));
+  const q = prepared(db, "expiredLeases", () =>
+    db
+      .select()
+      .from(jobs)
+      .where(and(inArray(jobs.state, ACTIVE), lt(jobs.leaseExpiresAt, sql.placeholder("now"))))
+      .prepare(),
+  );
+  return q.all({ now });
 }
 
 /** Active jobs the store believes `worker` holds. */

@@ -10,8 +10,9 @@ export interface Store {
   db: Db;
   client: Client;
   /**
-   * Runs `fn` as one write transaction, one at a time in this process. Serialising writers here means
-   * libSQL never answers SQLITE_BUSY between our own connections; readers are not blocked (WAL).
+   * Runs `fn` inside a write transaction and resolves once it is committed. Writers are serialised in
+   * this process (so libSQL never answers SQLITE_BUSY between our own connections; readers are not
+   * blocked, WAL) and grouped into shared commits under load.
    */
   write<T>(fn: (tx: Db) => Promise<T>): Promise<T>;
   close(): void;
@@ -39,19 +40,69 @@ export async function openStore(url: string, authToken?: string): Promise<Store>
   }
   const db = drizzle(client, { schema });
   await migrate(client);
-  let chain: Promise<unknown> = Promise.resolve();
   return {
     db,
     client,
-    write<T>(fn: (tx: Db) => Promise<T>): Promise<T> {
-      const run = chain.then(() => db.transaction((tx) => fn(tx as unknown as Db)));
-      chain = run.catch(() => {});
-      return run;
-    },
+    write: groupCommit(db),
     close() {
       client.close();
     },
   };
+}
+
+interface Pending {
+  fn: (tx: Db) => Promise<unknown>;
+  resolve(v: unknown): void;
+  reject(e: unknown): void;
+}
+
+/*
+ * Group commit: writers are served one transaction at a time, and every writer that queued up while a
+ * transaction was committing joins the next one, each in its own savepoint (so one failing writer rolls
+ * back only its own changes). Under load this turns N commits (N fsyncs) into a few; idle, a write is
+ * still one transaction on its own. A writer's promise resolves only after the commit that holds it.
+ */
+function groupCommit(db: Db) {
+  let queue: Pending[] = [];
+  let running = false;
+  const drain = async () => {
+    running = true;
+    while (queue.length > 0) {
+      const batch = queue;
+      queue = [];
+      const results: { ok: boolean; value: unknown }[] = [];
+      try {
+        await db.transaction(async (tx) => {
+          if (batch.length === 1) {
+            results.push({ ok: true, value: await batch[0]!.fn(tx as unknown as Db) });
+            return;
+          }
+          for (const p of batch) {
+            try {
+              results.push({ ok: true, value: await tx.transaction((sp) => p.fn(sp as unknown as Db)) });
+            } catch (err) {
+              results.push({ ok: false, value: err });
+            }
+          }
+        });
+      } catch (err) {
+        // The commit itself failed: nobody in this batch was written.
+        for (const p of batch) p.reject(err);
+        continue;
+      }
+      batch.forEach((p, i) => {
+        const r = results[i]!;
+        if (r.ok) p.resolve(r.value);
+        else p.reject(r.value);
+      });
+    }
+    running = false;
+  };
+  return <T>(fn: (tx: Db) => Promise<T>): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      queue.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+      if (!running) void drain();
+    });
 }
 
 /*

@@ -171,7 +171,9 @@ describe("one machine with kiln up", () => {
     const metrics = await (await fetch(`${m.url}/metrics`)).text();
     expect(metrics).toMatch(/kiln_jobs\{state="succeeded"\} \d+/);
     expect(metrics).toContain("kiln_workers_connected 1");
-    const doc = await (await fetch(`${m.url}/api/v1/openapi.json`)).json();
+    const doc = (await (await fetch(`${m.url}/api/v1/openapi.json`)).json()) as {
+      paths: Record<string, unknown>;
+    };
     expect(Object.keys(doc.paths)).toContain("/api/v1/admin/tokens");
   });
 
