@@ -1,0 +1,1073 @@
+/*
+ * kiln-sandbox: launches one Kiln job inside fresh namespaces.
+ *
+ * Bun cannot create namespaces for a child, so the worker execs this small static helper instead. It runs as
+ * root and ends as an unprivileged, capability-less, seccomp-filtered job process. See README.md next to
+ * this file for the command line, the order of steps and the status protocol.
+ *
+ * Process layout:
+ *   outer (the helper as spawned)   host namespaces; joins the job's cgroups, forwards signals, waits
+ *    └─ PID 1 of the job pid ns     new mount/net/ipc/uts/cgroup ns; builds the root, runs the API
+ *        │                          forwarder, reaps orphans, reports the result
+ *        └─ job                     setsid, drops to the job user, seccomp, exec PROGRAM
+ *
+ * The outer process deliberately stays in the host's namespaces (only CLONE_NEWPID is unshared there, which
+ * affects its children, not itself): that way the job's mount namespace, and with it the scratch mount and
+ * its auto-clearing loop device, dies exactly when PID 1 dies.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <linux/audit.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/loop.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_LIST 64            /* cap on each repeatable option */
+#define MAX_CONNS 256          /* concurrent API connections; more wait in the listen backlog */
+#define CONN_BUF 16384         /* bytes buffered per direction per connection */
+#define HOST "/.kiln-host"     /* where the host root sits between the two halves of the set-up */
+#define API_SOCK "/kiln/api.sock"
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Options                                                                                                 */
+
+struct bind_opt { const char *src, *dst; bool ro; int fd; };
+
+static struct {
+  const char *root, *kiln_bin, *scratch_file, *scratch_dev, *scratch_tmpfs, *hostname, *chdir, *api_sock;
+  const char *masks[MAX_LIST], *devs[MAX_LIST], *cgroups[MAX_LIST];
+  struct bind_opt binds[MAX_LIST];
+  int nmasks, ndevs, ncgroups, nbinds, api_port, status_fd, hold_fd;
+  uid_t uid;
+  gid_t gid, groups[MAX_LIST];
+  int ngroups;
+  bool have_uid, have_gid, debug;
+  char **argv;
+} o = {.root = "/", .hostname = "kiln", .chdir = "/tmp/home", .status_fd = -1, .hold_fd = -1};
+
+/* Shared between the outer process and PID 1 (MAP_SHARED survives fork): whether PID 1 managed to write
+ * its final status line, and which loop device it attached, so the outer process can wait for it to go. */
+static struct shared { volatile int final_written; volatile int loop_nr; } *shared;
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Status lines and errors                                                                                 */
+
+static const char *g_step = "args"; /* names the step an error belongs to */
+static int g_fail_code = 125;       /* outer process: 125; PID 1 and the job: 127 */
+static int g_err_pipe = -1;         /* in the job process, errors go to PID 1 through this pipe */
+
+static void step(const char *name) {
+  g_step = name;
+  if (!o.debug) return;
+  struct timespec ts; /* monotonic microseconds, to see where launch time goes */
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  dprintf(2, "kiln-sandbox[%d] %lld.%06ld: %s\n", (int)getpid(), (long long)ts.tv_sec, ts.tv_nsec / 1000, name);
+}
+
+/* Writes all of buf, waiting if the fd is a full non-blocking pipe. */
+static void write_all(int fd, const char *buf, size_t len) {
+  while (len > 0) {
+    ssize_t n = write(fd, buf, len);
+    if (n < 0 && errno == EAGAIN) {
+      struct pollfd p = {.fd = fd, .events = POLLOUT};
+      poll(&p, 1, 1000);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return; /* the reader is gone: nothing useful left to do */
+    buf += n;
+    len -= (size_t)n;
+  }
+}
+
+/* One status line, in one write() so concurrent writers never interleave (lines are < PIPE_BUF). */
+static void status_line(const char *fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  if (n > (int)sizeof buf - 2) n = sizeof buf - 2;
+  for (int i = 0; i < n; i++)
+    if (buf[i] == '\n') buf[i] = ' ';
+  buf[n++] = '\n';
+  if (o.status_fd >= 0) write_all(o.status_fd, buf, (size_t)n);
+  else if (strncmp(buf, "error ", 6) == 0 || o.debug) write_all(2, buf, (size_t)n);
+}
+
+/* Reports a set-up failure as "error STEP: MESSAGE[: strerror]" and exits. */
+static void __attribute__((noreturn, format(printf, 2, 3))) fail(bool with_errno, const char *fmt, ...) {
+  int e = errno;
+  char msg[768];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (with_errno && n >= 0 && n < (int)sizeof msg) snprintf(msg + n, sizeof msg - (size_t)n, ": %s", strerror(e));
+  if (g_err_pipe >= 0) { /* the job process: PID 1 reports it, so there is exactly one final line */
+    char line[1024];
+    int len = snprintf(line, sizeof line, "%s: %s", g_step, msg);
+    write_all(g_err_pipe, line, len < (int)sizeof line ? (size_t)len : sizeof line - 1);
+    _exit(127);
+  }
+  status_line("error %s: %s", g_step, msg);
+  if (shared) shared->final_written = 1;
+  _exit(g_fail_code);
+}
+#define die(...) fail(true, __VA_ARGS__)
+#define die_msg(...) fail(false, __VA_ARGS__)
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Small helpers                                                                                           */
+
+static unsigned long parse_num(const char *s, unsigned long max, const char *what) {
+  char *end;
+  errno = 0;
+  unsigned long v = strtoul(s, &end, 10);
+  if (!*s || *end || errno || v > max || *s == '-') die_msg("bad %s: %s", what, s);
+  return v;
+}
+
+/* Host paths must be absolute and must not climb: they are resolved before the pivot. */
+static const char *abs_path(const char *p, const char *what) {
+  if (p[0] != '/' || strstr(p, "/../") || (strlen(p) >= 3 && !strcmp(p + strlen(p) - 3, "/..")))
+    die_msg("%s must be an absolute path: %s", what, p);
+  return p;
+}
+
+static void xmount(const char *src, const char *dst, const char *type, unsigned long flags, const char *data) {
+  if (mount(src, dst, type, flags, data) < 0) die("mount %s", dst);
+}
+
+static void xmkdir(const char *path, mode_t mode) {
+  if (mkdir(path, mode) < 0 && errno != EEXIST) die("mkdir %s", path);
+}
+
+/* Creates an empty file to bind a non-directory onto. */
+static void touch(const char *path, mode_t mode) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, mode);
+  if (fd < 0) die("create %s", path);
+  close(fd);
+}
+
+/* Points 0, 1 and 2 at /dev/null (keeping stderr for --debug, or for errors when there is no status fd):
+ * the caller then sees EOF on the job's output as soon as the job's processes are gone, even while the
+ * helper lingers (waiting, or held by --hold-fd). */
+static void drop_stdio(void) {
+  int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+  for (int i = 0; i <= 2 && fd >= 0; i++)
+    if (i < 2 || (!o.debug && o.status_fd >= 0)) dup2(fd, i);
+  if (fd > 2) close(fd);
+}
+
+/* A path through an fd opened on the host before the pivot: immune to symlinks that would otherwise be
+ * resolved against the new root, and to the host path changing under us. Needs our /proc mounted. */
+static const char *fd_path(int fd, const char *rest) {
+  static char buf[PATH_MAX];
+  snprintf(buf, sizeof buf, "/proc/self/fd/%d%s%s", fd, rest ? "/" : "", rest ? rest : "");
+  return buf;
+}
+
+static int open_host(const char *path, int flags) {
+  int fd = open(path, flags | O_CLOEXEC);
+  if (fd < 0) die("open %s", path);
+  return fd;
+}
+
+static char *read_file(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) die("open %s", path);
+  size_t cap = 16384, len = 0;
+  char *buf = malloc(cap);
+  for (;;) {
+    if (!buf) die_msg("out of memory");
+    ssize_t n = read(fd, buf + len, cap - len - 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) die("read %s", path);
+    if (n == 0) break;
+    len += (size_t)n;
+    if (cap - len < 4096) buf = realloc(buf, cap *= 2);
+  }
+  close(fd);
+  buf[len] = 0;
+  return buf;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Read-only remounts                                                                                      */
+
+/* A bind mount starts with the flags of its source, and MS_RDONLY on a recursive bind only reaches the top
+ * mount, so every mount at or below one of `prefixes` is remounted read-only one by one, keeping its
+ * nosuid/nodev/noexec/atime flags (a bind remount replaces them all). */
+static bool under(const char *path, const char *prefix) {
+  size_t n = strlen(prefix);
+  return strncmp(path, prefix, n) == 0 && (path[n] == 0 || path[n] == '/');
+}
+
+static void unescape_octal(char *s) { /* mountinfo writes space, tab, newline and '\' as \ooo */
+  char *w = s;
+  for (; *s; w++) {
+    if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' && s[3] >= '0' && s[3] <= '7') {
+      *w = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+      s += 4;
+    } else {
+      *w = *s++;
+    }
+  }
+  *w = 0;
+}
+
+static void make_ro(const char **prefixes, int n) {
+  char *info = read_file("/proc/self/mountinfo"), *save = NULL;
+  for (char *line = strtok_r(info, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+    /* fields: id parent major:minor root mount-point options ... */
+    char *f[6], *s2 = NULL;
+    int i = 0;
+    for (char *t = strtok_r(line, " ", &s2); t && i < 6; t = strtok_r(NULL, " ", &s2)) f[i++] = t;
+    if (i < 6) continue;
+    char *mp = f[4];
+    unescape_octal(mp);
+    bool match = false;
+    for (int j = 0; j < n && !match; j++) match = under(mp, prefixes[j]);
+    if (!match) continue;
+    unsigned long flags = MS_REMOUNT | MS_BIND | MS_RDONLY;
+    bool atime = false;
+    char *s3 = NULL;
+    for (char *opt = strtok_r(f[5], ",", &s3); opt; opt = strtok_r(NULL, ",", &s3)) {
+      if (!strcmp(opt, "nosuid")) flags |= MS_NOSUID;
+      else if (!strcmp(opt, "nodev")) flags |= MS_NODEV;
+      else if (!strcmp(opt, "noexec")) flags |= MS_NOEXEC;
+      else if (!strcmp(opt, "nodiratime")) flags |= MS_NODIRATIME;
+      else if (!strcmp(opt, "noatime")) flags |= MS_NOATIME, atime = true;
+      else if (!strcmp(opt, "relatime")) flags |= MS_RELATIME, atime = true;
+#ifdef MS_NOSYMFOLLOW
+      else if (!strcmp(opt, "nosymfollow")) flags |= MS_NOSYMFOLLOW;
+#endif
+    }
+    if (!atime) flags |= MS_STRICTATIME;
+    /* A mount hidden under another one (mounted over it or over a parent dir) is unreachable from the
+     * job and can stay as it is; its path then names nothing (ENOENT) or a mere directory inside the
+     * covering mount (EINVAL), which is itself in this list. */
+    if (mount(NULL, mp, NULL, flags, NULL) < 0 && errno != ENOENT && errno != EINVAL)
+      die("remount %s read-only", mp);
+  }
+  free(info);
+}
+
+/* Binds a single non-directory (device node, file, socket) read-only or not. */
+static void bind_file(const char *src, const char *dst, bool ro) {
+  touch(dst, 0644);
+  xmount(src, dst, NULL, MS_BIND, NULL);
+  if (ro) xmount(NULL, dst, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Building the job's root                                                                                 */
+
+/* Host objects opened before the pivot (see fd_path). */
+static int root_fd = -1, kiln_bin_fd = -1, api_fd = -1, scratch_fd = -1, dev_fds[MAX_LIST];
+static int host_pid; /* PID 1 as the host sees it, for the "ready" line */
+
+static void open_host_objects(void) {
+  step("mount-root");
+  root_fd = open_host(o.root, O_RDONLY | O_DIRECTORY);
+  step("bind");
+  for (int i = 0; i < o.nbinds; i++) o.binds[i].fd = open_host(o.binds[i].src, O_PATH);
+  step("kiln");
+  if (o.kiln_bin) kiln_bin_fd = open_host(o.kiln_bin, O_PATH);
+  step("api");
+  if (o.api_sock) api_fd = open_host(o.api_sock, O_PATH);
+  step("dev");
+  for (int i = 0; i < o.ndevs; i++) dev_fds[i] = open_host(o.devs[i], O_PATH);
+  step("scratch");
+  if (o.scratch_file) scratch_fd = open_host(o.scratch_file, O_RDWR);
+  if (o.scratch_dev) scratch_fd = open_host(o.scratch_dev, O_PATH);
+}
+
+/* Recreates each top-level entry of --root in the skeleton: directories and files are bound (and made
+ * read-only afterwards), symlinks copied. The entries we provide ourselves are skipped. */
+static void populate_root(void) {
+  static const char *const own[] = {"proc", "sys", "dev", "tmp", "kiln", HOST + 1, NULL};
+  step("mount-root");
+  DIR *d = fdopendir(openat(root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!d) die("read %s", o.root);
+  const char **ro = NULL;
+  int nro = 0;
+  for (struct dirent *e; (e = readdir(d));) {
+    bool skip = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+    for (int i = 0; own[i] && !skip; i++) skip = !strcmp(e->d_name, own[i]);
+    if (skip) continue;
+    struct stat st;
+    if (fstatat(root_fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) die("stat %s/%s", o.root, e->d_name);
+    char dst[NAME_MAX + 2];
+    snprintf(dst, sizeof dst, "/%s", e->d_name);
+    if (S_ISLNK(st.st_mode)) {
+      char target[PATH_MAX];
+      ssize_t n = readlinkat(root_fd, e->d_name, target, sizeof target - 1);
+      if (n < 0) die("readlink %s", dst);
+      target[n] = 0;
+      if (symlink(target, dst) < 0) die("symlink %s", dst);
+      continue;
+    }
+    if (S_ISDIR(st.st_mode)) {
+      xmkdir(dst, 0755);
+      xmount(fd_path(root_fd, e->d_name), dst, NULL, MS_BIND | MS_REC, NULL);
+    } else if (S_ISREG(st.st_mode)) {
+      touch(dst, 0644);
+      xmount(fd_path(root_fd, e->d_name), dst, NULL, MS_BIND, NULL);
+    } else {
+      continue; /* sockets, fifos, device nodes at the top level have no business in a job's root */
+    }
+    ro = realloc(ro, sizeof *ro * (size_t)(nro + 1));
+    if (!ro || !(ro[nro++] = strdup(dst))) die_msg("out of memory");
+  }
+  closedir(d);
+  make_ro(ro, nro); /* one pass over mountinfo for all of them */
+  for (int i = 0; i < nro; i++) free((void *)ro[i]);
+  free(ro);
+  xmkdir("/sys", 0555); /* no host /sys: it leaks host-wide figures; an empty dir keeps tools quiet */
+}
+
+/* A fresh procfs for the new pid namespace; the kernel-wide knobs in it are bound read-only over
+ * themselves so even a process that somehow regained privileges could not turn them. */
+static void setup_proc(void) {
+  step("proc");
+  xmkdir("/proc", 0555);
+  xmount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+  static const char *const ro[] = {"/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"};
+  for (size_t i = 0; i < sizeof ro / sizeof *ro; i++) {
+    if (access(ro[i], F_OK) < 0) continue;
+    xmount(ro[i], ro[i], NULL, MS_BIND | MS_REC, NULL);
+    xmount(NULL, ro[i], NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+  }
+}
+
+/* Attaches the scratch image to a free loop device that detaches itself (LO_FLAGS_AUTOCLEAR) once its
+ * last user, the mount in this namespace, goes away. Returns the device's path; *fd stays open until
+ * the mount holds the device, else autoclear would fire at once. */
+static const char *attach_loop(int *fd) {
+  static char path[64];
+  step("loop");
+  int ctl = open_host(HOST "/dev/loop-control", O_RDWR);
+  for (int attempt = 0; attempt < 64; attempt++) {
+    int nr = ioctl(ctl, LOOP_CTL_GET_FREE);
+    if (nr < 0) die("LOOP_CTL_GET_FREE");
+    snprintf(path, sizeof path, HOST "/dev/loop%d", nr);
+    int lfd = open(path, O_RDWR | O_CLOEXEC);
+    if (lfd < 0 && (errno == ENOENT || errno == ENXIO)) continue; /* removed under us: try another */
+    if (lfd < 0) die("open %s", path);
+    struct loop_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.fd = (unsigned)scratch_fd;
+    cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+    snprintf((char *)cfg.info.lo_file_name, LO_NAME_SIZE, "%s", o.scratch_file);
+    int r = ioctl(lfd, LOOP_CONFIGURE, &cfg);
+    if (r < 0 && (errno == EINVAL || errno == ENOTTY)) { /* kernel < 5.8: the two-step way */
+      r = ioctl(lfd, LOOP_SET_FD, scratch_fd);
+      if (r == 0 && ioctl(lfd, LOOP_SET_STATUS64, &cfg.info) < 0) {
+        int e = errno;
+        ioctl(lfd, LOOP_CLR_FD, 0);
+        errno = e;
+        die("LOOP_SET_STATUS64 %s", path);
+      }
+    }
+    if (r == 0) {
+      shared->loop_nr = nr;
+      close(ctl);
+      *fd = lfd;
+      return path;
+    }
+    int e = errno;
+    close(lfd);
+    errno = e;
+    if (errno != EBUSY) die("configure %s", path); /* EBUSY: someone else took it first; retry */
+  }
+  die_msg("no free loop device after 64 attempts");
+}
+
+/* /tmp: the job's only writable space (plus /dev/shm), with HOME and the artifact dir inside. */
+static void setup_scratch(void) {
+  step("scratch");
+  xmkdir("/tmp", 01777);
+  if (o.scratch_file) {
+    int lfd;
+    const char *dev = attach_loop(&lfd);
+    step("scratch");
+    xmount(dev, "/tmp", "ext4", MS_NOSUID | MS_NODEV, NULL);
+    close(lfd);
+  } else if (o.scratch_dev) {
+    xmount(fd_path(scratch_fd, NULL), "/tmp", "ext4", MS_NOSUID | MS_NODEV, NULL);
+  } else {
+    char data[64];
+    snprintf(data, sizeof data, "size=%s,mode=1777", o.scratch_tmpfs ? o.scratch_tmpfs : "67108864");
+    xmount("kiln-scratch", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, data);
+  }
+  static const struct { const char *path; mode_t mode; } dirs[] = {{"/tmp/home", 0700}, {"/tmp/out", 0755}};
+  if (chmod("/tmp", 01777) < 0) die("chmod /tmp");
+  for (size_t i = 0; i < 2; i++) {
+    xmkdir(dirs[i].path, dirs[i].mode);
+    /* Through an O_NOFOLLOW fd: a reused scratch volume may hold a symlink planted by an earlier job, and
+     * the host root is still reachable at this point, so a plain chown could hand a host file over. */
+    int fd = open(dirs[i].path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) die("open %s", dirs[i].path);
+    if (fchown(fd, o.uid, o.gid) < 0 || fchmod(fd, dirs[i].mode) < 0) die("chown %s", dirs[i].path);
+    close(fd);
+  }
+}
+
+/* /dev: a small tmpfs with just the harmless nodes bound from the host, a private devpts and a shm. */
+static void setup_dev(void) {
+  static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
+  static const char *const links[][2] = {
+      {"/proc/self/fd", "/dev/fd"}, {"/proc/self/fd/0", "/dev/stdin"}, {"/proc/self/fd/1", "/dev/stdout"},
+      {"/proc/self/fd/2", "/dev/stderr"}, {"pts/ptmx", "/dev/ptmx"}};
+  char src[64], dst[PATH_MAX];
+  step("dev");
+  xmkdir("/dev", 0755);
+  xmount("kiln-dev", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=4096");
+  for (size_t i = 0; i < sizeof nodes / sizeof *nodes; i++) {
+    snprintf(src, sizeof src, HOST "/dev/%s", nodes[i]);
+    snprintf(dst, sizeof dst, "/dev/%s", nodes[i]);
+    bind_file(src, dst, false);
+  }
+  for (int i = 0; i < o.ndevs; i++) { /* --dev: same path, parent dirs created (e.g. /dev/dri/...) */
+    snprintf(dst, sizeof dst, "%s", o.devs[i]);
+    for (char *s = dst + 5; (s = strchr(s, '/')); *s++ = '/') {
+      *s = 0;
+      xmkdir(dst, 0755);
+    }
+    bind_file(fd_path(dev_fds[i], NULL), dst, false);
+  }
+  xmkdir("/dev/pts", 0755);
+  xmount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5");
+  xmkdir("/dev/shm", 01777);
+  xmount("kiln-shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+  for (size_t i = 0; i < sizeof links / sizeof *links; i++)
+    if (symlink(links[i][0], links[i][1]) < 0) die("symlink %s", links[i][1]);
+}
+
+/* /kiln: the Kiln binary and the API socket the forwarder in PID 1 connects to. */
+static void setup_kiln(void) {
+  step("kiln");
+  xmkdir("/kiln", 0755);
+  if (kiln_bin_fd >= 0) {
+    xmkdir("/kiln/bin", 0755);
+    bind_file(fd_path(kiln_bin_fd, NULL), "/kiln/bin/kiln", true);
+  }
+  step("api");
+  if (api_fd >= 0) bind_file(fd_path(api_fd, NULL), API_SOCK, true);
+}
+
+/* --bind / --ro-bind: a top-level DST is created in the skeleton, a deeper one must already exist. */
+static void setup_binds(void) {
+  step("bind");
+  for (int i = 0; i < o.nbinds; i++) {
+    struct bind_opt *b = &o.binds[i];
+    struct stat src, dst;
+    if (fstat(b->fd, &src) < 0) die("stat %s", b->src);
+    if (lstat(b->dst, &dst) < 0) {
+      if (errno != ENOENT || strchr(b->dst + 1, '/')) die("%s", b->dst);
+      if (S_ISDIR(src.st_mode)) xmkdir(b->dst, 0755);
+      else touch(b->dst, 0644);
+    }
+    xmount(fd_path(b->fd, NULL), b->dst, NULL, MS_BIND | MS_REC, NULL);
+    if (b->ro) make_ro(&b->dst, 1);
+  }
+}
+
+/* --mask: hide a path of the job's root behind an empty read-only tmpfs or /dev/null. */
+static void setup_masks(void) {
+  step("mask");
+  for (int i = 0; i < o.nmasks; i++) {
+    struct stat st;
+    if (stat(o.masks[i], &st) < 0) {
+      if (errno == ENOENT || errno == ENOTDIR) continue;
+      die("stat %s", o.masks[i]);
+    }
+    if (S_ISDIR(st.st_mode)) {
+      xmount("kiln-mask", o.masks[i], "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0755");
+    } else {
+      xmount("/dev/null", o.masks[i], NULL, MS_BIND, NULL);
+      xmount(NULL, o.masks[i], NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    }
+  }
+}
+
+/*
+ * The whole mount set-up. The skeleton tmpfs is mounted over the host's /tmp, which exists on every host,
+ * and we pivot into it at once, parking the host root at /.kiln-host. Mounting over /tmp is harmless: the
+ * namespace is private, and every host object we need was opened as an fd beforehand, so a --root or
+ * bind source that lives under the host's /tmp is still reached. Working inside the new root from the
+ * start also keeps all the paths (and mountinfo) simple. At the end the host root is detached, its
+ * mount point removed, and /dev and the skeleton itself made read-only.
+ */
+static void setup_mounts(void) {
+  step("mount-root");
+  /* Nothing we mount may propagate back to the host, and host mounts must not propagate in. */
+  xmount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
+  xmount("kiln-root", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=4m,nr_inodes=65536");
+  step("pivot_root");
+  xmkdir("/tmp" HOST, 0700);
+  if (syscall(SYS_pivot_root, "/tmp", "/tmp" HOST) < 0) die("pivot_root");
+  if (chdir("/") < 0) die("chdir /");
+  setup_proc(); /* first: fd_path() and make_ro() need our own /proc */
+  populate_root();
+  setup_scratch();
+  setup_dev();
+  setup_kiln();
+  setup_binds();
+  setup_masks(); /* last, so a mask can hide something inside a bind */
+  step("pivot_root");
+  if (umount2(HOST, MNT_DETACH) < 0) die("detach the host root");
+  if (rmdir(HOST) < 0) die("rmdir " HOST);
+  step("mount-root");
+  xmount(NULL, "/dev", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL);
+  xmount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Network: loopback only, plus the API forwarder                                                          */
+
+static void bring_up_lo(void) {
+  step("net");
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) die("socket");
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+  if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) die("SIOCGIFFLAGS lo");
+  ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+  if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) die("SIOCSIFFLAGS lo");
+  close(s);
+}
+
+static int api_listen(void) {
+  step("api");
+  int l = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o.api_port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (l < 0 || setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) die("socket");
+  if (bind(l, (struct sockaddr *)&a, sizeof a) < 0) die("bind 127.0.0.1:%d", o.api_port);
+  if (listen(l, 511) < 0) die("listen");
+  return l;
+}
+
+/* One forwarded connection: fd[0] is the job's TCP client, fd[1] the API socket. buf[i] holds bytes read
+ * from fd[i] not yet written to the other side; eof[i] says fd[i] has sent its EOF, which is passed on
+ * as shutdown(SHUT_WR) once buf[i] is drained, so half-closed connections work. */
+struct conn {
+  int fd[2];
+  bool eof[2], shut[2];
+  size_t off[2], len[2];
+  char buf[2][CONN_BUF];
+};
+static struct conn *conns[MAX_CONNS];
+static int nconns;
+
+static void conn_drop(int i) {
+  close(conns[i]->fd[0]);
+  close(conns[i]->fd[1]);
+  free(conns[i]);
+  conns[i] = conns[--nconns];
+}
+
+static void api_accept(int l) {
+  struct sockaddr_un ua = {.sun_family = AF_UNIX};
+  snprintf(ua.sun_path, sizeof ua.sun_path, "%s", API_SOCK);
+  while (nconns < MAX_CONNS) {
+    int c = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC), one = 1;
+    if (c < 0) return; /* EAGAIN, or a connection that died in the backlog */
+    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* we relay whole writes: no Nagle delay */
+    int u = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct conn *k = u < 0 ? NULL : calloc(1, sizeof *k);
+    /* A non-blocking AF_UNIX connect completes at once or fails (EAGAIN when the proxy's backlog is full):
+     * on failure the client just sees its connection closed. */
+    if (!k || connect(u, (struct sockaddr *)&ua, sizeof ua) < 0) {
+      free(k);
+      if (u >= 0) close(u);
+      close(c);
+      continue;
+    }
+    k->fd[0] = c;
+    k->fd[1] = u;
+    conns[nconns++] = k;
+  }
+}
+
+/* Moves what can be moved without blocking. Returns false when the connection is finished or broken. */
+static bool conn_pump(struct conn *k, const short rev[2]) {
+  for (int i = 0; i < 2; i++) {
+    if (rev[i] & POLLERR) return false;
+    if ((rev[i] & (POLLIN | POLLHUP)) && !k->eof[i] && k->len[i] == 0) {
+      ssize_t n = read(k->fd[i], k->buf[i], CONN_BUF);
+      if (n > 0) k->off[i] = 0, k->len[i] = (size_t)n;
+      else if (n == 0) k->eof[i] = true;
+      else if (errno != EAGAIN && errno != EINTR) return false;
+    }
+  }
+  for (int i = 0; i < 2; i++) {
+    int to = k->fd[!i];
+    while (k->off[i] < k->len[i]) {
+      ssize_t n = send(to, k->buf[i] + k->off[i], k->len[i] - k->off[i], MSG_NOSIGNAL);
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
+      if (n < 0) return false;
+      k->off[i] += (size_t)n;
+    }
+    if (k->off[i] == k->len[i]) k->off[i] = k->len[i] = 0;
+    if (k->eof[i] && k->len[i] == 0 && !k->shut[!i]) {
+      shutdown(to, SHUT_WR);
+      k->shut[!i] = true;
+    }
+  }
+  return !(k->eof[0] && k->eof[1] && k->len[0] == 0 && k->len[1] == 0);
+}
+
+/* What to poll fd[i] for; 0 means "leave it out", which also stops a hung-up socket we are not ready to
+ * read from making poll() spin. */
+static short conn_events(const struct conn *k, int i) {
+  short ev = 0;
+  if (!k->eof[i] && k->len[i] == 0) ev |= POLLIN;
+  if (k->len[!i] > 0) ev |= POLLOUT;
+  return ev;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* The job process                                                                                         */
+
+static int cap_last = 40; /* read from /proc/sys/kernel/cap_last_cap before the pivot */
+static mode_t job_umask;
+
+/* Classic BPF, checked top to bottom. Foreign architectures and x32 are killed (their syscall numbers
+ * mean something else); the listed calls get EPERM; everything else is allowed. */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define ARG_LO(n) (offsetof(struct seccomp_data, args[n])) /* low 32 bits: the kernel truncates these args */
+#else
+#define ARG_LO(n) (offsetof(struct seccomp_data, args[n]) + 4)
+#endif
+#define LD(off) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (off))
+#define RET(v) BPF_STMT(BPF_RET | BPF_K, (v))
+#define DENY(nr) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), RET(SECCOMP_RET_ERRNO | EPERM)
+#define CLONE_NEW_ANY 0x7E020000u /* NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET; 0x80 is CSIGNAL */
+#ifndef __NR_open_tree_attr
+#define __NR_open_tree_attr 467
+#endif
+#if defined(__x86_64__)
+#define MY_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define MY_ARCH AUDIT_ARCH_AARCH64
+#else
+#error "kiln-sandbox: unsupported architecture"
+#endif
+
+static void install_seccomp(void) {
+  struct sock_filter f[] = {
+      LD(offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, MY_ARCH, 1, 0),
+      RET(SECCOMP_RET_KILL_PROCESS),
+      LD(offsetof(struct seccomp_data, nr)),
+#ifdef __x86_64__
+      BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000 /* __X32_SYSCALL_BIT */, 0, 1),
+      RET(SECCOMP_RET_KILL_PROCESS),
+#endif
+      /* clone: refuse any namespace flag, allow threads and plain forks */
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 4),
+      LD(ARG_LO(0)),
+      BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_NEW_ANY, 0, 1),
+      RET(SECCOMP_RET_ERRNO | EPERM),
+      RET(SECCOMP_RET_ALLOW),
+      /* clone3 passes its flags in memory, which BPF cannot read: ENOSYS makes libc fall back to clone */
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1),
+      RET(SECCOMP_RET_ERRNO | ENOSYS),
+      /* ioctl: no typing into the terminal's input queue */
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 5),
+      LD(ARG_LO(1)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 2, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCLINUX, 1, 0),
+      RET(SECCOMP_RET_ALLOW),
+      RET(SECCOMP_RET_ERRNO | EPERM),
+      /* personality: only PER_LINUX (0) and the query value 0xffffffff */
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_personality, 0, 5),
+      LD(ARG_LO(0)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 2, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0xffffffffu, 1, 0),
+      RET(SECCOMP_RET_ERRNO | EPERM),
+      RET(SECCOMP_RET_ALLOW),
+      /* namespaces, mounts, keyrings, kernel attack surface nobody's build needs */
+      DENY(__NR_unshare), DENY(__NR_setns), DENY(__NR_mount), DENY(__NR_umount2),
+#ifdef __NR_umount
+      DENY(__NR_umount),
+#endif
+      DENY(__NR_pivot_root), DENY(__NR_chroot), DENY(__NR_move_mount), DENY(__NR_open_tree),
+      DENY(__NR_open_tree_attr), DENY(__NR_fsopen), DENY(__NR_fsconfig), DENY(__NR_fsmount),
+      DENY(__NR_fspick), DENY(__NR_mount_setattr), DENY(__NR_keyctl), DENY(__NR_add_key),
+      DENY(__NR_request_key), DENY(__NR_bpf), DENY(__NR_perf_event_open), DENY(__NR_userfaultfd),
+      DENY(__NR_kexec_load), DENY(__NR_kexec_file_load), DENY(__NR_init_module), DENY(__NR_finit_module),
+      DENY(__NR_delete_module), DENY(__NR_reboot), DENY(__NR_swapon), DENY(__NR_swapoff), DENY(__NR_acct),
+      DENY(__NR_quotactl), DENY(__NR_quotactl_fd), DENY(__NR_open_by_handle_at),
+      DENY(__NR_name_to_handle_at),
+      RET(SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {.len = (unsigned short)(sizeof f / sizeof *f), .filter = f};
+  step("seccomp");
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("PR_SET_NO_NEW_PRIVS");
+  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0) die("PR_SET_SECCOMP");
+}
+
+/* Runs in the child PID 1 forks; never returns. Errors go to PID 1 through err_fd (closed by exec). */
+static void __attribute__((noreturn)) job_main(int err_fd) {
+  g_err_pipe = err_fd;
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL); /* PID 1 blocks signals for its signalfd: undo that */
+  umask(job_umask);
+  step("setsid");
+  /* Its own session and process group: PID 1 signals the group, and the job has no controlling tty
+   * unless its stdin is a terminal, which then becomes its own (stealing nothing: arg 0). */
+  if (setsid() < 0) die("setsid");
+  if (isatty(0)) ioctl(0, TIOCSCTTY, 0);
+  /* Only 0, 1 and 2 reach PROGRAM: everything else (status and hold fds, sockets, err_fd) closes on exec. */
+  if (syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) < 0)
+    for (int fd = 3; fd < 65536; fd++) fcntl(fd, F_SETFD, FD_CLOEXEC);
+  step("caps");
+  /* The bounding set can only be shrunk while we still hold CAP_SETPCAP, i.e. before dropping root. */
+  for (int c = 0; c <= cap_last; c++)
+    if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL) die("PR_CAPBSET_DROP %d", c);
+  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) die("clear ambient");
+  step("setuid");
+  if (setgroups((size_t)o.ngroups, o.groups) < 0) die("setgroups");
+  if (setresgid(o.gid, o.gid, o.gid) < 0) die("setresgid %u", o.gid);
+  if (setresuid(o.uid, o.uid, o.uid) < 0) die("setresuid %u", o.uid);
+  uid_t r, e, s;
+  gid_t rg, eg, sg;
+  if (getresuid(&r, &e, &s) < 0 || r != o.uid || e != o.uid || s != o.uid) die_msg("uid did not stick");
+  if (getresgid(&rg, &eg, &sg) < 0 || rg != o.gid || eg != o.gid || sg != o.gid) die_msg("gid did not stick");
+  step("caps");
+  /* setresuid away from 0 already cleared permitted/effective; make it explicit and check. */
+  struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+  struct __user_cap_data_struct d[2];
+  memset(d, 0, sizeof d);
+  if (syscall(SYS_capset, &h, d) < 0) die("capset");
+  if (syscall(SYS_capget, &h, d) < 0) die("capget");
+  for (int i = 0; i < 2; i++)
+    if (d[i].effective || d[i].permitted || d[i].inheritable) die_msg("capabilities survived");
+  install_seccomp(); /* last privileged step: it also forbids what came before */
+  step("chdir");
+  if (chdir(o.chdir) < 0) die("%s", o.chdir);
+  step("exec");
+  execvp(o.argv[0], o.argv);
+  die("%s", o.argv[0]);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* PID 1: init of the job's pid namespace                                                                   */
+
+static const int fwd_signals[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+
+static void __attribute__((noreturn)) init_loop(int listener) {
+  step("init");
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGCHLD);
+  for (size_t i = 0; i < sizeof fwd_signals / sizeof *fwd_signals; i++) sigaddset(&set, fwd_signals[i]);
+  /* The signals are already blocked (since before the fork in main): a signalfd lets the poll loop handle
+   * them, so nothing runs in signal handlers and nothing is lost in between. */
+  int sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+  int ep[2];
+  if (sfd < 0) die("signalfd");
+  if (pipe2(ep, O_CLOEXEC) < 0) die("pipe");
+  step("fork");
+  pid_t job = fork();
+  if (job < 0) die("fork");
+  if (job == 0) {
+    close(ep[0]);
+    job_main(ep[1]);
+  }
+  close(ep[1]);
+  /* The job's exec closes the pipe; anything read before EOF is its error report. */
+  char err[1024];
+  size_t elen = 0;
+  for (ssize_t n; elen < sizeof err - 1 && (n = read(ep[0], err + elen, sizeof err - 1 - elen)) != 0;)
+    if (n > 0) elen += (size_t)n;
+    else if (errno != EINTR) break;
+  close(ep[0]);
+  err[elen] = 0;
+  if (elen == 0) status_line("ready %d", host_pid);
+
+  int job_status = 0;
+  bool job_done = elen > 0;
+  while (!job_done) {
+    struct pollfd p[2 + 2 * MAX_CONNS];
+    int np = 0;
+    p[np++] = (struct pollfd){.fd = sfd, .events = POLLIN};
+    p[np++] = (struct pollfd){.fd = nconns < MAX_CONNS ? listener : -1, .events = POLLIN};
+    for (int i = 0; i < nconns; i++)
+      for (int j = 0; j < 2; j++) {
+        short ev = conn_events(conns[i], j);
+        p[np++] = (struct pollfd){.fd = ev ? conns[i]->fd[j] : -1, .events = ev};
+      }
+    if (poll(p, (nfds_t)np, -1) < 0) {
+      if (errno == EINTR) continue;
+      die("poll");
+    }
+    for (int i = nconns - 1; i >= 0; i--) { /* backwards: conn_drop moves the last one into slot i */
+      short rev[2] = {p[2 + 2 * i].revents, p[3 + 2 * i].revents};
+      if ((rev[0] || rev[1]) && !conn_pump(conns[i], rev)) conn_drop(i);
+    }
+    if (p[1].revents) api_accept(listener);
+    struct signalfd_siginfo si;
+    while (read(sfd, &si, sizeof si) == sizeof si) {
+      if (si.ssi_signo != SIGCHLD) {
+        kill(-job, (int)si.ssi_signo); /* to the job's whole process group */
+        continue;
+      }
+      /* Orphans of the namespace are reparented to us: reap them all, note the job's own status. */
+      for (pid_t w; (w = waitpid(-1, &job_status, WNOHANG)) > 0;)
+        if (w == job) {
+          job_done = true;
+          break;
+        }
+    }
+  }
+  /* The job is over: nothing it started may outlive it (daemons, setsid, nohup). */
+  step("reap");
+  while (nconns > 0) conn_drop(nconns - 1);
+  if (listener >= 0) close(listener);
+  kill(-1, SIGKILL);
+  while (waitpid(-1, NULL, 0) > 0 || errno == EINTR) continue;
+  drop_stdio();
+  int code;
+  if (elen > 0) {
+    status_line("error %s", err);
+    code = 127;
+  } else if (WIFSIGNALED(job_status)) {
+    status_line("signal %d", WTERMSIG(job_status));
+    code = 128 + WTERMSIG(job_status);
+  } else {
+    status_line("exit %d", WEXITSTATUS(job_status));
+    code = WEXITSTATUS(job_status);
+  }
+  shared->final_written = 1;
+  step("exit");
+  /* --hold-fd: stay alive, so /proc/PID/root/tmp/out can be collected, until the worker closes it. */
+  for (char buf[256]; o.hold_fd >= 0;) {
+    struct pollfd p = {.fd = o.hold_fd, .events = POLLIN};
+    poll(&p, 1, -1);
+    ssize_t n = read(o.hold_fd, buf, sizeof buf);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) break;
+  }
+  _exit(code);
+}
+
+static void __attribute__((noreturn)) pid1_main(int alive_fd) {
+  g_fail_code = 127;
+  step("init");
+  /* Die with the outer process. The flag is cleared by fork and cannot be checked with getppid() here
+   * (our parent is outside the namespace: it reads 0), so check the outer's end of a pipe instead. */
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) die("PR_SET_PDEATHSIG");
+  struct pollfd p = {.fd = alive_fd, .events = POLLIN};
+  if (poll(&p, 1, 0) != 0) die_msg("the helper's parent died");
+  close(alive_fd);
+  job_umask = umask(0); /* PID 1 creates everything with exact modes; the job gets the caller's umask */
+  /* Still on the host's /proc: /proc/self names us by our host pid, which the worker needs. */
+  char self[32];
+  ssize_t n = readlink("/proc/self", self, sizeof self - 1);
+  if (n <= 0) die("readlink /proc/self");
+  self[n] = 0;
+  host_pid = atoi(self);
+  char *last = read_file("/proc/sys/kernel/cap_last_cap");
+  cap_last = atoi(last);
+  free(last);
+  step("unshare");
+  if (unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET | CLONE_NEWCGROUP) < 0) die("unshare");
+  open_host_objects();
+  setup_mounts();
+  /* Everything is bound now: drop our references to host objects. */
+  int *fds[] = {&root_fd, &kiln_bin_fd, &api_fd, &scratch_fd};
+  for (size_t i = 0; i < sizeof fds / sizeof *fds; i++)
+    if (*fds[i] >= 0) close(*fds[i]), *fds[i] = -1;
+  for (int i = 0; i < o.ndevs; i++) close(dev_fds[i]);
+  for (int i = 0; i < o.nbinds; i++) close(o.binds[i].fd);
+  step("hostname");
+  if (sethostname(o.hostname, strlen(o.hostname)) < 0) die("sethostname");
+  bring_up_lo();
+  init_loop(o.api_sock ? api_listen() : -1);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* The outer process                                                                                       */
+
+static void parse_args(int argc, char **argv) {
+  int i = 1;
+  for (; i < argc && strcmp(argv[i], "--"); i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define VAL() (v ? (i++, v) : (die_msg("%s needs a value", a), v))
+#define PUSH(arr, n, x) ((n) >= MAX_LIST ? die_msg("too many %s", a) : (void)0, (arr)[(n)++] = (x))
+    if (!strcmp(a, "--debug")) o.debug = true;
+    else if (!strcmp(a, "--no-net") || !strcmp(a, "--seccomp")) continue; /* always on anyway */
+    else if (!strcmp(a, "--root")) o.root = abs_path(VAL(), a);
+    else if (!strcmp(a, "--mask")) PUSH(o.masks, o.nmasks, abs_path(VAL(), a));
+    else if (!strcmp(a, "--ro-bind") || !strcmp(a, "--bind")) {
+      char *s = strdup(VAL()), *colon = s ? strchr(s, ':') : NULL;
+      if (!colon) die_msg("%s wants SRC:DST", a);
+      *colon = 0;
+      if (!strcmp(colon + 1, "/")) die_msg("%s cannot replace /", a);
+      struct bind_opt b = {abs_path(s, a), abs_path(colon + 1, a), !strcmp(a, "--ro-bind"), -1};
+      PUSH(o.binds, o.nbinds, b);
+    } else if (!strcmp(a, "--kiln-bin")) o.kiln_bin = abs_path(VAL(), a);
+    else if (!strcmp(a, "--dev")) {
+      const char *d = abs_path(VAL(), a);
+      if (strncmp(d, "/dev/", 5) || !d[5]) die_msg("--dev wants a path under /dev: %s", d);
+      PUSH(o.devs, o.ndevs, d);
+    } else if (!strcmp(a, "--scratch-file")) o.scratch_file = abs_path(VAL(), a);
+    else if (!strcmp(a, "--scratch-dev")) o.scratch_dev = abs_path(VAL(), a);
+    else if (!strcmp(a, "--scratch-tmpfs")) { /* size=0 would mean "unlimited" to tmpfs */
+      if (parse_num(o.scratch_tmpfs = VAL(), ~0UL, a) == 0) die_msg("bad %s: 0", a);
+    }
+    else if (!strcmp(a, "--uid")) o.uid = (uid_t)parse_num(VAL(), 0xfffffffe, a), o.have_uid = true;
+    else if (!strcmp(a, "--gid")) o.gid = (gid_t)parse_num(VAL(), 0xfffffffe, a), o.have_gid = true;
+    else if (!strcmp(a, "--groups")) {
+      char *s = strdup(VAL()), *save = NULL;
+      for (char *t = s ? strtok_r(s, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save))
+        PUSH(o.groups, o.ngroups, (gid_t)parse_num(t, 0xfffffffe, a));
+    } else if (!strcmp(a, "--hostname")) {
+      o.hostname = VAL();
+      if (!*v || strlen(v) > 64) die_msg("bad --hostname");
+    } else if (!strcmp(a, "--chdir")) o.chdir = VAL();
+    else if (!strcmp(a, "--cgroup")) PUSH(o.cgroups, o.ncgroups, abs_path(VAL(), a));
+    else if (!strcmp(a, "--api")) {
+      char *s = strdup(VAL()), *colon = s ? strchr(s, ':') : NULL;
+      if (!colon) die_msg("--api wants PORT:SOCKET");
+      *colon = 0;
+      if ((o.api_port = (int)parse_num(s, 65535, a)) == 0) die_msg("bad --api port: 0");
+      o.api_sock = abs_path(colon + 1, a);
+    } else if (!strcmp(a, "--status-fd")) o.status_fd = (int)parse_num(VAL(), INT_MAX, a);
+    else if (!strcmp(a, "--hold-fd")) o.hold_fd = (int)parse_num(VAL(), INT_MAX, a);
+    else die_msg("unknown option %s", a);
+  }
+  if (o.status_fd >= 0 && fcntl(o.status_fd, F_GETFD) < 0) {
+    int fd = o.status_fd;
+    o.status_fd = -1;
+    die("--status-fd %d", fd);
+  }
+  if (o.hold_fd >= 0 && fcntl(o.hold_fd, F_GETFD) < 0) die("--hold-fd %d", o.hold_fd);
+  if (i >= argc - 1) die_msg("usage: kiln-sandbox [OPTIONS] -- PROGRAM [ARG...]");
+  o.argv = argv + i + 1;
+  if (!o.have_uid || !o.have_gid) die_msg("--uid and --gid are required");
+  if (o.uid == 0 || o.gid == 0) die_msg("the job user must not be root");
+  if (!!o.scratch_file + !!o.scratch_dev + !!o.scratch_tmpfs > 1) die_msg("give at most one --scratch-*");
+}
+
+/* After PID 1 is gone the namespace's mounts are torn down and the loop device detaches itself; wait (a
+ * little) until it has, so the caller may reuse or delete the image as soon as we exit. */
+static void wait_loop_gone(void) {
+  char path[96], want[PATH_MAX], got[PATH_MAX + 2];
+  if (shared->loop_nr < 0 || !realpath(o.scratch_file, want)) return;
+  snprintf(path, sizeof path, "/sys/block/loop%d/loop/backing_file", shared->loop_nr);
+  for (int i = 0; i < 5000; i++) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    ssize_t n = read(fd, got, sizeof got - 1);
+    close(fd);
+    if (n <= 0) return;
+    got[n] = 0;
+    if (got[n - 1] == '\n') got[n - 1] = 0;
+    if (strcmp(got, want)) return; /* detached, and already reused by someone else */
+    usleep(1000);
+  }
+}
+
+int main(int argc, char **argv) {
+  /* Dispositions set to "ignore" by the caller survive exec: an ignored SIGCHLD would stop us from
+   * waiting for our children, an ignored SIGPIPE would leak into the job. Start from the defaults. */
+  for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);
+  parse_args(argc, argv);
+  step("init");
+  /* Die with the worker. Checking getppid() afterwards closes the race where it died just before. */
+  pid_t ppid = getppid();
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) die("PR_SET_PDEATHSIG");
+  if (getppid() != ppid) die_msg("the worker died");
+  /* Join the job's cgroups first, so every process of the job is born inside them. */
+  step("cgroup");
+  char pid[24];
+  int pidlen = snprintf(pid, sizeof pid, "%d", (int)getpid());
+  for (int i = 0; i < o.ncgroups; i++) {
+    int fd = open(o.cgroups[i], O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, pid, (size_t)pidlen) != pidlen) die("%s", o.cgroups[i]);
+    close(fd);
+  }
+  step("init");
+  shared = mmap(NULL, sizeof *shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (shared == MAP_FAILED) shared = NULL, die("mmap");
+  shared->loop_nr = -1;
+  /* Block the signals we handle before forking: PID 1 inherits the mask and turns it into a signalfd;
+   * here they are taken with sigwaitinfo. No handler ever runs, no signal is lost in between. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGCHLD);
+  for (size_t i = 0; i < sizeof fwd_signals / sizeof *fwd_signals; i++) sigaddset(&set, fwd_signals[i]);
+  if (sigprocmask(SIG_BLOCK, &set, NULL) < 0) die("sigprocmask");
+  int alive[2];
+  if (pipe2(alive, O_CLOEXEC) < 0) die("pipe");
+  /* Only the pid namespace is unshared here; it applies to our next child, which becomes its PID 1 and
+   * creates the other namespaces for itself, so this process stays entirely in the host's. */
+  step("unshare");
+  if (unshare(CLONE_NEWPID) < 0) die("unshare(CLONE_NEWPID)");
+  step("fork");
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    close(alive[1]);
+    pid1_main(alive[0]);
+  }
+  close(alive[0]); /* alive[1] stays open until we exit: PID 1 sees POLLHUP if we are already gone */
+  drop_stdio();
+  step("wait");
+  int st = 0;
+  for (;;) {
+    siginfo_t si;
+    int sig = sigwaitinfo(&set, &si);
+    if (sig < 0 && errno == EINTR) continue;
+    if (sig < 0) die("sigwaitinfo");
+    if (sig != SIGCHLD) kill(child, sig); /* PID 1 passes it on to the job's process group */
+    else if (waitpid(child, &st, WNOHANG) == child) break;
+  }
+  signal(SIGPIPE, SIG_IGN); /* the status reader may be gone; we only write to it from here on */
+  step("init");
+  if (!shared->final_written) {
+    if (WIFSIGNALED(st)) die_msg("the sandbox's init was killed by signal %d", WTERMSIG(st));
+    die_msg("the sandbox's init exited with %d without a status", WEXITSTATUS(st));
+  }
+  wait_loop_gone();
+  return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : WEXITSTATUS(st);
+}
