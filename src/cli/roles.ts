@@ -1,5 +1,5 @@
 import { mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { defineCommand } from "citty";
 import { loadConfig, type Overrides } from "../config/load.ts";
 import { dataDir } from "../config/paths.ts";
@@ -121,11 +121,16 @@ async function workerToken(cfg: Config, data: string, masterUrl?: string): Promi
   return t;
 }
 
-async function runner(cfg: Config) {
-  const { createProcessRunner } = await import("../worker/process-runner.ts");
-  if (cfg.worker.runner === "sandbox")
-    throw new AppError("CONFIG_INVALID", "worker.runner = sandbox is not available in this build");
-  return createProcessRunner();
+async function runner(cfg: Config, data: string) {
+  if (cfg.worker.runner === "process") {
+    const { createProcessRunner } = await import("../worker/process-runner.ts");
+    return createProcessRunner();
+  }
+  const { createSandboxRunner } = await import("../sandbox/runner.ts");
+  const { workerName } = await import("../worker/index.ts");
+  // What a job on the host root must never see: every Kiln data dir and config, whatever this node uses.
+  const masks = [...new Set([resolve(data), "/var/lib/kiln", "/etc/kiln", ...cfg.sandbox.mask])];
+  return createSandboxRunner({ cfg, data, worker: workerName(cfg), masks });
 }
 
 export const master = defineCommand({
@@ -151,7 +156,7 @@ export const worker = defineCommand({
       cfg,
       data,
       token: await workerToken(cfg, data),
-      runner: await runner(cfg),
+      runner: await runner(cfg, data),
       echo: Boolean(ctx.args.n),
     });
     await serve("worker", [w]);
@@ -169,7 +174,13 @@ export const up = defineCommand({
     const m = await startMaster(cfg, data);
     cfg.worker.master = m.url;
     const token = cfg.worker.join || (await workerToken(cfg, data, m.url));
-    const w = await startWorker({ cfg, data, token, runner: await runner(cfg), echo: Boolean(ctx.args.n) });
+    const w = await startWorker({
+      cfg,
+      data,
+      token,
+      runner: await runner(cfg, data),
+      echo: Boolean(ctx.args.n),
+    });
     await serve("up", [w, m]);
   },
 });

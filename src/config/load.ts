@@ -2,8 +2,9 @@ import { readFileSync } from "node:fs";
 import { parse as parseToml } from "smol-toml";
 import { parseDuration } from "../lib/duration.ts";
 import { AppError } from "../lib/errors.ts";
+import { isName } from "../lib/names.ts";
 import { parseSize } from "../lib/size.ts";
-import { type Config, type KeySpec, SCHEMA } from "./schema.ts";
+import { type Config, type KeySpec, SCHEMA, type SlotConfig } from "./schema.ts";
 
 export type Overrides = Partial<{ [S in keyof Config]: Partial<Config[S]> }>;
 
@@ -64,6 +65,8 @@ function coerce(where: string, key: string, spec: KeySpec, raw: unknown): unknow
       if (typeof raw !== "string" || !spec.values!.includes(raw))
         fail(`must be one of ${spec.values!.join(", ")}, got ${JSON.stringify(raw)}`);
       return raw;
+    case "slots":
+      return coerceSlots(where, key, raw);
     case "listen": {
       const m = typeof raw === "string" ? /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(raw) : null;
       if (!m || Number(m[2]) > 65535)
@@ -71,6 +74,66 @@ function coerce(where: string, key: string, spec: KeySpec, raw: unknown): unknow
       return raw;
     }
   }
+}
+
+const SLOT_KEYS = ["name", "resources", "devices", "groups", "memory", "cpus", "pids", "health_check"];
+
+/** Checks `[[worker.slots]]` entries: known keys only, valid names, unique, sizes and numbers parsed. */
+function coerceSlots(where: string, key: string, raw: unknown): SlotConfig[] {
+  if (!Array.isArray(raw))
+    throw new ConfigError(`${where}: ${key} must be an array of [[worker.slots]] tables`);
+  const seen = new Set<string>();
+  return raw.map((entry, i) => {
+    const at = `${key}[${i}]`;
+    const fail = (what: string): never => {
+      throw new ConfigError(`${where}: ${at} ${what}`);
+    };
+    if (typeof entry !== "object" || entry === null || Array.isArray(entry)) fail("must be a table");
+    const e = entry as Record<string, unknown>;
+    for (const k of Object.keys(e))
+      if (!SLOT_KEYS.includes(k)) fail(`has an unknown key ${k} (known: ${SLOT_KEYS.join(", ")})`);
+    const name = e.name;
+    if (typeof name !== "string" || !isName(name))
+      fail("needs a name of lowercase letters, digits, '.', '_' or '-'");
+    if (seen.has(name as string)) fail(`repeats the slot name ${name}`);
+    seen.add(name as string);
+    const strings = (k: string, check?: (v: string) => boolean): string[] => {
+      const v = e[k] ?? [];
+      if (!Array.isArray(v) || v.some((x) => typeof x !== "string" || (check && !check(x))))
+        fail(`${k} must be a list of ${k === "devices" ? "absolute /dev paths" : "names"}`);
+      return v as string[];
+    };
+    const num = (k: string, parse: (x: unknown) => number): number | null => {
+      if (e[k] === undefined) return null;
+      try {
+        return parse(e[k]);
+      } catch (err) {
+        return fail(`${k}: ${(err as Error).message}`);
+      }
+    };
+    return {
+      name: name as string,
+      resources: strings("resources", isName),
+      devices: strings("devices", (d) => /^\/dev\/[A-Za-z0-9/_.:-]+$/.test(d) && !d.includes("..")),
+      groups: strings("groups", (g) => /^[a-z_][a-z0-9_-]*$|^\d+$/.test(g)),
+      memory: num("memory", (x) => parseSize(String(x))),
+      cpus: num("cpus", (x) => {
+        const n = Number(x);
+        if (!(n > 0)) throw new Error("must be a positive number");
+        return n;
+      }),
+      pids: num("pids", (x) => {
+        if (!Number.isInteger(x) || (x as number) < 8) throw new Error("must be an integer of at least 8");
+        return x as number;
+      }),
+      health_check:
+        typeof e.health_check === "string"
+          ? e.health_check
+          : e.health_check === undefined
+            ? ""
+            : fail("health_check must be a string"),
+    };
+  });
 }
 
 function defaults(): Config {

@@ -4,7 +4,23 @@
  * two in step.
  */
 
-export type KeyType = "string" | "int" | "bool" | "duration" | "size" | "list" | "enum" | "listen";
+export type KeyType = "string" | "int" | "bool" | "duration" | "size" | "list" | "enum" | "listen" | "slots";
+
+/** One slot of a worker, from `[[worker.slots]]` (see appliance/kiln.toml). */
+export interface SlotConfig {
+  name: string;
+  /** Names a job can ask for with --needs. */
+  resources: string[];
+  /** Host device nodes exposed in the job's /dev (and allowed by the devices controller). */
+  devices: string[];
+  /** Supplementary groups (names or gids) the job's user gets, e.g. the group that owns the devices. */
+  groups: string[];
+  memory: number | null;
+  cpus: number | null;
+  pids: number | null;
+  /** A command run on the host before the slot is offered; a non-zero exit holds the slot. */
+  health_check: string;
+}
 
 export interface KeySpec {
   type: KeyType;
@@ -39,7 +55,18 @@ export const SCHEMA = {
     arch: { type: "string", default: "" },
     capacity: { type: "int", default: 2, min: 1, max: 1024 },
     join: { type: "string", default: "" },
-    runner: { type: "enum", default: "process", values: ["process", "sandbox"] },
+    runner: { type: "enum", default: "sandbox", values: ["process", "sandbox"] },
+    slots: { type: "slots", default: [] },
+    health_interval: { type: "duration", default: 60_000, min: 1_000 },
+  },
+  sandbox: {
+    scratch: { type: "enum", default: "loop", values: ["loop", "lvm", "tmpfs"] },
+    volume_group: { type: "string", default: "" },
+    scratch_size: { type: "size", default: 1 << 30, min: 1 << 20 },
+    scratch_max: { type: "size", default: 64 * 2 ** 30, min: 1 << 20 },
+    uid_base: { type: "int", default: 1_500_000_000, min: 100_000, max: 4_000_000_000 },
+    cgroup_parent: { type: "string", default: "kiln" },
+    mask: { type: "list", default: [] },
   },
 } as const satisfies Record<string, Record<string, KeySpec>>;
 
@@ -51,7 +78,9 @@ type ValueOfType<T> = T extends "int" | "duration" | "size"
     ? boolean
     : T extends "list"
       ? string[]
-      : string;
+      : T extends "slots"
+        ? SlotConfig[]
+        : string;
 
 /** The resolved config: every section and key present and typed. */
 export type Config = { [S in keyof Schema]: { -readonly [K in keyof Schema[S]]: ValueOf<Schema[S][K]> } };

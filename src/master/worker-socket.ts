@@ -14,6 +14,7 @@ import {
   getJob,
   markRunning,
   requeueOrLose,
+  requeueRefused,
   setProgress,
 } from "../store/jobs.ts";
 import type { JobRow } from "../store/schema.ts";
@@ -175,6 +176,16 @@ export function workerSocketHandlers(ctx: MasterContext) {
         rememberAttempt(row);
         ctx.logs.notify(row.id);
         if (row.cancelRequested) send(ws, { type: "job.cancel", jobId: row.id, attempt: row.attempt });
+        return;
+      }
+      case "job.refused": {
+        const row = await getJob(ctx.store.db, m.jobId);
+        for (const s of live.slots.values()) if (s.job === `${m.jobId}:${m.attempt}`) s.job = null;
+        if (row && row.attempt === m.attempt && row.worker === name && row.state === "assigned") {
+          await requeueRefused(ctx.store, row, m.message, ctx.logs.size(row.id));
+          ctx.log.info(`job ${row.id}: ${name} handed it back (${m.message}); re-queued`);
+        }
+        ctx.dispatch();
         return;
       }
       case "job.progress":

@@ -31,6 +31,7 @@ export const WorkerMessageSchema = z.discriminatedUnion("type", [
   z.object({ type: z.literal("worker.heartbeat"), running: z.array(z.object(JobRef)) }),
   z.object({ type: z.literal("worker.slots"), slots: z.array(SlotInfoSchema) }),
   z.object({ type: z.literal("job.started"), ...JobRef }),
+  z.object({ type: z.literal("job.refused"), ...JobRef, message: z.string() }),
   z.object({
     type: z.literal("job.progress"),
     ...JobRef,
@@ -48,7 +49,9 @@ export type MasterMessage =
   | { type: "job.cancel"; jobId: number; attempt: number }
   | { type: "job.ack"; jobId: number; attempt: number }
   | { type: "job.log.from"; jobId: number; attempt: number; offset: number }
-  | { type: "job.forget"; jobId: number; attempt: number };
+  | { type: "job.forget"; jobId: number; attempt: number }
+  | { type: "slot.hold"; slot: string; reason: string }
+  | { type: "slot.release"; slot: string };
 
 export const MasterMessageSchema = z.object({ type: z.string() }).passthrough();
 

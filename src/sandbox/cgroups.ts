@@ -452,6 +452,17 @@ function applyDevices(cg: JobCgroup, extra: string[]): void {
   }
 }
 
+/**
+ * Adds (allow) or withdraws (deny) v1 device rules like "b 7:* rwm" on a job cgroup; a no-op where the
+ * devices controller is not mounted. The launcher uses this window to attach the scratch loop device
+ * from inside the job's cgroup; the rules are withdrawn once the job's program runs.
+ */
+export function setDeviceRules(cg: JobCgroup, rules: string[], allow: boolean): void {
+  const site = cg.sites.devices;
+  if (site === undefined || site.api !== "v1") return;
+  for (const rule of rules) writeControl(site.dir, allow ? "devices.allow" : "devices.deny", rule);
+}
+
 function deviceRule(path: string): string {
   const st = statSync(path, { bigint: true });
   const kind = st.isCharacterDevice() ? "c" : st.isBlockDevice() ? "b" : null;

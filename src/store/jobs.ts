@@ -316,3 +316,26 @@ export async function countByState(db: Db): Promise<Record<string, number>> {
     .groupBy(jobs.state);
   return Object.fromEntries(rows.map((r) => [r.state, Number(r.n)]));
 }
+
+/**
+ * A worker handed an assignment back unstarted (its slot turned out held or busy): the job goes back to
+ * the queue without spending one of its retries.
+ */
+export function requeueRefused(store: Store, row: JobRow, why: string, logBase: number, now = Date.now()) {
+  return transition(
+    store,
+    and(eq(jobs.id, row.id), eq(jobs.attempt, row.attempt), eq(jobs.state, "assigned")),
+    {
+      state: "queued",
+      attempt: row.attempt + 1,
+      retries: row.retries + 1,
+      message: `handed back by ${row.worker}: ${why}`,
+      worker: null,
+      slot: null,
+      leaseExpiresAt: null,
+      assignedAt: null,
+      logBase,
+    },
+    now,
+  );
+}

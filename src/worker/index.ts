@@ -1,4 +1,4 @@
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { closeSync, fstatSync, mkdirSync, openSync, readSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { Config } from "../config/schema.ts";
@@ -8,6 +8,7 @@ import { delay } from "../lib/loop.ts";
 import type { JobSpec, Outcome } from "../protocol/job.ts";
 import { encodeLogFrame, type MasterMessage, type SlotInfo, type WorkerMessage } from "../protocol/wire.ts";
 import { VERSION } from "../version.ts";
+import { startApiProxy } from "./api-proxy.ts";
 import {
   createJobDir,
   type JobDir,
@@ -19,6 +20,7 @@ import {
   writeOutcome,
 } from "./job-dir.ts";
 import type { RunHandle, Runner, RunResult, Slot } from "./runner.ts";
+import { createSlotBook, slotsFromConfig } from "./slots.ts";
 
 export interface WorkerOptions {
   cfg: Config;
@@ -41,12 +43,23 @@ interface Active {
   timedOut: boolean;
   timer: Timer | null;
   forgotten: boolean;
+  proxy: { close(): void } | null;
 }
 
 export interface RunningWorker {
   name: string;
   stop(): Promise<void>;
   done: Promise<void>;
+}
+
+/** The worker's name: worker.name, else the host name made into a valid name. */
+export function workerName(cfg: Config): string {
+  return (
+    cfg.worker.name ||
+    hostname()
+      .toLowerCase()
+      .replace(/[^a-z0-9._-]/g, "-")
+  );
 }
 
 /** Debian's names for the machine's architecture, which package repositories use too. */
@@ -107,18 +120,15 @@ export function outcomeOf(r: RunResult, a: { cancelled: boolean; timedOut: boole
 export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const { cfg } = opts;
   const log = logger("worker");
-  const name =
-    cfg.worker.name ||
-    hostname()
-      .toLowerCase()
-      .replace(/[^a-z0-9._-]/g, "-");
+  const name = workerName(cfg);
   const arch = cfg.worker.arch || defaultArch();
   const jobsRoot = join(opts.data, "worker", "jobs");
-  const slots: Slot[] = Array.from({ length: cfg.worker.capacity }, (_, i) => ({
-    name: `slot-${i}`,
-    resources: [],
-    index: i,
-  }));
+  const slots: Slot[] = slotsFromConfig(cfg);
+  const book = createSlotBook(join(opts.data, "worker", "holds"), slots, log, () =>
+    send({ type: "worker.slots", slots: book.info() }),
+  );
+  const runDir = join(opts.data, "worker", "run");
+  mkdirSync(runDir, { recursive: true, mode: 0o700 });
   const active = new Map<string, Active>();
   const outbox = new Map<string, { job: JobDir; outcome: Outcome; logSize: number }>();
 
@@ -146,7 +156,6 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const send = (msg: WorkerMessage) => {
     if (ws && connected) ws.send(JSON.stringify(msg));
   };
-  const slotInfo = (): SlotInfo[] => slots.map((s) => ({ name: s.name, resources: s.resources, held: null }));
 
   /** Sends whatever the log file holds past what the master has; returns true when all was sent. */
   const pump = (a: Active): boolean => {
@@ -190,6 +199,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     if (a.timer) clearTimeout(a.timer);
     const logSize = fstatSync(a.logFd).size;
     const outcome = outcomeOf(result, a);
+    a.proxy?.close();
     if (a.forgotten) {
       closeSync(a.logFd);
       active.delete(key);
@@ -199,6 +209,8 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     writeOutcome(a.job, outcome, logSize);
     outbox.set(key, { job: a.job, outcome, logSize });
     log.info(`job ${a.spec.id}: ${outcome.state}${outcome.reason ? ` (${outcome.reason})` : ""}`);
+    // The health check runs before the slot is reported free, so a slot a job broke is never offered.
+    await book.check(a.slot).catch(() => false);
     sendFinished(key);
   };
 
@@ -207,21 +219,17 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     if (active.has(key) || outbox.has(key)) return;
     const slot = slots.find((s) => s.name === slotName);
     const busy = [...active].some(([k, a]) => a.slot.name === slotName && !outbox.has(k));
-    if (!slot || busy) {
-      // The master's view and ours disagree; refusing makes the master re-queue it at once.
-      log.warn(`job ${spec.id}: slot ${slotName} is ${slot ? "busy" : "unknown"}; refusing`);
-      const job = createJobDir(jobsRoot, spec);
-      const outcome: Outcome = {
-        state: "failed",
-        reason: "sandbox",
-        exitCode: null,
-        message: `slot ${slotName} was not free on ${name}`,
-        peakMemoryBytes: null,
-        cpuMs: null,
-      };
-      writeOutcome(job, outcome, 0);
-      outbox.set(key, { job, outcome, logSize: 0 });
-      sendFinished(key);
+    const held = slot ? book.held(slot.name) : null;
+    if (!slot || busy || held) {
+      // The master's view and ours disagree (a hold crossed the assignment on the wire): hand it back.
+      const why = !slot ? "unknown" : busy ? "busy" : `held: ${held}`;
+      log.warn(`job ${spec.id}: slot ${slotName} is ${why}; handing it back`);
+      send({
+        type: "job.refused",
+        jobId: spec.id,
+        attempt: spec.attempt,
+        message: `slot ${slotName} on ${name} is ${why}`,
+      });
       return;
     }
     const job = createJobDir(jobsRoot, spec);
@@ -237,6 +245,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       timedOut: false,
       timer: null,
       forgotten: false,
+      proxy: null,
     };
     active.set(key, a);
     const env: Record<string, string> = {
@@ -248,8 +257,21 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       KILN_ATTEMPT: String(spec.attempt),
       ...spec.env,
     };
+    let apiSocket: string | null = null;
+    if (opts.runner.name === "sandbox") {
+      apiSocket = join(runDir, `${slot.name}.sock`);
+      a.proxy = startApiProxy(apiSocket, {
+        jobId: spec.id,
+        attempt: spec.attempt,
+        egress: spec.egress,
+        outDir: join(job.dir, "out"),
+        progress: (percent, message) =>
+          send({ type: "job.progress", jobId: spec.id, attempt: spec.attempt, percent, message }),
+        markBroken: (message) => book.hold(slot.name, `marked broken by job ${spec.id}: ${message}`),
+      });
+    }
     try {
-      a.handle = await opts.runner.start({ spec, slot, dir: job.dir, logFd, env });
+      a.handle = await opts.runner.start({ spec, slot, dir: job.dir, logFd, env, apiSocket });
     } catch (err) {
       await finish(a, {
         exit: { kind: "sandbox", message: coerceError(err).message },
@@ -301,6 +323,15 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         }
         return;
       }
+      case "slot.hold":
+        book.hold(msg.slot, msg.reason);
+        return;
+      case "slot.release": {
+        book.release(msg.slot);
+        const slot = slots.find((s) => s.name === msg.slot);
+        if (slot) void book.check(slot);
+        return;
+      }
       case "job.forget": {
         const key = jobKey(msg.jobId, msg.attempt);
         const a = active.get(key);
@@ -338,6 +369,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
             job: o.job,
             spec: { id: o.job.jobId, attempt: o.job.attempt } as JobSpec,
             slot: slots[0]!,
+            proxy: null,
             logFd: openSync(logPath(o.job), "a+"),
             sent: 0,
             handle: null,
@@ -382,7 +414,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
               arch,
               channels: cfg.worker.channels,
               version: VERSION,
-              slots: slotInfo(),
+              slots: book.info(),
               running: running.map((a) => ({ jobId: a.spec.id, attempt: a.spec.attempt, slot: a.slot.name })),
               finished: [...outbox.values()].map((o) => ({ jobId: o.job.jobId, attempt: o.job.attempt })),
             } satisfies WorkerMessage),
@@ -415,6 +447,15 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     }
   };
 
+  const checkAll = async () => {
+    for (const s of slots) {
+      const busy = [...active].some(([k, a]) => a.slot.name === s.name && !outbox.has(k));
+      if (!busy) await book.check(s).catch(() => {});
+    }
+  };
+  await checkAll();
+  const healthTimer = setInterval(() => void checkAll(), cfg.worker.health_interval);
+
   pumpTimer = setInterval(() => {
     for (const [key, a] of active) if (!outbox.has(key)) pump(a);
   }, 50);
@@ -427,6 +468,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       stopping = true;
       if (heartbeat) clearInterval(heartbeat);
       if (pumpTimer) clearInterval(pumpTimer);
+      clearInterval(healthTimer);
       // Jobs cut short by a stop are not failures of theirs: no outcome is written, so the master
       // re-queues them (retries permitting) when this worker comes back or its lease runs out.
       for (const [key, a] of active) {

@@ -3,8 +3,14 @@ import type { JobSpec } from "../protocol/job.ts";
 /** A slot as the worker offers it: its name, the resources it holds and its default limits. */
 export interface Slot {
   name: string;
-  resources: string[];
   index: number;
+  resources: string[];
+  devices: string[];
+  groups: string[];
+  memory: number | null;
+  cpus: number | null;
+  pids: number | null;
+  healthCheck: string;
 }
 
 /** How the job's main process ended, before the worker turns it into a state and reason. */
@@ -22,6 +28,8 @@ export interface RunResult {
 }
 
 export interface RunHandle {
+  /** The host pid of the sandbox's init (for attach and artifact collection), when there is one. */
+  pid?: number;
   /** Resolves once the job and everything it started are gone and the slot is clean again. */
   result: Promise<RunResult>;
   /** Kills the job's whole process tree now. Safe to call more than once. */
@@ -37,6 +45,8 @@ export interface RunRequest {
   logFd: number;
   /** The environment the job sees, already built by the worker. */
   env: Record<string, string>;
+  /** The job's API proxy: a Unix socket on the host that the sandbox forwards to $KILN_API. */
+  apiSocket: string | null;
 }
 
 /**

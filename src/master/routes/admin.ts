@@ -82,6 +82,47 @@ export function adminRoutes(ctx: MasterContext) {
     return c.json(await change(c.req.param("name"), { draining: false, holdReason: null }));
   });
 
+  // Slot holds live on the worker (it keeps them across restarts); the master relays the operator's word.
+  const slotAction = async (
+    name: string,
+    slot: string,
+    msg: { type: "slot.hold"; slot: string; reason: string } | { type: "slot.release"; slot: string },
+  ) => {
+    checkName("worker", name);
+    checkName("slot", slot);
+    const live = ctx.registry.workers.get(name);
+    if (!live) {
+      if (!(await getWorker(ctx.store.db, name))) throw notFound("worker", name);
+      throw new AppError(
+        "WORKER_OFFLINE",
+        `worker ${name} is not connected; slot holds are kept by the worker itself`,
+        { status: 409 },
+      );
+    }
+    if (!live.slots.has(slot))
+      throw new AppError("SLOT_NOT_FOUND", `worker ${name} has no slot ${slot}: see \`kiln workers\``, {
+        status: 404,
+      });
+    live.send(msg);
+    return { worker: name, slot, held: msg.type === "slot.hold" ? msg.reason : null };
+  };
+  app.post("/admin/workers/:name/slots/:slot/hold", async (c) => {
+    requireRole(c, "operator");
+    const req = await body(
+      c.req.raw,
+      z.object({ reason: z.string().min(1, "a reason is required").max(500) }).strict(),
+    );
+    const slot = c.req.param("slot");
+    return c.json(
+      await slotAction(c.req.param("name"), slot, { type: "slot.hold", slot, reason: req.reason }),
+    );
+  });
+  app.post("/admin/workers/:name/slots/:slot/release", async (c) => {
+    requireRole(c, "operator");
+    const slot = c.req.param("slot");
+    return c.json(await slotAction(c.req.param("name"), slot, { type: "slot.release", slot }));
+  });
+
   app.post("/admin/tokens", async (c) => {
     requireRole(c, "admin");
     const req = await body(

@@ -1,0 +1,306 @@
+import { closeSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statfsSync } from "node:fs";
+import { join } from "node:path";
+import type { Config } from "../config/schema.ts";
+import { AppError, coerceError } from "../lib/errors.ts";
+import { formatSize } from "../lib/size.ts";
+import type { RawExit, RunHandle, Runner, RunRequest, RunResult, Slot } from "../worker/runner.ts";
+import {
+  applyLimits,
+  type CgroupLayout,
+  detectCgroups,
+  type JobCgroup,
+  killAll,
+  openJobCgroup,
+  readUsage,
+  resetCounters,
+  setDeviceRules,
+  sweepCgroups,
+} from "./cgroups.ts";
+import { installLauncher } from "./launcher.ts";
+import { createScratch, destroyScratch, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";
+import { killUid } from "./uids.ts";
+
+/*
+ * The sandbox runner: each job runs through the native launcher (kiln-sandbox) in its own namespaces,
+ * inside its slot's cgroups, on a fresh scratch volume, as its slot's unprivileged uid. A slot is handed
+ * back only after its cleanup has finished: processes gone, scratch destroyed, cgroup empty.
+ */
+
+/** Port of $KILN_API inside every sandbox (its own network namespace, so it never clashes). */
+export const API_PORT = 7070;
+
+export interface SandboxOptions {
+  cfg: Config;
+  data: string;
+  worker: string;
+  /** Paths on the host root the job must not see (data dirs, keys, tokens). */
+  masks: string[];
+}
+
+interface SlotState {
+  cg: JobCgroup;
+  uid: number;
+}
+
+/** Parses one status line of the launcher (see src/sandbox/helper/README.md). */
+export function parseStatus(line: string): { ready: number } | { exit: RawExit } | null {
+  const m = /^(ready|exit|signal|error) (.*)$/.exec(line.trim());
+  if (!m) return null;
+  if (m[1] === "ready") return { ready: Number(m[2]) };
+  if (m[1] === "exit") return { exit: { kind: "exit", code: Number(m[2]) } };
+  if (m[1] === "signal") return { exit: { kind: "signal", signal: Number(m[2]) } };
+  return { exit: { kind: "sandbox", message: `sandbox set-up failed at ${m[2]}` } };
+}
+
+export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
+  if (process.getuid?.() !== 0) {
+    throw new AppError(
+      "SANDBOX_NEEDS_ROOT",
+      'the sandbox runner needs root (namespaces, cgroups, loop devices); run the worker as root, or set worker.runner = "process" for development without isolation',
+    );
+  }
+  const launcher = await installLauncher(join(o.data, "worker", "bin"));
+  const layout: CgroupLayout = detectCgroups();
+  const cgParent = `${o.cfg.sandbox.cgroup_parent}/${o.worker}`;
+  const scratchCfg: ScratchConfig = {
+    backend: o.cfg.sandbox.scratch as ScratchConfig["backend"],
+    dir: join(o.data, "worker", "scratch"),
+    volumeGroup: o.cfg.sandbox.volume_group || undefined,
+  };
+  const slots = new Map<string, SlotState>();
+  const uidOf = (slot: Slot) => o.cfg.sandbox.uid_base + slot.index;
+
+  const slotState = (slot: Slot): SlotState => {
+    let s = slots.get(slot.name);
+    if (!s) {
+      s = { cg: openJobCgroup(layout, `${cgParent}/${slot.name}`), uid: uidOf(slot) };
+      slots.set(slot.name, s);
+    }
+    return s;
+  };
+
+  return {
+    name: "sandbox",
+    async start(req: RunRequest): Promise<RunHandle> {
+      const { spec, slot } = req;
+      const state = slotState(slot);
+      const size = spec.scratchBytes ?? o.cfg.sandbox.scratch_size;
+      if (size > o.cfg.sandbox.scratch_max) {
+        throw new AppError(
+          "SCRATCH_TOO_BIG",
+          `--scratch ${formatSize(size)} is more than this worker allows (${formatSize(o.cfg.sandbox.scratch_max)})`,
+        );
+      }
+      if (spec.root !== "host") {
+        throw new AppError(
+          "NO_TEMPLATE",
+          `build root "${spec.root}" is not available on this worker: templates are not supported yet, use --root host`,
+        );
+      }
+      resetCounters(state.cg);
+      applyLimits(state.cg, {
+        memoryBytes: spec.memoryBytes ?? slot.memory ?? undefined,
+        cpus: spec.cpus ?? slot.cpus ?? undefined,
+        pids: spec.pids ?? slot.pids ?? undefined,
+        devices: slot.devices,
+      });
+      // The launcher joins the job's cgroups before it attaches the scratch loop device (or opens the
+      // volume), so on v1 the devices controller must let it; withdrawn as soon as the job runs.
+      const setupRules = scratch0Rules(o.cfg.sandbox.scratch);
+      setDeviceRules(state.cg, setupRules, true);
+      const scratch = await createScratch(
+        scratchCfg,
+        `${o.worker}-${slot.name}`.replace(/[^a-z0-9-]/g, "-"),
+        size,
+      );
+      const args = [
+        launcher,
+        "--uid",
+        String(state.uid),
+        "--gid",
+        String(state.uid),
+        "--groups",
+        slot.groups.map(resolveGroup).join(","),
+        "--hostname",
+        `kiln-${spec.id}`,
+        "--kiln-bin",
+        process.execPath,
+        "--status-fd",
+        "3",
+        "--hold-fd",
+        "4",
+        ...state.cg.procsFiles.flatMap((f) => ["--cgroup", f]),
+        ...o.masks.flatMap((m) => ["--mask", m]),
+        ...slot.devices.flatMap((d) => ["--dev", d]),
+        ...(req.apiSocket ? ["--api", `${API_PORT}:${req.apiSocket}`] : []),
+        ...scratchArgs(scratch),
+        "--",
+        ...spec.command,
+      ];
+      const env: Record<string, string> = {
+        ...req.env,
+        HOME: "/tmp/home",
+        TMPDIR: "/tmp",
+        KILN_OUT: "/tmp/out",
+        PATH: `${req.env.PATH ?? "/usr/bin:/bin"}:/kiln/bin`,
+        ...(req.apiSocket ? { KILN_API: `http://127.0.0.1:${API_PORT}` } : {}),
+      };
+      if (req.apiSocket && spec.egress.length > 0) {
+        for (const k of ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"])
+          env[k] = `http://127.0.0.1:${API_PORT}`;
+      }
+      const child = Bun.spawn(args, { env, stdio: ["ignore", req.logFd, req.logFd, "pipe", "pipe"] });
+      const statusFd = child.stdio[3] as unknown as number;
+      const holdFd = child.stdio[4] as unknown as number;
+      let pid1 = 0;
+      let final = null as RawExit | null;
+      let released = false;
+      const release = () => {
+        if (released) return;
+        released = true;
+        try {
+          closeSync(holdFd);
+        } catch {
+          // Already closed.
+        }
+      };
+      let noSpace = false;
+      // While PID 1 holds the namespace open, the scratch is still mounted: collect artifacts and see
+      // whether it filled up, then let it go.
+      const finishHeld = async () => {
+        if (pid1) {
+          const tmp = `/proc/${pid1}/root/tmp`;
+          try {
+            const st = statfsSync(tmp);
+            noSpace = st.bavail * st.bsize < 64 * 1024 || st.ffree === 0;
+          } catch {
+            // The namespace is already gone.
+          }
+          collectArtifacts(`${tmp}/out`, join(req.dir, "out"));
+        }
+        release();
+      };
+      const statusDone = (async () => {
+        let buf = "";
+        for await (const chunk of Bun.file(statusFd).stream()) {
+          buf += new TextDecoder().decode(chunk);
+          let nl = buf.indexOf("\n");
+          while (nl >= 0) {
+            const st = parseStatus(buf.slice(0, nl));
+            buf = buf.slice(nl + 1);
+            nl = buf.indexOf("\n");
+            if (!st) continue;
+            if ("ready" in st) {
+              pid1 = st.ready;
+              setDeviceRules(state.cg, setupRules, false);
+            } else {
+              final = st.exit;
+              await finishHeld();
+            }
+          }
+        }
+      })();
+      const result = (async (): Promise<RunResult> => {
+        const code = await child.exited;
+        await statusDone.catch(() => {});
+        release();
+        let exit: RawExit = (final as RawExit | null) ?? {
+          kind: "sandbox",
+          message: `the sandbox launcher ended without a status (exit ${code})`,
+        };
+        if (final === null && child.signalCode) exit = { kind: "signal", signal: 9 };
+        // Whatever the launcher said, nothing of the job may survive it.
+        await killAll(state.cg, 10_000).catch(() => {});
+        await killUid(state.uid);
+        const usage = readUsage(state.cg);
+        await destroyScratch(scratchCfg, scratch).catch((err) => {
+          throw new AppError(
+            "SCRATCH_CLEANUP",
+            `could not remove the scratch of ${slot.name}: ${coerceError(err).message}`,
+          );
+        });
+        // The kernel's counters explain a failure better than the exit status: an OOM kill fails the job
+        // even when its shell exited 0 (cgroup v1 kills one process, not the job).
+        const clean = exit.kind === "exit" && (exit as { code: number }).code === 0;
+        let limit: RunResult["limit"] = null;
+        if (usage.oomKills > 0) limit = "oom";
+        else if (usage.pidsLimitHit > 0 && !clean) limit = "pids";
+        else if (noSpace && !clean) limit = "no_space";
+        return { exit, limit, peakMemoryBytes: usage.peakMemoryBytes || null, cpuMs: usage.cpuMs };
+      })();
+      return {
+        get pid() {
+          return pid1 || undefined;
+        },
+        result,
+        kill() {
+          child.kill("SIGKILL");
+          void killAll(state.cg, 10_000).catch(() => {});
+        },
+      };
+    },
+    async sweep() {
+      const removed = await sweepCgroups(layout, cgParent).catch(() => [] as string[]);
+      const scratch = await sweepScratch(scratchCfg).catch(() => [] as string[]);
+      for (let i = 0; i < 1024; i++) await killUid(o.cfg.sandbox.uid_base + i, true);
+      if (removed.length || scratch.length) {
+        console.error(
+          `sandbox sweep removed ${removed.length} cgroup(s) and ${scratch.length} scratch volume(s)`,
+        );
+      }
+    },
+  };
+}
+
+function scratch0Rules(backend: string): string[] {
+  // loop-control is c 10:237 and loop devices b 7:N (Documentation/admin-guide/devices.txt); LVM volumes
+  // are device-mapper nodes, whose block major is dynamic, so any block device is allowed for lvm.
+  if (backend === "loop") return ["c 10:237 rwm", "b 7:* rwm"];
+  if (backend === "lvm") return ["b *:* rwm"];
+  return [];
+}
+
+function scratchArgs(s: Scratch): string[] {
+  if (s.backend === "loop") return ["--scratch-file", s.file];
+  if (s.backend === "lvm") return ["--scratch-dev", s.device];
+  return ["--scratch-tmpfs", String(s.sizeBytes)];
+}
+
+/** A group name or gid from the slot config, as a gid (names through /etc/group, like initgroups). */
+function resolveGroup(g: string): string {
+  if (/^\d+$/.test(g)) return g;
+  const line = readFileSync("/etc/group", "utf8")
+    .split("\n")
+    .find((l) => l.startsWith(`${g}:`));
+  if (!line) throw new AppError("UNKNOWN_GROUP", `slot group ${g} does not exist on this host`);
+  return line.split(":")[2]!;
+}
+
+// Artifacts beyond this are not collected: a job cannot fill the worker's disk through $KILN_OUT.
+const MAX_ARTIFACTS = 4 * 2 ** 30;
+
+/** Copies regular files from the job's /tmp/out (read through /proc/PID1/root) to the job dir. */
+function collectArtifacts(from: string, to: string) {
+  if (!existsSync(from)) return;
+  let total = 0;
+  const walk = (src: string, dst: string) => {
+    for (const e of readdirSync(src, { withFileTypes: true })) {
+      // Never follow a job's symlinks: they would resolve on the host.
+      if (e.isSymbolicLink()) continue;
+      const s = join(src, e.name);
+      const d = join(dst, e.name);
+      if (e.isDirectory()) walk(s, d);
+      else if (e.isFile()) {
+        total += Bun.file(s).size;
+        if (total > MAX_ARTIFACTS) return;
+        mkdirSync(dst, { recursive: true });
+        cpSync(s, d, { dereference: false });
+      }
+    }
+  };
+  try {
+    walk(from, to);
+  } catch {
+    // The job's files are its own business; a failed copy only loses artifacts.
+  }
+}

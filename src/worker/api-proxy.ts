@@ -1,0 +1,300 @@
+import { createWriteStream, mkdirSync, unlinkSync, type WriteStream } from "node:fs";
+import { join } from "node:path";
+import type { Socket } from "bun";
+
+/*
+ * The job's API proxy: one Unix socket per job, which the sandbox forwards to $KILN_API on loopback
+ * inside the job. It answers the job's own control requests (progress, mark-broken, upload) and, for the
+ * upstream hosts the job was allowed with --egress, acts as an HTTP proxy (CONNECT for https, absolute
+ * URIs for plain http) so `apt-get` with http_proxy works. Anything else is refused: this socket is the
+ * job's only way out of its network namespace.
+ */
+
+export interface ApiHandlers {
+  jobId: number;
+  attempt: number;
+  egress: string[];
+  /** Where uploaded artifacts go. */
+  outDir: string;
+  progress(percent: number, message: string | null): void;
+  markBroken(message: string): void;
+}
+
+interface Conn {
+  head: Uint8Array;
+  upstream: Socket<undefined> | null;
+  pending: Uint8Array[];
+  body: { need: number; chunks: Uint8Array[]; file: WriteStream | null; got: number } | null;
+  request: { method: string; target: string; headers: Map<string, string> } | null;
+}
+
+const MAX_HEAD = 16 * 1024;
+const MAX_JSON = 64 * 1024;
+// One upload may not exceed this; artifacts larger than a disk image are not what $KILN_API is for.
+const MAX_UPLOAD = 8 * 2 ** 30;
+
+/** Is HOST:PORT allowed by the job's --egress list? "HOST" allows ports 80 and 443, "HOST:PORT" that port. */
+export function egressAllows(egress: string[], host: string, port: number): boolean {
+  const h = host.toLowerCase().replace(/\.$/, "");
+  return egress.some((e) => {
+    const [eh, ep] = e.toLowerCase().split(":");
+    if (eh !== h) return false;
+    return ep ? Number(ep) === port : port === 80 || port === 443;
+  });
+}
+
+/** Addresses a job must never reach through the proxy, whatever name led there: the host itself. */
+function forbiddenAddress(ip: string): boolean {
+  return /^(127\.|0\.|169\.254\.|::1$|::$|fe80:|::ffff:127\.)/i.test(ip);
+}
+
+function respond(s: Socket<Conn>, status: number, body: unknown) {
+  const text = JSON.stringify(body);
+  const reason =
+    {
+      200: "OK",
+      201: "Created",
+      400: "Bad Request",
+      403: "Forbidden",
+      404: "Not Found",
+      413: "Too Large",
+      502: "Bad Gateway",
+    }[status] ?? "Error";
+  s.write(
+    `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`,
+  );
+  s.end();
+}
+
+function parseHead(head: string) {
+  const [line, ...rest] = head.split("\r\n");
+  const [method, target] = (line ?? "").split(" ");
+  const headers = new Map<string, string>();
+  for (const h of rest) {
+    const i = h.indexOf(":");
+    if (i > 0) headers.set(h.slice(0, i).trim().toLowerCase(), h.slice(i + 1).trim());
+  }
+  return { method: method ?? "", target: target ?? "", headers };
+}
+
+/** Starts the proxy on `path`; close() stops it and removes the socket. */
+export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
+  try {
+    unlinkSync(path);
+  } catch {
+    // No leftover.
+  }
+
+  const api = (s: Socket<Conn>, method: string, url: URL, body: Uint8Array) => {
+    const json = () => {
+      try {
+        return JSON.parse(new TextDecoder().decode(body)) as Record<string, unknown>;
+      } catch {
+        return null;
+      }
+    };
+    if (method === "GET" && url.pathname === "/v1/job")
+      return respond(s, 200, { id: h.jobId, attempt: h.attempt });
+    if (method === "POST" && url.pathname === "/v1/progress") {
+      const b = json();
+      const percent = b?.percent;
+      if (typeof percent !== "number" || !Number.isInteger(percent) || percent < 0 || percent > 100) {
+        return respond(s, 400, {
+          error: { code: "INVALID_REQUEST", message: "percent must be a whole number from 0 to 100" },
+        });
+      }
+      const message = typeof b?.message === "string" ? b.message.slice(0, 200) : null;
+      h.progress(percent, message);
+      return respond(s, 200, { percent, message });
+    }
+    if (method === "POST" && url.pathname === "/v1/mark-broken") {
+      const message = json()?.message;
+      if (typeof message !== "string" || message.trim() === "") {
+        return respond(s, 400, {
+          error: { code: "INVALID_REQUEST", message: "a message saying what is broken is required" },
+        });
+      }
+      h.markBroken(message.slice(0, 500));
+      return respond(s, 200, { held: true, message });
+    }
+    return respond(s, 404, {
+      error: { code: "NOT_FOUND", message: `no such job API: ${method} ${url.pathname}` },
+    });
+  };
+
+  const tunnel = async (
+    s: Socket<Conn>,
+    host: string,
+    port: number,
+    first: Uint8Array | null,
+    connectReply: boolean,
+  ) => {
+    if (!egressAllows(h.egress, host, port)) {
+      return respond(s, 403, {
+        error: {
+          code: "EGRESS_DENIED",
+          message: `${host}:${port} is not allowed for this job (submit with --egress ${host})`,
+        },
+      });
+    }
+    let addr: string;
+    try {
+      addr = (await Bun.dns.lookup(host))[0]!.address;
+    } catch {
+      return respond(s, 502, { error: { code: "EGRESS_DNS", message: `cannot resolve ${host}` } });
+    }
+    if (forbiddenAddress(addr)) {
+      return respond(s, 403, {
+        error: { code: "EGRESS_DENIED", message: `${host} resolves to ${addr}, which jobs may not reach` },
+      });
+    }
+    try {
+      const up = await Bun.connect<undefined>({
+        hostname: addr,
+        port,
+        socket: {
+          data(_u, d) {
+            s.write(d);
+          },
+          close() {
+            s.end();
+          },
+          error() {
+            s.end();
+          },
+        },
+      });
+      s.data.upstream = up;
+      if (connectReply) s.write("HTTP/1.1 200 Connection established\r\n\r\n");
+      if (first) up.write(first);
+      for (const p of s.data.pending) up.write(p);
+      s.data.pending = [];
+    } catch (err) {
+      respond(s, 502, {
+        error: {
+          code: "EGRESS_CONNECT",
+          message: `cannot connect to ${host}:${port}: ${(err as Error).message}`,
+        },
+      });
+    }
+  };
+
+  const onHead = (s: Socket<Conn>, headText: string, rest: Uint8Array) => {
+    const req = parseHead(headText);
+    s.data.request = req;
+    if (req.method === "CONNECT") {
+      const m = /^\[?([A-Za-z0-9.:-]+?)\]?:(\d{1,5})$/.exec(req.target);
+      if (!m)
+        return respond(s, 400, { error: { code: "INVALID_REQUEST", message: "CONNECT needs HOST:PORT" } });
+      s.data.pending = rest.length ? [rest] : [];
+      return void tunnel(s, m[1]!, Number(m[2]), null, true);
+    }
+    if (/^https?:\/\//i.test(req.target)) {
+      let url: URL;
+      try {
+        url = new URL(req.target);
+      } catch {
+        return respond(s, 400, { error: { code: "INVALID_REQUEST", message: "bad URL" } });
+      }
+      if (url.protocol !== "http:")
+        return respond(s, 400, { error: { code: "INVALID_REQUEST", message: "use CONNECT for https" } });
+      // Rewrite to origin form and close after one exchange, so one connection never spans two hosts.
+      const lines = headText
+        .split("\r\n")
+        .slice(1)
+        .filter((l) => !/^(proxy-connection|connection|keep-alive):/i.test(l));
+      const head = `${req.method} ${url.pathname}${url.search} HTTP/1.1\r\n${[...lines, "Connection: close"].join("\r\n")}\r\n\r\n`;
+      s.data.pending = rest.length ? [rest] : [];
+      return void tunnel(s, url.hostname, Number(url.port || 80), new TextEncoder().encode(head), false);
+    }
+    let url: URL;
+    try {
+      url = new URL(req.target, "http://kiln.invalid");
+    } catch {
+      return respond(s, 400, { error: { code: "INVALID_REQUEST", message: "bad request target" } });
+    }
+    const length = Number(req.headers.get("content-length") ?? 0);
+    if (!Number.isInteger(length) || length < 0)
+      return respond(s, 400, { error: { code: "INVALID_REQUEST", message: "bad content-length" } });
+    if (req.method === "POST" && url.pathname === "/v1/upload") {
+      const name = url.searchParams.get("name") ?? "";
+      if (!/^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$/.test(name)) {
+        return respond(s, 400, {
+          error: {
+            code: "INVALID_NAME",
+            message: "artifact names are letters, digits, '.', '_', '+' and '-'",
+          },
+        });
+      }
+      if (length > MAX_UPLOAD)
+        return respond(s, 413, { error: { code: "TOO_LARGE", message: "artifact too large" } });
+      mkdirSync(h.outDir, { recursive: true });
+      const file = createWriteStream(join(h.outDir, name), { mode: 0o600 });
+      s.data.body = { need: length, chunks: [], file, got: 0 };
+      s.data.request.target = url.pathname + url.search;
+      return feedBody(s, rest);
+    }
+    if (length > MAX_JSON)
+      return respond(s, 413, { error: { code: "TOO_LARGE", message: "request body too large" } });
+    s.data.body = { need: length, chunks: [], file: null, got: 0 };
+    feedBody(s, rest);
+  };
+
+  const feedBody = (s: Socket<Conn>, chunk: Uint8Array) => {
+    const b = s.data.body!;
+    const part = chunk.subarray(0, b.need - b.got);
+    b.got += part.length;
+    if (b.file) b.file.write(part);
+    else b.chunks.push(part);
+    if (b.got < b.need) return;
+    const req = s.data.request!;
+    const url = new URL(req.target, "http://kiln.invalid");
+    if (b.file) {
+      const name = url.searchParams.get("name")!;
+      b.file.end(() => respond(s, 201, { name, size: b.got }));
+      return;
+    }
+    api(s, req.method, url, Buffer.concat(b.chunks));
+  };
+
+  const server = Bun.listen<Conn>({
+    unix: path,
+    socket: {
+      open(s) {
+        s.data = { head: new Uint8Array(0), upstream: null, pending: [], body: null, request: null };
+      },
+      data(s, chunk) {
+        const c = s.data;
+        if (c.upstream) return void c.upstream.write(chunk);
+        if (c.request && !c.body) return void c.pending.push(chunk);
+        if (c.body) return feedBody(s, chunk);
+        const all = Buffer.concat([c.head, chunk]);
+        const end = all.indexOf("\r\n\r\n");
+        if (end < 0) {
+          if (all.length > MAX_HEAD)
+            respond(s, 400, { error: { code: "INVALID_REQUEST", message: "request head too large" } });
+          else c.head = all;
+          return;
+        }
+        onHead(s, all.subarray(0, end).toString("latin1"), all.subarray(end + 4));
+      },
+      close(s) {
+        s.data.upstream?.end();
+        s.data.body?.file?.destroy();
+      },
+      error(s) {
+        s.data.upstream?.end();
+      },
+    },
+  });
+  return {
+    close() {
+      server.stop(true);
+      try {
+        unlinkSync(path);
+      } catch {
+        // Already gone.
+      }
+    },
+  };
+}
