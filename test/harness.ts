@@ -12,8 +12,8 @@ import type { Subprocess } from "bun";
 export const KILN = resolve(import.meta.dir, "..", "dist", "kiln");
 
 /** A temp dir removed when disposed (`using dir = tempDir()`). */
-export function tempDir(prefix = "kiln-test-"): { path: string; [Symbol.dispose](): void } {
-  const path = mkdtempSync(join(tmpdir(), prefix));
+export function tempDir(prefix = "kiln-test-", base = tmpdir()): { path: string; [Symbol.dispose](): void } {
+  const path = mkdtempSync(join(base, prefix));
   return {
     path,
     [Symbol.dispose]() {
@@ -203,7 +203,13 @@ export async function startWorker(
   master: Master,
   dir: string,
   name: string,
-  opts: { capacity?: number; channels?: string; env?: Record<string, string>; args?: string[] } = {},
+  opts: {
+    capacity?: number;
+    channels?: string;
+    env?: Record<string, string>;
+    args?: string[];
+    data?: string;
+  } = {},
 ): Promise<Role> {
   const role = spawnRole(
     [
@@ -215,7 +221,7 @@ export async function startWorker(
       "--name",
       name,
       "--data",
-      join(dir, `worker-${name}`),
+      opts.data ?? join(dir, `worker-${name}`),
       "--capacity",
       String(opts.capacity ?? 2),
       ...(opts.channels ? ["--channels", opts.channels] : []),

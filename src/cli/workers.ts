@@ -66,6 +66,16 @@ const workerAction = (
           throw new AppError("USAGE", "kiln hold WORKER --reason TEXT: a reason is required");
         body = { reason };
       }
+      const slot = (ctx.args as Record<string, unknown>).slot;
+      if (typeof slot === "string" && slot) {
+        const r = await clientOf(ctx.args).request<{ worker: string; slot: string; held: string | null }>(
+          "POST",
+          `/api/v1/admin/workers/${encodeURIComponent(w)}/slots/${encodeURIComponent(slot)}/${name}`,
+          body,
+        );
+        print(ctx.args.json, r, () => `${r.worker}/${r.slot}: ${r.held ? `held (${r.held})` : "released"}`);
+        return;
+      }
       const res = await clientOf(ctx.args).request<WorkerView>(
         "POST",
         `/api/v1/admin/workers/${encodeURIComponent(w)}/${name}`,
@@ -81,7 +91,11 @@ const workerAction = (
 };
 
 export const drain = workerAction("drain", "Stop giving a worker new jobs; running ones finish");
-export const hold = workerAction("hold", "Hold a worker: no new jobs until released", {
+const slotFlag = { type: "string", description: "Only this slot of the worker", valueHint: "SLOT" } as const;
+export const hold = workerAction("hold", "Hold a worker (or one slot): no new jobs until released", {
   reason: { type: "string", description: "Why (shown in kiln workers)", valueHint: "TEXT" },
+  slot: slotFlag,
 });
-export const release = workerAction("release", "Release a held or draining worker");
+export const release = workerAction("release", "Release a held or draining worker, or a held slot", {
+  slot: slotFlag,
+});

@@ -57,7 +57,7 @@ export const SCHEMA = {
     join: { type: "string", default: "" },
     runner: { type: "enum", default: "sandbox", values: ["process", "sandbox"] },
     slots: { type: "slots", default: [] },
-    health_interval: { type: "duration", default: 60_000, min: 1_000 },
+    health_interval: { type: "duration", default: 60_000, min: 100 },
   },
   sandbox: {
     scratch: { type: "enum", default: "loop", values: ["loop", "lvm", "tmpfs"] },

@@ -1,7 +1,8 @@
-import { closeSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statfsSync } from "node:fs";
+import { closeSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, statfsSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../config/schema.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
+import { logger } from "../lib/log.ts";
 import { formatSize } from "../lib/size.ts";
 import type { RawExit, RunHandle, Runner, RunRequest, RunResult, Slot } from "../worker/runner.ts";
 import {
@@ -12,13 +13,14 @@ import {
   killAll,
   openJobCgroup,
   readUsage,
+  removeCgroup,
   resetCounters,
   setDeviceRules,
   sweepCgroups,
 } from "./cgroups.ts";
 import { installLauncher } from "./launcher.ts";
 import { createScratch, destroyScratch, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";
-import { killUid } from "./uids.ts";
+import { killUid, slotUid } from "./uids.ts";
 
 /*
  * The sandbox runner: each job runs through the native launcher (kiln-sandbox) in its own namespaces,
@@ -68,7 +70,8 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
     volumeGroup: o.cfg.sandbox.volume_group || undefined,
   };
   const slots = new Map<string, SlotState>();
-  const uidOf = (slot: Slot) => o.cfg.sandbox.uid_base + slot.index;
+  const log = logger("sandbox");
+  const uidOf = (slot: Slot) => slotUid(o.cfg.sandbox.uid_base, o.worker, slot.index);
 
   const slotState = (slot: Slot): SlotState => {
     let s = slots.get(slot.name);
@@ -172,7 +175,9 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           const tmp = `/proc/${pid1}/root/tmp`;
           try {
             const st = statfsSync(tmp);
-            noSpace = st.bavail * st.bsize < 64 * 1024 || st.ffree === 0;
+            // "Full" allows for a last write that did not fit whole: under 5% (at least 1 MiB) left.
+            const free = st.bavail * st.bsize;
+            noSpace = free <= Math.max(1 << 20, 0.05 * st.blocks * st.bsize) || st.ffree === 0;
           } catch {
             // The namespace is already gone.
           }
@@ -239,13 +244,29 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         },
       };
     },
+    async stop() {
+      for (const s of slots.values()) await removeCgroup(s.cg);
+      slots.clear();
+      // Leave no empty parents behind either (PARENT/WORKER, then PARENT if no other worker uses it).
+      const roots = new Set([...Object.values(layout.v1), ...(layout.unified ? [layout.unified] : [])]);
+      for (const root of roots) {
+        for (const dir of [join(root, cgParent), join(root, o.cfg.sandbox.cgroup_parent)]) {
+          try {
+            rmdirSync(dir);
+          } catch {
+            // Not empty (another worker) or already gone.
+          }
+        }
+      }
+    },
     async sweep() {
-      const removed = await sweepCgroups(layout, cgParent).catch(() => [] as string[]);
-      const scratch = await sweepScratch(scratchCfg).catch(() => [] as string[]);
-      for (let i = 0; i < 1024; i++) await killUid(o.cfg.sandbox.uid_base + i, true);
-      if (removed.length || scratch.length) {
-        console.error(
-          `sandbox sweep removed ${removed.length} cgroup(s) and ${scratch.length} scratch volume(s)`,
+      // Order matters: processes first (they pin mounts and loop devices), then cgroups, then volumes.
+      const killed = await killUid(slotUid(o.cfg.sandbox.uid_base, o.worker, 0), 1024);
+      const removed = await sweepCgroups(layout, cgParent);
+      const volumes = await sweepScratch(scratchCfg);
+      if (killed || removed.length || volumes.length) {
+        log.warn(
+          `sweep: killed ${killed} leftover process(es), removed ${removed.length} cgroup(s) and ${volumes.length} scratch volume(s)`,
         );
       }
     },

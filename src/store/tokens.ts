@@ -1,7 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
-import { and, eq, isNull, sql } from "drizzle-orm";
+import { and, eq, isNull } from "drizzle-orm";
 import type { Db, Store } from "./open.ts";
-import { prepared } from "./prepared.ts";
 import { type TokenRow, tokens } from "./schema.ts";
 
 export const ROLES = ["admin", "operator", "submitter", "viewer", "worker"] as const;

@@ -477,6 +477,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         a.handle?.kill();
       }
       await Promise.all([...active.values()].map((a) => a.handle?.result.catch(() => {})));
+      await opts.runner.stop?.().catch((err) => log.error(`runner stop: ${coerceError(err).message}`));
       ws?.close();
       await Promise.race([done, delay(1000)]);
     },

@@ -58,4 +58,6 @@ export interface Runner {
   start(req: RunRequest): Promise<RunHandle>;
   /** At worker start: removes whatever a crashed worker left behind (processes, mounts, cgroups...). */
   sweep(leftoverDirs: string[]): Promise<void>;
+  /** At a clean stop, after every job ended: releases what the runner holds (slot cgroups). */
+  stop?(): Promise<void>;
 }

@@ -16,6 +16,9 @@ import {
 
 // Short leases so a silent worker is noticed in a couple of seconds.
 const FAST = { KILN_MASTER_LEASE: "2s", KILN_MASTER_HEARTBEAT: "300ms" };
+// The plain-process runner, whose orphans outlive a killed worker: what its restart sweep is for. (The
+// sandbox runner's jobs die with the worker; test/integration/sandbox.test.ts covers that.)
+const PLAIN = { ...FAST, KILN_WORKER_RUNNER: "process" };
 const dirs: { [Symbol.dispose](): void }[] = [];
 const dir = () => {
   const d = tempDir();
@@ -37,7 +40,7 @@ async function events(m: Master, id: number) {
 test("a job whose worker dies is re-queued once its lease expires and runs elsewhere", async () => {
   const d = dir();
   const m = await startMaster(d, { env: FAST });
-  const a = await startWorker(m, d, "doomed", { capacity: 1, env: FAST });
+  const a = await startWorker(m, d, "doomed", { capacity: 1, env: PLAIN });
   const marker = `kiln-lease-${process.pid}-${Date.now()}`;
   const id = await submitJob(m, {
     command: [
@@ -65,14 +68,14 @@ test("a job whose worker dies is re-queued once its lease expires and runs elsew
   // The killed worker's job process outlived it (the plain runner cannot stop that); restarting the
   // worker on the same data dir sweeps it.
   expect(pidsMatching(marker).length).toBe(1);
-  await startWorker(m, d, "doomed", { capacity: 1, env: FAST });
+  await startWorker(m, d, "doomed", { capacity: 1, env: PLAIN });
   await waitFor("the sweep to kill the orphan", () => pidsMatching(marker).length === 0);
 }, 60_000);
 
 test("a job whose worker dies with no retries left ends failed with reason lost", async () => {
   const d = dir();
   const m = await startMaster(d, { env: FAST });
-  const w = await startWorker(m, d, "w", { capacity: 1, env: FAST });
+  const w = await startWorker(m, d, "w", { capacity: 1, env: PLAIN });
   const id = await submitJob(m, { command: ["sleep", "300"], retries: 0 });
   await waitFor(
     "the job to run",
@@ -82,7 +85,7 @@ test("a job whose worker dies with no retries left ends failed with reason lost"
   const job = await waitJob(m, id);
   expect([job.state, job.reason]).toEqual(["failed", "lost"]);
   // Restarting the worker sweeps the orphan and the master does not hand the job out again.
-  await startWorker(m, d, "w", { capacity: 1, env: FAST });
+  await startWorker(m, d, "w", { capacity: 1, env: PLAIN });
   await waitFor(
     "the orphan sleep to go",
     () => Bun.spawnSync(["pgrep", "-x", "-f", "sleep 300"]).exitCode === 1,

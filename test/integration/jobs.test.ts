@@ -88,6 +88,7 @@ describe("one machine with kiln up", () => {
     );
     const t0 = Date.now();
     const r = await m.cli(["cancel", String(id)]);
+    expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     const job = await waitJob(m, id, 5000);
     expect(job.state).toBe("cancelled");

@@ -1,0 +1,433 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import {
+  chmodSync,
+  copyFileSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { hostname } from "node:os";
+import { join } from "node:path";
+import {
+  type JobJson,
+  type Master,
+  type Role,
+  startMaster,
+  startWorker,
+  stopAll,
+  submitJob,
+  tempDir,
+  waitFor,
+  waitJob,
+} from "../harness.ts";
+
+/*
+ * The sandbox tier against the compiled binary: `kiln up` with the sandbox runner, real jobs that try to
+ * get out, and a check that the host is left exactly as it was. Needs root; skips and says so otherwise.
+ */
+
+const root = process.getuid?.() === 0;
+if (!root) console.error("sandbox tests skipped: they need root (namespaces, cgroups, loop devices)");
+
+// Outside /tmp on purpose: the job's /tmp is its scratch, so only a dir elsewhere tests the masking.
+const dir = tempDir("kiln-sandbox-test-", "/var/tmp");
+const suid = join(dir.path, "suid-id");
+let m: Master;
+let log: (id: number) => Promise<string>;
+
+const snapshot = () => ({
+  mounts: readFileSync("/proc/self/mountinfo", "utf8")
+    .split("\n")
+    .map((l) => l.split(" ").slice(3, 5).join(" "))
+    .sort(),
+  loops: Bun.spawnSync(["losetup", "-a"])
+    .stdout.toString()
+    .split("\n")
+    .filter((l) => l.includes(dir.path)),
+  cgroups: readdirSync("/sys/fs/cgroup/pids").filter((d) => d === "kiln"),
+});
+let before: ReturnType<typeof snapshot>;
+
+beforeAll(async () => {
+  if (!root) return;
+  before = snapshot();
+  copyFileSync("/usr/bin/id", suid);
+  chmodSync(suid, 0o4755);
+  mkdirSync("/etc/kiln-test-secret", { recursive: true });
+  writeFileSync("/etc/kiln-test-secret/key", "secret\n");
+  m = await startMaster(dir.path, {
+    role: "up",
+    name: "up",
+    env: { KILN_WORKER_CAPACITY: "4", KILN_WORKER_NAME: "sbx", KILN_SANDBOX_MASK: "/etc/kiln-test-secret" },
+  });
+  log = async (id) => (await m.cli(["logs", String(id)])).stdout;
+  // As if an operator had opened the data dir up: the mask, not file modes, must keep jobs out.
+  chmodSync(dir.path, 0o755);
+  chmodSync(m.data, 0o755);
+  chmodSync(join(m.data, "admin.token"), 0o644);
+});
+
+afterAll(async () => {
+  if (!root) return;
+  await m.kill("SIGTERM");
+  await stopAll();
+  rmSync("/etc/kiln-test-secret", { recursive: true, force: true });
+  const after = snapshot();
+  dir[Symbol.dispose]();
+  expect(after).toEqual(before);
+});
+
+const sh = (script: string, extra: Record<string, unknown> = {}) =>
+  submitJob(m, { command: ["/bin/bash", "-c", script], ...extra });
+
+/** Each case is a real job that tries something; it must print BLOCKED with the error that blocked it. */
+const ESCAPES: [string, string, RegExp][] = [
+  ["write the root", "touch /usr/kiln-escape 2>&1", /Read-only file system/],
+  ["write /etc", "echo x 2>&1 > /etc/kiln-escape", /Read-only file system|Permission denied/],
+  ["read the master's data dir and admin token", "ls -A DATA; cat DATA/admin.token 2>&1", /No such file/],
+  ["read the worker's outbox and keys", "ls -A DATA/worker 2>&1", /No such file/],
+  [
+    "read a masked config dir",
+    "ls -A /etc/kiln-test-secret; cat /etc/kiln-test-secret/key 2>&1",
+    /No such file/,
+  ],
+  [
+    "see host processes",
+    "test -e /proc/HOSTPID && echo visible; ls /proc | grep -c '^[0-9]' | awk '$1 < 10 {print \"few\"}'",
+    /^few$/m,
+  ],
+  ["signal a host process", "kill -0 HOSTPID 2>&1", /No such process/],
+  [
+    "reach a TCP service on the host's loopback",
+    "echo hi 2>&1 > /dev/tcp/127.0.0.1/TCPPORT",
+    /Connection refused/,
+  ],
+  ["reach the outside network", "echo hi 2>&1 > /dev/tcp/192.0.2.1/80", /Network is unreachable/],
+  [
+    "reach an upstream not allowed by --egress",
+    "exec 3<>/dev/tcp/127.0.0.1/7070; printf 'CONNECT deb.debian.org:443 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; head -1 <&3",
+    /403 Forbidden/,
+  ],
+  [
+    "reach an abstract Unix socket of the host",
+    "python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.connect(b'\\0kiln-test-abstract')\" 2>&1",
+    /ConnectionRefusedError|No such file/,
+  ],
+  [
+    "mount a filesystem",
+    "mkdir -p /tmp/m; mount -t tmpfs none /tmp/m 2>&1",
+    /permission denied|Operation not permitted|must be superuser/i,
+  ],
+  ["chroot", "chroot / true 2>&1", /Operation not permitted/],
+  ["create a user namespace", "unshare -U true 2>&1", /Operation not permitted/],
+  ["create a mount namespace", "unshare -m true 2>&1", /Operation not permitted/],
+  ["gain root through a setuid binary", "SUID -u", /^1[0-9]{9}$/m],
+  [
+    "open a host block device",
+    "head -c1 /dev/vda 2>&1; head -c1 /dev/sda 2>&1; ls /dev | tr '\\n' ' '",
+    /No such file/,
+  ],
+  ["mknod a block device", "mknod /tmp/sda b 8 0 2>&1", /Operation not permitted/],
+  [
+    "escape the cgroup through cgroup.procs",
+    "echo $$ 2>&1 > /sys/fs/cgroup/pids/cgroup.procs; cat /proc/self/cgroup",
+    /No such file/,
+  ],
+  [
+    "TIOCSTI into a terminal",
+    // A pty of its own made its controlling terminal: without the filter TIOCSTI would succeed here.
+    "python3 -c \"import os,fcntl,termios; m,s=os.openpty(); os.setsid(); fcntl.ioctl(s, termios.TIOCSCTTY, 0); fcntl.ioctl(s, termios.TIOCSTI, b'x'); print('ESCAPED')\" 2>&1",
+    /Operation not permitted/,
+  ],
+  [
+    "use keyctl",
+    "perl -e 'syscall(250, 0, 0, 0, 0, 0) == -1 and print \"$!\\n\"'",
+    /Operation not permitted/,
+  ],
+  ["use bpf", "perl -e 'syscall(321, 0, 0, 0) == -1 and print \"$!\\n\"'", /Operation not permitted/],
+  [
+    "use perf_event_open",
+    "perl -e 'syscall(298, 0, 0, -1, -1, 0) == -1 and print \"$!\\n\"'",
+    /Operation not permitted/,
+  ],
+  ["change the hostname the host sees", "hostname hacked 2>&1", /Operation not permitted|must be root/],
+  ["write /proc/sys", "echo 1 2>&1 > /proc/sys/vm/swappiness", /Read-only file system|Permission denied/],
+  ["write /sys", "touch /sys/kiln 2>&1", /Read-only file system|Permission denied/],
+  [
+    "keep any capability",
+    "grep -E '^Cap(Eff|Prm|Bnd)' /proc/self/status; grep NoNewPrivs /proc/self/status",
+    /CapBnd:\s+0{16}[\s\S]*NoNewPrivs:\s+1/,
+  ],
+];
+
+describe.skipIf(!root)("the escape suite", () => {
+  let tcp: { port: number; stop(closeActive?: boolean): void };
+  let tcpHits = 0;
+  let abstract: ReturnType<typeof Bun.spawn>;
+  const results = new Map<string, { job: JobJson; out: string }>();
+
+  beforeAll(async () => {
+    tcp = Bun.listen<undefined>({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        open() {
+          tcpHits++;
+        },
+        data() {},
+      },
+    });
+    abstract = Bun.spawn([
+      "python3",
+      "-c",
+      "import socket,time; s=socket.socket(socket.AF_UNIX); s.bind(b'\\0kiln-test-abstract'); s.listen(); time.sleep(300)",
+    ]);
+    const ids = await Promise.all(
+      ESCAPES.map(([, script]) =>
+        sh(
+          `${script
+            .replaceAll("DATA", m.data)
+            .replaceAll("HOSTPID", String(process.pid))
+            .replaceAll("TCPPORT", String(tcp.port))
+            .replaceAll("SUID", suid)}; echo BLOCKED`,
+        ),
+      ),
+    );
+    for (const [i, id] of ids.entries())
+      results.set(ESCAPES[i]![0], { job: await waitJob(m, id, 60_000), out: await log(id) });
+  }, 120_000);
+
+  afterAll(() => {
+    tcp.stop(true);
+    abstract.kill();
+  });
+
+  for (const [what, , expected] of ESCAPES) {
+    test(`a job cannot ${what}`, () => {
+      const r = results.get(what)!;
+      expect(r.job.state).toBe("succeeded");
+      expect(r.out).toMatch(expected);
+      expect(r.out).toContain("BLOCKED");
+      expect(r.out).not.toContain("visible");
+      expect(r.out).not.toContain("ESCAPED");
+    });
+  }
+
+  test("nothing reached the host's loopback service", () => {
+    expect(tcpHits).toBe(0);
+  });
+
+  test("the host's hostname is unchanged", () => {
+    expect(hostname()).not.toBe("hacked");
+  });
+
+  test("a job cannot read another running job's scratch or log", async () => {
+    const a = await sh("echo topsecret > /tmp/secret-a; echo started; sleep 30");
+    await waitFor("job a to write its secret", async () => (await log(a)).includes("started"));
+    const b = await sh(
+      `cat /proc/*/root/tmp/secret-a 2>&1; find / -xdev -name secret-a 2>/dev/null; cat ${m.data}/logs/${a}.log 2>&1; echo BLOCKED`,
+    );
+    const job = await waitJob(m, b);
+    const out = await log(b);
+    expect(job.state).toBe("succeeded");
+    expect(out).not.toContain("topsecret");
+    expect(out).not.toContain("started");
+    expect(out).toContain("BLOCKED");
+    await m.cli(["cancel", String(a)]);
+    await waitJob(m, a);
+  }, 60_000);
+
+  test("a daemon a job leaves behind does not outlive it", async () => {
+    const marker = `kiln-daemon-${Date.now()}`;
+    const id = await sh(
+      `setsid nohup sh -c 'sleep 1000' ${marker} >/dev/null 2>&1 & (sleep 1000 &) ; echo spawned`,
+    );
+    expect((await waitJob(m, id)).state).toBe("succeeded");
+    expect(Bun.spawnSync(["pgrep", "-f", marker]).exitCode).toBe(1);
+  });
+});
+
+describe.skipIf(!root)("limits and reasons", () => {
+  test("allocating past the memory limit fails the job with reason oom and reports the peak", async () => {
+    const id = await sh("head -c 400M /dev/zero | tail > /dev/null; echo survived", {
+      memoryBytes: 64 << 20,
+    });
+    const job = await waitJob(m, id);
+    expect([job.state, job.reason]).toEqual(["failed", "oom"]);
+    const view = JSON.parse((await m.cli(["show", String(id), "--json"])).stdout);
+    expect(view.resources.peakMemoryBytes).toBeGreaterThan(32 << 20);
+  }, 60_000);
+
+  test("a fork bomb hits the pids limit and fails with reason pids", async () => {
+    const id = await sh("for i in $(seq 1 200); do sleep 5 & done; wait", { pids: 32 });
+    const job = await waitJob(m, id, 60_000);
+    expect([job.state, job.reason]).toEqual(["failed", "pids"]);
+  }, 60_000);
+
+  test("filling the scratch past its size gives ENOSPC and reason no_space, and the host keeps its space", async () => {
+    const id = await sh("df -m /tmp | tail -1; dd if=/dev/zero of=/tmp/fill bs=1M count=64 2>&1", {
+      scratchBytes: 16 << 20,
+    });
+    const job = await waitJob(m, id);
+    expect([job.state, job.reason]).toEqual(["failed", "no_space"]);
+    expect(await log(id)).toContain("No space left on device");
+  }, 60_000);
+
+  test("show reports peak memory and CPU time of a job", async () => {
+    const id = await sh("i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; echo $i");
+    const job = await waitJob(m, id);
+    expect(job.state).toBe("succeeded");
+    const show = await m.cli(["show", String(id)]);
+    expect(show.stdout).toMatch(/peak memory: \d/);
+    expect(show.stdout).toMatch(/cpu time:\s+\d/);
+  }, 60_000);
+
+  test("the job sees its own environment: HOME and KILN_OUT on the scratch, KILN_API, /kiln/bin/kiln", async () => {
+    const id = await sh(
+      "echo $HOME $KILN_OUT $KILN_API $KILN_JOB_ID; stat -c %U:%a $HOME; df --output=size -m /tmp | tail -1; /kiln/bin/kiln --version; kiln job progress 40 halfway there; echo artifact > $KILN_OUT/result.txt",
+      {
+        scratchBytes: 32 << 20,
+      },
+    );
+    const job = await waitJob(m, id);
+    const out = await log(id);
+    expect(job.state).toBe("succeeded");
+    expect(out).toContain(`/tmp/home /tmp/out http://127.0.0.1:7070 ${id}`);
+    expect(out).toMatch(/kiln 0\.\d+\.\d+/);
+    const view = JSON.parse((await m.cli(["show", String(id), "--json"])).stdout);
+    expect(view.progress).toEqual({ percent: 40, message: "halfway there" });
+  }, 60_000);
+
+  test("a timeout kills the whole sandbox and ends timed_out", async () => {
+    const id = await sh("sleep 300 & sleep 300", { timeoutMs: 1000 });
+    const job = await waitJob(m, id);
+    expect(job.state).toBe("timed_out");
+  });
+
+  test("cancel kills a sandboxed job within a second", async () => {
+    const id = await sh("echo up; sleep 300");
+    await waitFor("the job to start", async () => (await log(id)).includes("up"));
+    const t0 = Date.now();
+    await m.cli(["cancel", String(id)]);
+    expect((await waitJob(m, id)).state).toBe("cancelled");
+    expect(Date.now() - t0).toBeLessThan(5000);
+  });
+
+  test("a set-up failure ends the job with reason sandbox and says which step failed", async () => {
+    const id = await sh("true", { scratchBytes: 128 * 2 ** 40 });
+    const job = await waitJob(m, id);
+    expect([job.state, job.reason]).toEqual(["failed", "sandbox"]);
+    expect(job.message).toMatch(/scratch/i);
+  });
+});
+
+describe.skipIf(!root)("slots", () => {
+  test("mark-broken from inside a job holds its slot until an operator releases it", async () => {
+    const id = await sh("kiln job mark-broken probe not answering");
+    expect((await waitJob(m, id)).state).toBe("succeeded");
+    const workers = JSON.parse((await m.cli(["workers", "--json"])).stdout) as {
+      slots: { name: string; held: string | null }[];
+    }[];
+    const held = workers[0]!.slots.find((s) => s.held);
+    expect(held?.held).toContain("probe not answering");
+    const text = (await m.cli(["workers"])).stdout;
+    expect(text).toContain(`sbx/${held!.name} held: marked broken by job ${id}: probe not answering`);
+    expect((await m.cli(["release", "sbx", "--slot", held!.name])).code).toBe(0);
+    await waitFor("the slot to be released", async () => {
+      const w = JSON.parse((await m.cli(["workers", "--json"])).stdout) as {
+        slots: { held: string | null }[];
+      }[];
+      return w[0]!.slots.every((s) => !s.held);
+    });
+  });
+});
+
+describe.skipIf(!root)("slots with resources and health checks, and a worker killed mid-job", () => {
+  const flag = join(dir.path, "probe-present");
+  const config = join(dir.path, "hw.toml");
+  const workerData = join(dir.path, "hw");
+  let hwRole: Role | undefined;
+  const startHw = async () => {
+    hwRole = await startWorker(m, dir.path, "hw", {
+      args: ["--config", config],
+      data: workerData,
+      env: { KILN_WORKER_HEALTH_INTERVAL: "500ms" },
+    });
+  };
+  const slotsOf = async () =>
+    (
+      JSON.parse((await m.cli(["workers", "--json"])).stdout) as {
+        name: string;
+        slots: { name: string; held: string | null; job: number | null }[];
+      }[]
+    ).find((w) => w.name === "hw")!.slots;
+
+  beforeAll(() => {
+    if (!root) return;
+    writeFileSync(flag, "");
+    writeFileSync(
+      config,
+      `[worker]\nchannels = ["hw"]\n\n[[worker.slots]]\nname = "probe"\nresources = ["probe"]\nmemory = "256M"\nhealth_check = "test -e ${flag} || { echo probe unplugged; exit 1; }"\n\n[[worker.slots]]\nname = "plain"\n`,
+    );
+  });
+
+  test("a job that needs a slot resource runs only on the slot that has it, with the slot's default limits", async () => {
+    await startHw();
+    const ids = await Promise.all(
+      [1, 2, 3].map(() =>
+        sh(
+          "grep -E '^(limit|hierarchical_memory_limit)' /sys/fs/cgroup/memory/memory.stat 2>/dev/null; echo ok",
+          { channel: "hw", needs: ["probe"] },
+        ),
+      ),
+    );
+    for (const id of ids) {
+      const job = await waitJob(m, id);
+      expect(job.state).toBe("succeeded");
+      expect(JSON.parse((await m.cli(["show", String(id), "--json"])).stdout).slot).toBe("probe");
+    }
+  }, 60_000);
+
+  test("a slot whose health check fails is not offered, and is again once it passes", async () => {
+    rmSync(flag);
+    await waitFor("the probe slot to be held", async () =>
+      (await slotsOf()).find((s) => s.name === "probe")?.held?.includes("probe unplugged"),
+    );
+    const id = await sh("echo ran", { channel: "hw", needs: ["probe"] });
+    await Bun.sleep(1500);
+    expect((await m.api<JobJson>("GET", `/api/v1/jobs/${id}`)).body.state).toBe("queued");
+    const plain = await sh("echo ran", { channel: "hw" });
+    expect((await waitJob(m, plain)).state).toBe("succeeded");
+    writeFileSync(flag, "");
+    expect((await waitJob(m, id)).state).toBe("succeeded");
+  }, 60_000);
+
+  test("kill -9 of a worker takes its sandboxes with it, and its restart sweeps what was left", async () => {
+    const marker = `kiln-killed-worker-${Date.now()}`;
+    const id = await sh(`echo up; exec -a ${marker} sleep 300`, {
+      channel: "hw",
+      needs: ["probe"],
+      retries: 0,
+    });
+    await waitFor("the job to run", async () => (await log(id)).includes("up"));
+    const pid = Number(
+      Bun.spawnSync(["pgrep", "-f", `worker.*--name hw`]).stdout.toString().trim().split("\n")[0],
+    );
+    process.kill(pid, "SIGKILL");
+    await waitFor(
+      "the job's processes to die with the worker",
+      () => Bun.spawnSync(["pgrep", "-f", marker]).exitCode === 1,
+    );
+    await startHw();
+    const job = await waitJob(m, id);
+    expect([job.state, job.reason]).toEqual(["failed", "lost"]);
+    expect(readdirSync(join(workerData, "worker", "scratch")).filter((f) => f.endsWith(".img"))).toEqual([]);
+    const loops = Bun.spawnSync(["losetup", "-a"]).stdout.toString();
+    expect(loops).not.toContain(workerData);
+    // The restarted worker still runs jobs on the same slot.
+    const again = await sh("echo fine", { channel: "hw", needs: ["probe"] });
+    expect((await waitJob(m, again)).state).toBe("succeeded");
+  }, 90_000);
+});
