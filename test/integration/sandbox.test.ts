@@ -431,3 +431,27 @@ describe.skipIf(!root)("slots with resources and health checks, and a worker kil
     expect((await waitJob(m, again)).state).toBe("succeeded");
   }, 90_000);
 });
+
+describe.skipIf(!root)("egress", () => {
+  test("a job reaches an upstream allowed by --egress through the proxy, over http and https, and nothing else", async () => {
+    const script = `python3 - <<'PY'
+import urllib.request
+for url in ["http://deb.debian.org/debian/dists/bookworm/Release", "https://deb.debian.org/debian/dists/bookworm/Release"]:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        print(url.split(":")[0], r.status, r.read(9).decode())
+try:
+    urllib.request.urlopen("http://security.debian.org/", timeout=30)
+    print("ESCAPED")
+except Exception as e:
+    print("other host refused:", e)
+PY`;
+    const id = await sh(script, { egress: ["deb.debian.org"] });
+    const job = await waitJob(m, id, 90_000);
+    const out = await log(id);
+    expect(job.state).toBe("succeeded");
+    expect(out).toContain("http 200 Origin: D");
+    expect(out).toContain("https 200 Origin: D");
+    expect(out).toContain("other host refused: HTTP Error 403");
+    expect(out).not.toContain("ESCAPED");
+  }, 120_000);
+});

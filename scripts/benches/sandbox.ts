@@ -1,0 +1,80 @@
+// Sandbox launch benchmark: median wall time to run /bin/true through Kiln's launcher (no scratch, and
+// with a loop ext4 scratch including its creation and removal), beside plain fork+exec, bubblewrap, and
+// util-linux unshare + setpriv, all from Bun in the same run. Then the worker's RSS per running job.
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { createScratch, destroyScratch } from "../../src/sandbox/scratch.ts";
+
+const ROOT = resolve(import.meta.dir, "..", "..");
+const HELPER = join(ROOT, "dist", "kiln-sandbox");
+const KILN = join(ROOT, "dist", "kiln");
+const N = Number(process.env.BENCH_RUNS ?? 50);
+const dir = mkdtempSync(join(tmpdir(), "kiln-bench-sbx-"));
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+async function time(cmd: () => Promise<void>): Promise<number> {
+  await cmd(); // warm-up
+  const xs: number[] = [];
+  for (let i = 0; i < N; i++) {
+    const t = performance.now();
+    await cmd();
+    xs.push(performance.now() - t);
+  }
+  return median(xs);
+}
+async function run(argv: string[]) {
+  const p = Bun.spawn(argv, { stdout: "ignore", stderr: "pipe" });
+  if ((await p.exited) !== 0) throw new Error(`${argv[0]} failed: ${await new Response(p.stderr).text()}`);
+}
+
+const sandbox = ["--uid", "1499999999", "--gid", "1499999999", "--kiln-bin", KILN];
+const rows: [string, number][] = [];
+rows.push(["fork+exec /bin/true (Bun.spawn)", await time(() => run(["/bin/true"]))]);
+rows.push(["Kiln launcher, tmpfs /tmp", await time(() => run([HELPER, ...sandbox, "--", "/bin/true"]))]);
+const scratchCfg = { backend: "loop" as const, dir: join(dir, "scratch") };
+rows.push([
+  "Kiln launcher, 1 GiB loop ext4 /tmp (create, mount, remove)",
+  await time(async () => {
+    const s = await createScratch(scratchCfg, "bench", 1 << 30);
+    await run([HELPER, ...sandbox, "--scratch-file", (s as { file: string }).file, "--", "/bin/true"]);
+    await destroyScratch(scratchCfg, s);
+  }),
+]);
+if (Bun.which("bwrap")) {
+  rows.push(["bwrap --unshare-all --ro-bind / / /bin/true", await time(() => run(["bwrap", "--unshare-all", "--ro-bind", "/", "/", "/bin/true"]))]);
+}
+rows.push([
+  "unshare -mpfiun --mount-proc + setpriv (uid drop)",
+  await time(() => run(["unshare", "-mpfiun", "--mount-proc", "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "/bin/true"])),
+]);
+
+// Worker memory per running job: a worker with 4 slots, idle and then running 4 sleeping jobs.
+const rss = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
+const port = 19000 + Math.floor(Math.random() * 1000);
+const url = `http://127.0.0.1:${port}`;
+const env = { PATH: process.env.PATH!, KILN_LOG_LEVEL: "warn", KILN_LOG_FORMAT: "json" };
+const master = Bun.spawn([KILN, "master", "--data", join(dir, "m"), "--listen", `127.0.0.1:${port}`], { env, stderr: "inherit" });
+while (!(await fetch(`${url}/readyz`).catch(() => null))?.ok) await Bun.sleep(20);
+const token = readFileSync(join(dir, "m", "admin.token"), "utf8").trim();
+const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
+const worker = Bun.spawn([KILN, "worker", "--master", url, "--join", token, "--name", "bench", "--capacity", "4", "--data", join(dir, "w")], { env, stderr: "inherit" });
+const api = async (path: string, body?: unknown) =>
+  (await fetch(`${url}${path}`, { method: body ? "POST" : "GET", headers, body: body ? JSON.stringify(body) : undefined })).json() as Promise<unknown>;
+while (!((await api("/api/v1/workers")) as { connected: boolean }[])[0]?.connected) await Bun.sleep(20);
+await Bun.sleep(1000);
+const idle = rss(worker.pid);
+for (let i = 0; i < 4; i++) await api("/api/v1/jobs", { command: ["sleep", "20"], scratchBytes: 16 << 20 });
+while (((await api("/api/v1/jobs?state=running")) as unknown[]).length < 4) await Bun.sleep(50);
+await Bun.sleep(1000);
+const busy = rss(worker.pid);
+master.kill();
+worker.kill("SIGTERM");
+await worker.exited;
+await master.exited;
+rmSync(dir, { recursive: true, force: true });
+
+const base = rows[0]![1];
+console.log("| launch of /bin/true | median ms | over fork+exec |\n|---|---|---|");
+for (const [what, ms] of rows) console.log(`| ${what} | ${ms.toFixed(2)} | ${(ms - base).toFixed(2)} |`);
+console.log(`\nworker RSS: idle ${(idle / 1048576).toFixed(1)} MB, with 4 running jobs ${(busy / 1048576).toFixed(1)} MB: ${((busy - idle) / 4 / 1048576).toFixed(2)} MB per running job (${N} runs per row)`);
