@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
-import { and, eq, isNull } from "drizzle-orm";
+import { and, eq, isNull, sql } from "drizzle-orm";
 import type { Db, Store } from "./open.ts";
+import { prepared } from "./prepared.ts";
 import { type TokenRow, tokens } from "./schema.ts";
 
 export const ROLES = ["admin", "operator", "submitter", "viewer", "worker"] as const;
@@ -45,9 +46,15 @@ export function insertTokenHash(
 
 /** The live token with this secret, or undefined (unknown, revoked or expired). */
 export async function findToken(db: Db, secret: string, now = Date.now()): Promise<TokenRow | undefined> {
-  const row = await db.query.tokens.findFirst({
-    where: and(eq(tokens.hash, hashToken(secret)), isNull(tokens.revokedAt)),
-  });
+  // Every API request looks its token up: a prepared query keeps drizzle from rebuilding the SQL each time.
+  const q = prepared(db, "findToken", () =>
+    db
+      .select()
+      .from(tokens)
+      .where(and(eq(tokens.hash, sql.placeholder("hash")), isNull(tokens.revokedAt)))
+      .prepare(),
+  );
+  const [row] = await q.all({ hash: hashToken(secret) });
   if (!row || (row.expiresAt !== null && row.expiresAt <= now)) return undefined;
   return row;
 }
