@@ -1,6 +1,8 @@
 #!/usr/bin/env bun
 import { type CommandDef, defineCommand, renderUsage, runCommand } from "citty";
+import { job } from "./cli/job-control.ts";
 import { cancel, jobs, logs, retry, show, submit } from "./cli/jobs.ts";
+import { recipe } from "./cli/recipes.ts";
 import { master, up, worker } from "./cli/roles.ts";
 import { token } from "./cli/tokens.ts";
 import { drain, hold, release, workers } from "./cli/workers.ts";
@@ -24,6 +26,8 @@ const main = defineCommand({
     hold,
     release,
     token,
+    recipe,
+    job,
   },
 });
 
@@ -46,11 +50,12 @@ async function resolve(argv: string[]): Promise<{ cmd: CommandDef; parent?: Comm
 async function run(argv: string[]) {
   const dash = argv.indexOf("--");
   const flags = dash >= 0 ? argv.slice(0, dash) : argv;
-  if (flags.includes("--version") || (flags.length === 1 && flags[0] === "-v")) {
+  const { cmd, parent } = await resolve(argv);
+  // Only `kiln --version` itself: a subcommand may have its own --version (`kiln recipe show --version N`).
+  if (cmd === main && (flags.includes("--version") || (flags.length === 1 && flags[0] === "-v"))) {
     process.stdout.write(`kiln ${VERSION} (bun ${Bun.version}, ${process.platform}/${process.arch})\n`);
     return;
   }
-  const { cmd, parent } = await resolve(argv);
   if (
     flags.includes("--help") ||
     flags.includes("-h") ||

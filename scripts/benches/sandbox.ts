@@ -42,25 +42,67 @@ rows.push([
   }),
 ]);
 if (Bun.which("bwrap")) {
-  rows.push(["bwrap --unshare-all --ro-bind / / /bin/true", await time(() => run(["bwrap", "--unshare-all", "--ro-bind", "/", "/", "/bin/true"]))]);
+  rows.push([
+    "bwrap --unshare-all --ro-bind / / /bin/true",
+    await time(() => run(["bwrap", "--unshare-all", "--ro-bind", "/", "/", "/bin/true"])),
+  ]);
 }
 rows.push([
   "unshare -mpfiun --mount-proc + setpriv (uid drop)",
-  await time(() => run(["unshare", "-mpfiun", "--mount-proc", "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "/bin/true"])),
+  await time(() =>
+    run([
+      "unshare",
+      "-mpfiun",
+      "--mount-proc",
+      "setpriv",
+      "--reuid",
+      "65534",
+      "--regid",
+      "65534",
+      "--clear-groups",
+      "/bin/true",
+    ]),
+  ),
 ]);
 
 // Worker memory per running job: a worker with 4 slots, idle and then running 4 sleeping jobs.
-const rss = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
+const rss = (pid: number) =>
+  Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
 const port = 19000 + Math.floor(Math.random() * 1000);
 const url = `http://127.0.0.1:${port}`;
 const env = { PATH: process.env.PATH!, KILN_LOG_LEVEL: "warn", KILN_LOG_FORMAT: "json" };
-const master = Bun.spawn([KILN, "master", "--data", join(dir, "m"), "--listen", `127.0.0.1:${port}`], { env, stderr: "inherit" });
+const master = Bun.spawn([KILN, "master", "--data", join(dir, "m"), "--listen", `127.0.0.1:${port}`], {
+  env,
+  stderr: "inherit",
+});
 while (!(await fetch(`${url}/readyz`).catch(() => null))?.ok) await Bun.sleep(20);
 const token = readFileSync(join(dir, "m", "admin.token"), "utf8").trim();
 const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
-const worker = Bun.spawn([KILN, "worker", "--master", url, "--join", token, "--name", "bench", "--capacity", "4", "--data", join(dir, "w")], { env, stderr: "inherit" });
+const worker = Bun.spawn(
+  [
+    KILN,
+    "worker",
+    "--master",
+    url,
+    "--join",
+    token,
+    "--name",
+    "bench",
+    "--capacity",
+    "4",
+    "--data",
+    join(dir, "w"),
+  ],
+  { env, stderr: "inherit" },
+);
 const api = async (path: string, body?: unknown) =>
-  (await fetch(`${url}${path}`, { method: body ? "POST" : "GET", headers, body: body ? JSON.stringify(body) : undefined })).json() as Promise<unknown>;
+  (
+    await fetch(`${url}${path}`, {
+      method: body ? "POST" : "GET",
+      headers,
+      body: body ? JSON.stringify(body) : undefined,
+    })
+  ).json() as Promise<unknown>;
 while (!((await api("/api/v1/workers")) as { connected: boolean }[])[0]?.connected) await Bun.sleep(20);
 await Bun.sleep(1000);
 const idle = rss(worker.pid);
@@ -77,4 +119,6 @@ rmSync(dir, { recursive: true, force: true });
 const base = rows[0]![1];
 console.log("| launch of /bin/true | median ms | over fork+exec |\n|---|---|---|");
 for (const [what, ms] of rows) console.log(`| ${what} | ${ms.toFixed(2)} | ${(ms - base).toFixed(2)} |`);
-console.log(`\nworker RSS: idle ${(idle / 1048576).toFixed(1)} MB, with 4 running jobs ${(busy / 1048576).toFixed(1)} MB: ${((busy - idle) / 4 / 1048576).toFixed(2)} MB per running job (${N} runs per row)`);
+console.log(
+  `\nworker RSS: idle ${(idle / 1048576).toFixed(1)} MB, with 4 running jobs ${(busy / 1048576).toFixed(1)} MB: ${((busy - idle) / 4 / 1048576).toFixed(2)} MB per running job (${N} runs per row)`,
+);

@@ -79,8 +79,18 @@ export function jobIdArg(text: string | undefined): number {
   return Number(text);
 }
 
-/** Collects a repeatable string flag (citty gives a string for one use and an array for several). */
-export function many(v: unknown): string[] {
-  if (v === undefined || v === null || v === false) return [];
-  return (Array.isArray(v) ? v : [v]).map(String);
+/**
+ * Every value of a repeatable string flag, in order (`--env A=1 --env B=2`, `--env=A=1`). citty parses with
+ * node:util parseArgs without `multiple`, which keeps only the last one, so these are read from the raw
+ * arguments, up to `--`.
+ */
+export function repeated(rawArgs: string[], flag: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < rawArgs.length; i++) {
+    const arg = rawArgs[i]!;
+    if (arg === "--") break;
+    if (arg === `--${flag}` && i + 1 < rawArgs.length) out.push(rawArgs[++i]!);
+    else if (arg.startsWith(`--${flag}=`)) out.push(arg.slice(flag.length + 3));
+  }
+  return out;
 }

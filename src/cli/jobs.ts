@@ -6,7 +6,7 @@ import { delay } from "../lib/loop.ts";
 import { formatSize, parseSize } from "../lib/size.ts";
 import { isTerminal, type JobView } from "../protocol/job.ts";
 import type { Client } from "./client.ts";
-import { checkFlags, clientArgs, clientOf, jobIdArg, many, print, table } from "./common.ts";
+import { checkFlags, clientArgs, clientOf, jobIdArg, print, repeated, table } from "./common.ts";
 
 const submitArgs = {
   ...clientArgs,
@@ -55,6 +55,12 @@ const submitArgs = {
     description: "Run this shell script file instead of a command",
     valueHint: "FILE",
   },
+  recipe: {
+    type: "string",
+    description: "Run this recipe (see kiln recipe ls) instead of a command",
+    valueHint: "NAME",
+  },
+  var: { type: "string", description: "A recipe variable's value (repeatable)", valueHint: "K=V" },
   wait: { type: "boolean", description: "Follow the log and exit with the job's exit status" },
 } as const;
 
@@ -74,7 +80,11 @@ function parsed<T>(flag: string, v: string | undefined, fn: (s: string) => T): T
 }
 
 export const submit = defineCommand({
-  meta: { name: "submit", description: "Queue a job: kiln submit [flags] -- CMD [ARG...], or --script FILE" },
+  meta: {
+    name: "submit",
+    description:
+      "Queue a job: kiln submit [flags] -- CMD [ARG...], or --script FILE, or --recipe NAME --var k=v",
+  },
   args: submitArgs,
   async run(ctx) {
     checkFlags(ctx, submitArgs);
@@ -91,14 +101,20 @@ export const submit = defineCommand({
       }
       command = ["/bin/sh", "-ec", text, a.script];
     }
-    if (command.length === 0)
-      throw new AppError("USAGE", "nothing to run: kiln submit [flags] -- CMD [ARG...] (or --script FILE)");
-    const env: Record<string, string> = {};
-    for (const kv of many(a.env)) {
-      const i = kv.indexOf("=");
-      if (i <= 0) throw new AppError("USAGE", `--env ${kv}: use K=V`);
-      env[kv.slice(0, i)] = kv.slice(i + 1);
-    }
+    if (a.recipe && command.length)
+      throw new AppError(
+        "USAGE",
+        "give either --recipe NAME or a command (-- CMD or --script FILE), not both",
+      );
+    if (!a.recipe && a.var !== undefined)
+      throw new AppError("USAGE", "--var is for a recipe: kiln submit --recipe NAME --var k=v");
+    if (!a.recipe && command.length === 0)
+      throw new AppError(
+        "USAGE",
+        "nothing to run: kiln submit [flags] -- CMD [ARG...] (or --script FILE, or --recipe NAME)",
+      );
+    const env = pairs("env", repeated(ctx.rawArgs, "env"));
+    const vars = pairs("var", repeated(ctx.rawArgs, "var"));
     const cpus = parsed("cpus", a.cpus, (s) => {
       const n = Number(s);
       if (!(n > 0)) throw new Error(`"${s}" must be a positive number of cores`);
@@ -110,16 +126,19 @@ export const submit = defineCommand({
       channel: a.channel,
       arch: a.arch,
       priority: int("priority", a.priority),
-      command,
-      env,
+      command: a.recipe ? undefined : command,
+      recipe: a.recipe,
+      vars: a.recipe ? vars : undefined,
+      // Options not given stay out of the request, so a recipe's own defaults apply to them.
+      env: Object.keys(env).length ? env : undefined,
       timeoutMs: parsed("timeout", a.timeout, parseDuration),
       memoryBytes: parsed("memory", a.memory, parseSize),
       cpus,
       pids: int("pids", a.pids),
       scratchBytes: parsed("scratch", a.scratch, parseSize),
       root: a.root,
-      needs: many(a.needs),
-      egress: many(a.egress),
+      needs: a.needs === undefined ? undefined : repeated(ctx.rawArgs, "needs"),
+      egress: a.egress === undefined ? undefined : repeated(ctx.rawArgs, "egress"),
       repo: a.repo,
       retries: int("retries", a.retries),
     };
@@ -141,6 +160,19 @@ export const submit = defineCommand({
     process.exitCode = exitStatusOf(job);
   },
 });
+
+/** Parses repeated `--flag K=V` values; a key given twice is refused rather than silently overwritten. */
+function pairs(flag: string, values: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const kv of values) {
+    const i = kv.indexOf("=");
+    if (i <= 0) throw new AppError("USAGE", `--${flag} ${kv}: use K=V`);
+    const key = kv.slice(0, i);
+    if (key in out) throw new AppError("USAGE", `--${flag} ${key} is given twice`);
+    out[key] = kv.slice(i + 1);
+  }
+  return out;
+}
 
 /** The exit status `submit --wait` returns: the job's own for exit, 124 for a timeout (as timeout(1)), 130 for a cancel, else 1. */
 export function exitStatusOf(job: JobView): number {
@@ -279,7 +311,9 @@ export const show = defineCommand({
         ],
         ["log", `${j.logSize} bytes`],
         ["retry of", j.retryOf === null ? null : String(j.retryOf)],
-        ["command", j.command.join(" ")],
+        ["recipe", j.recipe ? recipeText(j.recipe) : null],
+        // A recipe job's command is the rendered script; the recipe line above says what it is.
+        ["command", j.recipe ? null : j.command.join(" ")],
       ];
       return lines
         .filter(([, v]) => v !== null && v !== "")
@@ -288,6 +322,14 @@ export const show = defineCommand({
     });
   },
 });
+
+/** "NAME v3 (url=..., dist=...)", quoting a value only where it would be ambiguous. */
+function recipeText(r: NonNullable<JobView["recipe"]>) {
+  const vars = Object.entries(r.vars).map(
+    ([k, v]) => `${k}=${v === "" || /[\s,()"']/.test(v) ? JSON.stringify(v) : v}`,
+  );
+  return `${r.name} v${r.version}${vars.length ? ` (${vars.join(", ")})` : ""}`;
+}
 
 function limitsText(j: JobView) {
   const r = j.resources;

@@ -5,6 +5,7 @@ import type { MasterContext } from "./context.ts";
 import { adminRoutes } from "./routes/admin.ts";
 import { clientRoutes } from "./routes/client.ts";
 import { publicRoutes } from "./routes/public.ts";
+import { recipeRoutes } from "./routes/recipes.ts";
 
 /**
  * The master's HTTP app. Every error leaves as `{"error":{"code","message"}}`: an AppError with its own
@@ -27,5 +28,6 @@ export function createApp(ctx: MasterContext) {
   app.use("/api/v1/*", authenticate(ctx));
   app.route("/api/v1", clientRoutes(ctx));
   app.route("/api/v1", adminRoutes(ctx));
+  app.route("/api/v1", recipeRoutes(ctx));
   return app;
 }

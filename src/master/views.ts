@@ -43,6 +43,10 @@ export function jobView(row: JobRow, extra: { waitingFor?: string | null; logSiz
     logSize: extra.logSize ?? row.logSize,
     cancelRequested: row.cancelRequested,
     retryOf: row.retryOf,
+    recipe:
+      row.recipe === null
+        ? null
+        : { name: row.recipe, version: row.recipeVersion ?? 0, vars: row.recipeVars ?? {} },
     progress: row.progress === null ? null : { percent: row.progress, message: row.progressMessage },
     waitingFor: extra.waitingFor ?? null,
     artifacts: [],

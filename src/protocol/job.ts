@@ -84,6 +84,8 @@ export interface JobView {
   logSize: number;
   cancelRequested: boolean;
   retryOf: number | null;
+  /** The recipe version the job was rendered from and the values it got; null for a plain job. */
+  recipe: { name: string; version: number; vars: Record<string, string> } | null;
   progress: { percent: number; message: string | null } | null;
   waitingFor: string | null;
   artifacts: { name: string; size: number; sha256: string }[];
@@ -99,18 +101,20 @@ const name = (what: string) =>
       `${what} must be 1-63 lowercase letters, digits, ".", "_" or "-", starting with a letter or digit`,
     );
 
-/** The body of POST /api/v1/jobs. */
-export const SubmitSchema = z
+/**
+ * The options of a submit that a recipe's `[submit]` table may also set. None has a default here, so the
+ * master can tell "not given" (the recipe's value, then the built-in default applies) from "given" (wins).
+ */
+export const SubmitOptionsSchema = z
   .object({
     name: z.string().max(200).optional(),
-    project: name("project").default("default"),
-    channel: name("channel").default("default"),
+    project: name("project").optional(),
+    channel: name("channel").optional(),
     arch: name("arch").optional(),
-    priority: z.number().int().min(-1000).max(1000).default(0),
-    command: z.array(z.string().max(1 << 20)).min(1, "command must not be empty"),
+    priority: z.number().int().min(-1000).max(1000).optional(),
     env: z
       .record(z.string().regex(ENV_KEY, "env names must be letters, digits and _"), z.string())
-      .default({}),
+      .optional(),
     timeoutMs: z.number().int().positive().optional(),
     memoryBytes: z
       .number()
@@ -127,13 +131,44 @@ export const SubmitSchema = z
     root: z
       .string()
       .regex(/^(host|[a-z0-9][a-z0-9._-]{0,62})$/, "root must be host or a template name")
-      .default("host"),
-    needs: z.array(name("needs")).default([]),
+      .optional(),
+    needs: z.array(name("needs")).optional(),
     egress: z
       .array(z.string().regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, "egress must be HOST or HOST:PORT"))
-      .default([]),
+      .optional(),
     repo: name("repo").optional(),
     retries: z.number().int().min(0).max(100).optional(),
   })
   .strict();
+export type SubmitOptions = z.infer<typeof SubmitOptionsSchema>;
+
+/** What a submit gets for an option that neither the request nor its recipe sets. */
+export const SUBMIT_DEFAULTS = {
+  project: "default",
+  channel: "default",
+  priority: 0,
+  root: "host",
+} as const;
+
+/**
+ * The body of POST /api/v1/jobs: the options plus exactly one of `command` (run as given) or `recipe`
+ * with its `vars` (the master renders the recipe's script; see src/master/recipes/).
+ */
+export const SubmitSchema = SubmitOptionsSchema.extend({
+  command: z
+    .array(z.string().max(1 << 20))
+    .min(1, "command must not be empty")
+    .optional(),
+  recipe: name("recipe").optional(),
+  vars: z.record(z.string().max(200), z.string()).optional(),
+})
+  .strict()
+  .superRefine((req, ctx) => {
+    if (req.command && req.recipe)
+      ctx.addIssue({ code: "custom", message: "give either command or recipe, not both" });
+    else if (!req.command && !req.recipe)
+      ctx.addIssue({ code: "custom", message: "command or recipe is required" });
+    else if (req.vars && !req.recipe)
+      ctx.addIssue({ code: "custom", path: ["vars"], message: "vars are only for a recipe" });
+  });
 export type SubmitRequest = z.input<typeof SubmitSchema>;

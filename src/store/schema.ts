@@ -1,4 +1,4 @@
-import { index, integer, real, sqliteTable, text } from "drizzle-orm/sqlite-core";
+import { index, integer, primaryKey, real, sqliteTable, text } from "drizzle-orm/sqlite-core";
 
 /*
  * The durable state of the master. Times are milliseconds since the epoch. A job's state changes only
@@ -49,6 +49,11 @@ export const jobs = sqliteTable(
     progress: integer("progress"),
     progressMessage: text("progress_message"),
     submittedBy: text("submitted_by"),
+    // The recipe version this job was rendered from and the values it got (all null for a plain job).
+    // They point at a recipes row, which a `recipe rm` keeps, so the job can always say what it ran.
+    recipe: text("recipe"),
+    recipeVersion: integer("recipe_version"),
+    recipeVars: text("recipe_vars", { mode: "json" }).$type<Record<string, string>>(),
   },
   (t) => [
     index("jobs_queue").on(t.state, t.priority, t.id),
@@ -96,6 +101,28 @@ export const tokens = sqliteTable("tokens", {
   revokedAt: integer("revoked_at"),
 });
 
+/*
+ * Recipes are append-only: `recipe add` on an existing name inserts version N+1 and `recipe rm` only sets
+ * deleted_at, so every job's (recipe, recipe_version) keeps pointing at the text it ran.
+ */
+export const recipes = sqliteTable(
+  "recipes",
+  {
+    name: text("name").notNull(),
+    version: integer("version").notNull(),
+    description: text("description").notNull(),
+    // The TOML as the operator wrote it, comments included, so `recipe show` can give it back.
+    source: text("source").notNull(),
+    // The validated definition (see src/master/recipes/definition.ts); what submits are rendered from.
+    definition: text("definition", { mode: "json" }).$type<unknown>().notNull(),
+    createdAt: integer("created_at").notNull(),
+    createdBy: text("created_by"),
+    deletedAt: integer("deleted_at"),
+  },
+  (t) => [primaryKey({ columns: [t.name, t.version] })],
+);
+
 export type JobRow = typeof jobs.$inferSelect;
 export type WorkerRow = typeof workers.$inferSelect;
 export type TokenRow = typeof tokens.$inferSelect;
+export type RecipeRow = typeof recipes.$inferSelect;

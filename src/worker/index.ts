@@ -6,7 +6,7 @@ import { coerceError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
 import { delay } from "../lib/loop.ts";
 import type { JobSpec, Outcome } from "../protocol/job.ts";
-import { encodeLogFrame, type MasterMessage, type SlotInfo, type WorkerMessage } from "../protocol/wire.ts";
+import { encodeLogFrame, type MasterMessage, type WorkerMessage } from "../protocol/wire.ts";
 import { VERSION } from "../version.ts";
 import { startApiProxy } from "./api-proxy.ts";
 import {

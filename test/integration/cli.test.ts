@@ -52,6 +52,9 @@ describe("the binary", () => {
     "release",
     "token",
     "token create",
+    "recipe",
+    "recipe add",
+    "recipe show",
   ];
   for (const c of commands) {
     test(`kiln ${c} --help describes the command and its flags`, async () => {
@@ -104,6 +107,35 @@ describe("bad input gets a one-line error and a non-zero exit", () => {
       /--script \/nonexistent\/build.sh/,
       2,
     ],
+    ["--var without a recipe", ["submit", "--var", "a=b", "--", "true"], /--var is for a recipe/, 2],
+    [
+      "a recipe and a command",
+      ["submit", "--recipe", "r", "--", "true"],
+      /either --recipe NAME or a command/,
+      2,
+    ],
+    [
+      "a var given twice",
+      ["submit", "--recipe", "r", "--var", "a=1", "--var", "a=2"],
+      /--var a is given twice/,
+      2,
+    ],
+    ["an unknown recipe", ["submit", "--recipe", "nosuchrecipe"], /no recipe nosuchrecipe/],
+    ["a recipe without a file", ["recipe", "add", "r"], /--file F is required/, 2],
+    [
+      "a missing recipe file",
+      ["recipe", "add", "r", "--file", "/nonexistent/r.toml"],
+      /--file \/nonexistent/,
+      2,
+    ],
+    ["a bad recipe name", ["recipe", "add", "Bad/Name", "--file", "/etc/hostname"], /not a valid name/],
+    [
+      "a bad recipe version",
+      ["recipe", "show", "r", "--version", "0"],
+      /--version 0: use a version number/,
+      2,
+    ],
+    ["an unknown recipe to show", ["recipe", "show", "nosuchrecipe"], /no recipe nosuchrecipe/],
   ];
   for (const [what, args, re, code] of cases) {
     test(`${what}: ${args.join(" ")}`, async () => {

@@ -119,7 +119,12 @@ test("kill -9 of the master at any moment loses no job and never records a secon
   for (const [i, id] of ids.entries()) {
     const terminal = (await events(m, id)).filter((e) => TERMINAL.includes(e.state));
     expect(terminal.length).toBe(1);
-    expect((await m.cli(["logs", String(id)])).stdout).toBe(`done-${i}\n`);
+    // An attempt lost to a crash (assigned in the store, never delivered) leaves a marker line; the job's
+    // own output must still be there exactly once.
+    const out = (await m.cli(["logs", String(id)])).stdout;
+    expect(out.split("\n").filter((l) => l !== "" && !l.startsWith("--- kiln: attempt"))).toEqual([
+      `done-${i}`,
+    ]);
   }
 }, 120_000);
 

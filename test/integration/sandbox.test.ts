@@ -412,10 +412,7 @@ describe.skipIf(!root)("slots with resources and health checks, and a worker kil
       retries: 0,
     });
     await waitFor("the job to run", async () => (await log(id)).includes("up"));
-    const pid = Number(
-      Bun.spawnSync(["pgrep", "-f", `worker.*--name hw`]).stdout.toString().trim().split("\n")[0],
-    );
-    process.kill(pid, "SIGKILL");
+    await hwRole!.kill("SIGKILL");
     await waitFor(
       "the job's processes to die with the worker",
       () => Bun.spawnSync(["pgrep", "-f", marker]).exitCode === 1,

@@ -7,6 +7,7 @@ import type { JobRow } from "../../store/schema.ts";
 import type { Caller } from "../auth.ts";
 import { requireRole } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
+import { jobFromRequest } from "../submit.ts";
 import { jobView, whyQueued } from "../views.ts";
 
 type Env = { Variables: { caller: Caller } };
@@ -56,26 +57,10 @@ export function clientRoutes(ctx: MasterContext) {
   app.post("/jobs", async (c) => {
     const req = await body(c.req.raw, SubmitSchema);
     const caller = requireRole(c, "submitter", req.project);
-    const row = await insertJob(ctx.store, {
-      name: req.name ?? req.command.join(" ").slice(0, 80),
-      project: req.project,
-      channel: req.channel,
-      arch: req.arch ?? null,
-      priority: req.priority,
-      command: req.command,
-      env: req.env,
-      timeoutMs: req.timeoutMs ?? ctx.cfg.master.default_timeout,
-      memoryBytes: req.memoryBytes ?? null,
-      cpus: req.cpus ?? null,
-      pids: req.pids ?? null,
-      scratchBytes: req.scratchBytes ?? null,
-      root: req.root,
-      needs: req.needs,
-      egress: req.egress,
-      repo: req.repo ?? null,
-      retries: req.retries ?? ctx.cfg.master.default_retries,
-      submittedBy: caller.name,
-    });
+    const job = await jobFromRequest(ctx, req, caller.name);
+    // The project may come from the recipe, so a scoped token is checked again against the final one.
+    requireRole(c, "submitter", job.project);
+    const row = await insertJob(ctx.store, job);
     ctx.dispatch();
     return c.json({ id: row.id }, 201);
   });
@@ -167,6 +152,11 @@ export function clientRoutes(ctx: MasterContext) {
       retries: row.retries,
       retryOf: row.id,
       submittedBy: caller.name,
+      // A retry runs the same rendered script with the same values, even if the recipe has a newer
+      // version or was removed since: it repeats the job, it is not a new submit of the recipe.
+      recipe: row.recipe,
+      recipeVersion: row.recipeVersion,
+      recipeVars: row.recipeVars,
     });
     ctx.dispatch();
     return c.json({ id: copy.id }, 201);

@@ -61,12 +61,23 @@ export const OPENAPI = {
   info: { title: "Kiln API", version: VERSION },
   components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
   paths: {
-    "/api/v1/jobs": { get: op("List jobs (state, project, limit, before)"), post: op("Submit a job") },
+    "/api/v1/jobs": {
+      get: op("List jobs (state, project, limit, before)"),
+      post: op("Submit a job: a command, or a recipe with its vars"),
+    },
     "/api/v1/jobs/{id}": { get: op("Show a job") },
     "/api/v1/jobs/{id}/log": { get: op("Read or follow a job's log from a byte offset (offset, follow)") },
     "/api/v1/jobs/{id}/events": { get: op("A job's state history") },
     "/api/v1/jobs/{id}/cancel": { post: op("Cancel a job") },
     "/api/v1/jobs/{id}/retry": { post: op("Queue a copy of an ended job") },
+    "/api/v1/recipes": {
+      get: op("List recipes in use (name, latest version, description)"),
+      post: op("Add a recipe, or a new version of one (name, source: the TOML text)"),
+    },
+    "/api/v1/recipes/{name}": {
+      get: op("Show a recipe's current version, or any version with ?version=N"),
+      delete: op("Remove a recipe from use; the versions old jobs ran are kept"),
+    },
     "/api/v1/workers": { get: op("List workers and their slots") },
     "/api/v1/admin/workers/{name}/drain": { post: op("Stop giving a worker new jobs") },
     "/api/v1/admin/workers/{name}/hold": { post: op("Hold a worker with a reason") },

@@ -1,0 +1,103 @@
+import { Hono } from "hono";
+import { z } from "zod";
+import { AppError, badRequest } from "../../lib/errors.ts";
+import { checkName } from "../../lib/names.ts";
+import { addRecipe, currentRecipe, listRecipes, recipeVersion, removeRecipe } from "../../store/recipes.ts";
+import type { RecipeRow } from "../../store/schema.ts";
+import type { Caller } from "../auth.ts";
+import { requireRole } from "../auth.ts";
+import type { MasterContext } from "../context.ts";
+import { parseRecipe, type RecipeDefinition } from "../recipes/definition.ts";
+import { body } from "./client.ts";
+
+type Env = { Variables: { caller: Caller } };
+
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+
+/** The API shape of one recipe version. */
+export function recipeView(row: RecipeRow) {
+  const def = row.definition as RecipeDefinition;
+  return {
+    name: row.name,
+    version: row.version,
+    description: row.description,
+    vars: def.vars,
+    submit: def.submit,
+    script: def.script,
+    source: row.source,
+    createdAt: iso(row.createdAt)!,
+    createdBy: row.createdBy,
+    deletedAt: iso(row.deletedAt),
+  };
+}
+
+const ADD = z.strictObject({
+  name: z.string().max(200),
+  source: z.string().max(2 << 20, "a recipe file is at most 2 MiB"),
+  // Only for error messages: the file the CLI read, so "unknown key" can name it.
+  file: z.string().max(500).optional(),
+});
+
+const noRecipe = (name: string) =>
+  new AppError("RECIPE_NOT_FOUND", `no recipe ${name}: list them with \`kiln recipe ls\``, { status: 404 });
+
+/** Recipes: operators add and remove them, viewers read them; submitters run them through POST /jobs. */
+export function recipeRoutes(ctx: MasterContext) {
+  const app = new Hono<Env>();
+
+  app.get("/recipes", async (c) => {
+    requireRole(c, "viewer");
+    const rows = await listRecipes(ctx.store.db);
+    return c.json(
+      rows.map((r) => ({
+        name: r.name,
+        version: r.version,
+        description: r.description,
+        createdAt: iso(r.createdAt),
+        createdBy: r.createdBy,
+      })),
+    );
+  });
+
+  app.post("/recipes", async (c) => {
+    const caller = requireRole(c, "operator");
+    const req = await body(c.req.raw, ADD);
+    const name = checkName("recipe", req.name);
+    const def = parseRecipe(req.source, req.file ?? `recipe ${name}`);
+    const row = await addRecipe(ctx.store, {
+      name,
+      description: def.description,
+      source: req.source,
+      definition: def,
+      createdBy: caller.name,
+    });
+    return c.json(recipeView(row), 201);
+  });
+
+  app.get("/recipes/:name", async (c) => {
+    requireRole(c, "viewer");
+    const name = checkName("recipe", c.req.param("name"));
+    const v = c.req.query("version");
+    if (v === undefined) {
+      const row = await currentRecipe(ctx.store.db, name);
+      if (!row) throw noRecipe(name);
+      return c.json(recipeView(row));
+    }
+    if (!/^[1-9]\d{0,8}$/.test(v)) throw badRequest(`version ${v}: use a version number, 1 or more`);
+    const row = await recipeVersion(ctx.store.db, name, Number(v));
+    if (!row) {
+      throw new AppError("RECIPE_NOT_FOUND", `recipe ${name} has no version ${v}`, { status: 404 });
+    }
+    return c.json(recipeView(row));
+  });
+
+  app.delete("/recipes/:name", async (c) => {
+    requireRole(c, "operator");
+    const name = checkName("recipe", c.req.param("name"));
+    const versions = await removeRecipe(ctx.store, name);
+    if (versions === 0) throw noRecipe(name);
+    return c.json({ name, removed: true });
+  });
+
+  return app;
+}

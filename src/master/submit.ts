@@ -1,0 +1,77 @@
+import type { z } from "zod";
+import { AppError } from "../lib/errors.ts";
+import { SUBMIT_DEFAULTS, type SubmitOptions, type SubmitSchema } from "../protocol/job.ts";
+import type { NewJob } from "../store/jobs.ts";
+import { currentRecipe } from "../store/recipes.ts";
+import type { MasterContext } from "./context.ts";
+import type { RecipeDefinition } from "./recipes/definition.ts";
+import { renderRecipe } from "./recipes/render.ts";
+
+type SubmitBody = z.infer<typeof SubmitSchema>;
+
+/**
+ * Turns a submit request into the job to queue. A plain request runs its command; a recipe request is
+ * rendered from the recipe's current version, with the request's options winning over the recipe's
+ * `[submit]` table and that over the master's defaults (env is merged key by key, in the same order).
+ * Every problem with the recipe or its values throws a 4xx here, before anything is written.
+ */
+export async function jobFromRequest(
+  ctx: MasterContext,
+  req: SubmitBody,
+  submittedBy: string,
+): Promise<NewJob> {
+  let options: SubmitOptions = req;
+  let command = req.command ?? [];
+  let env = req.env ?? {};
+  let name = req.name ?? command.join(" ").slice(0, 80);
+  let recipe: Pick<NewJob, "recipe" | "recipeVersion" | "recipeVars"> = {};
+  if (req.recipe) {
+    const row = await currentRecipe(ctx.store.db, req.recipe);
+    if (!row) {
+      throw new AppError(
+        "RECIPE_NOT_FOUND",
+        `no recipe ${req.recipe}: list them with \`kiln recipe ls\`, add one with \`kiln recipe add\``,
+        { status: 404 },
+      );
+    }
+    const def = row.definition as RecipeDefinition;
+    const rendered = renderRecipe(row.name, def, req.vars ?? {});
+    options = { ...def.submit, ...withoutUndefined(req) };
+    command = rendered.command;
+    // The variables come last: a KILN_VAR_* from --env must not replace a checked value.
+    env = { ...def.submit.env, ...req.env, ...rendered.env };
+    name = req.name ?? `${row.name} v${row.version}${describeVars(rendered.vars)}`.slice(0, 80);
+    recipe = { recipe: row.name, recipeVersion: row.version, recipeVars: rendered.vars };
+  }
+  return {
+    name,
+    project: options.project ?? SUBMIT_DEFAULTS.project,
+    channel: options.channel ?? SUBMIT_DEFAULTS.channel,
+    arch: options.arch ?? null,
+    priority: options.priority ?? SUBMIT_DEFAULTS.priority,
+    command,
+    env,
+    timeoutMs: options.timeoutMs ?? ctx.cfg.master.default_timeout,
+    memoryBytes: options.memoryBytes ?? null,
+    cpus: options.cpus ?? null,
+    pids: options.pids ?? null,
+    scratchBytes: options.scratchBytes ?? null,
+    root: options.root ?? SUBMIT_DEFAULTS.root,
+    needs: options.needs ?? [],
+    egress: options.egress ?? [],
+    repo: options.repo ?? null,
+    retries: options.retries ?? ctx.cfg.master.default_retries,
+    submittedBy,
+    ...recipe,
+  };
+}
+
+function withoutUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/** " url=..., dist=..." for a job's name, so `kiln jobs` tells recipe runs apart. */
+function describeVars(vars: Record<string, string>): string {
+  const parts = Object.entries(vars).map(([k, v]) => `${k}=${v}`);
+  return parts.length ? ` ${parts.join(" ")}` : "";
+}
