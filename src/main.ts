@@ -4,6 +4,7 @@ import { job } from "./cli/job-control.ts";
 import { cancel, jobs, logs, retry, show, submit } from "./cli/jobs.ts";
 import { recipe } from "./cli/recipes.ts";
 import { master, up, worker } from "./cli/roles.ts";
+import { template } from "./cli/templates.ts";
 import { token } from "./cli/tokens.ts";
 import { drain, hold, release, workers } from "./cli/workers.ts";
 import { AppError, coerceError } from "./lib/errors.ts";
@@ -27,6 +28,7 @@ const main = defineCommand({
     release,
     token,
     recipe,
+    template,
     job,
   },
 });

@@ -85,7 +85,37 @@ const upload = defineCommand({
   },
 });
 
+const templateArgs = { name: { type: "positional", description: "Template name", required: false } } as const;
+const template = defineCommand({
+  meta: { name: "template", description: "Build or fetch a template and attach it at /kiln/templates/NAME" },
+  args: templateArgs,
+  async run(ctx) {
+    checkFlags(ctx, templateArgs);
+    const name = ctx.args.name;
+    if (!name) throw new AppError("USAGE", "kiln job template NAME");
+    const res = (await callApi(`/v1/templates/${encodeURIComponent(name)}`)) as { path: string };
+    process.stdout.write(`${res.path}\n`);
+  },
+});
+
+const versionArgs = {
+  pkg: { type: "positional", description: "Package name", required: false },
+  repo: { type: "string", description: "Repository to look in", valueHint: "R" },
+} as const;
+const version = defineCommand({
+  meta: { name: "version", description: "The version of PKG published in repository R" },
+  args: versionArgs,
+  async run(ctx) {
+    checkFlags(ctx, versionArgs);
+    if (!ctx.args.pkg || !ctx.args.repo) throw new AppError("USAGE", "kiln job version PKG --repo R");
+    const res = (await callApi(
+      `/v1/version?pkg=${encodeURIComponent(ctx.args.pkg)}&repo=${encodeURIComponent(ctx.args.repo)}`,
+    )) as { version: string };
+    process.stdout.write(`${res.version}\n`);
+  },
+});
+
 export const job = defineCommand({
   meta: { name: "job", description: "Inside a job: talk to Kiln through $KILN_API" },
-  subCommands: { progress, "mark-broken": markBroken, upload },
+  subCommands: { progress, "mark-broken": markBroken, upload, template, version },
 });

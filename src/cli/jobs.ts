@@ -37,6 +37,10 @@ const submitArgs = {
     description: "Build root: host or a template name (default host)",
     valueHint: "ROOT",
   },
+  "writable-root": {
+    type: "boolean",
+    description: "With --root TEMPLATE: let the job write to / (an overlay on its scratch)",
+  },
   needs: { type: "string", description: "A slot resource the job needs (repeatable)", valueHint: "RESOURCE" },
   retries: {
     type: "string",
@@ -137,6 +141,7 @@ export const submit = defineCommand({
       pids: int("pids", a.pids),
       scratchBytes: parsed("scratch", a.scratch, parseSize),
       root: a.root,
+      writableRoot: a["writable-root"] ? true : undefined,
       needs: a.needs === undefined ? undefined : repeated(ctx.rawArgs, "needs"),
       egress: a.egress === undefined ? undefined : repeated(ctx.rawArgs, "egress"),
       repo: a.repo,
@@ -313,7 +318,7 @@ export const show = defineCommand({
         ["retry of", j.retryOf === null ? null : String(j.retryOf)],
         ["recipe", j.recipe ? recipeText(j.recipe) : null],
         // A recipe job's command is the rendered script; the recipe line above says what it is.
-        ["command", j.recipe ? null : j.command.join(" ")],
+        ["command", j.recipe ? null : brief(j.command.join(" "))],
       ];
       return lines
         .filter(([, v]) => v !== null && v !== "")
@@ -331,9 +336,16 @@ function recipeText(r: NonNullable<JobView["recipe"]>) {
   return `${r.name} v${r.version}${vars.length ? ` (${vars.join(", ")})` : ""}`;
 }
 
+/** A command as one short line: a script's first lines are enough to recognise it (`--json` has it all). */
+function brief(command: string): string {
+  const lines = command.split("\n");
+  const first = lines[0]!.length > 160 ? `${lines[0]!.slice(0, 160)}…` : lines[0]!;
+  return lines.length > 1 ? `${first} … (${lines.length} lines)` : first;
+}
+
 function limitsText(j: JobView) {
   const r = j.resources;
-  const parts = [`root ${r.root}`];
+  const parts = [`root ${r.root}${r.writableRoot ? " (writable)" : ""}`];
   if (r.memoryBytes) parts.push(`memory ${formatSize(r.memoryBytes)}`);
   if (r.cpus) parts.push(`cpus ${r.cpus}`);
   if (r.pids) parts.push(`pids ${r.pids}`);

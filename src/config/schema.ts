@@ -59,6 +59,9 @@ export const SCHEMA = {
     slots: { type: "slots", default: [] },
     health_interval: { type: "duration", default: 60_000, min: 100 },
   },
+  templates: {
+    cache_size: { type: "size", default: 20 * 2 ** 30, min: 1 << 20 },
+  },
   sandbox: {
     scratch: { type: "enum", default: "loop", values: ["loop", "lvm", "tmpfs"] },
     volume_group: { type: "string", default: "" },

@@ -6,6 +6,7 @@ import { adminRoutes } from "./routes/admin.ts";
 import { clientRoutes } from "./routes/client.ts";
 import { publicRoutes } from "./routes/public.ts";
 import { recipeRoutes } from "./routes/recipes.ts";
+import { templateRoutes } from "./routes/templates.ts";
 
 /**
  * The master's HTTP app. Every error leaves as `{"error":{"code","message"}}`: an AppError with its own
@@ -29,5 +30,6 @@ export function createApp(ctx: MasterContext) {
   app.route("/api/v1", clientRoutes(ctx));
   app.route("/api/v1", adminRoutes(ctx));
   app.route("/api/v1", recipeRoutes(ctx));
+  app.route("/api/v1", templateRoutes(ctx));
   return app;
 }

@@ -4,6 +4,7 @@ import { assignJob, queuedPage } from "../store/jobs.ts";
 import type { JobRow } from "../store/schema.ts";
 import type { MasterContext } from "./context.ts";
 import type { LiveSlot, LiveWorker } from "./registry.ts";
+import { resolveTemplate } from "./templates.ts";
 
 /** True when `slot` of `worker` may run `job`: channel, arch and resources all match. */
 export function slotFits(
@@ -18,7 +19,7 @@ export function slotFits(
   );
 }
 
-export function specOf(row: JobRow): JobSpec {
+export function specOf(row: JobRow, template: JobSpec["template"] = null): JobSpec {
   return {
     id: row.id,
     attempt: row.attempt,
@@ -32,6 +33,8 @@ export function specOf(row: JobRow): JobSpec {
     pids: row.pids,
     scratchBytes: row.scratchBytes,
     root: row.root,
+    template,
+    writableRoot: row.writableRoot,
     needs: row.needs,
     egress: row.egress,
   };
@@ -69,8 +72,14 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
         continue;
       }
       slot.job = `${row.id}:${row.attempt}`;
+      let template: JobSpec["template"] = null;
+      if (row.root !== "host") {
+        // Resolved now, not at submit: a template changed meanwhile means its current tree. A template
+        // removed meanwhile leaves null, and the worker fails the job with reason sandbox, saying so.
+        template = await resolveTemplate(ctx.store.db, row.root).catch(() => null);
+      }
       try {
-        worker.send({ type: "job.assign", job: specOf(row), slot: slot.name });
+        worker.send({ type: "job.assign", job: specOf(row, template), slot: slot.name });
       } catch (err) {
         // The lease rules re-queue it if the worker never got it.
         ctx.log.warn(`job ${row.id}: could not send to ${worker.name}: ${coerceError(err).message}`);

@@ -21,6 +21,8 @@ export interface LiveWorker {
   slots: Map<string, LiveSlot>;
   draining: boolean;
   holdReason: string | null;
+  /** The templates this worker has cached, as it last reported. */
+  templates: { hash: string; name: string; sizeBytes: number }[];
   send(msg: MasterMessage): void;
   ws: ServerWebSocket<unknown>;
 }

@@ -6,6 +6,7 @@ import { currentRecipe } from "../store/recipes.ts";
 import type { MasterContext } from "./context.ts";
 import type { RecipeDefinition } from "./recipes/definition.ts";
 import { renderRecipe } from "./recipes/render.ts";
+import { resolveTemplate } from "./templates.ts";
 
 type SubmitBody = z.infer<typeof SubmitSchema>;
 
@@ -43,6 +44,15 @@ export async function jobFromRequest(
     name = req.name ?? `${row.name} v${row.version}${describeVars(rendered.vars)}`.slice(0, 80);
     recipe = { recipe: row.name, recipeVersion: row.version, recipeVars: rendered.vars };
   }
+  const root = options.root ?? SUBMIT_DEFAULTS.root;
+  // A template must exist when the job is queued; it is resolved again (to its current tree) at assignment.
+  if (root !== "host") await resolveTemplate(ctx.store.db, root);
+  if (options.writableRoot && root === "host") {
+    throw new AppError(
+      "INVALID_REQUEST",
+      "--writable-root needs --root TEMPLATE: the host root is never writable",
+    );
+  }
   return {
     name,
     project: options.project ?? SUBMIT_DEFAULTS.project,
@@ -56,7 +66,8 @@ export async function jobFromRequest(
     cpus: options.cpus ?? null,
     pids: options.pids ?? null,
     scratchBytes: options.scratchBytes ?? null,
-    root: options.root ?? SUBMIT_DEFAULTS.root,
+    root,
+    writableRoot: options.writableRoot ?? false,
     needs: options.needs ?? [],
     egress: options.egress ?? [],
     repo: options.repo ?? null,

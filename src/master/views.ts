@@ -35,6 +35,7 @@ export function jobView(row: JobRow, extra: { waitingFor?: string | null; logSiz
       pids: row.pids,
       scratchBytes: row.scratchBytes,
       root: row.root,
+      writableRoot: row.writableRoot,
       needs: row.needs,
       egress: row.egress,
       peakMemoryBytes: row.peakMemoryBytes,

@@ -21,6 +21,7 @@ import type { JobRow } from "../store/schema.ts";
 import { getWorker, setWorker, upsertWorker } from "../store/workers.ts";
 import type { MasterContext } from "./context.ts";
 import type { LiveWorker } from "./registry.ts";
+import { resolveTemplate } from "./templates.ts";
 
 /*
  * One worker connection. Messages of a connection are handled strictly in order (a promise chain), so a
@@ -89,6 +90,7 @@ export function workerSocketHandlers(ctx: MasterContext) {
       arch: m.arch,
       channels: m.channels,
       slots: new Map(m.slots.map((s) => [s.name, { ...s, job: null }])),
+      templates: [],
       draining: stored?.draining ?? false,
       holdReason: stored?.holdReason ?? null,
       send: (msg) => send(ws, msg),
@@ -176,6 +178,23 @@ export function workerSocketHandlers(ctx: MasterContext) {
         rememberAttempt(row);
         ctx.logs.notify(row.id);
         if (row.cancelRequested) send(ws, { type: "job.cancel", jobId: row.id, attempt: row.attempt });
+        return;
+      }
+      case "worker.templates":
+        live.templates = m.cached;
+        return;
+      case "template.get": {
+        try {
+          const template = await resolveTemplate(ctx.store.db, m.name);
+          send(ws, { type: "template.spec", requestId: m.requestId, template, error: null });
+        } catch (err) {
+          send(ws, {
+            type: "template.spec",
+            requestId: m.requestId,
+            template: null,
+            error: coerceError(err).message,
+          });
+        }
         return;
       }
       case "job.refused": {

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { TemplateSpecSchema } from "./template.ts";
 
 /** Job states exactly as SPEC.md names them. */
 export const JOB_STATES = [
@@ -32,6 +33,9 @@ export const JobSpecSchema = z.object({
   pids: z.number().int().positive().nullable(),
   scratchBytes: z.number().int().positive().nullable(),
   root: z.string(),
+  /** The template behind `root` (null for the host root), resolved when the job was assigned. */
+  template: TemplateSpecSchema.nullable().default(null),
+  writableRoot: z.boolean().default(false),
   needs: z.array(z.string()),
   egress: z.array(z.string()),
 });
@@ -76,6 +80,7 @@ export interface JobView {
     pids: number | null;
     scratchBytes: number | null;
     root: string;
+    writableRoot: boolean;
     needs: string[];
     egress: string[];
     peakMemoryBytes: number | null;
@@ -132,6 +137,7 @@ export const SubmitOptionsSchema = z
       .string()
       .regex(/^(host|[a-z0-9][a-z0-9._-]{0,62})$/, "root must be host or a template name")
       .optional(),
+    writableRoot: z.boolean().optional(),
     needs: z.array(name("needs")).optional(),
     egress: z
       .array(z.string().regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, "egress must be HOST or HOST:PORT"))

@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { type JobSpecSchema, OutcomeSchema } from "./job.ts";
+import type { TemplateSpec } from "./template.ts";
 
 /*
  * Messages on the worker websocket. Text frames carry JSON with a dotted `type`; binary frames carry log
@@ -30,6 +31,12 @@ export const WorkerMessageSchema = z.discriminatedUnion("type", [
   }),
   z.object({ type: z.literal("worker.heartbeat"), running: z.array(z.object(JobRef)) }),
   z.object({ type: z.literal("worker.slots"), slots: z.array(SlotInfoSchema) }),
+  z.object({
+    type: z.literal("worker.templates"),
+    cached: z.array(z.object({ hash: z.string(), name: z.string(), sizeBytes: z.number().int() })),
+  }),
+  /** A running job asked for a template by name (`kiln job template NAME`): the master resolves it. */
+  z.object({ type: z.literal("template.get"), requestId: z.number().int(), name: z.string() }),
   z.object({ type: z.literal("job.started"), ...JobRef }),
   z.object({ type: z.literal("job.refused"), ...JobRef, message: z.string() }),
   z.object({
@@ -50,6 +57,8 @@ export type MasterMessage =
   | { type: "job.ack"; jobId: number; attempt: number }
   | { type: "job.log.from"; jobId: number; attempt: number; offset: number }
   | { type: "job.forget"; jobId: number; attempt: number }
+  | { type: "template.build"; template: TemplateSpec }
+  | { type: "template.spec"; requestId: number; template: TemplateSpec | null; error: string | null }
   | { type: "slot.hold"; slot: string; reason: string }
   | { type: "slot.release"; slot: string };
 

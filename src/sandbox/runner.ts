@@ -7,12 +7,14 @@ import {
   readFileSync,
   rmdirSync,
   statfsSync,
+  writeSync,
 } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../config/schema.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
 import { formatSize } from "../lib/size.ts";
+import { type Acquired, createTemplateCache } from "../templates/cache.ts";
 import type { RawExit, RunHandle, Runner, RunRequest, RunResult, Slot } from "../worker/runner.ts";
 import {
   applyLimits,
@@ -91,8 +93,15 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
     return s;
   };
 
-  return {
+  const templates = createTemplateCache({
+    dir: join(o.data, "worker", "templates"),
+    budgetBytes: o.cfg.templates.cache_size,
+    log: logger("templates"),
+    changed: () => runner.onTemplatesChanged?.(),
+  });
+  const runner: Runner = {
     name: "sandbox",
+    templates,
     async start(req: RunRequest): Promise<RunHandle> {
       const { spec, slot } = req;
       const state = slotState(slot);
@@ -103,12 +112,20 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           `--scratch ${formatSize(size)} is more than this worker allows (${formatSize(o.cfg.sandbox.scratch_max)})`,
         );
       }
+      let root: Acquired | null = null;
       if (spec.root !== "host") {
-        throw new AppError(
-          "NO_TEMPLATE",
-          `build root "${spec.root}" is not available on this worker: templates are not supported yet, use --root host`,
-        );
+        if (!spec.template) {
+          throw new AppError(
+            "NO_TEMPLATE",
+            `template ${spec.root} no longer exists on the master: see \`kiln template ls\``,
+          );
+        }
+        // A first use builds the tree; the job's log shows the build, and its timeout starts after it.
+        root = await templates.acquire(spec.template, (c) => {
+          writeSync(req.logFd, typeof c === "string" ? Buffer.from(c) : c);
+        });
       }
+      const attached: Acquired[] = root ? [root] : [];
       resetCounters(state.cg);
       applyLimits(state.cg, {
         memoryBytes: spec.memoryBytes ?? slot.memory ?? undefined,
@@ -137,6 +154,9 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         `kiln-${spec.id}`,
         "--kiln-bin",
         process.execPath,
+        ...(root ? ["--root", root.root] : []),
+        ...(root && spec.writableRoot ? ["--overlay-root"] : []),
+        "--templates",
         "--status-fd",
         "3",
         "--hold-fd",
@@ -215,6 +235,10 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         }
       })();
       const result = (async (): Promise<RunResult> => {
+        // Whatever happens below, the job's templates stop counting as in use once it is gone.
+        const releaseTemplates = () => {
+          for (const t of attached) t.release();
+        };
         const code = await child.exited;
         await statusDone.catch(() => {});
         release();
@@ -227,6 +251,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         await killAll(state.cg, 10_000).catch(() => {});
         await killUid(state.uid);
         const usage = readUsage(state.cg);
+        releaseTemplates();
         await destroyScratch(scratchCfg, scratch).catch((err) => {
           throw new AppError(
             "SCRATCH_CLEANUP",
@@ -245,6 +270,23 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
       return {
         get pid() {
           return pid1 || undefined;
+        },
+        async attachTemplate(t) {
+          if (!pid1) throw new AppError("NOT_RUNNING", "the job's sandbox is not running");
+          const got = await templates.acquire(t, (c) => {
+            writeSync(req.logFd, typeof c === "string" ? Buffer.from(c) : c);
+          });
+          attached.push(got);
+          const p = Bun.spawn(
+            [launcher, "--inject", String(pid1), "--ro-bind", `${got.root}:/kiln/templates/${t.name}`],
+            {
+              stdout: "ignore",
+              stderr: "pipe",
+            },
+          );
+          const [err, code] = await Promise.all([new Response(p.stderr).text(), p.exited]);
+          if (code !== 0)
+            throw new AppError("TEMPLATE_ATTACH", `could not attach template ${t.name}: ${err.trim()}`);
         },
         result,
         kill() {
@@ -272,6 +314,8 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
       // Order matters: processes first (they pin mounts and loop devices), then cgroups, then volumes.
       const killed = await killUid(slotUid(o.cfg.sandbox.uid_base, o.worker, 0), 1024);
       const removed = await sweepCgroups(layout, cgParent);
+      const halfBuilt = templates.sweep();
+      if (halfBuilt.length) log.warn(`sweep: removed ${halfBuilt.length} half-built template tree(s)`);
       const volumes = await sweepScratch(scratchCfg);
       if (killed || removed.length || volumes.length) {
         log.warn(
@@ -280,6 +324,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
       }
     },
   };
+  return runner;
 }
 
 function scratch0Rules(backend: string): string[] {

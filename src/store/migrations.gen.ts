@@ -13,5 +13,11 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "when": 1795461244117,
     "hash": "590ce03950108ac91e408509bdacb2bdd4c27aed4bf1f10f936d577f5d336531",
     "sql": "CREATE TABLE `recipes` (\n\t`name` text NOT NULL,\n\t`version` integer NOT NULL,\n\t`description` text NOT NULL,\n\t`source` text NOT NULL,\n\t`definition` text NOT NULL,\n\t`created_at` integer NOT NULL,\n\t`created_by` text,\n\t`deleted_at` integer,\n\tPRIMARY KEY(`name`, `version`)\n);\n--> statement-breakpoint\nALTER TABLE `jobs` ADD `recipe` text;--> statement-breakpoint\nALTER TABLE `jobs` ADD `recipe_version` integer;--> statement-breakpoint\nALTER TABLE `jobs` ADD `recipe_vars` text;"
+  },
+  {
+    "tag": "0002_templates",
+    "when": 1795462401681,
+    "hash": "47391247b59a1b8822e1767437a813fefef99526319a73abdfd74a118d87c599",
+    "sql": "CREATE TABLE `templates` (\n\t`name` text PRIMARY KEY NOT NULL,\n\t`hash` text NOT NULL,\n\t`recipe` text NOT NULL,\n\t`base` text,\n\t`created_at` integer NOT NULL,\n\t`updated_at` integer NOT NULL,\n\t`created_by` text\n);\n--> statement-breakpoint\nALTER TABLE `jobs` ADD `writable_root` integer DEFAULT false NOT NULL;"
   }
 ];

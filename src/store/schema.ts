@@ -51,6 +51,8 @@ export const jobs = sqliteTable(
     submittedBy: text("submitted_by"),
     // The recipe version this job was rendered from and the values it got (all null for a plain job).
     // They point at a recipes row, which a `recipe rm` keeps, so the job can always say what it ran.
+    // A template root that the job may write to: an overlay whose upper layer is on its scratch.
+    writableRoot: integer("writable_root", { mode: "boolean" }).notNull().default(false),
     recipe: text("recipe"),
     recipeVersion: integer("recipe_version"),
     recipeVars: text("recipe_vars", { mode: "json" }).$type<Record<string, string>>(),
@@ -126,3 +128,19 @@ export type JobRow = typeof jobs.$inferSelect;
 export type WorkerRow = typeof workers.$inferSelect;
 export type TokenRow = typeof tokens.$inferSelect;
 export type RecipeRow = typeof recipes.$inferSelect;
+
+/**
+ * Build-root templates by name. `add` on an existing name replaces the recipe (a new hash: workers build
+ * the new tree and evict the old one in time); jobs resolve the name when they are assigned.
+ */
+export const templates = sqliteTable("templates", {
+  name: text("name").primaryKey(),
+  hash: text("hash").notNull(),
+  recipe: text("recipe", { mode: "json" }).$type<unknown>().notNull(),
+  base: text("base"),
+  createdAt: integer("created_at").notNull(),
+  updatedAt: integer("updated_at").notNull(),
+  createdBy: text("created_by"),
+});
+
+export type TemplateRow = typeof templates.$inferSelect;

@@ -18,6 +18,8 @@ export interface ApiHandlers {
   outDir: string;
   progress(percent: number, message: string | null): void;
   markBroken(message: string): void;
+  /** Builds or fetches template NAME and attaches it read-only in the job; resolves to where. */
+  template(name: string): Promise<string>;
 }
 
 interface Conn {
@@ -95,6 +97,31 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
     };
     if (method === "GET" && url.pathname === "/v1/job")
       return respond(s, 200, { id: h.jobId, attempt: h.attempt });
+    if (method === "GET" && url.pathname === "/v1/version") {
+      const repo = url.searchParams.get("repo") ?? "";
+      // Package repositories are not kept by the master yet, so no repository can answer.
+      return respond(s, 404, {
+        error: {
+          code: "REPO_NOT_FOUND",
+          message: `no repository ${repo}: the master keeps no package repositories yet`,
+        },
+      });
+    }
+    const tm = /^\/v1\/templates\/([^/]+)$/.exec(url.pathname);
+    if (method === "GET" && tm) {
+      const name = decodeURIComponent(tm[1]!);
+      if (!/^[a-z0-9][a-z0-9._-]{0,62}$/.test(name) || name.includes("..")) {
+        return respond(s, 400, {
+          error: { code: "INVALID_NAME", message: `"${name}" is not a template name` },
+        });
+      }
+      // A first use builds the template, which takes minutes: the job's request simply waits for it.
+      h.template(name).then(
+        (path) => respond(s, 200, { name, path }),
+        (err) => respond(s, 502, { error: { code: "TEMPLATE_FAILED", message: (err as Error).message } }),
+      );
+      return;
+    }
     if (method === "POST" && url.pathname === "/v1/progress") {
       const b = json();
       const percent = b?.percent;

@@ -6,6 +6,7 @@ import { coerceError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
 import { delay } from "../lib/loop.ts";
 import type { JobSpec, Outcome } from "../protocol/job.ts";
+import type { TemplateSpec } from "../protocol/template.ts";
 import { encodeLogFrame, type MasterMessage, type WorkerMessage } from "../protocol/wire.ts";
 import { VERSION } from "../version.ts";
 import { startApiProxy } from "./api-proxy.ts";
@@ -130,6 +131,26 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const runDir = join(opts.data, "worker", "run");
   mkdirSync(runDir, { recursive: true, mode: 0o700 });
   const active = new Map<string, Active>();
+  const reportTemplates = () =>
+    send({ type: "worker.templates", cached: opts.runner.templates?.list() ?? [] });
+  opts.runner.onTemplatesChanged = reportTemplates;
+  // `kiln job template NAME` asks the master what NAME is; answers come back by request id.
+  let nextRequest = 1;
+  const templateRequests = new Map<number, (t: TemplateSpec | null, error: string | null) => void>();
+  const askTemplate = (name: string) =>
+    new Promise<TemplateSpec>((resolve, reject) => {
+      const requestId = nextRequest++;
+      const timer = setTimeout(() => {
+        templateRequests.delete(requestId);
+        reject(new Error("the master did not answer in time"));
+      }, 30_000);
+      templateRequests.set(requestId, (t, error) => {
+        clearTimeout(timer);
+        if (t) resolve(t);
+        else reject(new Error(error ?? `no template ${name}`));
+      });
+      send({ type: "template.get", requestId, name });
+    });
   const outbox = new Map<string, { job: JobDir; outcome: Outcome; logSize: number }>();
 
   const { finished, interrupted } = scanJobDirs(jobsRoot);
@@ -268,6 +289,13 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         progress: (percent, message) =>
           send({ type: "job.progress", jobId: spec.id, attempt: spec.attempt, percent, message }),
         markBroken: (message) => book.hold(slot.name, `marked broken by job ${spec.id}: ${message}`),
+        template: async (name) => {
+          const t = await askTemplate(name);
+          if (!a.handle?.attachTemplate)
+            throw new Error("this worker's runner cannot attach templates to a job");
+          await a.handle.attachTemplate(t);
+          return `/kiln/templates/${name}`;
+        },
       });
     }
     try {
@@ -301,6 +329,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const onMessage = (msg: MasterMessage) => {
     switch (msg.type) {
       case "worker.welcome":
+        reportTemplates();
         if (heartbeat) clearInterval(heartbeat);
         heartbeat = setInterval(() => {
           send({
@@ -321,6 +350,24 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
           a.cancelled = true;
           a.handle?.kill();
         }
+        return;
+      }
+      case "template.build": {
+        const cache = opts.runner.templates;
+        if (!cache) {
+          log.warn(`cannot build template ${msg.template.name}: this worker's runner has no template cache`);
+          return;
+        }
+        cache.acquire(msg.template).then(
+          (t) => t.release(),
+          (err) => log.error(coerceError(err).message),
+        );
+        return;
+      }
+      case "template.spec": {
+        const waiting = templateRequests.get(msg.requestId);
+        templateRequests.delete(msg.requestId);
+        waiting?.(msg.template, msg.error);
         return;
       }
       case "slot.hold":

@@ -1,4 +1,6 @@
 import type { JobSpec } from "../protocol/job.ts";
+import type { TemplateSpec } from "../protocol/template.ts";
+import type { TemplateCache } from "../templates/cache.ts";
 
 /** A slot as the worker offers it: its name, the resources it holds and its default limits. */
 export interface Slot {
@@ -34,6 +36,8 @@ export interface RunHandle {
   result: Promise<RunResult>;
   /** Kills the job's whole process tree now. Safe to call more than once. */
   kill(): void;
+  /** Makes a template appear read-only at /kiln/templates/NAME inside the running job. */
+  attachTemplate?(spec: TemplateSpec): Promise<void>;
 }
 
 export interface RunRequest {
@@ -55,6 +59,10 @@ export interface RunRequest {
  */
 export interface Runner {
   readonly name: string;
+  /** The runner's build-root template cache, when it can run jobs on templates. */
+  readonly templates?: TemplateCache;
+  /** Set by the worker: called when the template cache gained or lost a tree. */
+  onTemplatesChanged?: () => void;
   start(req: RunRequest): Promise<RunHandle>;
   /** At worker start: removes whatever a crashed worker left behind (processes, mounts, cgroups...). */
   sweep(leftoverDirs: string[]): Promise<void>;

@@ -55,6 +55,12 @@ describe("the binary", () => {
     "recipe",
     "recipe add",
     "recipe show",
+    "template",
+    "template add",
+    "template build",
+    "job",
+    "job progress",
+    "job template",
   ];
   for (const c of commands) {
     test(`kiln ${c} --help describes the command and its flags`, async () => {

@@ -69,6 +69,26 @@ function makeImage(name: string, mib = 64): string {
   return file;
 }
 
+/* A tiny root made of real files (an overlay's lower layer sees no submounts, so binding /usr in will not
+ * do): a few of the host's programs with their libraries, plus `opt/writable`, owned by the job user. */
+function makeMiniRoot(name: string): string {
+  const root = join(dir, name);
+  mkdirSync(join(root, "opt/writable"), { recursive: true });
+  mkdirSync(join(root, "etc"));
+  writeFileSync(join(root, "etc/marker"), "from-template\n");
+  for (const prog of "sh cat touch dd stat df id ls mkdir grep sleep cut head tail wc".split(" ")) {
+    const file = sh(["readlink", "-f", Bun.which(prog)!]).trim();
+    const libs = sh(["ldd", file]).match(/\/\S+/gm) ?? [];
+    sh(["cp", "--parents", "-L", file, ...libs, root]);
+    if (prog === "sh") symlinkSync(file.split("/").pop()!, join(root, "usr/bin/sh"));
+  }
+  symlinkSync("usr/bin", join(root, "bin"));
+  sh(["chown", `${UID}:${GID}`, join(root, "opt/writable")]);
+  return root;
+}
+/* Everything about a tree that a write could change. */
+const treeState = (root: string) => sh(["find", root, "-printf", "%p %m %u %s %T@\n"]);
+
 interface Started {
   proc: Bun.Subprocess<"ignore", "pipe", "pipe">;
   status: () => string[];
@@ -712,6 +732,184 @@ describe("kiln-sandbox", () => {
     const r = await finish(s);
     expect(r.stdout).toMatch(/^\d+:pids:\/$/m); // the cgroup namespace hides the host path
     for (const cg of cgs) expect(readFileSync(join(cg, "cgroup.procs"), "utf8")).toBe("");
+  });
+
+  rootTest(
+    "--templates: /kiln/templates is a small tmpfs only root can write, the rest of /kiln is read-only",
+    async () => {
+      const r = await run(
+        ["--templates"],
+        "ls -A /kiln; stat -c '%u %g %a' /kiln/templates; grep ' /kiln/templates ' /proc/self/mountinfo; " +
+          "mkdir /kiln/templates/x; touch /kiln/templates/x /kiln/x",
+      );
+      const [ls, owner, mount] = r.stdout.trim().split("\n");
+      expect(ls).toBe("templates");
+      expect(owner).toBe("0 0 755");
+      expect(mount).toMatch(
+        / \/kiln\/templates rw,nosuid,nodev[, ].* - tmpfs kiln-templates rw,size=64k,mode=755$/,
+      );
+      expect(r.stderr).toContain("mkdir: cannot create directory '/kiln/templates/x': Permission denied");
+      expect(r.stderr).toContain("touch: cannot touch '/kiln/templates/x': Permission denied");
+      expect(r.stderr).toContain("touch: cannot touch '/kiln/x': Read-only file system");
+      expect((await run([], "ls -A /kiln | wc -l")).stdout).toBe("0\n");
+    },
+  );
+
+  rootTest(
+    "--overlay-root: / is DIR overlaid on the scratch, writable, full at the scratch's size; DIR untouched",
+    async () => {
+      const t = makeMiniRoot("overlay-root");
+      const before = treeState(t);
+      const img = makeImage("overlay.img");
+      const script = [
+        "id -u; cat /etc/marker; echo hi > /opt/writable/x && cat /opt/writable/x",
+        "touch /x", // root-owned: denied, but not read-only
+        "stat -c '%n %a %u' / /tmp /tmp/home; ls -A /; ls -A /tmp; ls -A /kiln; touch /kiln/x; ls -A /sys | wc -l",
+        "grep -E '^([^ ]+ ){4}(/|/tmp) ' /proc/self/mountinfo | cut -d' ' -f5,6,8",
+        "df -k / | tail -1",
+        "dd if=/dev/zero of=/opt/writable/big bs=1M count=100 2>&1 | grep -o 'No space left on device'",
+      ].join("; ");
+      const r = await run(["--root", t, "--overlay-root", "--scratch-file", img, "--templates"], script);
+      const lines = r.stdout.trim().split("\n");
+      const expected = [
+        `${UID}`,
+        "from-template",
+        "hi",
+        "/ 755 0",
+        "/tmp 1777 0",
+        `/tmp/home 700 ${UID}`,
+        "bin dev etc kiln lib lib64 opt proc sys tmp usr".split(" ").join("\n"),
+        "home\nout",
+        "templates",
+        "0",
+        "/ rw,nosuid,nodev,relatime overlay",
+        "/tmp rw,nosuid,nodev,relatime ext4",
+      ]
+        .join("\n")
+        .split("\n");
+      expect(lines.slice(0, expected.length)).toEqual(expected);
+      const kib = Number(lines[expected.length]!.split(/\s+/)[1]);
+      expect(kib).toBeGreaterThan(50 * 1024);
+      expect(kib).toBeLessThanOrEqual(64 * 1024);
+      expect(lines.slice(expected.length + 1)).toEqual(["No space left on device"]);
+      expect(r.stderr).toContain("touch: cannot touch '/x': Permission denied");
+      expect(r.stderr).toContain("touch: cannot touch '/kiln/x': Read-only file system");
+      expect(r.status.at(-1)).toBe("exit 0");
+      expect(treeState(t)).toBe(before);
+      expect(loopsOf(img)).toBe("");
+
+      // the same tree as a plain --root is read-only
+      const plain = await run(["--root", t], "touch /opt/writable/x");
+      expect(plain.stderr).toContain("touch: cannot touch '/opt/writable/x': Read-only file system");
+      // the default tmpfs scratch works as well, and limits / the same way
+      const tmpfs = await run(
+        ["--root", t, "--overlay-root", "--scratch-tmpfs", `${4 << 20}`],
+        "df -k / | tail -1; head -c 5M /dev/zero > /opt/writable/f",
+      );
+      expect(Number(tmpfs.stdout.split(/\s+/)[1])).toBe(4096);
+      expect(tmpfs.stderr).toContain("No space left on device");
+      expect(treeState(t)).toBe(before);
+      // a used scratch would carry the last job's root along: refused
+      const reused = await finish(
+        start(["--root", t, "--overlay-root", "--scratch-file", img], ["/bin/true"]),
+      );
+      expect(reused.status).toEqual([
+        "error scratch: --overlay-root needs a fresh scratch: mkdir /tmp/kiln-scratch/upper: File exists",
+      ]);
+      expect(loopsOf(img)).toBe("");
+      const noRoot = await finish(start(["--overlay-root"], ["/bin/true"]));
+      expect(noRoot.status).toEqual(["error args: --overlay-root needs --root DIR"]);
+    },
+  );
+
+  for (const overlay of [false, true])
+    rootTest(
+      `--inject attaches a host dir read-only in a running sandbox${overlay ? " (--overlay-root)" : ""}`,
+      async () => {
+        const src = join(dir, `inject-src-${overlay}`);
+        mkdirSync(src);
+        writeFileSync(join(src, "marker"), "injected\n");
+        // a shared mount on the host: the copy in the job must not stay in its peer group
+        sh(["mount", "--bind", src, src]);
+        sh(["mount", "--make-shared", src]);
+        cleanups.push(() => sh(["umount", src]));
+        const mounts = hostMounts();
+        const root = overlay ? ["--root", makeMiniRoot("inject-root"), "--overlay-root"] : [];
+        const wait = (n: string) => `while [ ! -e /kiln/templates/${n}/marker ]; do sleep 0.05; done`;
+        const script = [
+          "mkdir /kiln/templates/evil 2>&1",
+          wait("t1"),
+          "cat /kiln/templates/t1/marker",
+          "touch /kiln/templates/t1/x 2>&1 || true",
+          wait("t2"),
+          "grep ' /kiln/templates/' /proc/self/mountinfo | cut -d' ' -f5-",
+        ].join("; ");
+        const s = start(["--templates", ...root], ["/bin/sh", "-c", script]);
+        await waitFor("ready", () => s.status().length > 0);
+        const pid = readyPid(s.status());
+        const inject = (p: number, bind: string) => {
+          const r = Bun.spawnSync([helper, "--inject", `${p}`, "--ro-bind", bind], {
+            stdout: "pipe",
+            stderr: "pipe",
+          });
+          return { code: r.exitCode, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
+        };
+        for (const dst of [
+          "/etc/evil",
+          "/kiln/templates/../etc",
+          "/kiln/templates/a/b",
+          "/kiln/templates/",
+          "/kiln/x",
+        ])
+          expect(inject(pid, `${src}:${dst}`)).toEqual({
+            code: 1,
+            stdout: "",
+            stderr: `error args: --inject wants PID and --ro-bind SRC:/kiln/templates/NAME, got ${dst}\n`,
+          });
+        expect(inject(process.pid, `${src}:/kiln/templates/t1`).stderr).toBe(
+          `error target: pid ${process.pid} is not the init of a sandbox\n`,
+        );
+        expect(inject(1, `${src}:/kiln/templates/t1`).code).toBe(1);
+        expect(inject(pid, `${join(dir, "nope")}:/kiln/templates/t1`).stderr).toBe(
+          `error open_tree: ${join(dir, "nope")}: No such file or directory\n`,
+        );
+        expect(inject(pid, `${src}:/kiln/templates/t1`)).toEqual({ code: 0, stdout: "ok\n", stderr: "" });
+        expect(inject(pid, `${src}:/kiln/templates/t1`).stderr).toBe(
+          "error mkdir: /kiln/templates/t1: File exists\n",
+        );
+        expect(inject(pid, `${src}:/kiln/templates/t2`).stdout).toBe("ok\n");
+        const r = await finish(s);
+        const lines = r.stdout.trim().split("\n");
+        expect(lines.slice(0, 3)).toEqual([
+          "mkdir: cannot create directory '/kiln/templates/evil': Permission denied",
+          "injected",
+          "touch: cannot touch '/kiln/templates/t1/x': Read-only file system",
+        ]);
+        expect(lines.slice(3).map((l) => l.split(" ").slice(0, 2).join(" "))).toEqual([
+          "/kiln/templates/t1 ro,nosuid,nodev,relatime",
+          "/kiln/templates/t2 ro,nosuid,nodev,relatime",
+        ]);
+        for (const l of lines.slice(3)) expect(l).not.toContain("shared:");
+        expect(hostMounts()).toMatch(new RegExp(` ${src} .* shared:`)); // so the check above means something
+        expect(r.status.at(-1)).toBe("exit 0");
+        expect(existsSync(join(src, "x"))).toBe(false);
+        expect(hostMounts()).toBe(mounts);
+      },
+    );
+
+  rootTest("--inject refuses a sandbox started without --templates", async () => {
+    const s = start([], ["/bin/sleep", "1000"]);
+    await waitFor("ready", () => s.status().length > 0);
+    const pid = readyPid(s.status());
+    const r = Bun.spawnSync([helper, "--inject", `${pid}`, "--ro-bind", `${dir}:/kiln/templates/t1`], {
+      stderr: "pipe",
+    });
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr.toString()).toBe(
+      `error target: pid ${pid}: /kiln/templates (no --templates?): No such file or directory\n`,
+    );
+    s.proc.kill("SIGTERM");
+    expect((await finish(s)).status.at(-1)).toBe("signal 15");
   });
 
   rootTest("the suite leaves host mounts and loop devices as it found them", () => {

@@ -26,6 +26,7 @@
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/loop.h>
+#include <linux/magic.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -46,6 +47,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -57,6 +59,9 @@
 #define CONN_BUF 16384         /* bytes buffered per direction per connection */
 #define HOST "/.kiln-host"     /* where the host root sits between the two halves of the set-up */
 #define API_SOCK "/kiln/api.sock"
+#define TEMPLATES "/kiln/templates" /* --templates: where --inject attaches templates */
+#define STAGE "/tmp/kiln-scratch"   /* --overlay-root: the scratch, before the pivot (in the skeleton tmpfs) */
+#define NEW_ROOT "/tmp/kiln-root"   /* --overlay-root: the overlay, before the pivot */
 
 /* ------------------------------------------------------------------------------------------------------ */
 /* Options                                                                                                 */
@@ -71,7 +76,7 @@ static struct {
   uid_t uid;
   gid_t gid, groups[MAX_LIST];
   int ngroups;
-  bool have_uid, have_gid, debug;
+  bool have_uid, have_gid, have_root, debug, templates, overlay_root;
   char **argv;
 } o = {.root = "/", .hostname = "kiln", .chdir = "/tmp/home", .status_fd = -1, .hold_fd = -1};
 
@@ -170,8 +175,13 @@ static void xmount(const char *src, const char *dst, const char *type, unsigned 
   if (mount(src, dst, type, flags, data) < 0) die("mount %s", dst);
 }
 
+/* An existing directory is fine; an existing anything else is not: we mount on these paths, and a mount
+ * on a symlink would land wherever it points. */
 static void xmkdir(const char *path, mode_t mode) {
-  if (mkdir(path, mode) < 0 && errno != EEXIST) die("mkdir %s", path);
+  struct stat st;
+  if (mkdir(path, mode) == 0 || (errno == EEXIST && lstat(path, &st) == 0 && S_ISDIR(st.st_mode))) return;
+  if (errno == EEXIST) errno = ENOTDIR;
+  die("mkdir %s", path);
 }
 
 /* Creates an empty file to bind a non-directory onto. */
@@ -375,15 +385,17 @@ static void setup_proc(void) {
 
 /* Attaches the scratch image to a free loop device that detaches itself (LO_FLAGS_AUTOCLEAR) once its
  * last user, the mount in this namespace, goes away. Returns the device's path; *fd stays open until
- * the mount holds the device, else autoclear would fire at once. */
-static const char *attach_loop(int *fd) {
+ * the mount holds the device, else autoclear would fire at once. `host` is where the host root is: ""
+ * before the pivot (--overlay-root), HOST after it. */
+static const char *attach_loop(int *fd, const char *host) {
   static char path[64];
   step("loop");
-  int ctl = open_host(HOST "/dev/loop-control", O_RDWR);
+  snprintf(path, sizeof path, "%s/dev/loop-control", host);
+  int ctl = open_host(path, O_RDWR);
   for (int attempt = 0; attempt < 64; attempt++) {
     int nr = ioctl(ctl, LOOP_CTL_GET_FREE);
     if (nr < 0) die("LOOP_CTL_GET_FREE");
-    snprintf(path, sizeof path, HOST "/dev/loop%d", nr);
+    snprintf(path, sizeof path, "%s/dev/loop%d", host, nr);
     int lfd = open(path, O_RDWR | O_CLOEXEC);
     if (lfd < 0 && (errno == ENOENT || errno == ENXIO)) continue; /* removed under us: try another */
     if (lfd < 0) die("open %s", path);
@@ -416,23 +428,61 @@ static const char *attach_loop(int *fd) {
   die_msg("no free loop device after 64 attempts");
 }
 
-/* /tmp: the job's only writable space (plus /dev/shm), with HOME and the artifact dir inside. */
-static void setup_scratch(void) {
+/* Mounts the scratch volume at `at`; `host` as for attach_loop. */
+static void mount_scratch(const char *at, const char *host) {
   step("scratch");
-  xmkdir("/tmp", 01777);
   if (o.scratch_file) {
     int lfd;
-    const char *dev = attach_loop(&lfd);
+    const char *dev = attach_loop(&lfd, host);
     step("scratch");
-    xmount(dev, "/tmp", "ext4", MS_NOSUID | MS_NODEV, NULL);
+    xmount(dev, at, "ext4", MS_NOSUID | MS_NODEV, NULL);
     close(lfd);
   } else if (o.scratch_dev) {
-    xmount(fd_path(scratch_fd, NULL), "/tmp", "ext4", MS_NOSUID | MS_NODEV, NULL);
+    xmount(fd_path(scratch_fd, NULL), at, "ext4", MS_NOSUID | MS_NODEV, NULL);
   } else {
     char data[64];
     snprintf(data, sizeof data, "size=%s,mode=1777", o.scratch_tmpfs ? o.scratch_tmpfs : "67108864");
-    xmount("kiln-scratch", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, data);
+    xmount("kiln-scratch", at, "tmpfs", MS_NOSUID | MS_NODEV, data);
   }
+}
+
+/* --overlay-root, before the pivot (the host root is still /, the skeleton tmpfs covers the host's /tmp).
+ * The scratch goes to a staging point in the skeleton, and the new root is an overlay whose lower layer is
+ * --root (overlayfs never writes to it) and whose upper and work dirs are on the scratch: writes to / count
+ * against the scratch size and vanish with it. The scratch's `tmp` dir becomes /tmp later; once the host
+ * root (and the skeleton with it) is detached, the scratch is reachable only through the overlay and /tmp.
+ * Returns where the overlay is mounted, for pivot_root. */
+static const char *mount_overlay(void) {
+  static const char *const dirs[] = {STAGE "/upper", STAGE "/work", STAGE "/tmp"};
+  xmkdir(STAGE, 0700);
+  mount_scratch(STAGE, "");
+  /* A volume that already holds these would carry an earlier job's root changes: the scratch must be fresh.
+   * mkdir also never follows a symlink planted in their place. */
+  for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++)
+    if (mkdir(dirs[i], 0755) < 0) die("--overlay-root needs a fresh scratch: mkdir %s", dirs[i]);
+  /* The merged / takes its owner and mode from the upper dir: give it those of --root's top. */
+  struct stat st;
+  if (fstat(root_fd, &st) < 0 || chown(dirs[0], st.st_uid, st.st_gid) < 0 ||
+      chmod(dirs[0], st.st_mode & 07777) < 0)
+    die("copy the mode of %s", o.root);
+  step("mount-root");
+  xmkdir(NEW_ROOT, 0755);
+  /* lowerdir through our fd, as --root may lie under the host's /tmp, now covered by the skeleton.
+   * volatile: no syncs reach the scratch, which is thrown away with the job anyway (dpkg fsyncs a lot). */
+  char data[256];
+  snprintf(data, sizeof data, "lowerdir=/proc/self/fd/%d,upperdir=%s,workdir=%s,volatile", root_fd, dirs[0],
+           dirs[1]);
+  xmount("kiln-root", NEW_ROOT, "overlay", MS_NOSUID | MS_NODEV, data);
+  return NEW_ROOT;
+}
+
+/* /tmp: the job's only writable space (plus /dev/shm, and / itself with --overlay-root), with HOME and the
+ * artifact dir inside. */
+static void setup_scratch(void) {
+  step("scratch");
+  xmkdir("/tmp", 01777);
+  if (o.overlay_root) xmount(HOST STAGE "/tmp", "/tmp", NULL, MS_BIND, NULL); /* keeps nosuid,nodev */
+  else mount_scratch("/tmp", HOST);
   static const struct { const char *path; mode_t mode; } dirs[] = {{"/tmp/home", 0700}, {"/tmp/out", 0755}};
   if (chmod("/tmp", 01777) < 0) die("chmod /tmp");
   for (size_t i = 0; i < 2; i++) {
@@ -477,10 +527,18 @@ static void setup_dev(void) {
     if (symlink(links[i][0], links[i][1]) < 0) die("symlink %s", links[i][1]);
 }
 
-/* /kiln: the Kiln binary and the API socket the forwarder in PID 1 connects to. */
+/* /kiln: the Kiln binary, the API socket the forwarder in PID 1 connects to, and --templates. */
 static void setup_kiln(void) {
   step("kiln");
   xmkdir("/kiln", 0755);
+  /* With --overlay-root, / is writable and --root's own /kiln must not show: a tmpfs of ours, made
+   * read-only at the end, as the skeleton is. */
+  if (o.overlay_root) xmount("kiln-dir", "/kiln", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k");
+  /* --templates: stays writable, for root only, so --inject can make mount points in it later. */
+  if (o.templates) {
+    xmkdir(TEMPLATES, 0755);
+    xmount("kiln-templates", TEMPLATES, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k");
+  }
   if (kiln_bin_fd >= 0) {
     xmkdir("/kiln/bin", 0755);
     bind_file(fd_path(kiln_bin_fd, NULL), "/kiln/bin/kiln", true);
@@ -537,12 +595,21 @@ static void setup_mounts(void) {
   /* Nothing we mount may propagate back to the host, and host mounts must not propagate in. */
   xmount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
   xmount("kiln-root", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=4m,nr_inodes=65536");
+  const char *new_root = o.overlay_root ? mount_overlay() : "/tmp";
   step("pivot_root");
-  xmkdir("/tmp" HOST, 0700);
-  if (syscall(SYS_pivot_root, "/tmp", "/tmp" HOST) < 0) die("pivot_root");
+  char old[PATH_MAX];
+  snprintf(old, sizeof old, "%s" HOST, new_root);
+  xmkdir(old, 0700);
+  if (syscall(SYS_pivot_root, new_root, old) < 0) die("pivot_root");
   if (chdir("/") < 0) die("chdir /");
   setup_proc(); /* first: fd_path() and make_ro() need our own /proc */
-  populate_root();
+  if (!o.overlay_root) {
+    populate_root();
+  } else { /* --root's own /sys (and anything in it) stays hidden, as with the skeleton */
+    step("mount-root");
+    xmkdir("/sys", 0555);
+    xmount("kiln-sys", "/sys", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555");
+  }
   setup_scratch();
   setup_dev();
   setup_kiln();
@@ -553,7 +620,9 @@ static void setup_mounts(void) {
   if (rmdir(HOST) < 0) die("rmdir " HOST);
   step("mount-root");
   xmount(NULL, "/dev", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL);
-  xmount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL);
+  /* the skeleton; with --overlay-root, / stays writable and only our /kiln is sealed */
+  const char *seal = o.overlay_root ? "/kiln" : "/";
+  xmount(NULL, seal, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL);
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -935,7 +1004,9 @@ static void parse_args(int argc, char **argv) {
 #define PUSH(arr, n, x) ((n) >= MAX_LIST ? die_msg("too many %s", a) : (void)0, (arr)[(n)++] = (x))
     if (!strcmp(a, "--debug")) o.debug = true;
     else if (!strcmp(a, "--no-net") || !strcmp(a, "--seccomp")) continue; /* always on anyway */
-    else if (!strcmp(a, "--root")) o.root = abs_path(VAL(), a);
+    else if (!strcmp(a, "--root")) o.root = abs_path(VAL(), a), o.have_root = true;
+    else if (!strcmp(a, "--overlay-root")) o.overlay_root = true;
+    else if (!strcmp(a, "--templates")) o.templates = true;
     else if (!strcmp(a, "--mask")) PUSH(o.masks, o.nmasks, abs_path(VAL(), a));
     else if (!strcmp(a, "--ro-bind") || !strcmp(a, "--bind")) {
       char *s = strdup(VAL()), *colon = s ? strchr(s, ':') : NULL;
@@ -986,6 +1057,7 @@ static void parse_args(int argc, char **argv) {
   if (!o.have_uid || !o.have_gid) die_msg("--uid and --gid are required");
   if (o.uid == 0 || o.gid == 0) die_msg("the job user must not be root");
   if (!!o.scratch_file + !!o.scratch_dev + !!o.scratch_tmpfs > 1) die_msg("give at most one --scratch-*");
+  if (o.overlay_root && !o.have_root) die_msg("--overlay-root needs --root DIR");
 }
 
 /* After PID 1 is gone the namespace's mounts are torn down and the loop device detaches itself; wait (a
@@ -1007,10 +1079,102 @@ static void wait_loop_gone(void) {
   }
 }
 
+/* ------------------------------------------------------------------------------------------------------ */
+/* --inject: attach a host directory, read-only, inside a running sandbox                                  */
+
+/* kiln-sandbox --inject PID --ro-bind SRC:/kiln/templates/NAME [--debug]
+ * The tree is cloned on the host (where SRC means what the caller means), sealed read-only, and only then
+ * carried into the sandbox's mount namespace, so no path is resolved on the host after entering it and
+ * nothing is ever mounted in the host's namespace. Errors: "error STEP: MESSAGE" on stderr, exit 1. */
+static int inject_main(int argc, char **argv) {
+  static const char usage[] = "usage: kiln-sandbox --inject PID --ro-bind SRC:" TEMPLATES "/NAME";
+  g_fail_code = 1;
+  if (argc < 3) die_msg("%s", usage);
+  pid_t pid = (pid_t)parse_num(argv[2], INT_MAX, "--inject pid");
+  const char *src = NULL, *dst = NULL;
+  for (int i = 3; i < argc; i++) {
+    if (!strcmp(argv[i], "--debug")) {
+      o.debug = true;
+    } else if (!strcmp(argv[i], "--ro-bind") && i + 1 < argc && !src) {
+      char *s = strdup(argv[++i]), *colon = s ? strchr(s, ':') : NULL;
+      if (!colon) die_msg("--ro-bind wants SRC:DST");
+      *colon = 0;
+      src = abs_path(s, "--ro-bind");
+      dst = colon + 1;
+    } else {
+      die_msg("%s", usage);
+    }
+  }
+  /* Exactly one level below the templates dir: nothing else of the job's tree can be covered. */
+  const char *name = dst ? dst + strlen(TEMPLATES "/") : NULL;
+  if (!dst || pid < 1 || strncmp(dst, TEMPLATES "/", strlen(TEMPLATES "/")) || !*name || strchr(name, '/') ||
+      !strcmp(name, ".") || !strcmp(name, ".."))
+    die_msg("--inject wants PID and --ro-bind SRC:" TEMPLATES "/NAME, got %s", dst ? dst : "no --ro-bind");
+  umask(0); /* the mount point gets exactly 0755 */
+
+  step("open_tree");
+  int tree = (int)syscall(SYS_open_tree, AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+  struct stat st;
+  if (tree < 0 || fstat(tree, &st) < 0) die("%s", src);
+  if (!S_ISDIR(st.st_mode)) {
+    errno = ENOTDIR;
+    die("%s", src);
+  }
+  /* Read-only for every submount too; private, so the copy shares no propagation with the host's tree
+   * (a mount or unmount under SRC on the host will not show up in the job, nor the reverse). */
+  struct mount_attr attr = {.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                            .propagation = MS_PRIVATE};
+  if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
+    die("mount_setattr %s", src);
+
+  /* Is PID the init of a kiln sandbox? The pidfd pins the process: setns through it fails if PID died,
+   * so the checks below, made through /proc/PID before that, were about the same process. */
+  step("target");
+  char path[64];
+  int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+  if (pidfd < 0) die("pid %d", (int)pid);
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  /* NSpid lists the pid in each nested pid namespace: a sandbox's init has two or more, the last one 1. */
+  char *status = read_file(path), *ns = strstr(status, "\nNSpid:"), *save = NULL;
+  int levels = 0;
+  bool init = false;
+  if (ns) ns[1 + strcspn(ns + 1, "\n")] = 0;
+  for (char *t = ns ? strtok_r(ns + 7, "\t ", &save) : NULL; t; t = strtok_r(NULL, "\t ", &save))
+    levels++, init = !strcmp(t, "1");
+  if (levels < 2 || !init) die_msg("pid %d is not the init of a sandbox", (int)pid);
+  free(status);
+  snprintf(path, sizeof path, "/proc/%d/root", (int)pid);
+  int root = open_host(path, O_PATH | O_DIRECTORY);
+  step("setns");
+  if (setns(pidfd, CLONE_NEWNS) < 0) die("pid %d", (int)pid);
+  /* setns moved our root to the namespace's root; use the one PID 1 actually has, which is also the
+   * only tree reachable from here on, so DST cannot resolve to anything outside the sandbox. */
+  if (fchdir(root) < 0 || chroot(".") < 0 || chdir("/") < 0) die("enter the root of pid %d", (int)pid);
+  step("target");
+  /* The --templates tmpfs: a directory, owned by root, so the job itself cannot have made it. */
+  struct statfs sf;
+  if (lstat(TEMPLATES, &st) < 0 || statfs(TEMPLATES, &sf) < 0)
+    die("pid %d: " TEMPLATES " (no --templates?)", (int)pid);
+  if (!S_ISDIR(st.st_mode) || st.st_uid != 0 || sf.f_type != TMPFS_MAGIC)
+    die_msg("pid %d: " TEMPLATES " is not the sandbox's templates tmpfs", (int)pid);
+  step("mkdir");
+  if (mkdir(dst, 0755) < 0) die("%s", dst);
+  step("move_mount");
+  if (syscall(SYS_move_mount, tree, "", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH) < 0) {
+    int e = errno;
+    rmdir(dst);
+    errno = e;
+    die("%s", dst);
+  }
+  write_all(1, "ok\n", 3);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   /* Dispositions set to "ignore" by the caller survive exec: an ignored SIGCHLD would stop us from
    * waiting for our children, an ignored SIGPIPE would leak into the job. Start from the defaults. */
   for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);
+  if (argc > 1 && !strcmp(argv[1], "--inject")) return inject_main(argc, argv);
   parse_args(argc, argv);
   step("init");
   /* Die with the worker. Checking getppid() afterwards closes the race where it died just before. */

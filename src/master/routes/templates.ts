@@ -1,0 +1,119 @@
+import { Hono } from "hono";
+import { z } from "zod";
+import { AppError } from "../../lib/errors.ts";
+import { checkName } from "../../lib/names.ts";
+import { TemplateRecipeSchema, templateHash } from "../../protocol/template.ts";
+import type { TemplateRow } from "../../store/schema.ts";
+import {
+  deleteTemplate,
+  dependents,
+  getTemplate,
+  listTemplates,
+  putTemplate,
+} from "../../store/templates.ts";
+import type { Caller } from "../auth.ts";
+import { requireRole } from "../auth.ts";
+import type { MasterContext } from "../context.ts";
+import { baseOf, resolveTemplate } from "../templates.ts";
+import { body } from "./client.ts";
+
+type Env = { Variables: { caller: Caller } };
+
+/** A template as the API shows it, with the workers that have its current tree cached. */
+function templateView(ctx: MasterContext, row: TemplateRow, hash = row.hash) {
+  const cachedOn = [...ctx.registry.workers.values()]
+    .filter((w) => w.templates.some((t) => t.hash === hash))
+    .map((w) => ({ worker: w.name, sizeBytes: w.templates.find((t) => t.hash === hash)!.sizeBytes }));
+  return {
+    name: row.name,
+    hash,
+    recipe: row.recipe,
+    base: row.base,
+    createdAt: new Date(row.createdAt).toISOString(),
+    updatedAt: new Date(row.updatedAt).toISOString(),
+    cachedOn,
+  };
+}
+
+/** Build-root templates: add (or replace), list, show, build now on chosen workers, remove. */
+export function templateRoutes(ctx: MasterContext) {
+  const app = new Hono<Env>();
+
+  app.post("/templates", async (c) => {
+    const caller = requireRole(c, "operator");
+    const req = await body(c.req.raw, z.strictObject({ name: z.string(), recipe: TemplateRecipeSchema }));
+    const name = checkName("template", req.name);
+    if (name === "host")
+      throw new AppError("INVALID_NAME", '"host" means the host root; pick another template name');
+    const baseName = baseOf(req.recipe);
+    const base = baseName ? await resolveTemplate(ctx.store.db, baseName, [name]) : null;
+    const hash = templateHash(req.recipe, base?.hash ?? null);
+    const row = await putTemplate(ctx.store, {
+      name,
+      hash,
+      recipe: req.recipe,
+      base: baseName,
+      createdBy: caller.name,
+    });
+    return c.json(templateView(ctx, row), 201);
+  });
+
+  app.get("/templates", async (c) => {
+    requireRole(c, "viewer");
+    const rows = await listTemplates(ctx.store.db);
+    return c.json(
+      await Promise.all(
+        rows.map(async (r) => templateView(ctx, r, (await resolveTemplate(ctx.store.db, r.name)).hash)),
+      ),
+    );
+  });
+
+  app.get("/templates/:name", async (c) => {
+    requireRole(c, "viewer");
+    const name = checkName("template", c.req.param("name"));
+    const spec = await resolveTemplate(ctx.store.db, name);
+    return c.json({ ...templateView(ctx, (await getTemplate(ctx.store.db, name))!, spec.hash), spec });
+  });
+
+  app.post("/templates/:name/build", async (c) => {
+    requireRole(c, "operator");
+    const name = checkName("template", c.req.param("name"));
+    const req = await body(c.req.raw, z.strictObject({ workers: z.array(z.string()).optional() }));
+    const spec = await resolveTemplate(ctx.store.db, name);
+    const targets = req.workers?.length
+      ? req.workers.map((w) => {
+          const live = ctx.registry.workers.get(checkName("worker", w));
+          if (!live)
+            throw new AppError("WORKER_OFFLINE", `worker ${w} is not connected: see \`kiln workers\``, {
+              status: 409,
+            });
+          return live;
+        })
+      : [...ctx.registry.workers.values()];
+    if (targets.length === 0)
+      throw new AppError("NO_WORKERS", "no worker is connected to build it on", { status: 409 });
+    for (const w of targets) w.send({ type: "template.build", template: spec });
+    return c.json({ name, hash: spec.hash, building: targets.map((w) => w.name) }, 202);
+  });
+
+  app.delete("/templates/:name", async (c) => {
+    requireRole(c, "operator");
+    const name = checkName("template", c.req.param("name"));
+    const users = await dependents(ctx.store.db, name);
+    if (users.length) {
+      throw new AppError(
+        "TEMPLATE_IN_USE",
+        `template ${name} is the base of ${users.join(", ")}: remove those first`,
+        { status: 409 },
+      );
+    }
+    const row = await deleteTemplate(ctx.store, name);
+    if (!row)
+      throw new AppError("TEMPLATE_NOT_FOUND", `no template ${name}: see \`kiln template ls\``, {
+        status: 404,
+      });
+    return c.json({ name, removed: true });
+  });
+
+  return app;
+}
