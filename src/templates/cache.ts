@@ -39,6 +39,8 @@ export interface TemplateCache {
   list(): CachedTemplate[];
   /** Removes half-built trees and anything unreadable; run at worker start. */
   sweep(): string[];
+  /** Removes least recently used trees that no job holds until the cache fits its budget. */
+  evict(): string[];
 }
 
 interface Complete {
@@ -81,16 +83,20 @@ export function createTemplateCache(o: {
       .filter((c) => c !== null)
       .map((c) => ({ hash: c.hash, name: c.name, sizeBytes: c.sizeBytes }));
 
-  const evict = () => {
+  const evict = (): string[] => {
     const all = list().map((c) => ({ ...c, used: statSync(join(o.dir, c.hash)).mtimeMs }));
     let total = all.reduce((n, c) => n + c.sizeBytes, 0);
+    const removed: string[] = [];
     for (const c of all.sort((a, b) => a.used - b.used)) {
       if (total <= o.budgetBytes) break;
       if ((users.get(c.hash) ?? 0) > 0 || inflight.has(c.hash)) continue;
       rmSync(join(o.dir, c.hash), { recursive: true, force: true });
       total -= c.sizeBytes;
+      removed.push(c.hash);
       o.log.info(`evicted template ${c.name} (${c.hash.slice(0, 12)}) from the cache`);
     }
+    if (removed.length) o.changed();
+    return removed;
   };
 
   const hold = (hash: string): Acquired => {
@@ -171,6 +177,7 @@ export function createTemplateCache(o: {
   return {
     acquire,
     list,
+    evict,
     sweep() {
       const removed: string[] = [];
       for (const e of readdirSync(o.dir)) {
