@@ -1,5 +1,6 @@
 #!/usr/bin/env bun
 import { type CommandDef, defineCommand, renderUsage, runCommand } from "citty";
+import { artifacts, download } from "./cli/artifacts.ts";
 import { job } from "./cli/job-control.ts";
 import { cancel, jobs, logs, retry, show, submit } from "./cli/jobs.ts";
 import { recipe } from "./cli/recipes.ts";
@@ -22,6 +23,8 @@ const main = defineCommand({
     logs,
     cancel,
     retry,
+    artifacts,
+    download,
     workers,
     drain,
     hold,

@@ -121,7 +121,7 @@ async function workerToken(cfg: Config, data: string, masterUrl?: string): Promi
   return t;
 }
 
-async function runner(cfg: Config, data: string) {
+async function runner(cfg: Config, data: string, token: string) {
   if (cfg.worker.runner === "process") {
     const { createProcessRunner } = await import("../worker/process-runner.ts");
     return createProcessRunner();
@@ -130,7 +130,7 @@ async function runner(cfg: Config, data: string) {
   const { workerName } = await import("../worker/index.ts");
   // What a job on the host root must never see: every Kiln data dir and config, whatever this node uses.
   const masks = [...new Set([resolve(data), "/var/lib/kiln", "/etc/kiln", ...cfg.sandbox.mask])];
-  return createSandboxRunner({ cfg, data, worker: workerName(cfg), masks });
+  return createSandboxRunner({ cfg, data, worker: workerName(cfg), masks, token });
 }
 
 export const master = defineCommand({
@@ -152,11 +152,12 @@ export const worker = defineCommand({
     checkFlags(ctx, { ...common, ...workerFlags });
     const { cfg, data } = setup(ctx.args as Args);
     const { startWorker } = await import("../worker/index.ts");
+    const token = await workerToken(cfg, data);
     const w = await startWorker({
       cfg,
       data,
-      token: await workerToken(cfg, data),
-      runner: await runner(cfg, data),
+      token,
+      runner: await runner(cfg, data, token),
       echo: Boolean(ctx.args.n),
     });
     await serve("worker", [w]);
@@ -178,7 +179,7 @@ export const up = defineCommand({
       cfg,
       data,
       token,
-      runner: await runner(cfg, data),
+      runner: await runner(cfg, data, token),
       echo: Boolean(ctx.args.n),
     });
     await serve("up", [w, m]);

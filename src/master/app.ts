@@ -3,6 +3,7 @@ import { AppError, coerceError } from "../lib/errors.ts";
 import { authenticate, type Caller } from "./auth.ts";
 import type { MasterContext } from "./context.ts";
 import { adminRoutes } from "./routes/admin.ts";
+import { artifactRoutes } from "./routes/artifacts.ts";
 import { clientRoutes } from "./routes/client.ts";
 import { publicRoutes } from "./routes/public.ts";
 import { recipeRoutes } from "./routes/recipes.ts";
@@ -31,5 +32,6 @@ export function createApp(ctx: MasterContext) {
   app.route("/api/v1", adminRoutes(ctx));
   app.route("/api/v1", recipeRoutes(ctx));
   app.route("/api/v1", templateRoutes(ctx));
+  app.route("/api/v1", artifactRoutes(ctx));
   return app;
 }

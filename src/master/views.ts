@@ -7,7 +7,10 @@ import { slotFits } from "./dispatcher.ts";
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
 /** The API shape of a job row; `waitingFor` explains a queued job when asked to. */
-export function jobView(row: JobRow, extra: { waitingFor?: string | null; logSize?: number } = {}): JobView {
+export function jobView(
+  row: JobRow,
+  extra: { waitingFor?: string | null; logSize?: number; artifacts?: JobView["artifacts"] } = {},
+): JobView {
   return {
     id: row.id,
     name: row.name,
@@ -50,7 +53,7 @@ export function jobView(row: JobRow, extra: { waitingFor?: string | null; logSiz
         : { name: row.recipe, version: row.recipeVersion ?? 0, vars: row.recipeVars ?? {} },
     progress: row.progress === null ? null : { percent: row.progress, message: row.progressMessage },
     waitingFor: extra.waitingFor ?? null,
-    artifacts: [],
+    artifacts: extra.artifacts ?? [],
   };
 }
 

@@ -15,6 +15,7 @@ import { AppError, coerceError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
 import { formatSize } from "../lib/size.ts";
 import { type Acquired, createTemplateCache } from "../templates/cache.ts";
+import { fetchArtifact } from "../templates/fetch.ts";
 import type { RawExit, RunHandle, Runner, RunRequest, RunResult, Slot } from "../worker/runner.ts";
 import {
   applyLimits,
@@ -48,6 +49,8 @@ export interface SandboxOptions {
   worker: string;
   /** Paths on the host root the job must not see (data dirs, keys, tokens). */
   masks: string[];
+  /** The worker's token, to fetch job artifacts that tarball templates are made from. */
+  token: string;
 }
 
 interface SlotState {
@@ -98,6 +101,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
     budgetBytes: o.cfg.templates.cache_size,
     log: logger("templates"),
     changed: () => runner.onTemplatesChanged?.(),
+    fetchArtifact: (job, name, dest) => fetchArtifact(o.cfg.worker.master, o.token, job, name, dest),
   });
   const runner: Runner = {
     name: "sandbox",

@@ -19,5 +19,11 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "when": 1795462401681,
     "hash": "47391247b59a1b8822e1767437a813fefef99526319a73abdfd74a118d87c599",
     "sql": "CREATE TABLE `templates` (\n\t`name` text PRIMARY KEY NOT NULL,\n\t`hash` text NOT NULL,\n\t`recipe` text NOT NULL,\n\t`base` text,\n\t`created_at` integer NOT NULL,\n\t`updated_at` integer NOT NULL,\n\t`created_by` text\n);\n--> statement-breakpoint\nALTER TABLE `jobs` ADD `writable_root` integer DEFAULT false NOT NULL;"
+  },
+  {
+    "tag": "0003_artifacts",
+    "when": 1795463390557,
+    "hash": "00da743478439647993c6527b67b0577d26a0e09a28759577bd14aa4a3590ca4",
+    "sql": "CREATE TABLE `artifacts` (\n\t`job_id` integer NOT NULL,\n\t`name` text NOT NULL,\n\t`attempt` integer NOT NULL,\n\t`size` integer NOT NULL,\n\t`sha256` text NOT NULL,\n\t`created_at` integer NOT NULL,\n\tPRIMARY KEY(`job_id`, `name`)\n);\n"
   }
 ];

@@ -144,3 +144,22 @@ export const templates = sqliteTable("templates", {
 });
 
 export type TemplateRow = typeof templates.$inferSelect;
+
+/**
+ * A job's artifacts: files it left in $KILN_OUT (or uploaded with `kiln job upload`), stored once by
+ * content under DATA/artifacts/sha256/ and named per job.
+ */
+export const artifacts = sqliteTable(
+  "artifacts",
+  {
+    jobId: integer("job_id").notNull(),
+    name: text("name").notNull(),
+    attempt: integer("attempt").notNull(),
+    size: integer("size").notNull(),
+    sha256: text("sha256").notNull(),
+    createdAt: integer("created_at").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.jobId, t.name] })],
+);
+
+export type ArtifactRow = typeof artifacts.$inferSelect;

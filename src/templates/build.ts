@@ -11,6 +11,7 @@ import type { TemplateSpec } from "../protocol/template.ts";
  */
 
 export type Sink = (chunk: Uint8Array | string) => void;
+export type FetchArtifact = (job: number, name: string, dest: string) => Promise<void>;
 
 const PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -68,6 +69,7 @@ export async function buildTree(
   target: string,
   baseRoot: string | null,
   sink: Sink,
+  fetchArtifact?: FetchArtifact,
 ): Promise<void> {
   const r = spec.recipe;
   mkdirSync(target, { recursive: true, mode: 0o755 });
@@ -90,8 +92,16 @@ export async function buildTree(
     await inChroot(target, `${apt(r.packages)}${r.script}\n`, sink);
     return;
   }
-  throw new AppError(
-    "TEMPLATE_BUILD_FAILED",
-    `template ${spec.name} is made from a job's tarball (${r.job}/${r.artifact}), and this master does not keep job artifacts yet`,
-  );
+  if (!fetchArtifact) throw new AppError("TEMPLATE_BUILD_FAILED", "this worker cannot fetch job artifacts");
+  const tarball = `${target}.tar`;
+  try {
+    sink(`--- kiln: fetching artifact ${r.artifact} of job ${r.job} ---\n`);
+    await fetchArtifact(r.job, r.artifact, tarball);
+    // GNU tar detects the compression itself, keeps owners and modes as root, strips leading "/" and
+    // refuses ".." members, so a job's tarball lands inside the tree and nowhere else.
+    await run(["tar", "-x", "-p", "--numeric-owner", "-f", tarball, "-C", target], sink);
+  } finally {
+    await Bun.spawn(["rm", "-f", tarball]).exited;
+  }
+  if (r.packages.length) await inChroot(target, apt(r.packages), sink);
 }

@@ -12,7 +12,7 @@ import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
 import { AppError, coerceError } from "../lib/errors.ts";
 import type { TemplateSpec } from "../protocol/template.ts";
-import { buildTree, type Sink } from "./build.ts";
+import { buildTree, type FetchArtifact, type Sink } from "./build.ts";
 
 /*
  * A worker's template cache: DIR/HASH/root is a finished tree, DIR/HASH/complete.json says it is finished
@@ -62,6 +62,8 @@ export function createTemplateCache(o: {
   budgetBytes: number;
   log: ConsolaInstance;
   changed(): void;
+  /** Downloads job JOB's artifact NAME to DEST (for tarball templates). */
+  fetchArtifact?: FetchArtifact;
 }): TemplateCache {
   mkdirSync(o.dir, { recursive: true, mode: 0o700 });
   const users = new Map<string, number>();
@@ -128,7 +130,7 @@ export function createTemplateCache(o: {
     o.log.info(`building template ${spec.name} (${spec.hash.slice(0, 12)})`);
     both(`--- kiln: building template ${spec.name} (${spec.hash.slice(0, 12)}) ---\n`);
     try {
-      await buildTree(spec, join(work, "root"), base?.root ?? null, both);
+      await buildTree(spec, join(work, "root"), base?.root ?? null, both, o.fetchArtifact);
     } catch (err) {
       await logFile.end();
       const tail = readFileSync(join(work, "build.log"), "utf8").trimEnd().split("\n").slice(-15).join("\n");

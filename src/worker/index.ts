@@ -1,4 +1,4 @@
-import { closeSync, fstatSync, mkdirSync, openSync, readSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { Config } from "../config/schema.ts";
@@ -10,6 +10,7 @@ import type { TemplateSpec } from "../protocol/template.ts";
 import { encodeLogFrame, type MasterMessage, type WorkerMessage } from "../protocol/wire.ts";
 import { VERSION } from "../version.ts";
 import { startApiProxy } from "./api-proxy.ts";
+import { deliverArtifacts, RetryLater } from "./artifacts.ts";
 import {
   createJobDir,
   type JobDir,
@@ -151,7 +152,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       });
       send({ type: "template.get", requestId, name });
     });
-  const outbox = new Map<string, { job: JobDir; outcome: Outcome; logSize: number }>();
+  const outbox = new Map<string, { job: JobDir; outcome: Outcome; logSize: number; delivering?: boolean }>();
 
   const { finished, interrupted } = scanJobDirs(jobsRoot);
   if (interrupted.length) {
@@ -203,9 +204,31 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
 
   const sendFinished = (key: string) => {
     const o = outbox.get(key);
-    if (!o) return;
+    if (!o || o.delivering || !connected) return;
     const a = active.get(key);
     if (a && !pump(a)) return;
+    if (!existsSync(join(o.job.dir, "artifacts-delivered"))) {
+      o.delivering = true;
+      deliverArtifacts({
+        dir: o.job.dir,
+        jobId: o.job.jobId,
+        attempt: o.job.attempt,
+        master: cfg.worker.master,
+        token: opts.token,
+        log,
+      }).then(
+        () => {
+          o.delivering = false;
+          sendFinished(key);
+        },
+        (err) => {
+          o.delivering = false;
+          log.warn(`job ${o.job.jobId}: ${coerceError(err).message}; retrying`);
+          if (err instanceof RetryLater) setTimeout(() => sendFinished(key), 2000);
+        },
+      );
+      return;
+    }
     send({
       type: "job.finished",
       jobId: o.job.jobId,

@@ -452,3 +452,32 @@ PY`;
     expect(out).not.toContain("ESCAPED");
   }, 120_000);
 });
+
+describe.skipIf(!root)("artifacts", () => {
+  test("files left in $KILN_OUT and uploaded with kiln job upload are kept by the master and downloaded intact", async () => {
+    const id = await sh(
+      "head -c 300000 /dev/urandom > $KILN_OUT/blob.bin; sha256sum $KILN_OUT/blob.bin; echo note > /tmp/note.txt; kiln job upload /tmp/note.txt --name uploaded.txt; mkdir $KILN_OUT/sub",
+    );
+    const job = await waitJob(m, id);
+    expect(job.state).toBe("succeeded");
+    const listed = JSON.parse((await m.cli(["artifacts", String(id), "--json"])).stdout) as {
+      name: string;
+      size: number;
+      sha256: string;
+    }[];
+    expect(listed.map((a) => a.name)).toEqual(["blob.bin", "uploaded.txt"]);
+    const sum = (await log(id)).split(" ")[0];
+    expect(listed[0]).toMatchObject({ size: 300000, sha256: sum });
+    const out = join(dir.path, "blob.bin");
+    const dl = await m.cli(["download", String(id), "blob.bin", "-o", out]);
+    expect(dl.code).toBe(0);
+    const h = new Bun.CryptoHasher("sha256");
+    h.update(await Bun.file(out).arrayBuffer());
+    expect(h.digest("hex")).toBe(sum!);
+    expect((await m.cli(["download", String(id), "uploaded.txt", "-o", "-"])).stdout).toBe("note\n");
+    const show = JSON.parse((await m.cli(["show", String(id), "--json"])).stdout);
+    expect(show.artifacts.map((a: { name: string }) => a.name)).toEqual(["blob.bin", "uploaded.txt"]);
+    const missing = await m.cli(["download", String(id), "nope.bin"]);
+    expect(missing.stderr).toContain("has no artifact nope.bin");
+  });
+});

@@ -155,6 +155,26 @@ describe.skipIf(!root)("templates", () => {
     expect(out).toContain("Read-only file system");
   }, 120_000);
 
+  test("a template made from a root filesystem tarball that a job produced", async () => {
+    const id = await sh(
+      "tar -C / --one-file-system -cf $KILN_OUT/rootfs.tar bin sbin lib lib64 usr/bin usr/sbin usr/lib/x86_64-linux-gnu/libc.so.6 usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 usr/lib/x86_64-linux-gnu/libselinux.so.1 usr/lib/x86_64-linux-gnu/libpcre2-8.so.0 usr/lib64 etc/debian_version 2>&1 | grep -v 'Removing leading' ; echo packed",
+      { root: "bookworm-build", scratchBytes: 2 * 2 ** 30 },
+    );
+    const packed = await waitJob(m, id, 300_000);
+    expect(packed.state, await log(id)).toBe("succeeded");
+    const add = await m.cli(["template", "add", "from-tar", "--tarball", `${id}/rootfs.tar`]);
+    expect(add.code, add.stderr).toBe(0);
+    const use = await sh("cat /etc/debian_version && test -x /usr/bin/dash && echo ok-from-tarball", {
+      root: "from-tar",
+    });
+    const job = await waitJob(m, use, 300_000);
+    const out = await log(use);
+    expect(job.state, out).toBe("succeeded");
+    expect(out).toMatch(/^12\.\d+$/m);
+    expect(out).toContain(`fetching artifact rootfs.tar of job ${id}`);
+    expect(out).toContain("ok-from-tarball");
+  }, 600_000);
+
   test("a failed build fails the waiting jobs with reason sandbox and the build log, and is not cached", async () => {
     const add = await m.cli(["template", "add", "broken", "--debootstrap", "nosuchsuite"]);
     expect(add.code).toBe(0);

@@ -2,6 +2,7 @@ import { Hono } from "hono";
 import { z } from "zod";
 import { AppError, badRequest, notFound } from "../../lib/errors.ts";
 import { isTerminal, SubmitSchema } from "../../protocol/job.ts";
+import { listArtifacts } from "../../store/artifacts.ts";
 import { cancelJob, getJob, insertJob, jobHistory, listJobs } from "../../store/jobs.ts";
 import type { JobRow } from "../../store/schema.ts";
 import type { Caller } from "../auth.ts";
@@ -77,7 +78,12 @@ export function clientRoutes(ctx: MasterContext) {
     const caller = requireRole(c, "viewer");
     const row = await loadJob(ctx, caller, c.req.param("id"));
     const waitingFor = row.state === "queued" ? await whyQueued(ctx, row) : null;
-    return c.json(jobView(row, { waitingFor, logSize: ctx.logs.size(row.id) }));
+    const artifacts = (await listArtifacts(ctx.store.db, row.id)).map((a) => ({
+      name: a.name,
+      size: a.size,
+      sha256: a.sha256,
+    }));
+    return c.json(jobView(row, { waitingFor, logSize: ctx.logs.size(row.id), artifacts }));
   });
 
   app.get("/jobs/:id/events", async (c) => {
