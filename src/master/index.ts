@@ -4,7 +4,7 @@ import { join } from "node:path";
 import type { Server } from "bun";
 import { adminTokenPath } from "../config/paths.ts";
 import type { Config } from "../config/schema.ts";
-import { AppError } from "../lib/errors.ts";
+import { AppError, coerceError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
 import { type Loop, runLoop } from "../lib/loop.ts";
 import { openStore, storeUrl } from "../store/open.ts";
@@ -55,7 +55,12 @@ async function ensureAdminToken(ctx: MasterContext) {
 export async function startMaster(cfg: Config, data: string): Promise<RunningMaster> {
   const log = logger("master");
   mkdirSync(data, { recursive: true, mode: 0o700 });
-  const store = await openStore(storeUrl(cfg.master.db, data), process.env.KILN_DB_TOKEN);
+  const dbUrl = storeUrl(cfg.master.db, data);
+  const store = await openStore(dbUrl, process.env.KILN_DB_TOKEN).catch((err) => {
+    // Never print a URL's credentials: only scheme, host and path.
+    const shown = dbUrl.replace(/\/\/[^@/]*@/, "//");
+    throw new AppError("STORE_UNAVAILABLE", `cannot open the store at ${shown}: ${coerceError(err).message}`);
+  });
   const dispatcher = createDispatcher(() => ctx);
   const ctx: MasterContext = {
     cfg,

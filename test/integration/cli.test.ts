@@ -327,3 +327,75 @@ test("a job submitted through the CLI runs with its resources recorded", async (
   });
   expect(await submitJob(m, { command: ["true"] })).toBeGreaterThan(id);
 });
+
+describe("the store", () => {
+  test("--db takes a libSQL URL through the same code path as the embedded default", async () => {
+    using d = tempDir();
+    const dbFile = join(d.path, "elsewhere.db");
+    const other = await startMaster(d.path, { args: ["--db", `file:${dbFile}`], name: "db-url" });
+    const id = (await other.api<{ id: number }>("POST", "/api/v1/jobs", { command: ["true"] })).body.id;
+    expect(id).toBe(1);
+    await other.kill("SIGTERM");
+    expect(await Bun.file(dbFile).exists()).toBe(true);
+    expect(await Bun.file(join(other.data, "kiln.db")).exists()).toBe(false);
+    const down = await kiln(
+      [
+        "master",
+        "--data",
+        join(d.path, "x"),
+        "--db",
+        "http://user:secret@127.0.0.1:1",
+        "--listen",
+        `127.0.0.1:${freePort()}`,
+      ],
+      {
+        cwd: d.path,
+      },
+    );
+    expect(down.code).toBe(1);
+    expect(down.stderr).toContain("cannot open the store at http://127.0.0.1:1");
+    expect(down.stderr).not.toContain("secret");
+    const bad = await kiln(["master", "--data", join(d.path, "y"), "--db", "postgres://x"], { cwd: d.path });
+    expect(bad.stderr).toContain("--db postgres://x: use a libsql://");
+  });
+
+  test.skipIf(process.getuid?.() !== 0)(
+    "the binary works with a noexec /tmp: the store library is unpacked into the data dir",
+    async () => {
+      using d = tempDir("kiln-noexec-", "/var/tmp");
+      const port = freePort();
+      const data = join(d.path, "data");
+      const p = Bun.spawn(
+        [
+          "unshare",
+          "-m",
+          "--propagation",
+          "private",
+          "sh",
+          "-c",
+          `mount -t tmpfs -o noexec,nosuid none /tmp && exec ${KILN} master --data ${data} --listen 127.0.0.1:${port}`,
+        ],
+        { env: { PATH: process.env.PATH!, KILN_LOG_FORMAT: "json" }, stderr: "pipe", stdout: "ignore" },
+      );
+      try {
+        const { waitFor } = await import("../harness.ts");
+        await waitFor("the master behind a noexec /tmp", async () => {
+          if (p.exitCode !== null) throw new Error(await new Response(p.stderr).text());
+          return (await fetch(`http://127.0.0.1:${port}/readyz`)).ok;
+        });
+        const token = (await Bun.file(join(data, "admin.token")).text()).trim();
+        const res = await fetch(`http://127.0.0.1:${port}/api/v1/jobs`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+          body: JSON.stringify({ command: ["true"] }),
+        });
+        expect(res.status).toBe(201);
+        const unpacked = (await import("node:fs")).readdirSync(join(data, "tmp"));
+        expect(unpacked.some((f) => f.endsWith(".node"))).toBe(true);
+      } finally {
+        p.kill("SIGTERM");
+        await p.exited;
+      }
+    },
+  );
+});
