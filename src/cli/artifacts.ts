@@ -1,6 +1,6 @@
 import { renameSync, rmSync } from "node:fs";
 import { defineCommand } from "citty";
-import { AppError } from "../lib/errors.ts";
+import { AppError, errorFrom } from "../lib/errors.ts";
 import { formatSize } from "../lib/size.ts";
 import { checkFlags, clientArgs, clientOf, jobIdArg, print, table } from "./common.ts";
 
@@ -53,11 +53,7 @@ export const download = defineCommand({
     if (!name) throw new AppError("USAGE", "kiln download JOB NAME [-o FILE]: see `kiln artifacts JOB`");
     const client = clientOf(ctx.args);
     const res = await client.raw(`/api/v1/jobs/${id}/artifacts/${encodeURIComponent(name)}`);
-    if (!res.ok) {
-      const e = ((await res.json().catch(() => null)) as { error?: { code: string; message: string } } | null)
-        ?.error;
-      throw new AppError(e?.code ?? `HTTP_${res.status}`, e?.message ?? `the master answered ${res.status}`);
-    }
+    if (!res.ok) throw await errorFrom(res);
     const expected = res.headers.get("x-kiln-sha256");
     const target = ctx.args.output ?? name;
     const hash = new Bun.CryptoHasher("sha256");

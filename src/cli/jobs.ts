@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { defineCommand } from "citty";
 import { formatDuration, parseDuration } from "../lib/duration.ts";
-import { AppError } from "../lib/errors.ts";
+import { AppError, errorFrom } from "../lib/errors.ts";
 import { delay } from "../lib/loop.ts";
 import { formatSize, parseSize } from "../lib/size.ts";
 import { isTerminal, type JobView } from "../protocol/job.ts";
@@ -213,11 +213,7 @@ export async function followLog(client: Client, id: number, out: NodeJS.Writable
       await delay(Math.min(100 * failures, 1000));
       continue;
     }
-    if (!res.ok) {
-      const e = ((await res.json().catch(() => null)) as { error?: { code: string; message: string } } | null)
-        ?.error;
-      throw new AppError(e?.code ?? `HTTP_${res.status}`, e?.message ?? `the master answered ${res.status}`);
-    }
+    if (!res.ok) throw await errorFrom(res);
     try {
       for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
         offset += chunk.length;

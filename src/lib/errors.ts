@@ -29,3 +29,12 @@ export const notFound = (what: string, id: string | number) =>
 
 export const badRequest = (message: string, code = "BAD_REQUEST") =>
   new AppError(code, message, { status: 400 });
+
+/** The AppError a failed Kiln API response carries (`{"error":{"code","message"}}`), or one naming its status. */
+export async function errorFrom(res: Response, who = "the master"): Promise<AppError> {
+  const e = ((await res.json().catch(() => null)) as { error?: { code?: string; message?: string } } | null)
+    ?.error;
+  return new AppError(e?.code ?? `HTTP_${res.status}`, e?.message ?? `${who} answered ${res.status}`, {
+    status: res.status,
+  });
+}

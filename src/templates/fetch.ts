@@ -1,5 +1,5 @@
 import { rmSync } from "node:fs";
-import { AppError } from "../lib/errors.ts";
+import { AppError, errorFrom } from "../lib/errors.ts";
 
 /** Downloads job JOB's artifact NAME from the master to DEST, checking its sha256 on the way. */
 export async function fetchArtifact(
@@ -12,11 +12,8 @@ export async function fetchArtifact(
   const url = `${master.replace(/\/$/, "")}/api/v1/jobs/${job}/artifacts/${encodeURIComponent(name)}`;
   const res = await fetch(url, { headers: { authorization: `Bearer ${token}` } });
   if (!res.ok || !res.body) {
-    const e = ((await res.json().catch(() => null)) as { error?: { message: string } } | null)?.error;
-    throw new AppError(
-      "ARTIFACT_FETCH",
-      `cannot fetch artifact ${name} of job ${job}: ${e?.message ?? res.status}`,
-    );
+    const e = await errorFrom(res);
+    throw new AppError("ARTIFACT_FETCH", `cannot fetch artifact ${name} of job ${job}: ${e.message}`);
   }
   const expected = res.headers.get("x-kiln-sha256");
   const hash = new Bun.CryptoHasher("sha256");

@@ -1,6 +1,7 @@
 import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
+import { errorFrom } from "../lib/errors.ts";
 
 /*
  * Delivers a finished job's artifacts (the files left in its out dir) to the master before the job is
@@ -62,8 +63,7 @@ export async function deliverArtifacts(o: {
     if (!res.ok) {
       // 4xx: this attempt is no longer the job's (re-queued or ended meanwhile), or the file is refused;
       // retrying would not change the answer.
-      const body = (await res.json().catch(() => null)) as { error?: { message: string } } | null;
-      o.log.warn(`job ${o.jobId}: artifact ${e.name} refused: ${body?.error?.message ?? res.status}`);
+      o.log.warn(`job ${o.jobId}: artifact ${e.name} refused: ${(await errorFrom(res)).message}`);
     }
   }
   writeFileSync(done, "");
