@@ -106,6 +106,8 @@ describe("one machine with kiln up", () => {
   });
 
   test("a job past its timeout ends timed_out and its processes are gone", async () => {
+    // A marker of this run only, so no other process on the machine can be mistaken for the job's.
+    const marker = `kiln-timeout-${process.pid}-${Date.now()}`;
     const r = await m.cli([
       "submit",
       "--wait",
@@ -114,11 +116,16 @@ describe("one machine with kiln up", () => {
       "--",
       "sh",
       "-c",
-      "echo tick; sleep 200 & wait",
+      `echo tick; sh -c 'sleep 200' ${marker} & wait`,
     ]);
     expect(r.code).toBe(124);
     expect(r.stderr).toContain("timed_out");
-    await waitFor("the job's sleep to die", () => Bun.spawnSync(["pgrep", "-f", "sleep 200"]).exitCode === 1);
+    const left = () =>
+      Bun.spawnSync(["pgrep", "-af", marker])
+        .stdout.toString()
+        .split("\n")
+        .filter((l) => l && !l.includes("kiln submit"));
+    await waitFor(`the job's processes to die (${left().join("; ")})`, () => left().length === 0);
   });
 
   test("priority orders the queue, FIFO within a priority", async () => {
