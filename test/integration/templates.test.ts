@@ -96,7 +96,7 @@ describe.skipIf(!root)("templates", () => {
 
   test("a warm template is reused without a build, read-only, and the host root is not visible", async () => {
     const id = await sh(
-      "cat /etc/debian_version; touch /usr/x 2>&1; touch /var/tmp/x 2>&1; test -e /work && echo host-visible; echo done",
+      "cat /etc/debian_version; /kiln/bin/kiln --version; touch /usr/x 2>&1; touch /var/tmp/x 2>&1; test -e /work && echo host-visible; echo done",
       { root: "bookworm-build" },
     );
     const job = await waitJob(m, id);
@@ -105,6 +105,8 @@ describe.skipIf(!root)("templates", () => {
     expect(out).not.toContain("building template");
     expect(out).toContain("Read-only file system");
     expect(out).not.toContain("host-visible");
+    // The same kiln binary runs in a Debian root that is not the host's.
+    expect(out).toMatch(/^kiln \d+\.\d+\.\d+ /m);
   });
 
   test("--writable-root gives an overlay on the scratch and leaves the cached tree unchanged", async () => {
@@ -141,6 +143,29 @@ describe.skipIf(!root)("templates", () => {
     expect(out).toContain("gcc (Debian");
     const rm = await m.cli(["template", "rm", "bookworm-build"]);
     expect(rm.stderr).toContain("is the base of bookworm-extra");
+  }, 300_000);
+
+  test("template build makes a tree now, on the workers chosen", async () => {
+    const script = join(dir.path, "more.sh");
+    writeFileSync(script, "echo more > /etc/kiln-more\n");
+    expect(
+      (await m.cli(["template", "add", "bookworm-more", "--script", script, "--base", "bookworm-build"]))
+        .code,
+    ).toBe(0);
+    const build = await m.cli(["template", "build", "bookworm-more", "--worker", "tpl"]);
+    expect(build.code, build.stderr).toBe(0);
+    expect(build.stdout).toContain("building bookworm-more on tpl");
+    const { waitFor } = await import("../harness.ts");
+    await waitFor(
+      "bookworm-more to be cached on tpl",
+      async () =>
+        JSON.parse((await m.cli(["template", "show", "bookworm-more", "--json"])).stdout).cachedOn.length ===
+        1,
+      300_000,
+      500,
+    );
+    const offline = await m.cli(["template", "build", "bookworm-more", "--worker", "nosuch"]);
+    expect(offline.stderr).toContain("worker nosuch is not connected");
   }, 300_000);
 
   test("a running job asks for a template and sees it read-only under /kiln/templates", async () => {
