@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   freePort,
@@ -365,6 +365,10 @@ describe("the store", () => {
       using d = tempDir("kiln-noexec-", "/var/tmp");
       const port = freePort();
       const data = join(d.path, "data");
+      // The tmpfs hides everything under /tmp, this checkout's dist/ too when it lives there: run a copy.
+      const bin = join(d.path, "kiln");
+      copyFileSync(KILN, bin);
+      chmodSync(bin, 0o755);
       const p = Bun.spawn(
         [
           "unshare",
@@ -373,14 +377,14 @@ describe("the store", () => {
           "private",
           "sh",
           "-c",
-          `mount -t tmpfs -o noexec,nosuid none /tmp && exec ${KILN} master --data ${data} --listen 127.0.0.1:${port}`,
+          `mount -t tmpfs -o noexec,nosuid none /tmp && exec ${bin} master --data ${data} --listen 127.0.0.1:${port}`,
         ],
         { env: { PATH: process.env.PATH!, KILN_LOG_FORMAT: "json" }, stderr: "pipe", stdout: "ignore" },
       );
       try {
         const { waitFor } = await import("../harness.ts");
         await waitFor("the master behind a noexec /tmp", async () => {
-          if (p.exitCode !== null) throw new Error(await new Response(p.stderr).text());
+          if (p.exitCode !== null) throw new Error(`the master exited ${p.exitCode}`);
           return (await fetch(`http://127.0.0.1:${port}/readyz`)).ok;
         });
         const token = (await Bun.file(join(data, "admin.token")).text()).trim();
