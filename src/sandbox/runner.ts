@@ -10,6 +10,7 @@ import {
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
+import type { Subprocess } from "bun";
 import type { Config } from "../config/schema.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
@@ -116,6 +117,8 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           `--scratch ${formatSize(size)} is more than this worker allows (${formatSize(o.cfg.sandbox.scratch_max)})`,
         );
       }
+      // Everything that can fail without side effects goes first, so a refusal leaves nothing to undo.
+      const groups = slot.groups.map(resolveGroup).join(",");
       let root: Acquired | null = null;
       if (spec.root !== "host") {
         if (!spec.template) {
@@ -130,62 +133,68 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         });
       }
       const attached: Acquired[] = root ? [root] : [];
-      resetCounters(state.cg);
-      applyLimits(state.cg, {
-        memoryBytes: spec.memoryBytes ?? slot.memory ?? undefined,
-        cpus: spec.cpus ?? slot.cpus ?? undefined,
-        pids: spec.pids ?? slot.pids ?? undefined,
-        devices: slot.devices,
-      });
       // The launcher joins the job's cgroups before it attaches the scratch loop device (or opens the
       // volume), so on v1 the devices controller must let it; withdrawn as soon as the job runs.
       const setupRules = scratch0Rules(o.cfg.sandbox.scratch);
-      setDeviceRules(state.cg, setupRules, true);
-      const scratch = await createScratch(
-        scratchCfg,
-        `${o.worker}-${slot.name}`.replace(/[^a-z0-9-]/g, "-"),
-        size,
-      );
-      const args = [
-        launcher,
-        "--uid",
-        String(state.uid),
-        "--gid",
-        String(state.uid),
-        "--groups",
-        slot.groups.map(resolveGroup).join(","),
-        "--hostname",
-        `kiln-${spec.id}`,
-        "--kiln-bin",
-        process.execPath,
-        ...(root ? ["--root", root.root] : []),
-        ...(root && spec.writableRoot ? ["--overlay-root"] : []),
-        "--templates",
-        "--status-fd",
-        "3",
-        "--hold-fd",
-        "4",
-        ...state.cg.procsFiles.flatMap((f) => ["--cgroup", f]),
-        ...o.masks.flatMap((m) => ["--mask", m]),
-        ...slot.devices.flatMap((d) => ["--dev", d]),
-        ...(req.apiSocket ? ["--api", `${API_PORT}:${req.apiSocket}`] : []),
-        ...scratchArgs(scratch),
-        "--",
-        ...spec.command,
-      ];
-      const env: Record<string, string> = {
-        ...req.env,
-        HOME: "/tmp/home",
-        TMPDIR: "/tmp",
-        KILN_OUT: "/tmp/out",
-        PATH: `${req.env.PATH ?? "/usr/bin:/bin"}:/kiln/bin`,
-        ...(req.apiSocket ? { KILN_API: `http://127.0.0.1:${API_PORT}` } : {}),
-      };
-      if (req.apiSocket && spec.egress.length > 0) {
-        for (const k of ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"])
-          env[k] = `http://127.0.0.1:${API_PORT}`;
+      let made: Scratch | null = null;
+      let child: Subprocess<"ignore", number, number>;
+      try {
+        resetCounters(state.cg);
+        applyLimits(state.cg, {
+          memoryBytes: spec.memoryBytes ?? slot.memory ?? undefined,
+          cpus: spec.cpus ?? slot.cpus ?? undefined,
+          pids: spec.pids ?? slot.pids ?? undefined,
+          devices: slot.devices,
+        });
+        setDeviceRules(state.cg, setupRules, true);
+        made = await createScratch(scratchCfg, `${o.worker}-${slot.name}`.replace(/[^a-z0-9-]/g, "-"), size);
+        const args = [
+          launcher,
+          "--uid",
+          String(state.uid),
+          "--gid",
+          String(state.uid),
+          "--groups",
+          groups,
+          "--hostname",
+          `kiln-${spec.id}`,
+          "--kiln-bin",
+          process.execPath,
+          ...(root ? ["--root", root.root] : []),
+          ...(root && spec.writableRoot ? ["--overlay-root"] : []),
+          "--templates",
+          "--status-fd",
+          "3",
+          "--hold-fd",
+          "4",
+          ...state.cg.procsFiles.flatMap((f) => ["--cgroup", f]),
+          ...o.masks.flatMap((m) => ["--mask", m]),
+          ...slot.devices.flatMap((d) => ["--dev", d]),
+          ...(req.apiSocket ? ["--api", `${API_PORT}:${req.apiSocket}`] : []),
+          ...scratchArgs(made),
+          "--",
+          ...spec.command,
+        ];
+        const env: Record<string, string> = {
+          ...req.env,
+          HOME: "/tmp/home",
+          TMPDIR: "/tmp",
+          KILN_OUT: "/tmp/out",
+          PATH: `${req.env.PATH ?? "/usr/bin:/bin"}:/kiln/bin`,
+          ...(req.apiSocket ? { KILN_API: `http://127.0.0.1:${API_PORT}` } : {}),
+        };
+        if (req.apiSocket && spec.egress.length > 0) {
+          for (const k of ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"])
+            env[k] = `http://127.0.0.1:${API_PORT}`;
+        }
+        child = Bun.spawn(args, { env, stdio: ["ignore", req.logFd, req.logFd, "pipe", "pipe"] });
+      } catch (err) {
+        // Set-up failed before the launcher ran: give back what was taken, or the slot would leak it.
+        root?.release();
+        if (made) await destroyScratch(scratchCfg, made).catch(() => {});
+        throw err;
       }
-      const child = Bun.spawn(args, { env, stdio: ["ignore", req.logFd, req.logFd, "pipe", "pipe"] });
+      const scratch = made;
       const statusFd = child.stdio[3] as unknown as number;
       const holdFd = child.stdio[4] as unknown as number;
       let pid1 = 0;
