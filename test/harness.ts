@@ -103,8 +103,13 @@ export function spawnRole(
 /** Stops every role still running; returns how many there were (a test that leaked one fails). */
 export async function stopAll(): Promise<number> {
   const n = started.size;
-  for (const p of started) p.kill("SIGKILL");
-  await Promise.all([...started].map((p) => p.exited));
+  // A clean stop first: a worker then removes its cgroups; SIGKILL only for one that hangs.
+  for (const p of started) p.kill("SIGTERM");
+  await Promise.all(
+    [...started].map((p) =>
+      Promise.race([p.exited, Bun.sleep(10_000).then(() => p.kill("SIGKILL"))]).then(() => p.exited),
+    ),
+  );
   started.clear();
   return n;
 }
