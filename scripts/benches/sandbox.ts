@@ -1,14 +1,14 @@
 // Sandbox launch benchmark: median wall time to run /bin/true through Kiln's launcher (no scratch, and
 // with a loop ext4 scratch including its creation and removal), beside plain fork+exec, bubblewrap, and
 // util-linux unshare + setpriv, all from Bun in the same run. Then the worker's RSS per running job.
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createScratch, destroyScratch } from "../../src/sandbox/scratch.ts";
+import { KILN, rss, startCluster } from "./cluster.ts";
 
 const ROOT = resolve(import.meta.dir, "..", "..");
 const HELPER = join(ROOT, "dist", "kiln-sandbox");
-const KILN = join(ROOT, "dist", "kiln");
 const N = Number(process.env.BENCH_RUNS ?? 50);
 const dir = mkdtempSync(join(tmpdir(), "kiln-bench-sbx-"));
 
@@ -66,54 +66,15 @@ rows.push([
 ]);
 
 // Worker memory per running job: a worker with 4 slots, idle and then running 4 sleeping jobs.
-const rss = (pid: number) =>
-  Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
-const port = 19000 + Math.floor(Math.random() * 1000);
-const url = `http://127.0.0.1:${port}`;
-const env = { PATH: process.env.PATH!, KILN_LOG_LEVEL: "warn", KILN_LOG_FORMAT: "json" };
-const master = Bun.spawn([KILN, "master", "--data", join(dir, "m"), "--listen", `127.0.0.1:${port}`], {
-  env,
-  stderr: "inherit",
-});
-while (!(await fetch(`${url}/readyz`).catch(() => null))?.ok) await Bun.sleep(20);
-const token = readFileSync(join(dir, "m", "admin.token"), "utf8").trim();
-const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
-const worker = Bun.spawn(
-  [
-    KILN,
-    "worker",
-    "--master",
-    url,
-    "--join",
-    token,
-    "--name",
-    "bench",
-    "--capacity",
-    "4",
-    "--data",
-    join(dir, "w"),
-  ],
-  { env, stderr: "inherit" },
-);
-const api = async (path: string, body?: unknown) =>
-  (
-    await fetch(`${url}${path}`, {
-      method: body ? "POST" : "GET",
-      headers,
-      body: body ? JSON.stringify(body) : undefined,
-    })
-  ).json() as Promise<unknown>;
-while (!((await api("/api/v1/workers")) as { connected: boolean }[])[0]?.connected) await Bun.sleep(20);
+const c = await startCluster(dir, { capacity: 4 });
 await Bun.sleep(1000);
-const idle = rss(worker.pid);
-for (let i = 0; i < 4; i++) await api("/api/v1/jobs", { command: ["sleep", "20"], scratchBytes: 16 << 20 });
-while (((await api("/api/v1/jobs?state=running")) as unknown[]).length < 4) await Bun.sleep(50);
+const idle = rss(c.workerPid).total;
+for (let i = 0; i < 4; i++)
+  await c.api("POST", "/api/v1/jobs", { command: ["sleep", "20"], scratchBytes: 16 << 20 });
+while ((await c.api<unknown[]>("GET", "/api/v1/jobs?state=running")).length < 4) await Bun.sleep(50);
 await Bun.sleep(1000);
-const busy = rss(worker.pid);
-master.kill();
-worker.kill("SIGTERM");
-await worker.exited;
-await master.exited;
+const busy = rss(c.workerPid).total;
+await c.stop();
 rmSync(dir, { recursive: true, force: true });
 
 const base = rows[0]![1];

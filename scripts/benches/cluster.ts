@@ -1,0 +1,75 @@
+// Starts the compiled kiln for a benchmark: `kiln up`, or a master and a separate worker (so each has
+// its own RSS), on a random loopback port, and waits until the worker is connected.
+import { readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+
+export const KILN = resolve(import.meta.dir, "..", "..", "dist", "kiln");
+
+export interface Cluster {
+  masterPid: number;
+  workerPid: number;
+  api<T = Record<string, unknown>>(method: string, path: string, body?: unknown): Promise<T>;
+  stop(): Promise<void>;
+}
+
+const until = async (cond: () => Promise<boolean>) => {
+  while (!(await cond().catch(() => false))) await Bun.sleep(10);
+};
+
+/** Total RSS and its private (anonymous) part of a process, in bytes. */
+export function rss(pid: number): { total: number; anon: number } {
+  const s = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(s)![1]) * 1024;
+  return { total: kb("VmRSS"), anon: kb("RssAnon") };
+}
+
+export async function startCluster(
+  dir: string,
+  o: { up?: boolean; capacity: number; runner?: "process" | "sandbox" },
+): Promise<Cluster> {
+  const port = 17000 + Math.floor(Math.random() * 5000);
+  const url = `http://127.0.0.1:${port}`;
+  const env = {
+    PATH: process.env.PATH!,
+    KILN_LOG_FORMAT: "json",
+    KILN_LOG_LEVEL: "warn",
+    KILN_WORKER_RUNNER: o.runner ?? "sandbox",
+  };
+  const spawn = (args: string[]) => Bun.spawn([KILN, ...args], { env, stdout: "ignore", stderr: "inherit" });
+  const listen = ["--data", join(dir, "m"), "--listen", `127.0.0.1:${port}`];
+  const master = spawn(o.up ? ["up", ...listen, "--capacity", String(o.capacity)] : ["master", ...listen]);
+  await until(async () => (await fetch(`${url}/readyz`)).ok);
+  const token = readFileSync(join(dir, "m", "admin.token"), "utf8").trim();
+  const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
+  const worker = o.up
+    ? master
+    : spawn([
+        "worker",
+        "--master",
+        url,
+        "--join",
+        token,
+        "--name",
+        "bench",
+        "--capacity",
+        String(o.capacity),
+        "--data",
+        join(dir, "w"),
+      ]);
+  const api = async <T>(method: string, path: string, body?: unknown) =>
+    (await (
+      await fetch(`${url}${path}`, { method, headers, body: body ? JSON.stringify(body) : undefined })
+    ).json()) as T;
+  await until(
+    async () => (await api<{ connected: boolean }[]>("GET", "/api/v1/workers"))[0]?.connected === true,
+  );
+  return {
+    masterPid: master.pid,
+    workerPid: worker.pid,
+    api,
+    async stop() {
+      for (const p of new Set([worker, master])) p.kill("SIGTERM");
+      await Promise.all([worker.exited, master.exited]);
+    },
+  };
+}
