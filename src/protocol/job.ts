@@ -177,4 +177,3 @@ export const SubmitSchema = SubmitOptionsSchema.extend({
     else if (req.vars && !req.recipe)
       ctx.addIssue({ code: "custom", path: ["vars"], message: "vars are only for a recipe" });
   });
-export type SubmitRequest = z.input<typeof SubmitSchema>;

@@ -62,8 +62,6 @@ export type MasterMessage =
   | { type: "slot.hold"; slot: string; reason: string }
   | { type: "slot.release"; slot: string };
 
-export const MasterMessageSchema = z.object({ type: z.string() }).passthrough();
-
 /** A log chunk: 4-byte big-endian header length, a JSON header, then the raw bytes. */
 export interface LogFrame {
   jobId: number;

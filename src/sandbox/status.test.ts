@@ -1,0 +1,15 @@
+import { expect, test } from "bun:test";
+import { parseStatus } from "./runner.ts";
+
+test("the launcher's status lines become pid, exit, signal or a set-up failure naming its step", () => {
+  expect(parseStatus("ready 4242\n")).toEqual({ ready: 4242 });
+  expect(parseStatus("exit 3")).toEqual({ exit: { kind: "exit", code: 3 } });
+  expect(parseStatus("signal 9")).toEqual({ exit: { kind: "signal", signal: 9 } });
+  expect(parseStatus("error scratch: open /x.img: No such file or directory")).toEqual({
+    exit: {
+      kind: "sandbox",
+      message: "sandbox set-up failed at scratch: open /x.img: No such file or directory",
+    },
+  });
+  expect(parseStatus("garbage")).toBeNull();
+});
