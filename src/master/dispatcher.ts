@@ -1,6 +1,6 @@
 import { coerceError } from "../lib/errors.ts";
 import type { JobSpec } from "../protocol/job.ts";
-import { assignJob, queuedPage } from "../store/jobs.ts";
+import { assignJob, dispatchOrder, type QueuedJob, readyJobs } from "../store/jobs.ts";
 import type { JobRow } from "../store/schema.ts";
 import type { MasterContext } from "./context.ts";
 import type { LiveSlot, LiveWorker } from "./registry.ts";
@@ -40,10 +40,39 @@ export function specOf(row: JobRow, template: JobSpec["template"] = null): JobSp
   };
 }
 
+/** Free slots that can run the same jobs: same channel, arch and resources. */
+interface SlotKind {
+  channel: string;
+  arch: string;
+  resources: string[];
+  /** How many free slots are of this kind: no more jobs than that can be taken for it. */
+  free: number;
+}
+
+function kindsOf(free: { worker: LiveWorker; slot: LiveSlot }[]): SlotKind[] {
+  const kinds = new Map<string, SlotKind>();
+  for (const { worker, slot } of free) {
+    const resources = [...slot.resources].sort();
+    for (const channel of worker.channels) {
+      const key = JSON.stringify([channel, worker.arch, resources]);
+      const k = kinds.get(key);
+      if (k) k.free++;
+      else kinds.set(key, { channel, arch: worker.arch, resources, free: 1 });
+    }
+  }
+  return [...kinds.values()];
+}
+
 /**
- * One dispatch pass: walks the queue in priority order and hands each job to a free slot that fits,
- * until no free slot is left or the queue is exhausted. Jobs are pushed the moment a pass runs; a pass
- * runs whenever a job is queued or a slot frees up, never on a polling interval.
+ * One dispatch pass: hands the queued jobs that free slots can run to those slots, in priority order
+ * (FIFO within a priority), each to the first free slot that fits. Jobs are pushed the moment a pass
+ * runs; a pass runs whenever a job is queued or a slot frees up, never on a polling interval.
+ *
+ * A pass costs what the free slots can take, not what the queue holds: for each kind of free slot it
+ * reads at most as many jobs as there are free slots of that kind (readyJobs), so thousands of jobs
+ * waiting for a channel or an architecture no free slot serves are never read. The candidates of all
+ * kinds are merged into one order; a round that assigned something is followed by another, since a job
+ * taken by one kind's slot can let the next candidate of another kind in.
  */
 export async function dispatchOnce(ctx: MasterContext): Promise<number> {
   const free: { worker: LiveWorker; slot: LiveSlot }[] = [];
@@ -51,14 +80,20 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
     if (w.draining || w.holdReason) continue;
     for (const s of w.slots.values()) if (!s.job && !s.held) free.push({ worker: w, slot: s });
   }
-  if (free.length === 0) return 0;
   let assigned = 0;
-  let cursor: { priority: number; id: number } | null = null;
-  // Small pages: in the common case the first queued job fits the first free slot.
-  const PAGE = 32;
-  while (free.length > 0) {
-    const page = await queuedPage(ctx.store.db, cursor, PAGE);
-    for (const job of page) {
+  for (;;) {
+    if (free.length === 0) return assigned;
+    const seen = new Set<number>();
+    const candidates: QueuedJob[] = [];
+    for (const kind of kindsOf(free)) {
+      for (const job of await readyJobs(ctx.store.db, kind, kind.free)) {
+        if (!seen.has(job.id)) candidates.push(job);
+        seen.add(job.id);
+      }
+    }
+    candidates.sort(dispatchOrder);
+    let round = 0;
+    for (const job of candidates) {
       const i = free.findIndex((f) => slotFits(job, f.worker, f.slot));
       if (i < 0) continue;
       const { worker, slot } = free[i]!;
@@ -67,6 +102,7 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
       free.splice(i, 1);
       const row = await assignJob(ctx.store, job.id, worker.name, slot.name, ctx.cfg.master.lease);
       if (!row) {
+        // Cancelled or taken meanwhile: the slot is free for the next candidate.
         slot.job = null;
         free.push({ worker, slot });
         continue;
@@ -85,13 +121,11 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
         ctx.log.warn(`job ${row.id}: could not send to ${worker.name}: ${coerceError(err).message}`);
       }
       assigned++;
+      round++;
       if (free.length === 0) break;
     }
-    if (page.length < PAGE) break;
-    const last = page[page.length - 1]!;
-    cursor = { priority: last.priority, id: last.id };
+    if (round === 0) return assigned;
   }
-  return assigned;
 }
 
 /** Wraps dispatchOnce so that calls coalesce: one pass at a time, and one more if asked meanwhile. */

@@ -14,7 +14,7 @@ import {
   jobHistory,
   markRunning,
   type NewJob,
-  queuedPage,
+  readyJobs,
   requeueOrLose,
 } from "./jobs.ts";
 import { openStore, type Store } from "./open.ts";
@@ -66,14 +66,30 @@ test("the store file is in WAL mode and migrations are recorded once", async () 
   expect(again.rows[0]![0]).toBe(rows.rows[0]![0]);
 });
 
-test("the queue is ordered by priority, then FIFO", async () => {
+test("ready jobs come in priority order, then FIFO, limited to what was asked", async () => {
   const ids: [number, number][] = [];
   for (const p of [0, 3, 1, 3, 0]) ids.push([(await insertJob(store, job({ priority: p }))).id, p]);
-  const page = await queuedPage(store.db, null, 10);
-  expect(page.map((r) => r.priority)).toEqual([3, 3, 1, 0, 0]);
-  expect(page[0]!.id).toBeLessThan(page[1]!.id);
-  const next = await queuedPage(store.db, { priority: page[1]!.priority, id: page[1]!.id }, 10);
-  expect(next.map((r) => r.priority)).toEqual([1, 0, 0]);
+  const slot = { channel: "default", arch: "amd64", resources: [] };
+  const all = await readyJobs(store.db, slot, 10);
+  expect(all.map((r) => r.priority)).toEqual([3, 3, 1, 0, 0]);
+  expect(all[0]!.id).toBeLessThan(all[1]!.id);
+  expect((await readyJobs(store.db, slot, 2)).map((r) => r.id)).toEqual(all.slice(0, 2).map((r) => r.id));
+});
+
+test("ready jobs are only those a slot of that channel, arch and resources can run", async () => {
+  const any = await insertJob(store, job({ priority: 1 }));
+  const own = await insertJob(store, job({ arch: "amd64" }));
+  await insertJob(store, job({ arch: "arm64", priority: 9 }));
+  await insertJob(store, job({ channel: "release", priority: 9 }));
+  const gpu = await insertJob(store, job({ needs: ["gpu"], priority: 2 }));
+  await insertJob(store, job({ needs: ["gpu", "kvm"], priority: 9 }));
+  const ids = async (resources: string[]) =>
+    (await readyJobs(store.db, { channel: "default", arch: "amd64", resources }, 10)).map((r) => r.id);
+  expect(await ids([])).toEqual([any.id, own.id]);
+  expect(await ids(["gpu"])).toEqual([gpu.id, any.id, own.id]);
+  // A job that is no longer queued is not ready, whatever it matches.
+  await assignJob(store, any.id, "w", "s", 1000);
+  expect(await ids([])).toEqual([own.id]);
 });
 
 test("a job goes queued, assigned, running, succeeded, and records each step", async () => {

@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, gt, inArray, lt, or, sql } from "drizzle-orm";
+import { and, asc, desc, eq, inArray, lt, sql } from "drizzle-orm";
 import type { JobState, Outcome } from "../protocol/job.ts";
 import type { Db, Store } from "./open.ts";
 import { prepared } from "./prepared.ts";
@@ -64,47 +64,55 @@ export function listJobs(db: Db, f: { state?: string; project?: string; limit?: 
     .limit(f.limit ?? 100);
 }
 
+/** The columns the dispatcher reads of a queued job. */
+export type QueuedJob = Pick<JobRow, "id" | "priority" | "channel" | "arch" | "needs">;
+
 /**
- * Queued jobs in dispatch order (higher priority first, FIFO within), after the cursor `after`. Only the
- * columns matching needs are read: the dispatcher scans this on every freed slot.
+ * The first `limit` queued jobs, in dispatch order (higher priority first, FIFO within), that a slot
+ * serving `channel`, of architecture `arch`, with `resources` can run: the job's channel is `channel`, its
+ * arch is null or `arch`, and every one of its needs is among `resources`. The dispatcher calls this once
+ * per kind of free slot, so a pass reads what the free slots can take, never the whole queue: jobs waiting
+ * for a channel or an architecture no free slot serves are not read at all (the partial index
+ * `jobs_ready` walks only the matching queued jobs, already in dispatch order).
  */
-export function queuedPage(db: Db, after: { priority: number; id: number } | null, limit: number) {
-  const columns = {
-    id: jobs.id,
-    priority: jobs.priority,
-    channel: jobs.channel,
-    arch: jobs.arch,
-    needs: jobs.needs,
-  };
-  if (after === null) {
-    const first = prepared(db, "queuedFirst", () =>
-      db
-        .select(columns)
-        .from(jobs)
-        .where(eq(jobs.state, "queued"))
-        .orderBy(desc(jobs.priority), asc(jobs.id))
-        .limit(sql.placeholder("limit"))
-        .prepare(),
-    );
-    return first.all({ limit });
-  }
-  const cursor = or(
-    lt(jobs.priority, after.priority),
-    and(eq(jobs.priority, after.priority), gt(jobs.id, after.id)),
+export async function readyJobs(
+  db: Db,
+  slot: { channel: string; arch: string; resources: string[] },
+  limit: number,
+): Promise<QueuedJob[]> {
+  // `state = 'queued'` is written as a literal: SQLite uses a partial index only when it can see that
+  // the query's condition implies the index's, which a bound parameter would hide. `arch IS ?` is an
+  // equality the index serves for NULL too; two ordered walks (any arch, this arch) are merged here,
+  // where one walk with `arch IS NULL OR arch = ?` would make SQLite sort every matching row.
+  const q = prepared(db, "readyJobs", () =>
+    db
+      .select({
+        id: jobs.id,
+        priority: jobs.priority,
+        channel: jobs.channel,
+        arch: jobs.arch,
+        needs: jobs.needs,
+      })
+      .from(jobs)
+      .where(
+        and(
+          sql`${jobs.state} = 'queued'`,
+          eq(jobs.channel, sql.placeholder("channel")),
+          sql`${jobs.arch} IS ${sql.placeholder("arch")}`,
+          sql`NOT EXISTS (SELECT 1 FROM json_each(${jobs.needs}) AS n WHERE n.value NOT IN (SELECT value FROM json_each(${sql.placeholder("resources")})))`,
+        ),
+      )
+      .orderBy(desc(jobs.priority), asc(jobs.id))
+      .limit(sql.placeholder("limit"))
+      .prepare(),
   );
-  return db
-    .select({
-      id: jobs.id,
-      priority: jobs.priority,
-      channel: jobs.channel,
-      arch: jobs.arch,
-      needs: jobs.needs,
-    })
-    .from(jobs)
-    .where(and(eq(jobs.state, "queued"), cursor))
-    .orderBy(desc(jobs.priority), asc(jobs.id))
-    .limit(limit);
+  const args = { channel: slot.channel, resources: JSON.stringify(slot.resources), limit };
+  const [any, own] = await Promise.all([q.all({ ...args, arch: null }), q.all({ ...args, arch: slot.arch })]);
+  return [...any, ...own].sort(dispatchOrder).slice(0, limit);
 }
+
+/** Dispatch order: higher priority first, then first come first served. */
+export const dispatchOrder = (a: QueuedJob, b: QueuedJob) => b.priority - a.priority || a.id - b.id;
 
 async function transition(
   store: Store,

@@ -25,5 +25,11 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "when": 1795463390557,
     "hash": "00da743478439647993c6527b67b0577d26a0e09a28759577bd14aa4a3590ca4",
     "sql": "CREATE TABLE `artifacts` (\n\t`job_id` integer NOT NULL,\n\t`name` text NOT NULL,\n\t`attempt` integer NOT NULL,\n\t`size` integer NOT NULL,\n\t`sha256` text NOT NULL,\n\t`created_at` integer NOT NULL,\n\tPRIMARY KEY(`job_id`, `name`)\n);\n"
+  },
+  {
+    "tag": "0004_dispatch_index",
+    "when": 1796095640277,
+    "hash": "70065c608df1acd25e38b035a4c1917d58c6625d8fc7c59e1e80df7cb3dad3df",
+    "sql": "DROP INDEX `jobs_queue`;--> statement-breakpoint\nCREATE INDEX `jobs_ready` ON `jobs` (`channel`,`arch`,\"priority\" DESC,`id`) WHERE \"jobs\".\"state\" = 'queued';--> statement-breakpoint\nCREATE INDEX `jobs_state` ON `jobs` (`state`,`id`);"
   }
 ];

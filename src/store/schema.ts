@@ -1,3 +1,4 @@
+import { sql } from "drizzle-orm";
 import { index, integer, primaryKey, real, sqliteTable, text } from "drizzle-orm/sqlite-core";
 
 /*
@@ -58,7 +59,12 @@ export const jobs = sqliteTable(
     recipeVars: text("recipe_vars", { mode: "json" }).$type<Record<string, string>>(),
   },
   (t) => [
-    index("jobs_queue").on(t.state, t.priority, t.id),
+    // What a dispatch pass walks: the queued jobs of one channel and arch, in dispatch order. Partial, so
+    // the millions of finished jobs a master accumulates are not in it.
+    index("jobs_ready")
+      .on(t.channel, t.arch, sql`${t.priority} DESC`, t.id)
+      .where(sql`${t.state} = 'queued'`),
+    index("jobs_state").on(t.state, t.id),
     index("jobs_worker").on(t.worker, t.state),
     index("jobs_project").on(t.project, t.id),
   ],
