@@ -9,6 +9,14 @@ import { publicRoutes } from "./routes/public.ts";
 import { recipeRoutes } from "./routes/recipes.ts";
 import { templateRoutes } from "./routes/templates.ts";
 
+/** A 500 that says nothing about the server's insides; the details go to the master's log. */
+export function internalError(): Response {
+  return Response.json(
+    { error: { code: "INTERNAL", message: "internal error: the master's log says what went wrong" } },
+    { status: 500 },
+  );
+}
+
 /**
  * The master's HTTP app. Every error leaves as `{"error":{"code","message"}}`: an AppError with its own
  * status, anything else (a bug) as a 500 that is also logged.
@@ -19,9 +27,10 @@ export function createApp(ctx: MasterContext) {
     if (err instanceof AppError) {
       return c.json({ error: { code: err.code, message: err.message } }, err.status as 400);
     }
+    // A bug, or a failure below us: the details (paths, SQL) are for the operator's log, not the client.
     const e = coerceError(err);
     ctx.log.error(`${c.req.method} ${c.req.path}: ${e.stack ?? e.message}`);
-    return c.json({ error: { code: "INTERNAL", message: `internal error: ${e.message}` } }, 500);
+    return internalError();
   });
   app.notFound((c) =>
     c.json({ error: { code: "NOT_FOUND", message: `no such endpoint: ${c.req.method} ${c.req.path}` } }, 404),

@@ -10,7 +10,7 @@ import { type Loop, runLoop } from "../lib/loop.ts";
 import { openStore, storeUrl } from "../store/open.ts";
 import { findToken, hashToken, insertTokenHash } from "../store/tokens.ts";
 import { markAllDisconnected } from "../store/workers.ts";
-import { createApp } from "./app.ts";
+import { createApp, internalError } from "./app.ts";
 import type { MasterContext } from "./context.ts";
 import { createDispatcher } from "./dispatcher.ts";
 import { reapLeasesOnce } from "./leases.ts";
@@ -85,7 +85,20 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
       hostname: host,
       port,
       idleTimeout: 0,
+      // Production mode: Bun's development error page shows source lines and the working directory.
+      development: false,
+      error(err) {
+        log.error(`unhandled error serving a request: ${coerceError(err).stack ?? err}`);
+        return internalError();
+      },
       async fetch(req, srv) {
+        // Bun hands every method to fetch, CONNECT with an authority-form target that is no URL.
+        if (!METHODS.has(req.method)) {
+          return Response.json(
+            { error: { code: "METHOD_NOT_ALLOWED", message: `${req.method} is not served here` } },
+            { status: 405, headers: { allow: [...METHODS].join(", ") } },
+          );
+        }
         const url = new URL(req.url);
         if (url.pathname === "/api/v1/worker/connect") {
           const m = /^Bearer\s+(\S+)$/i.exec(req.headers.get("authorization") ?? "");
@@ -143,6 +156,9 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
     },
   };
 }
+
+/** The methods the API uses; anything else (CONNECT, TRACE, inventions) gets a 405 before routing. */
+const METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
 
 export function splitListen(listen: string): [string, number] {
   const i = listen.lastIndexOf(":");

@@ -1,6 +1,12 @@
 import type { z } from "zod";
 import { AppError } from "../lib/errors.ts";
-import { SUBMIT_DEFAULTS, type SubmitOptions, type SubmitSchema } from "../protocol/job.ts";
+import {
+  execBytes,
+  SPEC_LIMITS,
+  SUBMIT_DEFAULTS,
+  type SubmitOptions,
+  type SubmitSchema,
+} from "../protocol/job.ts";
 import type { NewJob } from "../store/jobs.ts";
 import { currentRecipe } from "../store/recipes.ts";
 import type { MasterContext } from "./context.ts";
@@ -43,6 +49,13 @@ export async function jobFromRequest(
     env = { ...def.submit.env, ...req.env, ...rendered.env };
     name = req.name ?? `${row.name} v${row.version}${describeVars(rendered.vars)}`.slice(0, 80);
     recipe = { recipe: row.name, recipeVersion: row.version, recipeVars: rendered.vars };
+  }
+  const bytes = execBytes(command, env);
+  if (bytes > SPEC_LIMITS.execBytes) {
+    throw new AppError(
+      "SPEC_TOO_LARGE",
+      `the command and environment take ${bytes} bytes, more than the ${SPEC_LIMITS.execBytes} a job may have: pass large data as a file (kiln submit --script, or a job artifact)`,
+    );
   }
   const root = options.root ?? SUBMIT_DEFAULTS.root;
   // A template must exist when the job is queued; it is resolved again (to its current tree) at assignment.

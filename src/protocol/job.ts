@@ -97,6 +97,34 @@ export interface JobView {
 }
 
 const ENV_KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/*
+ * Limits of a job spec, checked at submit so a job that could never start (execve fails with E2BIG) is
+ * refused before it is queued. Linux takes at most 128 KiB per argument or environment string
+ * (MAX_ARG_STRLEN, execve(2)) and, with the usual 8 MiB stack, 2 MiB for all of them together; the
+ * worker adds its own variables, so a job keeps to half of that.
+ */
+export const SPEC_LIMITS = {
+  /** Arguments of the command. */
+  args: 4096,
+  /** Bytes of one argument, and of one `NAME=value` environment string. */
+  stringBytes: 128 * 1024 - 1,
+  /** Environment variables of a job. */
+  envVars: 1024,
+  /** Bytes of the command and the environment together. */
+  execBytes: 1024 * 1024,
+  /** Recipe variables of one submit, and bytes of one value. */
+  vars: 256,
+  varBytes: 64 * 1024,
+} as const;
+
+/** Bytes execve(2) needs for `command` and `env`: each string with its terminating NUL. */
+export function execBytes(command: string[], env: Record<string, string>): number {
+  let n = 0;
+  for (const a of command) n += Buffer.byteLength(a) + 1;
+  for (const [k, v] of Object.entries(env)) n += Buffer.byteLength(k) + Buffer.byteLength(v) + 2;
+  return n;
+}
 const NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 const name = (what: string) =>
   z
@@ -118,7 +146,19 @@ export const SubmitOptionsSchema = z
     arch: name("arch").optional(),
     priority: z.number().int().min(-1000).max(1000).optional(),
     env: z
-      .record(z.string().regex(ENV_KEY, "env names must be letters, digits and _"), z.string())
+      .record(z.string().regex(ENV_KEY, "env names must be letters, digits and _").max(256), z.string())
+      .refine((e) => Object.keys(e).length <= SPEC_LIMITS.envVars, {
+        message: `at most ${SPEC_LIMITS.envVars} environment variables`,
+      })
+      .refine(
+        (e) =>
+          Object.entries(e).every(
+            ([k, v]) => Buffer.byteLength(k) + Buffer.byteLength(v) + 1 <= SPEC_LIMITS.stringBytes,
+          ),
+        {
+          message: `an environment variable (NAME=value) may hold at most ${SPEC_LIMITS.stringBytes} bytes`,
+        },
+      )
       .optional(),
     timeoutMs: z.number().int().positive().optional(),
     memoryBytes: z
@@ -162,11 +202,26 @@ export const SUBMIT_DEFAULTS = {
  */
 export const SubmitSchema = SubmitOptionsSchema.extend({
   command: z
-    .array(z.string().max(1 << 20))
+    .array(
+      z.string().refine((a) => Buffer.byteLength(a) <= SPEC_LIMITS.stringBytes, {
+        message: `an argument may hold at most ${SPEC_LIMITS.stringBytes} bytes`,
+      }),
+    )
     .min(1, "command must not be empty")
+    .max(SPEC_LIMITS.args, `a command may have at most ${SPEC_LIMITS.args} arguments`)
     .optional(),
   recipe: name("recipe").optional(),
-  vars: z.record(z.string().max(200), z.string()).optional(),
+  vars: z
+    .record(
+      z.string().max(200),
+      z.string().refine((v) => Buffer.byteLength(v) <= SPEC_LIMITS.varBytes, {
+        message: `a recipe variable may hold at most ${SPEC_LIMITS.varBytes} bytes`,
+      }),
+    )
+    .refine((v) => Object.keys(v).length <= SPEC_LIMITS.vars, {
+      message: `at most ${SPEC_LIMITS.vars} recipe variables`,
+    })
+    .optional(),
 })
   .strict()
   .superRefine((req, ctx) => {

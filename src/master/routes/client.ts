@@ -1,5 +1,6 @@
 import { Hono } from "hono";
 import { z } from "zod";
+import { MAX_JSON_BODY, readLimited } from "../../lib/body.ts";
 import { AppError, badRequest, notFound } from "../../lib/errors.ts";
 import { isTerminal, SubmitSchema } from "../../protocol/job.ts";
 import { listArtifacts } from "../../store/artifacts.ts";
@@ -15,9 +16,10 @@ type Env = { Variables: { caller: Caller } };
 
 /** Parses a request body with a schema, turning the first problem into a 400 that names the field. */
 export async function body<T extends z.ZodType>(req: Request, schema: T): Promise<z.infer<T>> {
+  const bytes = await readLimited(req, MAX_JSON_BODY);
   let raw: unknown;
   try {
-    raw = await req.json();
+    raw = JSON.parse(new TextDecoder().decode(bytes));
   } catch {
     throw badRequest("the request body must be JSON");
   }
