@@ -47,6 +47,8 @@ export const SCHEMA = {
     lease: { type: "duration", default: 30_000, min: 500 },
     default_timeout: { type: "duration", default: 7_200_000, min: 1_000 },
     default_retries: { type: "int", default: 2, min: 0, max: 100 },
+    // The most of one attempt's output the master keeps; past it the log says it was cut.
+    log_max: { type: "size", default: 2 ** 30, min: 64 * 1024 },
   },
   worker: {
     master: { type: "string", default: "http://127.0.0.1:7070" },

@@ -215,7 +215,8 @@ export function workerSocketHandlers(ctx: MasterContext) {
         const row = await getJob(ctx.store.db, m.jobId);
         if (row && row.attempt === m.attempt && (row.state === "assigned" || row.state === "running")) {
           const have = ctx.logs.size(row.id) - row.logBase;
-          if (have < m.logSize) {
+          // Bytes past the log cap are dropped on arrival, so they are never missing.
+          if (have < Math.min(m.logSize, ctx.cfg.master.log_max)) {
             // Some log bytes never arrived: ask for them; the worker sends job.finished again after.
             send(ws, { type: "job.log.from", jobId: row.id, attempt: row.attempt, offset: have });
             return;
@@ -244,7 +245,22 @@ export function workerSocketHandlers(ctx: MasterContext) {
       rememberAttempt(row);
       b = bases.get(frame.jobId)!;
     }
-    if (!ctx.logs.writeAt(frame.jobId, b.base + frame.offset, frame.data)) {
+    // The cap: bytes past log_max of this attempt are dropped on arrival, and the first of them adds a
+    // line that says so. A restarted master sees the cut from the log's size alone.
+    const max = ctx.cfg.master.log_max;
+    const end = frame.offset + frame.data.length;
+    const wrote =
+      frame.offset < max
+        ? ctx.logs.writeAt(frame.jobId, b.base + frame.offset, frame.data.subarray(0, max - frame.offset))
+        : ctx.logs.size(frame.jobId) >= b.base + max;
+    if (wrote && end > max && ctx.logs.size(frame.jobId) === b.base + max) {
+      ctx.logs.append(
+        frame.jobId,
+        `\n--- kiln: log cut at ${max} bytes (master.log_max); the job goes on, its output past this is not kept ---\n`,
+      );
+      ctx.log.warn(`job ${frame.jobId}: log cut at ${max} bytes (master.log_max)`);
+    }
+    if (!wrote) {
       send(ws, {
         type: "job.log.from",
         jobId: frame.jobId,

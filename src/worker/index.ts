@@ -10,7 +10,7 @@ import type { TemplateSpec } from "../protocol/template.ts";
 import { encodeLogFrame, type MasterMessage, type WorkerMessage } from "../protocol/wire.ts";
 import { VERSION } from "../version.ts";
 import { startApiProxy } from "./api-proxy.ts";
-import { deliverArtifacts, RetryLater } from "./artifacts.ts";
+import { deliverArtifacts } from "./artifacts.ts";
 import {
   createJobDir,
   type JobDir,
@@ -152,7 +152,15 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       });
       send({ type: "template.get", requestId, name });
     });
-  const outbox = new Map<string, { job: JobDir; outcome: Outcome; logSize: number; delivering?: boolean }>();
+  /*
+   * Finished attempts waiting for the master's ack. `reported` says job.finished went out after the last
+   * log byte; it is cleared when the master asks for bytes again or the connection is new, and the pump
+   * loop sends it again, so a result is never left waiting on a full socket.
+   */
+  const outbox = new Map<
+    string,
+    { job: JobDir; outcome: Outcome; logSize: number; delivering?: boolean; reported?: boolean }
+  >();
 
   const { finished, interrupted } = scanJobDirs(jobsRoot);
   if (interrupted.length) {
@@ -206,6 +214,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     const o = outbox.get(key);
     if (!o || o.delivering || !connected) return;
     const a = active.get(key);
+    // Backpressure: the rest of the log goes out on a later turn of the pump loop, then the result.
     if (a && !pump(a)) return;
     if (!existsSync(join(o.job.dir, "artifacts-delivered"))) {
       o.delivering = true;
@@ -222,9 +231,12 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
           sendFinished(key);
         },
         (err) => {
-          o.delivering = false;
-          log.warn(`job ${o.job.jobId}: ${coerceError(err).message}; retrying`);
-          if (err instanceof RetryLater) setTimeout(() => sendFinished(key), 2000);
+          // Still "delivering" until the retry: the pump loop must not start another attempt meanwhile.
+          log.warn(`job ${o.job.jobId}: ${coerceError(err).message}; retrying in 2 s`);
+          setTimeout(() => {
+            o.delivering = false;
+            sendFinished(key);
+          }, 2000);
         },
       );
       return;
@@ -236,6 +248,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       outcome: o.outcome,
       logSize: o.logSize,
     });
+    o.reported = true;
   };
 
   const finish = async (a: Active, result: RunResult) => {
@@ -452,6 +465,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         }
         if (!a) return;
         a.sent = Math.min(msg.offset, fstatSync(a.logFd).size);
+        if (o) o.reported = false;
         if (o) sendFinished(key);
         else pump(a);
         return;
@@ -474,6 +488,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
           ws = sock;
           connected = true;
           backoff = 100;
+          for (const o of outbox.values()) o.reported = false;
           const running = [...active.values()].filter(
             (a) => !outbox.has(jobKey(a.spec.id, a.spec.attempt)) && a.handle,
           );
@@ -526,8 +541,11 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   await checkAll();
   const healthTimer = setInterval(() => void checkAll(), cfg.worker.health_interval);
 
+  // The log pump: running jobs' new output, and finished jobs whose log or result did not fit in the
+  // socket's buffer last time. Never gives up on a byte: what does not go now goes on a later turn.
   pumpTimer = setInterval(() => {
     for (const [key, a] of active) if (!outbox.has(key)) pump(a);
+    for (const [key, o] of outbox) if (!o.reported) sendFinished(key);
   }, 50);
 
   const done = connect();
