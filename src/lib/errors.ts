@@ -22,6 +22,29 @@ export function coerceError(err: unknown): Error {
   }
 }
 
+/**
+ * True when `err` says a disk is full: ENOSPC (or EDQUOT) from the file system, or SQLite's SQLITE_FULL,
+ * which libSQL reports as a code or only in the message ("database or disk is full").
+ */
+export function isDiskFull(err: unknown): boolean {
+  for (let e: unknown = err; e; e = (e as { cause?: unknown }).cause) {
+    const code = String((e as { code?: unknown }).code ?? "");
+    if (/ENOSPC|EDQUOT|SQLITE_FULL/.test(code)) return true;
+    if (/database or disk is full|ENOSPC|no space left on device/i.test(String((e as Error).message ?? "")))
+      return true;
+    if (e === (e as { cause?: unknown }).cause) break;
+  }
+  return false;
+}
+
+/** The error a request gets while the master's own disk is full: the master's problem, said plainly. */
+export const storageFull = (dataDir: string, cause?: unknown) =>
+  new AppError(
+    "STORAGE_FULL",
+    `the master's disk is full (data dir ${dataDir}): nothing was written; free space there and try again`,
+    { status: 507, cause },
+  );
+
 export const notFound = (what: string, id: string | number) =>
   new AppError(`${what.toUpperCase()}_NOT_FOUND`, `no ${what} ${id}: list them with \`kiln ${what}s\``, {
     status: 404,

@@ -1,5 +1,5 @@
 import { Hono } from "hono";
-import { AppError, coerceError } from "../lib/errors.ts";
+import { AppError, coerceError, isDiskFull, storageFull } from "../lib/errors.ts";
 import { authenticate, type Caller } from "./auth.ts";
 import type { MasterContext } from "./context.ts";
 import { adminRoutes } from "./routes/admin.ts";
@@ -24,6 +24,7 @@ export function internalError(): Response {
 export function createApp(ctx: MasterContext) {
   const app = new Hono<{ Variables: { caller: Caller } }>();
   app.onError((err, c) => {
+    if (isDiskFull(err)) err = storageFull(ctx.dataDir, err);
     if (err instanceof AppError) {
       return c.json({ error: { code: err.code, message: err.message } }, err.status as 400);
     }

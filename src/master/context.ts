@@ -3,6 +3,7 @@ import type { Config } from "../config/schema.ts";
 import type { Store } from "../store/open.ts";
 import type { LogStore } from "./logs.ts";
 import type { Registry } from "./registry.ts";
+import type { StorageHealth } from "./storage-health.ts";
 
 /** What every part of the master shares: config, store, logs, the live worker registry. */
 export interface MasterContext {
@@ -12,6 +13,8 @@ export interface MasterContext {
   logs: LogStore;
   registry: Registry;
   log: ConsolaInstance;
+  /** Whether the master can write (its disk is not full); the lease reaper heeds it. */
+  storage: StorageHealth;
   /** Asks the dispatcher for a pass; cheap to call often, passes never overlap. */
   dispatch(): void;
   /** Resolves when every dispatch asked for so far has been carried out (tests, bench). */

@@ -76,10 +76,18 @@ function kindsOf(free: { worker: LiveWorker; slot: LiveSlot }[]): SlotKind[] {
  */
 export async function dispatchOnce(ctx: MasterContext): Promise<number> {
   const free: { worker: LiveWorker; slot: LiveSlot }[] = [];
+  const now = Date.now();
+  let paused = Number.POSITIVE_INFINITY;
   for (const w of ctx.registry.workers.values()) {
     if (w.draining || w.holdReason) continue;
-    for (const s of w.slots.values()) if (!s.job && !s.held) free.push({ worker: w, slot: s });
+    for (const s of w.slots.values()) {
+      if (s.job || s.held) continue;
+      if ((s.refusedUntil ?? 0) > now) paused = Math.min(paused, s.refusedUntil!);
+      else free.push({ worker: w, slot: s });
+    }
   }
+  // A slot paused after refusals is offered again when its pause ends, with no other event needed.
+  if (paused !== Number.POSITIVE_INFINITY) wakeAt(ctx, paused);
   let assigned = 0;
   for (;;) {
     if (free.length === 0) return assigned;
@@ -126,6 +134,24 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
     }
     if (round === 0) return assigned;
   }
+}
+
+let wakeTimer: { at: number; timer: Timer } | null = null;
+
+/** Asks for a dispatch pass at `at` (the earliest asked for wins). */
+function wakeAt(ctx: MasterContext, at: number) {
+  if (wakeTimer && wakeTimer.at <= at) return;
+  if (wakeTimer) clearTimeout(wakeTimer.timer);
+  const timer = setTimeout(
+    () => {
+      wakeTimer = null;
+      ctx.dispatch();
+    },
+    Math.max(0, at - Date.now()),
+  );
+  // A pending wake-up never keeps the process alive on its own.
+  timer.unref?.();
+  wakeTimer = { at, timer };
 }
 
 /** Wraps dispatchOnce so that calls coalesce: one pass at a time, and one more if asked meanwhile. */

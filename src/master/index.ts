@@ -16,6 +16,7 @@ import { createDispatcher } from "./dispatcher.ts";
 import { reapLeasesOnce } from "./leases.ts";
 import { openLogStore } from "./logs.ts";
 import { createRegistry } from "./registry.ts";
+import { createStorageHealth } from "./storage-health.ts";
 import { type SocketData, workerSocketHandlers } from "./worker-socket.ts";
 
 export interface RunningMaster {
@@ -56,7 +57,8 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
   const log = logger("master");
   mkdirSync(data, { recursive: true, mode: 0o700 });
   const dbUrl = storeUrl(cfg.master.db, data);
-  const store = await openStore(dbUrl, process.env.KILN_DB_TOKEN).catch((err) => {
+  const storage = createStorageHealth(data, log);
+  const store = await openStore(dbUrl, process.env.KILN_DB_TOKEN, storage.wrote).catch((err) => {
     // Never print a URL's credentials: only scheme, host and path.
     const shown = dbUrl.replace(/\/\/[^@/]*@/, "//");
     throw new AppError("STORE_UNAVAILABLE", `cannot open the store at ${shown}: ${coerceError(err).message}`);
@@ -66,7 +68,8 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
     cfg,
     dataDir: data,
     store,
-    logs: openLogStore(join(data, "logs")),
+    logs: openLogStore(join(data, "logs"), storage.wrote),
+    storage,
     registry: createRegistry(),
     log,
     dispatch: dispatcher.dispatch,

@@ -1,4 +1,4 @@
-import { closeSync, fstatSync, mkdirSync, openSync, statSync, writeSync } from "node:fs";
+import { closeSync, fstatSync, ftruncateSync, mkdirSync, openSync, statSync, writeSync } from "node:fs";
 import { join } from "node:path";
 
 /*
@@ -30,7 +30,11 @@ export interface LogStore {
   notify(jobId: number): void;
 }
 
-export function openLogStore(dir: string): LogStore {
+/**
+ * Opens the log store in `dir`. `onWrite` hears the outcome of every write (null for success); a write
+ * that fails (a full disk) leaves the file as it was, so the writer's resend lands where it should.
+ */
+export function openLogStore(dir: string, onWrite: (err: unknown) => void = () => {}): LogStore {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const open = new Map<number, OpenLog>();
   const waiters = new Map<number, Set<() => void>>();
@@ -44,6 +48,24 @@ export function openLogStore(dir: string): LogStore {
       open.set(jobId, h);
     }
     return h;
+  };
+
+  /** Appends all of `bytes` or nothing: a short write (ENOSPC) is cut off again before the error goes on. */
+  const write = (h: OpenLog, bytes: Uint8Array) => {
+    let done = 0;
+    try {
+      while (done < bytes.length) done += writeSync(h.fd, bytes, done);
+    } catch (err) {
+      try {
+        ftruncateSync(h.fd, h.size);
+      } catch {
+        // Nothing more can be done here; the size we keep is still what a reader may trust.
+      }
+      onWrite(err);
+      throw err;
+    }
+    h.size += bytes.length;
+    onWrite(null);
   };
 
   const notify = (jobId: number) => {
@@ -70,17 +92,13 @@ export function openLogStore(dir: string): LogStore {
       const skip = h.size - at;
       if (skip >= data.length) return true;
       const part = skip > 0 ? data.subarray(skip) : data;
-      let done = 0;
-      while (done < part.length) done += writeSync(h.fd, part, done);
-      h.size += part.length;
+      write(h, part);
       notify(jobId);
       return true;
     },
     append(jobId, text) {
       const h = handle(jobId);
-      const bytes = new TextEncoder().encode(text);
-      writeSync(h.fd, bytes);
-      h.size += bytes.length;
+      write(h, new TextEncoder().encode(text));
       notify(jobId);
       return h.size;
     },

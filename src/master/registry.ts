@@ -12,6 +12,12 @@ export interface LiveSlot {
   held: string | null;
   /** `jobId:attempt` of the job occupying it, if any. */
   job: string | null;
+  /**
+   * Refusals in a row (the worker handed assignments back unstarted) and until when the slot is not
+   * offered again: each refusal doubles the pause, so a slot the master misjudges cannot spin.
+   */
+  refusals?: number;
+  refusedUntil?: number;
 }
 
 export interface LiveWorker {

@@ -1,6 +1,7 @@
 import type { ServerWebSocket } from "bun";
-import { coerceError } from "../lib/errors.ts";
+import { coerceError, isDiskFull } from "../lib/errors.ts";
 import { isName } from "../lib/names.ts";
+import { isTerminal } from "../protocol/job.ts";
 import {
   decodeLogFrame,
   type MasterMessage,
@@ -119,9 +120,16 @@ export function workerSocketHandlers(ctx: MasterContext) {
       if (reported.get(row.id) !== row.attempt)
         await loseAttempt(ctx, row, `worker ${m.name} restarted without it`);
     }
+    const finishedHere = new Set(m.finished.map((f) => `${f.jobId}:${f.attempt}`));
     for (const [jobId, attempt] of reported) {
       const row = activeById.get(jobId);
       if (!row || row.attempt !== attempt) {
+        // A result of an earlier attempt of a job that has not ended is still worth having: the worker
+        // sends it by itself and acceptLateResult ends the job with it.
+        if (finishedHere.has(`${jobId}:${attempt}`)) {
+          const now = await getJob(ctx.store.db, jobId);
+          if (now && now.attempt > attempt && !isTerminal(now.state)) continue;
+        }
         // Already ended or re-queued meanwhile: the worker drops it (an outbox entry is simply acked).
         send(ws, { type: "job.forget", jobId, attempt });
         continue;
@@ -177,6 +185,10 @@ export function workerSocketHandlers(ctx: MasterContext) {
         }
         rememberAttempt(row);
         ctx.logs.notify(row.id);
+        if (row.slot) {
+          const slot = live.slots.get(row.slot);
+          if (slot) slot.refusals = 0;
+        }
         if (row.cancelRequested) send(ws, { type: "job.cancel", jobId: row.id, attempt: row.attempt });
         return;
       }
@@ -199,7 +211,13 @@ export function workerSocketHandlers(ctx: MasterContext) {
       }
       case "job.refused": {
         const row = await getJob(ctx.store.db, m.jobId);
-        for (const s of live.slots.values()) if (s.job === `${m.jobId}:${m.attempt}`) s.job = null;
+        for (const s of live.slots.values()) {
+          if (s.job !== `${m.jobId}:${m.attempt}`) continue;
+          s.job = null;
+          // Back off: 250 ms, doubling per refusal in a row, at most 30 s.
+          s.refusals = (s.refusals ?? 0) + 1;
+          s.refusedUntil = Date.now() + Math.min(30_000, 250 * 2 ** (s.refusals - 1));
+        }
         if (row && row.attempt === m.attempt && row.worker === name && row.state === "assigned") {
           await requeueRefused(ctx.store, row, m.message, ctx.logs.size(row.id));
           ctx.log.info(`job ${row.id}: ${name} handed it back (${m.message}); re-queued`);
@@ -226,12 +244,44 @@ export function workerSocketHandlers(ctx: MasterContext) {
             ctx.log.info(`job ${row.id}: ${done.state}${done.reason ? ` (${done.reason})` : ""} on ${name}`);
           ctx.logs.close(row.id);
           bases.delete(row.id);
+        } else if (row && m.attempt < row.attempt && !isTerminal(row.state)) {
+          await acceptLateResult(row, m, name);
         }
         for (const s of live.slots.values()) if (s.job === `${m.jobId}:${m.attempt}`) s.job = null;
         send(ws, { type: "job.ack", jobId: m.jobId, attempt: m.attempt });
         ctx.dispatch();
         return;
       }
+    }
+  }
+
+  /*
+   * The result of an earlier attempt that the master re-queued before it could record it (its lease ran
+   * out while the master could not write, or the connection dropped): the work was done, so the job ends
+   * with that result and is never run again. A later attempt that is already out is withdrawn.
+   */
+  async function acceptLateResult(
+    row: JobRow,
+    m: Extract<WorkerMessage, { type: "job.finished" }>,
+    from: string,
+  ) {
+    const note = `the result of attempt ${m.attempt} (from ${from}) arrived after the job was re-queued; the job ends with it`;
+    const size = ctx.logs.append(row.id, `\n--- kiln: ${note} ---\n`);
+    const outcome = { ...m.outcome, message: `${m.outcome.message ?? m.outcome.state} (${note})` };
+    const done = await finishJob(ctx.store, row.id, row.attempt, outcome, size, Date.now(), [
+      "queued",
+      "assigned",
+      "running",
+    ]);
+    if (!done) return;
+    ctx.log.info(`job ${row.id}: ${done.state}: ${note}`);
+    ctx.logs.close(row.id);
+    bases.delete(row.id);
+    if (row.worker && row.slot) {
+      const holder = ctx.registry.workers.get(row.worker);
+      const slot = holder?.slots.get(row.slot);
+      if (slot?.job === `${row.id}:${row.attempt}`) slot.job = null;
+      holder?.send({ type: "job.forget", jobId: row.id, attempt: row.attempt });
     }
   }
 
@@ -285,7 +335,13 @@ export function workerSocketHandlers(ctx: MasterContext) {
           }
           await handle(ws, parsed.data);
         } catch (err) {
-          ctx.log.error(`worker ${ws.data.name ?? "?"}: ${coerceError(err).message}`);
+          // A full disk is the master's own trouble, said once by the storage health; the worker sends
+          // again what was not acknowledged.
+          if (isDiskFull(err)) ctx.storage.wrote(err);
+          else
+            ctx.log.error(
+              `handling a message from worker ${ws.data.name ?? "?"}: ${coerceError(err).message}`,
+            );
         }
       });
     },

@@ -162,7 +162,11 @@ export function markRunning(
   );
 }
 
-/** Records the attempt's outcome as the job's one terminal state; null if it already has one. */
+/**
+ * Records the attempt's outcome as the job's one terminal state; null if it already has one. `from` are
+ * the states it may end from: an active attempt's own result, or (with queued too) the late result of an
+ * earlier attempt, which ends the job wherever its current attempt stands.
+ */
 export function finishJob(
   store: Store,
   id: number,
@@ -170,10 +174,11 @@ export function finishJob(
   outcome: Outcome,
   logSize: number,
   now = Date.now(),
+  from: JobState[] = ACTIVE,
 ) {
   return transition(
     store,
-    and(eq(jobs.id, id), eq(jobs.attempt, attempt), inArray(jobs.state, ACTIVE)),
+    and(eq(jobs.id, id), eq(jobs.attempt, attempt), inArray(jobs.state, from)),
     {
       state: outcome.state,
       reason: outcome.reason,
@@ -272,6 +277,16 @@ export function extendLeases(store: Store, worker: string, ids: number[], leaseM
       .update(jobs)
       .set({ leaseExpiresAt: now + leaseMs })
       .where(and(eq(jobs.worker, worker), inArray(jobs.state, ACTIVE), inArray(jobs.id, ids)));
+  });
+}
+
+/** Gives every active job at least a full lease from `now` (after the master itself could not write). */
+export function extendActiveLeases(store: Store, leaseMs: number, now = Date.now()) {
+  return store.write(async (tx) => {
+    await tx
+      .update(jobs)
+      .set({ leaseExpiresAt: sql`max(coalesce(${jobs.leaseExpiresAt}, 0), ${now + leaseMs})` })
+      .where(inArray(jobs.state, ACTIVE));
   });
 }
 

@@ -29,8 +29,15 @@ export function storeUrl(db: string, dataDir: string): string {
   );
 }
 
-/** Opens the store at `url`, applies the embedded migrations, and returns it ready for use. */
-export async function openStore(url: string, authToken?: string): Promise<Store> {
+/**
+ * Opens the store at `url`, applies the embedded migrations, and returns it ready for use. `onWrite`
+ * hears the outcome of every committed or failed write transaction (null for success).
+ */
+export async function openStore(
+  url: string,
+  authToken?: string,
+  onWrite: (err: unknown) => void = () => {},
+): Promise<Store> {
   const client = createClient({ url, authToken });
   if (url.startsWith("file:")) {
     // WAL lets readers run beside the single writer; a process crash never loses a committed
@@ -43,7 +50,7 @@ export async function openStore(url: string, authToken?: string): Promise<Store>
   return {
     db,
     client,
-    write: groupCommit(db),
+    write: groupCommit(db, onWrite),
     close() {
       client.close();
     },
@@ -62,7 +69,7 @@ interface Pending {
  * back only its own changes). Under load this turns N commits (N fsyncs) into a few; idle, a write is
  * still one transaction on its own. A writer's promise resolves only after the commit that holds it.
  */
-function groupCommit(db: Db) {
+function groupCommit(db: Db, onWrite: (err: unknown) => void) {
   let queue: Pending[] = [];
   let running = false;
   const drain = async () => {
@@ -87,9 +94,12 @@ function groupCommit(db: Db) {
         });
       } catch (err) {
         // The commit itself failed: nobody in this batch was written.
+        onWrite(err);
         for (const p of batch) p.reject(err);
         continue;
       }
+      const failed = results.find((r) => !r.ok);
+      onWrite(failed ? failed.value : null);
       batch.forEach((p, i) => {
         const r = results[i]!;
         if (r.ok) p.resolve(r.value);

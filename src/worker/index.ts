@@ -70,6 +70,8 @@ export function defaultArch(): string {
 }
 
 const LOG_CHUNK = 64 * 1024;
+// A result the master has not acknowledged after this long is sent again: two heartbeats.
+const RESEND_FINISHED = 10_000;
 // Stop sending log bytes while this much is still queued in the socket; the master asks for the rest.
 const MAX_BUFFERED = 4 * 1024 * 1024;
 
@@ -153,13 +155,14 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       send({ type: "template.get", requestId, name });
     });
   /*
-   * Finished attempts waiting for the master's ack. `reported` says job.finished went out after the last
-   * log byte; it is cleared when the master asks for bytes again or the connection is new, and the pump
-   * loop sends it again, so a result is never left waiting on a full socket.
+   * Finished attempts waiting for the master's ack. `reported` is when job.finished went out after the
+   * last log byte; it is cleared when the master asks for bytes again or the connection is new, and the
+   * pump loop sends it again then, or when no ack came for a while (the master could not record it), so
+   * a result is never left waiting on a full socket or a master that was out of disk.
    */
   const outbox = new Map<
     string,
-    { job: JobDir; outcome: Outcome; logSize: number; delivering?: boolean; reported?: boolean }
+    { job: JobDir; outcome: Outcome; logSize: number; delivering?: boolean; reported?: number }
   >();
 
   const { finished, interrupted } = scanJobDirs(jobsRoot);
@@ -248,7 +251,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       outcome: o.outcome,
       logSize: o.logSize,
     });
-    o.reported = true;
+    o.reported = Date.now();
   };
 
   const finish = async (a: Active, result: RunResult) => {
@@ -465,7 +468,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         }
         if (!a) return;
         a.sent = Math.min(msg.offset, fstatSync(a.logFd).size);
-        if (o) o.reported = false;
+        if (o) o.reported = undefined;
         if (o) sendFinished(key);
         else pump(a);
         return;
@@ -488,7 +491,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
           ws = sock;
           connected = true;
           backoff = 100;
-          for (const o of outbox.values()) o.reported = false;
+          for (const o of outbox.values()) o.reported = undefined;
           const running = [...active.values()].filter(
             (a) => !outbox.has(jobKey(a.spec.id, a.spec.attempt)) && a.handle,
           );
@@ -545,7 +548,8 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   // socket's buffer last time. Never gives up on a byte: what does not go now goes on a later turn.
   pumpTimer = setInterval(() => {
     for (const [key, a] of active) if (!outbox.has(key)) pump(a);
-    for (const [key, o] of outbox) if (!o.reported) sendFinished(key);
+    const now = Date.now();
+    for (const [key, o] of outbox) if (!o.reported || now - o.reported > RESEND_FINISHED) sendFinished(key);
   }, 50);
 
   const done = connect();

@@ -11,6 +11,7 @@ import { createApp } from "../app.ts";
 import type { MasterContext } from "../context.ts";
 import { openLogStore } from "../logs.ts";
 import { createRegistry } from "../registry.ts";
+import { createStorageHealth } from "../storage-health.ts";
 
 /*
  * The recipe endpoints and recipe submits, in process against a real store: roles, versions, the 400s a
@@ -33,6 +34,7 @@ beforeEach(async () => {
     logs: openLogStore(join(dir, "logs")),
     registry: createRegistry(),
     log: createConsola({ level: -999 }),
+    storage: createStorageHealth(dir, createConsola({ level: -999 })),
     dispatch() {},
     dispatched: async () => {},
     startedAt: Date.now(),
