@@ -1,8 +1,8 @@
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { defineCommand } from "citty";
 import { loadConfig, type Overrides } from "../config/load.ts";
-import { dataDir } from "../config/paths.ts";
+import { adminTokenPath, dataDir } from "../config/paths.ts";
 import type { Config } from "../config/schema.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { logger, setupLogging } from "../lib/log.ts";
@@ -37,7 +37,11 @@ const masterFlags = {
 } as const;
 const workerFlags = {
   master: { type: "string", description: "Master URL (default http://127.0.0.1:7070)", valueHint: "URL" },
-  name: { type: "string", description: "Worker name (default: the host name)", valueHint: "NAME" },
+  name: {
+    type: "string",
+    description: "Worker name: lowercase letters, digits, . _ - (default: the host name)",
+    valueHint: "NAME",
+  },
   channels: {
     type: "string",
     description: "Channels served, comma-separated (default: default)",
@@ -84,11 +88,18 @@ function setup(a: Args): { cfg: Config; data: string } {
 }
 
 /** Runs a role until SIGINT/SIGTERM, then stops it cleanly; exits non-zero if a loop died. */
-async function serve(name: string, parts: { stop(): Promise<void>; done: Promise<void> }[]) {
+async function serve(
+  name: string,
+  parts: { stop(): Promise<void>; forceStop?(): void; done: Promise<void> }[],
+) {
   const log = logger(name);
   let stopping = false;
   const stop = async (sig: string) => {
-    if (stopping) return;
+    if (stopping) {
+      // A second signal: a draining worker stops waiting for its jobs.
+      for (const p of parts) p.forceStop?.();
+      return;
+    }
     stopping = true;
     log.info(`${sig}: stopping`);
     await Promise.allSettled(parts.map((p) => p.stop()));
@@ -130,7 +141,7 @@ async function runner(cfg: Config, data: string, token: string) {
   const { workerName } = await import("../worker/index.ts");
   // What a job on the host root must never see: every Kiln data dir and config, whatever this node uses.
   const masks = [...new Set([resolve(data), "/var/lib/kiln", "/etc/kiln", ...cfg.sandbox.mask])];
-  return createSandboxRunner({ cfg, data, worker: workerName(cfg), masks, token });
+  return createSandboxRunner({ cfg, data, worker: workerName(cfg, data), masks, token });
 }
 
 export const master = defineCommand({
@@ -174,7 +185,9 @@ export const up = defineCommand({
     const { startWorker } = await import("../worker/index.ts");
     const m = await startMaster(cfg, data);
     cfg.worker.master = m.url;
-    const token = cfg.worker.join || (await workerToken(cfg, data, m.url));
+    // The local worker joins with this master's own admin token: a KILN_TOKEN in the environment is for
+    // client commands, and may belong to another master.
+    const token = cfg.worker.join || readFileSync(adminTokenPath(data), "utf8").trim();
     const w = await startWorker({
       cfg,
       data,

@@ -79,7 +79,7 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
   const now = Date.now();
   let paused = Number.POSITIVE_INFINITY;
   for (const w of ctx.registry.workers.values()) {
-    if (w.draining || w.holdReason) continue;
+    if (w.draining || w.holdReason || w.stopping) continue;
     for (const s of w.slots.values()) {
       if (s.job || s.held) continue;
       if ((s.refusedUntil ?? 0) > now) paused = Math.min(paused, s.refusedUntil!);

@@ -5,6 +5,7 @@ import type { Server } from "bun";
 import { adminTokenPath } from "../config/paths.ts";
 import type { Config } from "../config/schema.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
+import { holdLock } from "../lib/lock.ts";
 import { logger } from "../lib/log.ts";
 import { type Loop, runLoop } from "../lib/loop.ts";
 import { openStore, storeUrl } from "../store/open.ts";
@@ -56,11 +57,19 @@ async function ensureAdminToken(ctx: MasterContext) {
 export async function startMaster(cfg: Config, data: string): Promise<RunningMaster> {
   const log = logger("master");
   mkdirSync(data, { recursive: true, mode: 0o700 });
+  // One master per data dir: a second one would share the store and the logs with the first.
+  const lock = holdLock(
+    join(data, "master.lock"),
+    `kiln master (pid ${process.pid}, listening on ${cfg.master.listen})`,
+    "DATA_DIR_IN_USE",
+    (other) => `data dir ${data} is in use by ${other}: stop that one first, or give this one another --data`,
+  );
   const dbUrl = storeUrl(cfg.master.db, data);
   const storage = createStorageHealth(data, log);
   const store = await openStore(dbUrl, process.env.KILN_DB_TOKEN, storage.wrote).catch((err) => {
     // Never print a URL's credentials: only scheme, host and path.
     const shown = dbUrl.replace(/\/\/[^@/]*@/, "//");
+    lock.release();
     throw new AppError("STORE_UNAVAILABLE", `cannot open the store at ${shown}: ${coerceError(err).message}`);
   });
   const dispatcher = createDispatcher(() => ctx);
@@ -134,6 +143,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
     });
   } catch (err) {
     store.close();
+    lock.release();
     throw new AppError(
       "LISTEN_FAILED",
       `cannot listen on ${cfg.master.listen}: ${(err as Error).message}; is another master running there?`,
@@ -156,6 +166,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
       await Promise.all(loops.map((l) => l.done));
       await dispatcher.settled();
       store.close();
+      lock.release();
     },
   };
 }

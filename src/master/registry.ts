@@ -31,6 +31,10 @@ export interface LiveWorker {
   templates: { hash: string; name: string; sizeBytes: number }[];
   send(msg: MasterMessage): void;
   ws: ServerWebSocket<unknown>;
+  /** Said worker.stopping: takes no new jobs on this connection. */
+  stopping?: boolean;
+  /** The worker's data dir identity (worker.hello), null from a worker that does not send one. */
+  instance: string | null;
 }
 
 export interface Registry {

@@ -71,6 +71,15 @@ export function workerSocketHandlers(ctx: MasterContext) {
       return;
     }
     const previous = ctx.registry.workers.get(m.name);
+    if (previous?.instance && m.instance && previous.instance !== m.instance) {
+      // Another worker (another data dir, maybe another host) under a name in use: two of them would
+      // take each other's place every few milliseconds. The one already connected keeps it.
+      const message = `worker name ${m.name} is in use by another connected worker: give this one another --name`;
+      ctx.log.warn(`refused a second worker named ${m.name} (another data dir or host): ${message}`);
+      send(ws, { type: "worker.refused", message });
+      ws.close(4003, "name in use");
+      return;
+    }
     if (previous) {
       // A reconnect after a network drop can arrive before the old socket is noticed dead: the newer wins.
       ctx.log.warn(`worker ${m.name} connected again; closing its previous connection`);
@@ -96,6 +105,7 @@ export function workerSocketHandlers(ctx: MasterContext) {
       holdReason: stored?.holdReason ?? null,
       send: (msg) => send(ws, msg),
       ws: ws as ServerWebSocket<unknown>,
+      instance: m.instance ?? null,
     };
     const reported = new Map<number, number>();
     for (const r of m.running) reported.set(r.jobId, r.attempt);
@@ -107,6 +117,7 @@ export function workerSocketHandlers(ctx: MasterContext) {
       heartbeatMs: ctx.cfg.master.heartbeat,
       leaseMs: ctx.cfg.master.lease,
     });
+    send(ws, { type: "worker.draining", draining: live.draining });
     ctx.registry.add(live);
     for (const r of m.running) {
       const row = activeById.get(r.jobId);
@@ -167,6 +178,17 @@ export function workerSocketHandlers(ctx: MasterContext) {
           ctx.cfg.master.lease,
         );
         return;
+      case "worker.stopping": {
+        // Stopped on purpose: its jobs go back to the queue now rather than when their leases run out,
+        // and it gets no new ones while it goes.
+        live.stopping = true;
+        for (const r of m.running) {
+          const row = await getJob(ctx.store.db, r.jobId);
+          if (row && row.attempt === r.attempt && row.worker === name && !isTerminal(row.state))
+            await loseAttempt(ctx, row, `worker ${name} stopped`);
+        }
+        return;
+      }
       case "worker.slots":
         ctx.registry.setSlots(name, m.slots);
         await setWorker(ctx.store, name, {

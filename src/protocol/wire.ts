@@ -28,6 +28,11 @@ export const WorkerMessageSchema = z.discriminatedUnion("type", [
     running: z.array(z.object({ ...JobRef, slot: z.string() })),
     /** Attempts that ended and wait in the worker's outbox for the master's ack. */
     finished: z.array(z.object(JobRef)),
+    /**
+     * The worker's data dir identity, kept across restarts: a reconnect of the same worker replaces its
+     * old connection, another worker with the same name is refused.
+     */
+    instance: z.string().max(64).optional(),
   }),
   z.object({ type: z.literal("worker.heartbeat"), running: z.array(z.object(JobRef)) }),
   z.object({ type: z.literal("worker.slots"), slots: z.array(SlotInfoSchema) }),
@@ -46,6 +51,8 @@ export const WorkerMessageSchema = z.discriminatedUnion("type", [
     message: z.string().nullable(),
   }),
   z.object({ type: z.literal("job.finished"), ...JobRef, outcome: OutcomeSchema, logSize: z.number().int() }),
+  /** The worker is stopping and has ended these attempts without a result: re-queue them now. */
+  z.object({ type: z.literal("worker.stopping"), running: z.array(z.object(JobRef)) }),
 ]);
 export type WorkerMessage = z.infer<typeof WorkerMessageSchema>;
 
@@ -60,7 +67,9 @@ export type MasterMessage =
   | { type: "template.build"; template: TemplateSpec }
   | { type: "template.spec"; requestId: number; template: TemplateSpec | null; error: string | null }
   | { type: "slot.hold"; slot: string; reason: string }
-  | { type: "slot.release"; slot: string };
+  | { type: "slot.release"; slot: string }
+  /** Whether an operator drained the worker; a draining worker finishes its jobs before it stops. */
+  | { type: "worker.draining"; draining: boolean };
 
 /** A log chunk: 4-byte big-endian header length, a JSON header, then the raw bytes. */
 export interface LogFrame {

@@ -1,10 +1,23 @@
-import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readSync } from "node:fs";
-import { hostname } from "node:os";
-import { join } from "node:path";
+import { randomBytes } from "node:crypto";
+import {
+  closeSync,
+  existsSync,
+  fstatSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readSync,
+  writeFileSync,
+} from "node:fs";
+import { hostname, tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { dataDir } from "../config/paths.ts";
 import type { Config } from "../config/schema.ts";
-import { coerceError } from "../lib/errors.ts";
+import { AppError, coerceError } from "../lib/errors.ts";
+import { holdLock, type Lock } from "../lib/lock.ts";
 import { logger } from "../lib/log.ts";
 import { delay } from "../lib/loop.ts";
+import { isName } from "../lib/names.ts";
 import type { JobSpec, Outcome } from "../protocol/job.ts";
 import type { TemplateSpec } from "../protocol/template.ts";
 import { encodeLogFrame, type MasterMessage, type WorkerMessage } from "../protocol/wire.ts";
@@ -50,18 +63,73 @@ interface Active {
 
 export interface RunningWorker {
   name: string;
+  /**
+   * Stops the worker. Running jobs are ended and the master told at once, so it re-queues them; a
+   * worker an operator drained first lets its jobs finish and deliver their results (until forceStop).
+   */
   stop(): Promise<void>;
+  /** Ends a draining stop's wait: running jobs are ended and re-queued as by a plain stop. */
+  forceStop(): void;
   done: Promise<void>;
 }
 
-/** The worker's name: worker.name, else the host name made into a valid name. */
-export function workerName(cfg: Config): string {
-  return (
-    cfg.worker.name ||
+/**
+ * The worker's name: worker.name, else the host name made into a valid name, followed by a short hash of
+ * the data dir unless it is the default one, so two workers of one host with their own data dirs never
+ * share a name (cgroups, slot uids and the start-up sweep are keyed by it).
+ */
+export function workerName(cfg: Config, data: string): string {
+  if (cfg.worker.name) return cfg.worker.name;
+  const host =
     hostname()
       .toLowerCase()
-      .replace(/[^a-z0-9._-]/g, "-")
+      .replace(/[^a-z0-9-]/g, "-")
+      .replace(/^-+/, "")
+      .slice(0, 48) || "worker";
+  if (resolve(data) === resolve(dataDir({ node: { data: "" } }))) return host;
+  return `${host}-${new Bun.CryptoHasher("sha256").update(resolve(data)).digest("hex").slice(0, 6)}`;
+}
+
+/**
+ * Refuses, at start, a worker name or channel that the master would refuse on every connection, and
+ * takes the host-wide lock for the name: cgroups, slot uids and the start-up sweep are keyed by it, so a
+ * second worker of the same name on this host would kill the first one's jobs.
+ */
+export function claimIdentity(cfg: Config, name: string): Lock {
+  if (!isName(name)) {
+    throw new AppError(
+      "USAGE",
+      `worker name "${name}" is not a valid name: use 1-63 lowercase letters, digits, ".", "_" or "-", starting with a letter or digit (--name)`,
+    );
+  }
+  for (const c of cfg.worker.channels) {
+    if (!isName(c))
+      throw new AppError(
+        "USAGE",
+        `channel "${c}" is not a valid name: use 1-63 lowercase letters, digits, ".", "_" or "-" (--channels)`,
+      );
+  }
+  const dir = process.getuid?.() === 0 ? "/run/kiln" : join(tmpdir(), `kiln-${process.getuid?.() ?? 0}`);
+  return holdLock(
+    join(dir, `worker-${name}.lock`),
+    `kiln worker ${name} (pid ${process.pid}, master ${cfg.worker.master})`,
+    "WORKER_NAME_IN_USE",
+    (other) =>
+      `worker name ${name} is in use on this host by ${other}: stop that one, or give this one another --name`,
   );
+}
+
+/** The worker's instance id, kept in its data dir so a restart is recognised as the same worker. */
+function instanceId(data: string): string {
+  const file = join(data, "worker", "instance");
+  try {
+    return readFileSync(file, "utf8").trim();
+  } catch {
+    const id = randomBytes(12).toString("hex");
+    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    writeFileSync(file, `${id}\n`, { mode: 0o600 });
+    return id;
+  }
 }
 
 /** Debian's names for the machine's architecture, which package repositories use too. */
@@ -124,7 +192,9 @@ export function outcomeOf(r: RunResult, a: { cancelled: boolean; timedOut: boole
 export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   const { cfg } = opts;
   const log = logger("worker");
-  const name = workerName(cfg);
+  const name = workerName(cfg, opts.data);
+  const identity = claimIdentity(cfg, name);
+  const instance = instanceId(opts.data);
   const arch = cfg.worker.arch || defaultArch();
   const jobsRoot = join(opts.data, "worker", "jobs");
   const slots: Slot[] = slotsFromConfig(cfg);
@@ -183,6 +253,8 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   let ws: WebSocket | null = null;
   let connected = false;
   let stopping = false;
+  let draining = false;
+  let forced: (() => void) | null = null;
   let heartbeat: Timer | null = null;
   let pumpTimer: Timer | null = null;
 
@@ -280,9 +352,10 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     const slot = slots.find((s) => s.name === slotName);
     const busy = [...active].some(([k, a]) => a.slot.name === slotName && !outbox.has(k));
     const held = slot ? book.held(slot.name) : null;
-    if (!slot || busy || held) {
-      // The master's view and ours disagree (a hold crossed the assignment on the wire): hand it back.
-      const why = !slot ? "unknown" : busy ? "busy" : `held: ${held}`;
+    if (!slot || busy || held || stopping) {
+      // The master's view and ours disagree (a hold or our stop crossed the assignment on the wire):
+      // hand it back.
+      const why = stopping ? "stopping" : !slot ? "unknown" : busy ? "busy" : `held: ${held}`;
       log.warn(`job ${spec.id}: slot ${slotName} is ${why}; handing it back`);
       send({
         type: "job.refused",
@@ -378,7 +451,10 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         }, msg.heartbeatMs);
         return;
       case "worker.refused":
-        log.error(`the master refused this worker: ${msg.message}`);
+        // Said by the connection loop, once per change, with its back-off.
+        return;
+      case "worker.draining":
+        draining = msg.draining;
         return;
       case "job.assign":
         void startJob(msg.job, msg.slot);
@@ -476,10 +552,37 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     }
   };
 
+  /*
+   * Why the last connection attempt failed, said once per change at the default level: an operator
+   * debugging a worker that never shows up reads it in the worker's log, without a flood.
+   */
+  let lastTrouble = "";
+  const trouble = (what: string) => {
+    if (what === lastTrouble) return;
+    lastTrouble = what;
+    log.error(what);
+  };
+  /** Asks the master over plain HTTP why the websocket did not open (Bun's WebSocket does not say). */
+  const diagnose = async (url: string): Promise<string> => {
+    try {
+      const res = await fetch(url.replace(/^ws/, "http"), {
+        headers: { authorization: `Bearer ${opts.token}` },
+        signal: AbortSignal.timeout(5000),
+      });
+      if (res.status === 401 || res.status === 403) {
+        return `the master at ${cfg.worker.master} refused this worker's token (${res.status}): pass a worker token from \`kiln token create --role worker\` with --join`;
+      }
+      return `the master at ${cfg.worker.master} did not take the worker connection (HTTP ${res.status}); is that URL a Kiln master of this version?`;
+    } catch (err) {
+      return `cannot reach the master at ${cfg.worker.master}: ${coerceError(err).message}; is it running, and is --master right?`;
+    }
+  };
+
   const connect = async () => {
     let backoff = 100;
     while (!stopping) {
       const url = `${cfg.worker.master.replace(/^http/, "ws").replace(/\/$/, "")}/api/v1/worker/connect`;
+      let refused: string | null = null;
       const opened = await new Promise<boolean>((resolve) => {
         const sock = new WebSocket(url, {
           headers: { authorization: `Bearer ${opts.token}` },
@@ -490,7 +593,6 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
           wasOpen = true;
           ws = sock;
           connected = true;
-          backoff = 100;
           for (const o of outbox.values()) o.reported = undefined;
           const running = [...active.values()].filter(
             (a) => !outbox.has(jobKey(a.spec.id, a.spec.attempt)) && a.handle,
@@ -505,13 +607,24 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
               slots: book.info(),
               running: running.map((a) => ({ jobId: a.spec.id, attempt: a.spec.attempt, slot: a.slot.name })),
               finished: [...outbox.values()].map((o) => ({ jobId: o.job.jobId, attempt: o.job.attempt })),
+              instance,
             } satisfies WorkerMessage),
           );
-          log.info(`connected to ${cfg.worker.master} as ${name}`);
         };
         sock.onmessage = (ev) => {
           try {
-            onMessage(JSON.parse(String(ev.data)) as MasterMessage);
+            const msg = JSON.parse(String(ev.data)) as MasterMessage;
+            if (msg.type === "worker.welcome") {
+              // Only a welcome resets the back-off: a connection the master refuses right after it
+              // opened must not turn into a reconnect every few milliseconds.
+              backoff = 100;
+              if (lastTrouble)
+                log.info(`connected to ${cfg.worker.master} as ${name} (the trouble above is over)`);
+              else log.info(`connected to ${cfg.worker.master} as ${name}`);
+              lastTrouble = "";
+            }
+            if (msg.type === "worker.refused") refused = msg.message;
+            onMessage(msg);
           } catch (err) {
             log.error(`bad message from the master: ${coerceError(err).message}`);
           }
@@ -521,17 +634,19 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
             ws = null;
             connected = false;
           }
-          if (wasOpen && !stopping)
+          if (wasOpen && !stopping && !refused && !lastTrouble)
             log.warn(`lost the master (${ev.code}${ev.reason ? ` ${ev.reason}` : ""}); reconnecting`);
           resolve(wasOpen);
         };
         sock.onerror = () => {};
       });
       if (stopping) break;
-      if (!opened) log.debug(`cannot reach ${cfg.worker.master}; retrying in ${backoff}ms`);
+      if (refused) trouble(`the master refused this worker: ${refused}`);
+      else if (!opened) trouble(await diagnose(url));
       // Jitter spreads a fleet's reconnects after a master restart.
       await delay(backoff + Math.random() * backoff * 0.3);
-      backoff = Math.min(backoff * 2, 5000);
+      // A refusal will not change by itself: retry slowly, in case an operator fixes the other side.
+      backoff = refused ? Math.min(Math.max(backoff * 2, 10_000), 60_000) : Math.min(backoff * 2, 5000);
     }
   };
 
@@ -556,13 +671,38 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   return {
     name,
     done,
+    forceStop() {
+      forced?.();
+    },
     async stop() {
+      const running = () => [...active].filter(([key]) => !outbox.has(key)).map(([, a]) => a);
+      if (draining && (running().length > 0 || outbox.size > 0)) {
+        // Drained: what runs finishes and its result reaches the master before the worker goes.
+        log.info(
+          `draining: waiting for ${running().length} running job(s) and ${outbox.size} result(s) before stopping; signal again to stop now`,
+        );
+        const force = new Promise<void>((r) => {
+          forced = r;
+        });
+        while (running().length > 0 || outbox.size > 0) {
+          const stop = await Promise.race([force.then(() => true), delay(200).then(() => false)]);
+          if (stop) break;
+        }
+      }
       stopping = true;
       if (heartbeat) clearInterval(heartbeat);
       if (pumpTimer) clearInterval(pumpTimer);
       clearInterval(healthTimer);
-      // Jobs cut short by a stop are not failures of theirs: no outcome is written, so the master
-      // re-queues them (retries permitting) when this worker comes back or its lease runs out.
+      // Jobs cut short by a stop are not failures of theirs: no outcome is written, and the master is
+      // told at once so it re-queues them (retries permitting) instead of waiting for their leases.
+      const cut = running();
+      if (cut.length > 0) {
+        send({
+          type: "worker.stopping",
+          running: cut.map((a) => ({ jobId: a.spec.id, attempt: a.spec.attempt })),
+        });
+        log.info(`stopping: ${cut.length} running job(s) ended; the master re-queues them`);
+      }
       for (const [key, a] of active) {
         if (outbox.has(key)) continue;
         a.forgotten = true;
@@ -572,6 +712,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       await opts.runner.stop?.().catch((err) => log.error(`runner stop: ${coerceError(err).message}`));
       ws?.close();
       await Promise.race([done, delay(1000)]);
+      identity.release();
     },
   };
 }

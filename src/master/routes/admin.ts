@@ -58,7 +58,10 @@ export function adminRoutes(ctx: MasterContext) {
     await setWorker(ctx.store, name, set);
     const live = ctx.registry.workers.get(name);
     if (live) {
-      if (set.draining !== undefined) live.draining = set.draining;
+      if (set.draining !== undefined) {
+        live.draining = set.draining;
+        live.send({ type: "worker.draining", draining: set.draining });
+      }
       if (set.holdReason !== undefined) live.holdReason = set.holdReason;
     }
     ctx.dispatch();
