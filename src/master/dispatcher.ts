@@ -1,5 +1,5 @@
 import { coerceError } from "../lib/errors.ts";
-import type { JobSpec } from "../protocol/job.ts";
+import { type JobSpec, JobSpecSchema } from "../protocol/job.ts";
 import { assignJob, dispatchOrder, type QueuedJob, readyJobs } from "../store/jobs.ts";
 import type { JobRow } from "../store/schema.ts";
 import type { MasterContext } from "./context.ts";
@@ -19,25 +19,13 @@ export function slotFits(
   );
 }
 
+/** The keys of a JobSpec that come from the job's row: all of them but the template, resolved apart. */
+const SPEC_FROM_ROW = Object.keys(JobSpecSchema.shape).filter((k) => k !== "template") as (keyof JobSpec &
+  keyof JobRow)[];
+
+/** The spec a worker gets for the row's current attempt, read from the row by the spec's own keys. */
 export function specOf(row: JobRow, template: JobSpec["template"] = null): JobSpec {
-  return {
-    id: row.id,
-    attempt: row.attempt,
-    name: row.name,
-    project: row.project,
-    command: row.command,
-    env: row.env,
-    timeoutMs: row.timeoutMs,
-    memoryBytes: row.memoryBytes,
-    cpus: row.cpus,
-    pids: row.pids,
-    scratchBytes: row.scratchBytes,
-    root: row.root,
-    template,
-    writableRoot: row.writableRoot,
-    needs: row.needs,
-    egress: row.egress,
-  };
+  return { ...(Object.fromEntries(SPEC_FROM_ROW.map((k) => [k, row[k]])) as JobSpec), template };
 }
 
 /** Free slots that can run the same jobs: same channel, arch and resources. */

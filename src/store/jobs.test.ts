@@ -2,22 +2,28 @@ import { afterEach, beforeEach, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { getTableColumns } from "drizzle-orm";
 import type { Outcome } from "../protocol/job.ts";
 import {
   assignJob,
   cancelJob,
+  DEFINITION,
+  definitionOf,
   expiredLeases,
   extendLeases,
   finishJob,
   getJob,
   insertJob,
+  type JobDefinition,
   jobHistory,
   markRunning,
   type NewJob,
+  RUN_STATE,
   readyJobs,
   requeueOrLose,
 } from "./jobs.ts";
 import { openStore, type Store } from "./open.ts";
+import { jobs } from "./schema.ts";
 
 let dir: string;
 let store: Store;
@@ -154,4 +160,45 @@ test("leases expire unless extended by the worker that holds the job", async () 
   expect((await expiredLeases(store.db, 2000)).length).toBe(1);
   await extendLeases(store, "w", [row.id], 10_000, 1500);
   expect((await expiredLeases(store.db, 2000)).length).toBe(0);
+});
+
+test("every column of jobs is either part of a job's definition or of its run, never both", () => {
+  const columns = Object.keys(getTableColumns(jobs)).sort();
+  const listed: string[] = [...DEFINITION, ...RUN_STATE].sort();
+  expect(listed).toEqual(columns);
+  expect(new Set(listed).size).toBe(listed.length);
+});
+
+test("a copied definition keeps every field, so a retry repeats the job exactly", async () => {
+  // One value per definition column, each unlike what a plain submit stores: a column added to
+  // DEFINITION without a value here fails the first check.
+  const unlike: JobDefinition = {
+    name: "n",
+    project: "p",
+    channel: "c",
+    arch: "arm64",
+    priority: 7,
+    command: ["make", "-j2"],
+    env: { A: "1" },
+    timeoutMs: 1234,
+    memoryBytes: 64 << 20,
+    cpus: 1.5,
+    pids: 99,
+    scratchBytes: 2 << 20,
+    root: "bookworm",
+    writableRoot: true,
+    needs: ["kvm"],
+    egress: ["deb.debian.org"],
+    repo: "main",
+    retries: 5,
+    recipe: "deb",
+    recipeVersion: 3,
+    recipeVars: { url: "x" },
+  };
+  const plain = await insertJob(store, job());
+  for (const k of DEFINITION) expect([k, unlike[k]]).not.toEqual([k, plain[k]]);
+  const original = await insertJob(store, { ...job(), ...unlike });
+  const copy = await insertJob(store, { ...definitionOf(original), retryOf: original.id });
+  expect(definitionOf(copy)).toEqual(unlike);
+  expect(copy.retryOf).toBe(original.id);
 });

@@ -15,6 +15,68 @@ const ACTIVE: JobState[] = ["assigned", "running"];
 
 export type NewJob = Omit<typeof jobs.$inferInsert, "id" | "state" | "attempt" | "createdAt">;
 
+/**
+ * The columns that say what a job is, as it was submitted: a retry copies exactly these, whatever is
+ * added to the table later. Every other column is the state of its run, listed in RUN_STATE; a unit test
+ * checks that each column of the table is in exactly one of the two lists.
+ */
+export const DEFINITION = [
+  "name",
+  "project",
+  "channel",
+  "arch",
+  "priority",
+  "command",
+  "env",
+  "timeoutMs",
+  "memoryBytes",
+  "cpus",
+  "pids",
+  "scratchBytes",
+  "root",
+  "writableRoot",
+  "needs",
+  "egress",
+  "repo",
+  "retries",
+  "recipe",
+  "recipeVersion",
+  "recipeVars",
+] as const satisfies readonly (keyof JobRow)[];
+
+/** The columns that belong to one run of a job (and to its provenance), never copied by a retry. */
+export const RUN_STATE = [
+  "id",
+  "attempt",
+  "state",
+  "reason",
+  "message",
+  "exitCode",
+  "worker",
+  "slot",
+  "leaseExpiresAt",
+  "cancelRequested",
+  "createdAt",
+  "assignedAt",
+  "startedAt",
+  "finishedAt",
+  "peakMemoryBytes",
+  "cpuMs",
+  "logSize",
+  "logBase",
+  "retryOf",
+  "progress",
+  "progressMessage",
+  "submittedBy",
+] as const satisfies readonly (keyof JobRow)[];
+
+export type JobDefinition = Pick<JobRow, (typeof DEFINITION)[number]>;
+
+/** What `row` is as a submitted job: the one mapping a retry (and anything else that copies a job) uses. */
+export function definitionOf(row: JobRow): JobDefinition {
+  return Object.fromEntries(DEFINITION.map((k) => [k, row[k]])) as JobDefinition;
+}
+
 async function event(tx: Db, row: JobRow, at: number) {
   await tx.insert(jobEvents).values({
     jobId: row.id,

@@ -4,7 +4,7 @@ import { MAX_JSON_BODY, readLimited } from "../../lib/body.ts";
 import { AppError, badRequest, notFound } from "../../lib/errors.ts";
 import { isTerminal, SubmitSchema } from "../../protocol/job.ts";
 import { listArtifacts } from "../../store/artifacts.ts";
-import { cancelJob, getJob, insertJob, jobHistory, listJobs } from "../../store/jobs.ts";
+import { cancelJob, definitionOf, getJob, insertJob, jobHistory, listJobs } from "../../store/jobs.ts";
 import type { JobRow } from "../../store/schema.ts";
 import type { Caller } from "../auth.ts";
 import { requireRole } from "../auth.ts";
@@ -140,31 +140,12 @@ export function clientRoutes(ctx: MasterContext) {
         { status: 409 },
       );
     }
+    // A retry runs the same definition, the rendered script with the same values included, even if the
+    // recipe has a newer version or was removed since: it repeats the job, it is not a new submit.
     const copy = await insertJob(ctx.store, {
-      name: row.name,
-      project: row.project,
-      channel: row.channel,
-      arch: row.arch,
-      priority: row.priority,
-      command: row.command,
-      env: row.env,
-      timeoutMs: row.timeoutMs,
-      memoryBytes: row.memoryBytes,
-      cpus: row.cpus,
-      pids: row.pids,
-      scratchBytes: row.scratchBytes,
-      root: row.root,
-      needs: row.needs,
-      egress: row.egress,
-      repo: row.repo,
-      retries: row.retries,
+      ...definitionOf(row),
       retryOf: row.id,
       submittedBy: caller.name,
-      // A retry runs the same rendered script with the same values, even if the recipe has a newer
-      // version or was removed since: it repeats the job, it is not a new submit of the recipe.
-      recipe: row.recipe,
-      recipeVersion: row.recipeVersion,
-      recipeVars: row.recipeVars,
     });
     ctx.dispatch();
     return c.json({ id: copy.id }, 201);
