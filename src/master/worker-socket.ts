@@ -240,7 +240,9 @@ export function workerSocketHandlers(ctx: MasterContext) {
           s.refusals = (s.refusals ?? 0) + 1;
           s.refusedUntil = Date.now() + Math.min(30_000, 250 * 2 ** (s.refusals - 1));
         }
-        if (row && row.attempt === m.attempt && row.worker === name && row.state === "assigned") {
+        // Handed back unstarted: the slot was busy or held, or could not be set up for it (then the
+        // job's command never ran, even if the worker had said it started).
+        if (row && row.attempt === m.attempt && row.worker === name && !isTerminal(row.state)) {
           await requeueRefused(ctx.store, row, m.message, ctx.logs.size(row.id));
           ctx.log.info(`job ${row.id}: ${name} handed it back (${m.message}); re-queued`);
         }

@@ -9,7 +9,12 @@ test("the launcher's status lines become pid, exit, signal or a set-up failure n
     exit: {
       kind: "sandbox",
       message: "sandbox set-up failed at scratch: open /x.img: No such file or directory",
+      slotFault: true,
     },
+  });
+  expect(parseStatus("error exec: /no/such/program: No such file or directory")).toEqual({
+    exit: { kind: "exit", code: 127 },
+    note: "kiln: cannot run the job's command: /no/such/program: No such file or directory\n",
   });
   expect(parseStatus("garbage")).toBeNull();
 });

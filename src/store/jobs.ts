@@ -403,13 +403,13 @@ export async function countByState(db: Db): Promise<Record<string, number>> {
 }
 
 /**
- * A worker handed an assignment back unstarted (its slot turned out held or busy): the job goes back to
- * the queue without spending one of its retries.
+ * A worker handed an assignment back unstarted (its slot turned out held or busy, or could not be set up
+ * for it): the job goes back to the queue without spending one of its retries.
  */
 export function requeueRefused(store: Store, row: JobRow, why: string, logBase: number, now = Date.now()) {
   return transition(
     store,
-    and(eq(jobs.id, row.id), eq(jobs.attempt, row.attempt), eq(jobs.state, "assigned")),
+    and(eq(jobs.id, row.id), eq(jobs.attempt, row.attempt), inArray(jobs.state, ACTIVE)),
     {
       state: "queued",
       attempt: row.attempt + 1,
@@ -419,6 +419,7 @@ export function requeueRefused(store: Store, row: JobRow, why: string, logBase: 
       slot: null,
       leaseExpiresAt: null,
       assignedAt: null,
+      startedAt: null,
       logBase,
     },
     now,

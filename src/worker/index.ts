@@ -137,6 +137,18 @@ export function defaultArch(): string {
   return process.arch === "x64" ? "amd64" : process.arch;
 }
 
+/**
+ * Failures of a runner's start that are the job's own doing (what it asked for cannot be had); any other
+ * failure to start is the slot's.
+ */
+const JOB_FAULTS = new Set([
+  "SCRATCH_TOO_BIG",
+  "NO_TEMPLATE",
+  "TEMPLATE_BUILD_FAILED",
+  "BAD_TEMPLATE",
+  "ARTIFACT_FETCH",
+]);
+
 const LOG_CHUNK = 64 * 1024;
 // A result the master has not acknowledged after this long is sent again: two heartbeats.
 const RESEND_FINISHED = 10_000;
@@ -326,8 +338,37 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     o.reported = Date.now();
   };
 
+  /*
+   * The slot could not be set up for the job (cgroups, scratch, the launcher's mounts): the job never
+   * ran, so it goes back to the queue without spending a retry, and the slot is held with the reason
+   * so it stops failing every job it is given. `kiln release W --slot S` offers it again.
+   */
+  const slotFailed = (a: Active, message: string) => {
+    const key = jobKey(a.spec.id, a.spec.attempt);
+    if (a.timer) clearTimeout(a.timer);
+    a.proxy?.close();
+    closeSync(a.logFd);
+    active.delete(key);
+    removeJobDir(a.job);
+    const reason = `set-up failed for job ${a.spec.id}: ${message}`;
+    log.error(
+      `slot ${a.slot.name}: ${reason}; the slot is held and the job re-queued (kiln release ${name} --slot ${a.slot.name} once fixed)`,
+    );
+    book.hold(a.slot.name, reason);
+    send({
+      type: "job.refused",
+      jobId: a.spec.id,
+      attempt: a.spec.attempt,
+      message: `slot ${a.slot.name} on ${name}: ${reason}`,
+    });
+  };
+
   const finish = async (a: Active, result: RunResult) => {
     const key = jobKey(a.spec.id, a.spec.attempt);
+    if (result.exit.kind === "sandbox" && result.exit.slotFault && !a.forgotten && !a.cancelled) {
+      slotFailed(a, result.exit.message);
+      return;
+    }
     if (a.timer) clearTimeout(a.timer);
     const logSize = fstatSync(a.logFd).size;
     const outcome = outcomeOf(result, a);
@@ -413,8 +454,10 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     try {
       a.handle = await opts.runner.start({ spec, slot, dir: job.dir, logFd, env, apiSocket });
     } catch (err) {
+      const e = coerceError(err);
+      const code = e instanceof AppError ? e.code : "";
       await finish(a, {
-        exit: { kind: "sandbox", message: coerceError(err).message },
+        exit: { kind: "sandbox", message: e.message, slotFault: !JOB_FAULTS.has(code) },
         limit: null,
         peakMemoryBytes: null,
         cpuMs: null,

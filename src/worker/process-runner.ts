@@ -1,5 +1,5 @@
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { accessSync, constants, mkdirSync, readFileSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { join, resolve } from "node:path";
 import type { RunHandle, Runner, RunRequest, RunResult } from "./runner.ts";
 
 /*
@@ -36,6 +36,22 @@ function startTime(pid: number): string | null {
   }
 }
 
+/** Why `cmd` cannot be executed (looked up in `path` as execvp would), or null when it can. */
+function cannotRun(cmd: string, path: string, cwd: string): string | null {
+  const candidates = cmd.includes("/")
+    ? [resolve(cwd, cmd)]
+    : path.split(":").map((d) => join(d || ".", cmd));
+  for (const c of candidates) {
+    try {
+      accessSync(c, constants.X_OK);
+      if (statSync(c).isFile()) return null;
+    } catch {
+      // Not this one.
+    }
+  }
+  return cmd.includes("/") ? `${cmd}: no such executable file` : `${cmd}: not found in PATH (${path})`;
+}
+
 export function createProcessRunner(): Runner {
   return {
     name: "process",
@@ -43,6 +59,21 @@ export function createProcessRunner(): Runner {
       const work = join(req.dir, "work");
       mkdirSync(work, { recursive: true });
       mkdirSync(req.env.KILN_OUT!, { recursive: true });
+      // The job's own mistake (a command that is not there or not executable) ends it like a shell
+      // would, with 127 and the reason in its log, not as a failure of the worker.
+      const cannot = cannotRun(req.spec.command[0]!, req.env.PATH ?? "", work);
+      if (cannot) {
+        writeSync(req.logFd, `kiln: cannot run the job's command: ${cannot}\n`);
+        return {
+          result: Promise.resolve({
+            exit: { kind: "exit", code: 127 },
+            limit: null,
+            peakMemoryBytes: null,
+            cpuMs: null,
+          }),
+          kill() {},
+        };
+      }
       const child = Bun.spawn(req.spec.command, {
         cwd: work,
         env: req.env,

@@ -15,11 +15,16 @@ export interface Slot {
   healthCheck: string;
 }
 
-/** How the job's main process ended, before the worker turns it into a state and reason. */
+/**
+ * How the job's main process ended, before the worker turns it into a state and reason. A sandbox
+ * failure is the job's own (a template it named would not build, a scratch bigger than allowed) unless
+ * `slotFault` says the slot could not be set up: then the job never ran, goes back to the queue, and the
+ * slot is held until an operator looks.
+ */
 export type RawExit =
   | { kind: "exit"; code: number }
   | { kind: "signal"; signal: number }
-  | { kind: "sandbox"; message: string };
+  | { kind: "sandbox"; message: string; slotFault?: boolean };
 
 export interface RunResult {
   exit: RawExit;

@@ -27,7 +27,7 @@ chmodSync(dir.path, 0o755);
 
 afterAll(async () => {
   await stopAll();
-  if (!process.env.KEEP) dir[Symbol.dispose]();
+  dir[Symbol.dispose]();
 });
 
 /** A fresh directory under the test's own, for one more kiln to live in. */
