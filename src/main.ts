@@ -1,6 +1,7 @@
 #!/usr/bin/env bun
-import { type CommandDef, defineCommand, renderUsage, runCommand } from "citty";
+import { type CommandDef, defineCommand, runCommand } from "citty";
 import { artifacts, download } from "./cli/artifacts.ts";
+import { renderHelp } from "./cli/help.ts";
 import { job } from "./cli/job-control.ts";
 import { cancel, jobs, logs, retry, show, submit } from "./cli/jobs.ts";
 import { recipe } from "./cli/recipes.ts";
@@ -36,40 +37,40 @@ const main = defineCommand({
   },
 });
 
-/** Finds the (sub)command that `argv` names, for --help on any of them. */
-async function resolve(argv: string[]): Promise<{ cmd: CommandDef; parent?: CommandDef }> {
+/** Finds the (sub)command that `argv` names and the words that led there, for --help on any of them. */
+async function resolve(argv: string[]): Promise<{ cmd: CommandDef; path: string[] }> {
   let cmd: CommandDef = main as CommandDef;
-  let parent: CommandDef | undefined;
+  const path: string[] = [];
   for (const word of argv) {
     if (word.startsWith("-")) break;
     const subs = (typeof cmd.subCommands === "function" ? await cmd.subCommands() : await cmd.subCommands) as
       | Record<string, CommandDef>
       | undefined;
     if (!subs?.[word]) break;
-    parent = cmd;
+    path.push(word);
     cmd = subs[word]!;
   }
-  return { cmd, parent };
+  return { cmd, path };
 }
 
 async function run(argv: string[]) {
   const dash = argv.indexOf("--");
   const flags = dash >= 0 ? argv.slice(0, dash) : argv;
-  const { cmd, parent } = await resolve(argv);
+  const { cmd, path } = await resolve(argv);
   // Only `kiln --version` itself: a subcommand may have its own --version (`kiln recipe show --version N`).
   if (cmd === main && (flags.includes("--version") || (flags.length === 1 && flags[0] === "-v"))) {
     process.stdout.write(`kiln ${VERSION} (bun ${Bun.version}, ${process.platform}/${process.arch})\n`);
     return;
   }
-  if (
-    flags.includes("--help") ||
-    flags.includes("-h") ||
-    argv.length === 0 ||
-    (cmd.subCommands && !cmd.run && flags.length <= (parent ? 1 : 0) + 0)
-  ) {
-    const usage = await renderUsage(cmd, parent);
-    process.stdout.write(`${process.stdout.isTTY ? usage : usage.replace(/\x1b\[[0-9;]*m/g, "")}\n`);
+  const help = await renderHelp(cmd, path, cmd === main ? VERSION : undefined);
+  if (flags.includes("--help") || flags.includes("-h")) {
+    process.stdout.write(help);
     return;
+  }
+  // A command group without its command (bare `kiln`, `kiln token`) is a usage error: help on stderr, 2.
+  if (cmd.subCommands && !cmd.run && flags.length === path.length) {
+    process.stderr.write(help);
+    process.exit(2);
   }
   const first = argv[0]!;
   const subs = main.subCommands as Record<string, unknown>;
@@ -79,6 +80,16 @@ async function run(argv: string[]) {
   await runCommand(main, { rawArgs: argv });
 }
 
+/**
+ * Usage errors exit 2 wherever they are caught: by the command line (USAGE) or by the master, which
+ * answers a request it cannot take with 400 (or 413 for one too large).
+ */
+function isUsage(e: Error): boolean {
+  return (
+    e instanceof AppError && (e.code === "USAGE" || (e.remote && (e.status === 400 || e.status === 413)))
+  );
+}
+
 try {
   await run(process.argv.slice(2));
 } catch (err) {
@@ -86,5 +97,5 @@ try {
   const msg = e instanceof AppError ? e.message : e.message.replace(/^Unknown command/, "unknown command");
   process.stderr.write(`kiln: ${msg}\n`);
   if (!(e instanceof AppError) && process.env.KILN_DEBUG) process.stderr.write(`${e.stack}\n`);
-  process.exit(e instanceof AppError && e.code === "USAGE" ? 2 : 1);
+  process.exit(isUsage(e) ? 2 : 1);
 }

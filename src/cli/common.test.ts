@@ -1,5 +1,5 @@
 import { expect, test } from "bun:test";
-import { repeated } from "./common.ts";
+import { repeated, safe, table } from "./common.ts";
 
 test("a repeatable flag keeps every value in order, in both spellings, and stops at --", () => {
   const argv = [
@@ -18,4 +18,11 @@ test("a repeatable flag keeps every value in order, in both spellings, and stops
   expect(repeated(argv, "var")).toEqual(["a=1", "b=2", "c=--var"]);
   expect(repeated(argv, "env")).toEqual(["X=1"]);
   expect(repeated(argv, "needs")).toEqual([]);
+});
+
+test("client-given text is made safe for a terminal: escapes and newlines are shown, not obeyed", () => {
+  expect(safe("red\x1b[31m\nnext\tline\r\x7f\x9b\\")).toBe("red\\x1b[31m\\nnext\\tline\\r\\x7f\\x9b\\\\");
+  expect(safe("plain name-1.2_3 ünïcode")).toBe("plain name-1.2_3 ünïcode");
+  const t = table(["ID", "NAME"], [[1, "a\nb"]]);
+  expect(t.split("\n")).toHaveLength(2);
 });

@@ -62,9 +62,24 @@ export function print(json: boolean | undefined, value: unknown, human: () => st
   }
 }
 
-/** Lays out rows as aligned columns. */
+/**
+ * `text` made safe for a terminal: control characters (C0, DEL, C1; newlines and escapes included) are
+ * shown as `\n`, `\t` or `\xNN`, so a name a client chose cannot recolour the terminal, move the cursor
+ * or break a table into extra lines.
+ */
+export function safe(text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f-\u009f\\]/g, (c) => {
+    if (c === "\\") return "\\\\";
+    if (c === "\n") return "\\n";
+    if (c === "\t") return "\\t";
+    if (c === "\r") return "\\r";
+    return `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`;
+  });
+}
+
+/** Lays out rows as aligned columns; every cell is made terminal-safe. */
 export function table(head: string[], rows: (string | number | null)[][]): string {
-  const cells = [head, ...rows.map((r) => r.map((c) => (c === null ? "-" : String(c))))];
+  const cells = [head, ...rows.map((r) => r.map((c) => (c === null ? "-" : safe(String(c)))))];
   const widths = head.map((_, i) => Math.max(...cells.map((r) => r[i]!.length)));
   return cells
     .map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join("  "))

@@ -1,6 +1,7 @@
 import { basename } from "node:path";
 import { defineCommand } from "citty";
 import { AppError } from "../lib/errors.ts";
+import { formatSize } from "../lib/size.ts";
 import { checkFlags } from "./common.ts";
 
 /*
@@ -31,7 +32,7 @@ const post = (path: string, body: unknown) =>
 
 const progressArgs = {
   percent: { type: "positional", description: "0 to 100", required: false },
-  message: { type: "positional", description: "What the job is doing", required: false },
+  message: { type: "positional", description: "What the job is doing", required: false, valueHint: "[MSG]" },
 } as const;
 const progress = defineCommand({
   meta: { name: "progress", description: "Report progress: kiln job progress PCT [MSG]" },
@@ -81,7 +82,8 @@ const upload = defineCommand({
       headers: { "content-length": String(f.size) },
       body: f,
     });
-    process.stdout.write(`${JSON.stringify(res)}\n`);
+    const got = res as { name?: string; size?: number };
+    process.stdout.write(`uploaded ${got.name ?? name} (${formatSize(got.size ?? f.size)})\n`);
   },
 });
 

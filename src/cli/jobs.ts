@@ -4,9 +4,9 @@ import { formatDuration, parseDuration } from "../lib/duration.ts";
 import { AppError, errorFrom } from "../lib/errors.ts";
 import { delay } from "../lib/loop.ts";
 import { formatSize, parseSize } from "../lib/size.ts";
-import { isTerminal, type JobView } from "../protocol/job.ts";
+import { isTerminal, JOB_STATES, type JobView, SUBMIT_FLAGS, SubmitSchema } from "../protocol/job.ts";
 import type { Client } from "./client.ts";
-import { checkFlags, clientArgs, clientOf, jobIdArg, print, repeated, table } from "./common.ts";
+import { checkFlags, clientArgs, clientOf, jobIdArg, print, repeated, safe, table } from "./common.ts";
 
 const submitArgs = {
   ...clientArgs,
@@ -147,12 +147,18 @@ export const submit = defineCommand({
       repo: a.repo,
       retries: int("retries", a.retries),
     };
+    const request = JSON.parse(JSON.stringify(body));
+    checkRequest(request, {
+      timeoutMs: a.timeout,
+      memoryBytes: a.memory,
+      scratchBytes: a.scratch,
+      cpus: a.cpus,
+      pids: a.pids,
+      priority: a.priority,
+      retries: a.retries,
+    });
     const client = clientOf(a);
-    const { id } = await client.request<{ id: number }>(
-      "POST",
-      "/api/v1/jobs",
-      JSON.parse(JSON.stringify(body)),
-    );
+    const { id } = await client.request<{ id: number }>("POST", "/api/v1/jobs", request);
     if (!a.wait) {
       print(a.json, { id }, () => String(id));
       return;
@@ -165,6 +171,20 @@ export const submit = defineCommand({
     process.exitCode = exitStatusOf(job);
   },
 });
+
+/**
+ * Checks the request against the same schema the master uses, before anything is sent, and says what is
+ * wrong in the words the user typed: the flag and its value (`--memory 1k: must be at least 4M`).
+ */
+function checkRequest(request: unknown, typed: Record<string, string | undefined>) {
+  const r = SubmitSchema.safeParse(request);
+  if (r.success) return;
+  const issue = r.error.issues[0]!;
+  const field = String(issue.path[0] ?? "");
+  const flag = SUBMIT_FLAGS[field] ?? field;
+  const value = typed[field] ?? (issue.path.length > 1 ? String(issue.path[1]) : undefined);
+  throw new AppError("USAGE", `${flag}${value !== undefined ? ` ${value}` : ""}: ${issue.message}`);
+}
 
 /** Parses repeated `--flag K=V` values; a key given twice is refused rather than silently overwritten. */
 function pairs(flag: string, values: string[]): Record<string, string> {
@@ -236,7 +256,11 @@ export const jobs = defineCommand({
   meta: { name: "jobs", description: "List jobs, newest first" },
   args: {
     ...clientArgs,
-    state: { type: "string", description: "Only jobs in this state", valueHint: "STATE" },
+    state: {
+      type: "string",
+      description: `Only jobs in this state: ${JOB_STATES.join(", ")}`,
+      valueHint: "STATE",
+    },
     project: { type: "string", description: "Only jobs of this project", valueHint: "P" },
     limit: { type: "string", description: "How many (default 50)", valueHint: "N" },
   },
@@ -244,6 +268,8 @@ export const jobs = defineCommand({
     checkFlags(ctx, jobs.args as never);
     const a = ctx.args;
     const q = new URLSearchParams();
+    if (a.state && !(JOB_STATES as readonly string[]).includes(a.state))
+      throw new AppError("USAGE", `--state ${a.state}: use one of ${JOB_STATES.join(", ")}`);
     if (a.state) q.set("state", a.state);
     if (a.project) q.set("project", a.project);
     q.set("limit", String(int("limit", a.limit) ?? 50));
@@ -318,7 +344,7 @@ export const show = defineCommand({
       ];
       return lines
         .filter(([, v]) => v !== null && v !== "")
-        .map(([k, v]) => `${`${k}:`.padEnd(13)}${v}`)
+        .map(([k, v]) => `${`${k}:`.padEnd(13)}${safe(v!)}`)
         .join("\n");
     });
   },

@@ -35,27 +35,61 @@ const masterFlags = {
     valueHint: "URL",
   },
 } as const;
-const workerFlags = {
-  master: { type: "string", description: "Master URL (default http://127.0.0.1:7070)", valueHint: "URL" },
+const NAME_RULE = "1-63 lowercase letters, digits, . _ -";
+/** Flags of the local worker, which `up` runs beside its master too. */
+const localWorkerFlags = {
   name: {
     type: "string",
-    description: "Worker name: lowercase letters, digits, . _ - (default: the host name)",
+    description: `Worker name, ${NAME_RULE} (default: the host name, plus a hash of a non-default --data)`,
     valueHint: "NAME",
   },
   channels: {
     type: "string",
-    description: "Channels served, comma-separated (default: default)",
+    description: `Channels served, comma-separated, each ${NAME_RULE} (default: default)`,
     valueHint: "A,B",
   },
   capacity: { type: "string", description: "Number of slots (jobs at once)", valueHint: "N" },
+  arch: {
+    type: "string",
+    description: "Architecture offered to jobs, in Debian's names (default: this machine's)",
+    valueHint: "ARCH",
+  },
+  runner: {
+    type: "string",
+    description: "sandbox (as root: namespaces, cgroups, scratch) or process (no isolation)",
+    valueHint: "RUNNER",
+  },
+} as const;
+/** Flags of a worker that joins a master elsewhere. */
+const workerFlags = {
+  master: { type: "string", description: "Master URL (default http://127.0.0.1:7070)", valueHint: "URL" },
   join: {
     type: "string",
-    description: "Worker token from `kiln token create --role worker`",
+    description:
+      "Worker token from `kiln token create --role worker` (or env KILN_WORKER_JOIN, or --join-file)",
     valueHint: "TOKEN",
   },
+  "join-file": {
+    type: "string",
+    description: "Read the worker token from this file, so it does not show in ps",
+    valueHint: "FILE",
+  },
+  ...localWorkerFlags,
 } as const;
 
 type Args = Record<string, string | boolean | undefined>;
+
+/** The token in `file` (--join-file), trimmed; a file that cannot be read is a usage error. */
+function joinFromFile(file: string | undefined): string | undefined {
+  if (file === undefined) return undefined;
+  try {
+    const t = readFileSync(file, "utf8").trim();
+    if (!t) throw new Error("the file is empty");
+    return t;
+  } catch (err) {
+    throw new AppError("USAGE", `--join-file ${file}: ${coerceError(err).message}`);
+  }
+}
 
 /** Resolves config (defaults < file < env < flags), sets up logging and the data dir. */
 function setup(a: Args): { cfg: Config; data: string } {
@@ -68,7 +102,9 @@ function setup(a: Args): { cfg: Config; data: string } {
       name: a.name as string | undefined,
       channels: a.channels as never,
       capacity: a.capacity as never,
-      join: a.join as string | undefined,
+      arch: a.arch as string | undefined,
+      runner: a.runner as never,
+      join: (a.join as string | undefined) ?? joinFromFile(a["join-file"] as string | undefined),
     },
   };
   const cfg = loadConfig({ file: a.config as string | undefined, flags });
@@ -177,9 +213,9 @@ export const worker = defineCommand({
 
 export const up = defineCommand({
   meta: { name: "up", description: "Run a master and one local worker in one process" },
-  args: { ...common, ...masterFlags, ...workerFlags },
+  args: { ...common, ...masterFlags, ...localWorkerFlags },
   async run(ctx) {
-    checkFlags(ctx, { ...common, ...masterFlags, ...workerFlags });
+    checkFlags(ctx, { ...common, ...masterFlags, ...localWorkerFlags });
     const { cfg, data } = setup(ctx.args as Args);
     const { startMaster } = await import("../master/index.ts");
     const { startWorker } = await import("../worker/index.ts");

@@ -1,6 +1,6 @@
 import { defineCommand } from "citty";
 import { AppError } from "../lib/errors.ts";
-import { checkFlags, clientArgs, clientOf, print, table } from "./common.ts";
+import { checkFlags, clientArgs, clientOf, print, safe, table } from "./common.ts";
 
 interface WorkerView {
   name: string;
@@ -14,16 +14,33 @@ interface WorkerView {
   lastSeen: string;
 }
 
+const rmArgs = {
+  ...clientArgs,
+  worker: { type: "positional", description: "Worker name (see kiln workers)", required: false },
+} as const;
+const rm = defineCommand({
+  meta: { name: "rm", description: "Forget an offline worker (its registration, holds and drain state)" },
+  args: rmArgs,
+  async run(ctx) {
+    checkFlags(ctx, rmArgs);
+    const w = ctx.args.worker as string | undefined;
+    if (!w) throw new AppError("USAGE", "kiln workers rm WORKER: which worker? see `kiln workers`");
+    const res = await clientOf(ctx.args).request("DELETE", `/api/v1/admin/workers/${encodeURIComponent(w)}`);
+    print(ctx.args.json, res, () => `removed worker ${safe(w)}`);
+  },
+});
+
 export const workers = defineCommand({
-  meta: { name: "workers", description: "List workers, their slots and why any is held" },
+  meta: { name: "workers", description: "List workers, their slots and why any is held; rm forgets one" },
   args: clientArgs,
+  subCommands: { rm },
   async run(ctx) {
     checkFlags(ctx, clientArgs);
     const rows = await clientOf(ctx.args).request<WorkerView[]>("GET", "/api/v1/workers");
     print(ctx.args.json, rows, () => {
       if (rows.length === 0) return "no workers have registered yet";
       const main = table(
-        ["NAME", "STATE", "ARCH", "CHANNELS", "SLOTS", "LAST SEEN"],
+        ["NAME", "STATE", "ARCH", "CHANNELS", "BUSY/SLOTS", "LAST SEEN"],
         rows.map((w) => [
           w.name,
           w.state + (w.holdReason ? ` (${w.holdReason})` : ""),
@@ -34,7 +51,7 @@ export const workers = defineCommand({
         ]),
       );
       const held = rows.flatMap((w) =>
-        w.slots.filter((s) => s.held).map((s) => `  ${w.name}/${s.name} held: ${s.held}`),
+        w.slots.filter((s) => s.held).map((s) => `  ${w.name}/${s.name} held: ${safe(s.held!)}`),
       );
       return held.length ? `${main}\n${held.join("\n")}` : main;
     });

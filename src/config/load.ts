@@ -215,7 +215,9 @@ export function loadConfig(
     for (const [key, raw] of Object.entries(keys ?? {})) {
       if (raw === undefined) continue;
       const spec = (SCHEMA as Record<string, Record<string, KeySpec>>)[section]![key]!;
-      target[section]![key] = coerce("command line", `--${key.replaceAll("_", "-")}`, spec, raw);
+      // The flag as the user typed it: the log keys are --log-format and --log-level.
+      const flag = `--${section === "log" ? "log-" : ""}${key.replaceAll("_", "-")}`;
+      target[section]![key] = coerce("command line", flag, spec, raw);
     }
   }
   return cfg;

@@ -2,11 +2,11 @@ import { expect, test } from "bun:test";
 import { formatDuration, parseDuration } from "./duration.ts";
 import { checkName, isName } from "./names.ts";
 
-test("durations parse with units, combined units and bare seconds", () => {
+test("durations parse with units and combined units; a bare number needs a unit", () => {
   expect(parseDuration("500ms")).toBe(500);
   expect(parseDuration("90s")).toBe(90_000);
   expect(parseDuration("1h30m")).toBe(5_400_000);
-  expect(parseDuration("2")).toBe(2000);
+  expect(() => parseDuration("2")).toThrow('"2" needs a unit: 2s, 2m or 2h');
   expect(parseDuration("1.5s")).toBe(1500);
   for (const bad of ["", "soon", "5 minutes", "1h30", "-1s", "1y"])
     expect(() => parseDuration(bad)).toThrow("is not a duration");

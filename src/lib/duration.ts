@@ -1,9 +1,13 @@
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
-/** Parses "90s", "15m", "1h30m", "500ms" or a bare number of seconds into milliseconds; throws on anything else. */
+/**
+ * Parses "90s", "15m", "1h30m" or "500ms" into milliseconds; throws on anything else. A bare number is
+ * refused: "2" could mean seconds or minutes, and a wrong guess is a job killed early or a day late.
+ */
 export function parseDuration(text: string): number {
   const t = text.trim();
-  if (/^\d+(\.\d+)?$/.test(t)) return Math.round(Number(t) * 1000);
+  if (/^\d+(\.\d+)?$/.test(t))
+    throw new Error(`"${text}" needs a unit: ${t}s, ${t}m or ${t}h (ms, s, m, h or d)`);
   const re = /(\d+(?:\.\d+)?)(ms|s|m|h|d)/gy;
   let total = 0;
   let consumed = 0;

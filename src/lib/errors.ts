@@ -2,12 +2,19 @@
 export class AppError extends Error {
   readonly code: string;
   readonly status: number;
+  /** True when the master raised it and a client read it from the response (see errorFrom). */
+  readonly remote: boolean;
 
-  constructor(code: string, message: string, options: { status?: number; cause?: unknown } = {}) {
+  constructor(
+    code: string,
+    message: string,
+    options: { status?: number; cause?: unknown; remote?: boolean } = {},
+  ) {
     super(message, { cause: options.cause });
     this.name = "AppError";
     this.code = code;
     this.status = options.status ?? 400;
+    this.remote = options.remote ?? false;
   }
 }
 
@@ -59,5 +66,6 @@ export async function errorFrom(res: Response, who = "the master"): Promise<AppE
     ?.error;
   return new AppError(e?.code ?? `HTTP_${res.status}`, e?.message ?? `${who} answered ${res.status}`, {
     status: res.status,
+    remote: true,
   });
 }

@@ -99,6 +99,9 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
       idleTimeout: 0,
       // Production mode: Bun's development error page shows source lines and the working directory.
       development: false,
+      // Production mode also turns SO_REUSEPORT on by default, which lets a second master bind the same
+      // port and take half the connections: one port, one master.
+      reusePort: false,
       error(err) {
         log.error(`unhandled error serving a request: ${coerceError(err).stack ?? err}`);
         return internalError();

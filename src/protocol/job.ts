@@ -126,13 +126,10 @@ export function execBytes(command: string[], env: Record<string, string>): numbe
   return n;
 }
 const NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
-const name = (what: string) =>
+const name = (_what: string) =>
   z
     .string()
-    .regex(
-      NAME,
-      `${what} must be 1-63 lowercase letters, digits, ".", "_" or "-", starting with a letter or digit`,
-    );
+    .regex(NAME, `must be 1-63 lowercase letters, digits, ".", "_" or "-", starting with a letter or digit`);
 
 /**
  * The options of a submit that a recipe's `[submit]` table may also set. None has a default here, so the
@@ -144,9 +141,17 @@ export const SubmitOptionsSchema = z
     project: name("project").optional(),
     channel: name("channel").optional(),
     arch: name("arch").optional(),
-    priority: z.number().int().min(-1000).max(1000).optional(),
+    priority: z
+      .number()
+      .int()
+      .min(-1000, "must be at least -1000")
+      .max(1000, "must be at most 1000")
+      .optional(),
     env: z
-      .record(z.string().regex(ENV_KEY, "env names must be letters, digits and _").max(256), z.string())
+      .record(
+        z.string().regex(ENV_KEY, "names must be letters, digits and _, not starting with a digit").max(256),
+        z.string(),
+      )
       .refine((e) => Object.keys(e).length <= SPEC_LIMITS.envVars, {
         message: `at most ${SPEC_LIMITS.envVars} environment variables`,
       })
@@ -160,33 +165,55 @@ export const SubmitOptionsSchema = z
         },
       )
       .optional(),
-    timeoutMs: z.number().int().positive().optional(),
+    timeoutMs: z.number().int().positive("must be more than 0").optional(),
     memoryBytes: z
       .number()
       .int()
-      .min(4 << 20, "memory must be at least 4M")
+      .min(4 << 20, "must be at least 4M")
       .optional(),
-    cpus: z.number().positive().max(1024).optional(),
-    pids: z.number().int().min(8, "pids must be at least 8").optional(),
+    cpus: z.number().positive("must be more than 0").max(1024, "must be at most 1024").optional(),
+    pids: z.number().int().min(8, "must be at least 8").optional(),
     scratchBytes: z
       .number()
       .int()
-      .min(1 << 20, "scratch must be at least 1M")
+      .min(1 << 20, "must be at least 1M")
       .optional(),
     root: z
       .string()
-      .regex(/^(host|[a-z0-9][a-z0-9._-]{0,62})$/, "root must be host or a template name")
+      .regex(/^(host|[a-z0-9][a-z0-9._-]{0,62})$/, "must be host or a template name")
       .optional(),
     writableRoot: z.boolean().optional(),
     needs: z.array(name("needs")).optional(),
-    egress: z
-      .array(z.string().regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, "egress must be HOST or HOST:PORT"))
-      .optional(),
+    egress: z.array(z.string().regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, "must be HOST or HOST:PORT")).optional(),
     repo: name("repo").optional(),
-    retries: z.number().int().min(0).max(100).optional(),
+    retries: z.number().int().min(0, "must be at least 0").max(100, "must be at most 100").optional(),
   })
   .strict();
 export type SubmitOptions = z.infer<typeof SubmitOptionsSchema>;
+
+/** The `kiln submit` flag behind each field of a submit request, so the CLI speaks of what the user typed. */
+export const SUBMIT_FLAGS: Record<string, string> = {
+  name: "--name",
+  project: "--project",
+  channel: "--channel",
+  arch: "--arch",
+  priority: "--priority",
+  env: "--env",
+  timeoutMs: "--timeout",
+  memoryBytes: "--memory",
+  cpus: "--cpus",
+  pids: "--pids",
+  scratchBytes: "--scratch",
+  root: "--root",
+  writableRoot: "--writable-root",
+  needs: "--needs",
+  egress: "--egress",
+  repo: "--repo",
+  retries: "--retries",
+  command: "the command",
+  recipe: "--recipe",
+  vars: "--var",
+};
 
 /** What a submit gets for an option that neither the request nor its recipe sets. */
 export const SUBMIT_DEFAULTS = {

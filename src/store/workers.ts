@@ -47,3 +47,11 @@ export function markAllDisconnected(store: Store) {
     await tx.update(workers).set({ connected: false });
   });
 }
+
+/** Forgets a worker's registration (its holds, drain state, last seen); true when there was one. */
+export async function removeWorker(store: Store, name: string): Promise<boolean> {
+  return store.write(async (tx) => {
+    const gone = await tx.delete(workers).where(eq(workers.name, name)).returning({ name: workers.name });
+    return gone.length > 0;
+  });
+}

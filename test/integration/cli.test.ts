@@ -36,40 +36,65 @@ describe("the binary", () => {
     expect(h.stdout).not.toContain("\x1b[");
   });
 
-  const commands = [
-    "master",
-    "worker",
-    "up",
-    "submit",
-    "jobs",
-    "show",
-    "logs",
-    "cancel",
-    "retry",
-    "workers",
-    "drain",
-    "hold",
-    "release",
-    "token",
-    "token create",
-    "recipe",
-    "recipe add",
-    "recipe show",
-    "template",
-    "template add",
-    "template build",
-    "job",
-    "job progress",
-    "job template",
-  ];
-  for (const c of commands) {
-    test(`kiln ${c} --help describes the command and its flags`, async () => {
-      const r = await kiln([...c.split(" "), "--help"], { cwd: dir.path });
-      expect(r.code).toBe(0);
-      expect(r.stdout).toContain("USAGE");
-      expect(r.stdout.length).toBeGreaterThan(80);
-    });
+  /** Every command the binary lists, found by walking `--help` down from the top. */
+  async function allCommands(): Promise<string[][]> {
+    const found: string[][] = [];
+    const walk = async (path: string[]) => {
+      const r = await kiln([...path, "--help"], { cwd: dir.path });
+      const section = /\nCommands:\n((?: {2}.*\n)+)/.exec(r.stdout)?.[1] ?? "";
+      for (const line of section.split("\n").filter(Boolean)) {
+        const sub = [...path, line.trim().split(/\s+/)[0]!];
+        found.push(sub);
+        await walk(sub);
+      }
+    };
+    await walk([]);
+    return found;
   }
+
+  test("every command's --help names the whole command, shows its flags as typed, and exits 0", async () => {
+    const all = await allCommands();
+    expect(all.length).toBeGreaterThan(25);
+    for (const path of all) {
+      const r = await kiln([...path, "--help"], { cwd: dir.path });
+      const name = `kiln ${path.join(" ")}`;
+      expect([name, r.code]).toEqual([name, 0]);
+      expect(r.stdout).toContain(`Usage: ${name}`);
+      expect(r.stdout).toContain("Flags:");
+      // A one-letter flag is -n, never --n; descriptions are there for every flag.
+      expect(r.stdout).not.toMatch(/--\w\b(?!-)/);
+      for (const line of r.stdout
+        .split("\nFlags:\n")[1]!
+        .split("\n")
+        .filter((l) => l.startsWith("  ")))
+        expect([name, line.trim().split(/\s{2,}/).length]).toEqual([name, 2]);
+    }
+  });
+
+  test("help says what each command takes", async () => {
+    const help = async (...path: string[]) => (await kiln([...path, "--help"], { cwd: dir.path })).stdout;
+    expect(await help("submit")).toContain("Usage: kiln submit [FLAGS] [-- CMD [ARG...]]");
+    expect(await help("show")).toContain("Usage: kiln show [FLAGS] JOB");
+    expect(await help("job", "progress")).toContain("Usage: kiln job progress PERCENT [MSG]");
+    const up = await help("up");
+    expect(up).not.toContain("--join");
+    expect(up).not.toContain("--master");
+    expect(up).toContain("-n  ");
+    const worker = await help("worker");
+    for (const flag of ["--arch ARCH", "--runner RUNNER", "--join-file FILE", "--master URL"])
+      expect(worker).toContain(flag);
+    expect(worker).toContain("1-63 lowercase letters, digits, . _ -");
+    expect(await help()).toContain("--version");
+  });
+
+  test("a bare kiln, or a command group without its command, prints help to stderr and exits 2", async () => {
+    for (const args of [[], ["token"], ["template"]]) {
+      const r = await kiln(args, { cwd: dir.path });
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain("Usage: kiln");
+      expect(r.stdout).toBe("");
+    }
+  });
 });
 
 describe("bad input gets a one-line error and a non-zero exit", () => {
@@ -98,10 +123,37 @@ describe("bad input gets a one-line error and a non-zero exit", () => {
       2,
     ],
     ["a bad env", ["submit", "--env", "NOEQUALS", "--", "true"], /--env NOEQUALS: use K=V/, 2],
-    ["a bad project name", ["submit", "--project", "../etc", "--", "true"], /project must be 1-63 lowercase/],
-    ["a bad channel name", ["submit", "--channel", "A B", "--", "true"], /channel must be/],
-    ["a too small memory limit", ["submit", "--memory", "1k", "--", "true"], /memory must be at least 4M/],
-    ["a bad state filter", ["jobs", "--state", "sleeping"], /state/],
+    [
+      "a bad project name",
+      ["submit", "--project", "../etc", "--", "true"],
+      /^kiln: --project: must be 1-63 lowercase/,
+      2,
+    ],
+    ["a bad channel name", ["submit", "--channel", "A B", "--", "true"], /^kiln: --channel: must be/, 2],
+    [
+      "a too small memory limit",
+      ["submit", "--memory", "1k", "--", "true"],
+      /^kiln: --memory 1k: must be at least 4M/,
+      2,
+    ],
+    [
+      "a zero timeout",
+      ["submit", "--timeout", "0s", "--", "true"],
+      /^kiln: --timeout 0s: must be more than 0/,
+      2,
+    ],
+    [
+      "a duration without a unit",
+      ["submit", "--timeout", "2", "--", "true"],
+      /--timeout: "2" needs a unit/,
+      2,
+    ],
+    [
+      "a bad state filter",
+      ["jobs", "--state", "sleeping"],
+      /^kiln: --state sleeping: use one of queued, assigned, running, succeeded, failed, cancelled, timed_out/,
+      2,
+    ],
     ["an unknown worker", ["drain", "nosuchworker"], /no worker nosuchworker/],
     ["hold without a reason", ["hold", "x"], /a reason is required/, 2],
     ["a bad worker name", ["release", "Bad/Name"], /not a valid name/],

@@ -3,8 +3,9 @@ import { z } from "zod";
 import { parseDuration } from "../../lib/duration.ts";
 import { AppError, notFound } from "../../lib/errors.ts";
 import { checkName } from "../../lib/names.ts";
+import { activeJobsOf } from "../../store/jobs.ts";
 import { createToken, listTokens, ROLES, revokeToken } from "../../store/tokens.ts";
-import { getWorker, listWorkers, setWorker } from "../../store/workers.ts";
+import { getWorker, listWorkers, removeWorker, setWorker } from "../../store/workers.ts";
 import type { Caller } from "../auth.ts";
 import { requireRole } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
@@ -83,6 +84,28 @@ export function adminRoutes(ctx: MasterContext) {
   app.post("/admin/workers/:name/release", async (c) => {
     requireRole(c, "operator");
     return c.json(await change(c.req.param("name"), { draining: false, holdReason: null }));
+  });
+
+  app.delete("/admin/workers/:name", async (c) => {
+    requireRole(c, "operator");
+    const name = checkName("worker", c.req.param("name"));
+    if (ctx.registry.workers.has(name)) {
+      throw new AppError(
+        "WORKER_CONNECTED",
+        `worker ${name} is connected: stop it first (or drain it and wait), then remove it`,
+        { status: 409 },
+      );
+    }
+    const active = await activeJobsOf(ctx.store.db, name);
+    if (active.length > 0) {
+      throw new AppError(
+        "WORKER_HAS_JOBS",
+        `worker ${name} still holds job(s) ${active.map((r) => r.id).join(", ")}; they are re-queued when their leases run out, then it can be removed`,
+        { status: 409 },
+      );
+    }
+    if (!(await removeWorker(ctx.store, name))) throw notFound("worker", name);
+    return c.json({ removed: name });
   });
 
   // Slot holds live on the worker (it keeps them across restarts); the master relays the operator's word.

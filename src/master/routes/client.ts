@@ -60,6 +60,9 @@ export function clientRoutes(ctx: MasterContext) {
   app.post("/jobs", async (c) => {
     const req = await body(c.req.raw, SubmitSchema);
     const caller = requireRole(c, "submitter", req.project);
+    // A token limited to a project submits to it without saying so (a recipe may still name another,
+    // and is refused below).
+    if (caller.project && req.project === undefined) req.project = caller.project;
     const job = await jobFromRequest(ctx, req, caller.name);
     // The project may come from the recipe, so a scoped token is checked again against the final one.
     requireRole(c, "submitter", job.project);
