@@ -125,9 +125,7 @@ describe("parseRecipe", () => {
 
   test("submit options follow the rules of the matching submit flags", () => {
     expect(refusal(`script = "x"\n[submit]\nmemory = "lots"`)).toContain("submit.memory: invalid size");
-    expect(refusal(`script = "x"\n[submit]\nmemory = "1M"`)).toContain(
-      "submit.memory: memory must be at least 4M",
-    );
+    expect(refusal(`script = "x"\n[submit]\nmemory = "1M"`)).toContain("submit.memory: must be at least 4M");
     expect(refusal(`script = "x"\n[submit]\ntimeout = "soon"`)).toContain("submit.timeout:");
     expect(refusal(`script = "x"\n[submit]\nchannel = "Bad Name"`)).toContain("submit.channel:");
     expect(refusal(`script = "x"\n[submit]\nenv = { KILN_OUT = "/" }`)).toContain("submit.env.KILN_OUT");
