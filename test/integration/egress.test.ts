@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
-import { type Master, startMaster, stopAll, submitJob, tempDir, waitFor, waitJob } from "../harness.ts";
+import { type Master, startMaster, stopAll, submitJob, tempDir, waitJob } from "../harness.ts";
 
 /*
  * The egress proxy against real upstreams: an HTTP server of the test's own in a network namespace
@@ -156,5 +156,44 @@ describe.skipIf(!root)("egress", () => {
     // A relay that buffered for its slow reader would hold most of a body; one that pauses holds a few reads.
     console.error(`worker RSS: ${base >> 20} MiB before, peak ${peak >> 20} MiB during the transfers`);
     expect(peak - base).toBeLessThan(BODY / 2);
+  }, 300_000);
+
+  test("apt-get update and apt-get download hello through --egress deb.debian.org, as the job's own user, give a .deb whose sha256 is the index's; a 12 MB index over https arrives intact", async () => {
+    // apt's state, lists and cache on the job's /tmp, its own sources list, no translations: nothing of
+    // the host's apt is written, and only deb.debian.org is asked.
+    const script = `set -e
+mkdir -p /tmp/apt/lists/partial /tmp/apt/cache/archives/partial /tmp/apt/parts
+echo "deb http://deb.debian.org/debian bookworm main" > /tmp/apt/sources.list
+A="-o Dir::State=/tmp/apt -o Dir::State::Lists=/tmp/apt/lists -o Dir::Cache=/tmp/apt/cache -o Dir::Etc::SourceList=/tmp/apt/sources.list -o Dir::Etc::SourceParts=/tmp/apt/parts -o Acquire::Languages=none -o Debug::NoLocking=1"
+id -u
+apt-get $A -q update
+cd /tmp
+apt-get $A -q download hello
+echo "index $(apt-cache $A show hello | sed -n 's/^SHA256: //p' | head -1)"
+echo "deb $(sha256sum hello_*.deb | cut -d' ' -f1)"
+echo "release $(sed -n '/^SHA256:/,$p' /tmp/apt/lists/*_dists_bookworm_InRelease | awk '$3 == "main/binary-amd64/Packages.gz" {print $1; exit}')"
+python3 - <<'PY'
+import hashlib, urllib.request
+with urllib.request.urlopen("https://deb.debian.org/debian/dists/bookworm/main/binary-amd64/Packages.gz", timeout=60) as r:
+    d = r.read()
+print("https", len(d), hashlib.sha256(d).hexdigest())
+PY`;
+    const id = await submitJob(m, {
+      command: ["/bin/bash", "-c", script],
+      egress: ["deb.debian.org"],
+    });
+    const job = await waitJob(m, id, 240_000);
+    const out = (await m.cli(["logs", String(id)])).stdout;
+    expect({ state: job.state, log: job.state === "succeeded" ? "" : out }).toEqual({
+      state: "succeeded",
+      log: "",
+    });
+    const field = (name: string) => new RegExp(`^${name} (.*)$`, "m").exec(out)?.[1] ?? "";
+    expect(Number(out.split("\n")[0])).toBeGreaterThan(0);
+    expect(field("deb")).toMatch(/^[0-9a-f]{64}$/);
+    expect(field("deb")).toBe(field("index"));
+    const [size, httpsSha] = field("https").split(" ");
+    expect(Number(size)).toBeGreaterThan(5 * MiB);
+    expect(httpsSha).toBe(field("release"));
   }, 300_000);
 });
