@@ -73,15 +73,19 @@ def request(method, body=None, length=None):
 
 start = time.monotonic()
 if opts.op == "down":
-    digest, got = hashlib.sha256(), 0
-    with request("GET") as r:
-        while chunk := r.read(64 << 10):
-            digest.update(chunk)
-            got += len(chunk)
-            ahead = got / opts.rate - (time.monotonic() - start) if opts.rate else 0
-            if ahead > 0:
-                time.sleep(ahead)
-    result = {"bytes": got, "sha256": digest.hexdigest()}
+    digest, got, error = hashlib.sha256(), 0, None
+    try:
+        with request("GET") as r:
+            while chunk := r.read(64 << 10):
+                digest.update(chunk)
+                got += len(chunk)
+                ahead = got / opts.rate - (time.monotonic() - start) if opts.rate else 0
+                if ahead > 0:
+                    time.sleep(ahead)
+    except OSError as e:
+        # A cut connection must show as an error: http.client ends a short body silently on a clean EOF.
+        error = e.__class__.__name__
+    result = {"bytes": got, "sha256": digest.hexdigest(), "error": error}
 else:
     size = os.path.getsize(opts.file)
     with open(opts.file, "rb") as f, request("POST", f, size) as r:

@@ -1,6 +1,7 @@
 """The upstream HTTP server of the egress tests, run inside the test's own network namespace.
 
-GET /blob serves the file given on the command line; POST /sink reads the body slowly (a slow reader on
+GET /blob serves the file given on the command line; GET /cut sends the head and 1 MiB of it, then
+resets the connection (RST), as a server that crashes mid-answer; POST /sink reads the body slowly (a slow reader on
 the far side of the proxy) and answers with its length and sha256. Prints "ready" once listening, and
 stops by itself after --lifetime seconds in case the test that started it could not.
 
@@ -13,6 +14,8 @@ import http.server
 import json
 import os
 import shutil
+import socket
+import struct
 import threading
 import time
 
@@ -32,7 +35,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        if self.path != "/blob":
+        if self.path not in ("/blob", "/cut"):
             self.send_error(404)
             return
         size = os.path.getsize(opts.blob)
@@ -42,8 +45,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         with open(opts.blob, "rb") as f:
-            shutil.copyfileobj(f, self.wfile, 1 << 20)
+            if self.path == "/blob":
+                shutil.copyfileobj(f, self.wfile, 1 << 20)
+            else:
+                self.cut(f.read(1 << 20))
         self.close_connection = True
+
+    def cut(self, part):
+        self.wfile.write(part)
+        self.wfile.flush()
+        # Linger 0 makes close() send RST; closing the fd itself skips the server's shutdown (a FIN).
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        os.close(self.connection.detach())
+        self.wfile = open(os.devnull, "wb")
 
     def do_POST(self):
         if self.path != "/sink":

@@ -145,18 +145,37 @@ describe.skipIf(!root)("egress", () => {
     const results = out
       .split("\n")
       .filter((l) => l.startsWith("{"))
-      .map((l) => JSON.parse(l) as { op: string; mode: string; bytes: number; sha256: string });
-    expect(results.map((r) => [r.op, r.mode, r.bytes, r.sha256])).toEqual([
-      ["down", "absolute", BODY, blobSha],
-      ["down", "connect", BODY, blobSha],
-      ["down", "halfclose", BODY, blobSha],
-      ["up", "absolute", BODY, upSha],
-      ["up", "connect", BODY, upSha],
+      .map(
+        (l) => JSON.parse(l) as { op: string; mode: string; bytes: number; sha256: string; error?: string },
+      );
+    expect(results.map((r) => [r.op, r.mode, r.bytes, r.sha256, r.error ?? null])).toEqual([
+      ["down", "absolute", BODY, blobSha, null],
+      ["down", "connect", BODY, blobSha, null],
+      ["down", "halfclose", BODY, blobSha, null],
+      ["up", "absolute", BODY, upSha, null],
+      ["up", "connect", BODY, upSha, null],
     ]);
     // A relay that buffered for its slow reader would hold most of a body; one that pauses holds a few reads.
     console.error(`worker RSS: ${base >> 20} MiB before, peak ${peak >> 20} MiB during the transfers`);
     expect(peak - base).toBeLessThan(BODY / 2);
   }, 300_000);
+
+  test("an upstream that resets its connection mid-answer resets the job's connection too, over plain http and CONNECT", async () => {
+    const url = `http://${upstream}/cut`;
+    const id = await runClient([`down absolute ${url}`, `down connect ${url}`]);
+    const job = await waitJob(m, id, 120_000);
+    const out = (await m.cli(["logs", String(id)])).stdout;
+    expect(job.state).toBe("succeeded");
+    const results = out
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as { mode: string; bytes: number; error: string | null });
+    // A clean EOF here would pass a cut body off as a short but complete one.
+    expect(results.map((r) => [r.mode, r.error, r.bytes < BODY])).toEqual([
+      ["absolute", "ConnectionResetError", true],
+      ["connect", "ConnectionResetError", true],
+    ]);
+  }, 180_000);
 
   test("apt-get update and apt-get download hello through --egress deb.debian.org, as the job's own user, give a .deb whose sha256 is the index's; a 12 MB index over https arrives intact", async () => {
     // apt's state, lists and cache on the job's /tmp, its own sources list, no translations: nothing of
