@@ -3,7 +3,8 @@
 Run inside a job as `python3 -c "$(cat egress-client.py)" OP MODE URL [FILE] [--rate BYTES_PER_SECOND]`:
 OP is "down" or "up"; MODE "absolute" sends the absolute URI to the proxy, "connect" opens a CONNECT
 tunnel first, "halfclose" (downloads only) opens a CONNECT tunnel on a raw socket and shuts its write
-side (sends EOF) right after the request, as `nc -N` does. Downloads are read no faster than --rate (0: as fast as they come). Prints one JSON line.
+side (sends EOF) right after the request, as `nc -N` does; "direct" bypasses the proxy (benchmarks
+compare against it). Downloads are read no faster than --rate (0: as fast as they come). Prints one JSON line.
 """
 
 import argparse
@@ -18,7 +19,7 @@ import urllib.request
 
 args = argparse.ArgumentParser()
 args.add_argument("op", choices=["down", "up"])
-args.add_argument("mode", choices=["absolute", "connect", "halfclose"])
+args.add_argument("mode", choices=["absolute", "connect", "halfclose", "direct"])
 args.add_argument("url")
 args.add_argument("file", nargs="?")
 args.add_argument("--rate", type=int, default=0)
@@ -60,9 +61,10 @@ def request(method, body=None, length=None):
     if opts.mode == "halfclose":
         return HalfClosed()
     headers = {} if length is None else {"Content-Length": str(length)}
-    if opts.mode == "absolute":
+    if opts.mode in ("absolute", "direct"):
         req = urllib.request.Request(opts.url, data=body, method=method, headers=headers)
-        return urllib.request.urlopen(req, timeout=60)
+        proxies = {} if opts.mode == "direct" else None  # None: from $http_proxy
+        return urllib.request.build_opener(urllib.request.ProxyHandler(proxies)).open(req, timeout=60)
     proxy = urllib.parse.urlsplit(os.environ["http_proxy"])
     target = urllib.parse.urlsplit(opts.url)
     conn = http.client.HTTPConnection(proxy.hostname, proxy.port, timeout=60)

@@ -23,7 +23,7 @@ args = argparse.ArgumentParser()
 args.add_argument("address")
 args.add_argument("port", type=int)
 args.add_argument("blob")
-args.add_argument("--rate", type=int, default=16 << 20)
+args.add_argument("--rate", type=int, default=0)  # 0: read uploads as fast as they come
 args.add_argument("--lifetime", type=int, default=900)
 opts = args.parse_args()
 
@@ -73,7 +73,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             got += len(chunk)
             left -= len(chunk)
             # Read no faster than --rate, so the proxy's side of this connection fills up.
-            ahead = got / opts.rate - (time.monotonic() - start)
+            ahead = got / opts.rate - (time.monotonic() - start) if opts.rate else 0
             if ahead > 0:
                 time.sleep(ahead)
         body = json.dumps({"bytes": got, "sha256": digest.hexdigest()}).encode()

@@ -1,14 +1,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import type { Subprocess } from "bun";
 import { type Master, startMaster, stopAll, submitJob, tempDir, waitJob } from "../harness.ts";
+import { type NetnsUpstream, netnsLeftovers, startNetnsUpstream } from "../upstream-netns.ts";
 
 /*
  * The egress proxy against real upstreams: an HTTP server of the test's own in a network namespace
- * (the proxy refuses loopback upstreams on purpose, so the server must be elsewhere), reached through
- * a veth pair on 198.18.0.0/15, the range reserved for benchmarking (RFC 2544); and once Debian's
- * mirror. Large bodies both ways, slow readers on both sides, checksums compared, the worker's memory
+ * (test/upstream-netns.ts; the proxy refuses loopback upstreams on purpose), and once Debian's mirror. Large bodies both ways, slow readers on both sides, checksums compared, the worker's memory
  * watched. Needs root; skips and says so otherwise.
  */
 
@@ -19,23 +17,14 @@ const MiB = 1 << 20;
 const BODY = 128 * MiB;
 // Slower than the proxy can relay, so its queues toward each slow reader fill up.
 const SLOW = 16 * MiB;
-const PORT = 18080;
-// A /30 of its own per run, so two runs on one host do not share addresses.
-const net = `198.18.${process.pid % 256}`;
-const upstream = `${net}.2:${PORT}`;
-const ns = `kiln-b-egress-${process.pid}`;
-const veth = `kbe${process.pid % 100000}`;
+const TAG = "be"; // this file's network namespace and links carry it
 
 const dir = tempDir("kiln-egress-test-", "/var/tmp");
 const blob = join(dir.path, "blob.bin");
 let blobSha = "";
-let server: Subprocess | null = null;
+let net: NetnsUpstream | null = null;
+let upstream = "";
 let m: Master;
-
-function ip(...args: string[]) {
-  const p = Bun.spawnSync(["ip", ...args], { stderr: "pipe" });
-  if (p.exitCode !== 0) throw new Error(`ip ${args.join(" ")}: ${p.stderr.toString().trim()}`);
-}
 
 const sha = (b: Uint8Array) => new Bun.CryptoHasher("sha256").update(b).digest("hex");
 
@@ -45,34 +34,8 @@ beforeAll(async () => {
   for (let i = 0; i < BODY; i += 65536) crypto.getRandomValues(bytes.subarray(i, i + 65536));
   writeFileSync(blob, bytes);
   blobSha = sha(bytes);
-  ip("netns", "add", ns);
-  ip("link", "add", `${veth}h`, "type", "veth", "peer", "name", `${veth}n`);
-  ip("link", "set", `${veth}n`, "netns", ns);
-  ip("addr", "add", `${net}.1/30`, "dev", `${veth}h`);
-  ip("link", "set", `${veth}h`, "up");
-  ip("-n", ns, "addr", "add", `${net}.2/30`, "dev", `${veth}n`);
-  ip("-n", ns, "link", "set", `${veth}n`, "up");
-  ip("-n", ns, "link", "set", "lo", "up");
-  server = Bun.spawn(
-    [
-      "ip",
-      "netns",
-      "exec",
-      ns,
-      "python3",
-      join(import.meta.dir, "egress-upstream.py"),
-      `${net}.2`,
-      String(PORT),
-      blob,
-      "--rate",
-      String(SLOW),
-    ],
-    { stdout: "pipe", stderr: "inherit" },
-  );
-  const reader = (server.stdout as ReadableStream<Uint8Array>).getReader();
-  const first = await reader.read();
-  reader.releaseLock();
-  if (!new TextDecoder().decode(first.value).startsWith("ready")) throw new Error("upstream did not start");
+  net = await startNetnsUpstream(blob, SLOW, TAG);
+  upstream = net.address;
   m = await startMaster(dir.path, {
     role: "up",
     name: "up",
@@ -82,20 +45,10 @@ beforeAll(async () => {
 
 afterAll(async () => {
   if (!root) return;
-  server?.kill("SIGKILL");
-  await server?.exited;
+  await net?.stop();
   await stopAll();
-  // Deleting the namespace deletes its end of the pair and with it the host's end; both are removed
-  // explicitly as well, each failure ignored, because set-up may have stopped half way.
-  for (const args of [
-    ["netns", "del", ns],
-    ["link", "del", `${veth}h`],
-  ])
-    Bun.spawnSync(["ip", ...args], { stderr: "ignore" });
   dir[Symbol.dispose]();
-  const left = Bun.spawnSync(["ip", "-br", "link"]).stdout.toString() + readFileSync("/proc/net/dev", "utf8");
-  expect(left).not.toContain(veth);
-  expect(Bun.spawnSync(["ip", "netns", "list"]).stdout.toString()).not.toContain(ns);
+  expect(netnsLeftovers(`${TAG}${process.pid % 100000}`)).toEqual([]);
 });
 
 const client = readFileSync(join(import.meta.dir, "egress-client.py"), "utf8");
