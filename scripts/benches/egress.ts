@@ -54,6 +54,12 @@ try {
   const pid = m.proc.pid;
   writeFileSync(`/proc/${pid}/clear_refs`, "5"); // the peak RSS is from here on (proc(5))
   const base = Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
+  // utime + stime of the worker process, in clock ticks (proc(5); 100 a second on Linux).
+  const cpu = () => {
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return (Number(f[11]) + Number(f[12])) / 100;
+  };
+  const cpuBefore = cpu();
   const proxied: Result[] = [];
   for (const mode of ["absolute", "connect"]) {
     const runs = Array.from({ length: RUNS }, () => cases.map((c) => c.replace("{mode}", mode))).flat();
@@ -72,6 +78,7 @@ try {
     if (job.state !== "succeeded") throw new Error(`the ${mode} job ${job.state}: ${out}`);
     proxied.push(...parse(out));
   }
+  const cpuUsed = cpu() - cpuBefore;
   const peak = Number(/^VmHWM:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
 
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -89,8 +96,9 @@ try {
     console.log(
       `| job through the proxy, ${mode === "absolute" ? "plain http (absolute URI)" : "CONNECT tunnel"} | ${rate(proxied, "down", mode)} | ${rate(proxied, "up", mode)} |`,
     );
+  const relayed = proxied.reduce((n, r) => n + r.bytes, 0);
   console.log(
-    `\nWorker RSS: ${(base / MiB).toFixed(0)} MiB before, peak ${(peak / MiB).toFixed(0)} MiB over the proxied runs.`,
+    `\nWorker (kiln up) over the proxied runs: RSS ${(base / MiB).toFixed(0)} MiB before, peak ${(peak / MiB).toFixed(0)} MiB; CPU ${((cpuUsed / relayed) * (1 << 30)).toFixed(2)} s per GiB relayed.`,
   );
 } finally {
   await m?.kill("SIGTERM");
