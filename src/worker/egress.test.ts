@@ -276,3 +276,47 @@ test("an upstream that resets mid-stream resets the client's connection instead 
   expect(atClient.eof).toBe(false);
   expect(atClient.error).toBeDefined();
 });
+
+test("Outgoing keeps what the kernel does not take, in order, writes it on drain, and sends EOF only after it", async () => {
+  const data = body(32 * MiB, 6);
+  let queuedAtSomePoint = false;
+  let afterEnd = true;
+  const server = Bun.listen<Outgoing | undefined>({
+    hostname: "127.0.0.1",
+    port: 0,
+    allowHalfOpen: true,
+    socket: {
+      open(s) {
+        const out = new Outgoing(s as Socket<unknown>);
+        s.data = out;
+        for (let i = 0; i < data.length; i += MiB)
+          if (!out.write(data.subarray(i, i + MiB))) queuedAtSomePoint = true;
+        out.end();
+        afterEnd = out.write("dropped: written after end()");
+      },
+      drain: (s) => s.data?.drain(),
+      data() {},
+    },
+  });
+  listeners.push(server as TCPSocketListener<unknown>);
+  const atClient = received();
+  await Bun.connect({
+    hostname: "127.0.0.1",
+    port: server.port,
+    allowHalfOpen: true,
+    socket: {
+      data: (s, d) => slowRead(s as Socket<unknown>, atClient, d, 2),
+      end(s) {
+        atClient.eof = true;
+        s.shutdown();
+      },
+      close: () => {
+        atClient.closed = true;
+      },
+    },
+  });
+  await waitFor("the client to read to its EOF", () => atClient.eof, 60_000);
+  expect(queuedAtSomePoint).toBe(true);
+  expect(afterEnd).toBe(true);
+  expect([atClient.bytes, atClient.hash.digest("hex")]).toEqual([data.length, sha(data)]);
+});
