@@ -27,7 +27,11 @@ export interface ApiHandlers {
 
 interface Conn {
   head: Uint8Array;
-  /** What waits to be written to the job; every write to the job's socket goes through it. */
+  /**
+   * What waits to be written to the job. Every write to the job's socket MUST go through it, and every
+   * end of it be `out.end()` (a shutdown): the launcher's forwarder takes a socket closed outright
+   * (Bun's `s.end()` does that) as abandoned and resets the job's connection.
+   */
   out: Outgoing;
   /** Set once an egress tunnel is open: the job socket's events then belong to the relay. */
   relay: RelayEnd | null;
