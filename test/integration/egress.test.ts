@@ -108,9 +108,11 @@ describe.skipIf(!root)("egress", () => {
       ["up", "absolute", BODY, upSha, null],
       ["up", "connect", BODY, upSha, null],
     ]);
-    // A relay that buffered for its slow reader would hold most of a body; one that pauses holds a few reads.
+    // A relay that buffered for its slow reader holds most of a body (one that never paused grew by
+    // 160 MiB here); one that pauses holds a few reads, and grew by 40 to 51 MiB, mostly garbage the
+    // collector had not taken back yet.
     console.error(`worker RSS: ${base >> 20} MiB before, peak ${peak >> 20} MiB during the transfers`);
-    expect(peak - base).toBeLessThan(BODY / 2);
+    expect(peak - base).toBeLessThan((BODY * 3) / 4);
   }, 300_000);
 
   test("an upstream that resets its connection mid-answer resets the job's connection too, over plain http and CONNECT", async () => {
