@@ -1,6 +1,9 @@
 import { createWriteStream, mkdirSync, unlinkSync, type WriteStream } from "node:fs";
 import { join } from "node:path";
 import type { Socket } from "bun";
+import { coerceError } from "../lib/errors.ts";
+import { connectUpstream, type RelayEnd } from "./egress.ts";
+import { Outgoing } from "./outgoing.ts";
 
 /*
  * The job's API proxy: one Unix socket per job, which the sandbox forwards to $KILN_API on loopback
@@ -24,7 +27,16 @@ export interface ApiHandlers {
 
 interface Conn {
   head: Uint8Array;
-  upstream: Socket<undefined> | null;
+  /**
+   * What waits to be written to the job. Every write to the job's socket MUST go through it, and every
+   * end of it be `out.end()` (a shutdown): the launcher's forwarder takes a socket closed outright
+   * (Bun's `s.end()` does that) as abandoned and resets the job's connection.
+   */
+  out: Outgoing;
+  /** Set once an egress tunnel is open: the job socket's events then belong to the relay. */
+  relay: RelayEnd | null;
+  /** The job sent its EOF before the tunnel was open. */
+  ended: boolean;
   pending: Uint8Array[];
   body: { need: number; chunks: Uint8Array[]; file: WriteStream | null; got: number } | null;
   request: { method: string; target: string; headers: Map<string, string> } | null;
@@ -62,10 +74,12 @@ function respond(s: Socket<Conn>, status: number, body: unknown) {
       413: "Too Large",
       502: "Bad Gateway",
     }[status] ?? "Error";
-  s.write(
+  s.data.out.write(
     `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`,
   );
-  s.end();
+  s.data.out.end();
+  // Read on (a tunnel being opened was paused) so the job's EOF is seen; what it still sends is dropped.
+  s.resume();
 }
 
 function parseHead(head: string) {
@@ -176,31 +190,20 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
       });
     }
     try {
-      const up = await Bun.connect<undefined>({
-        hostname: addr,
-        port,
-        socket: {
-          data(_u, d) {
-            s.write(d);
-          },
-          close() {
-            s.end();
-          },
-          error() {
-            s.end();
-          },
-        },
+      await connectUpstream(s.data.out, addr, port, (jobEnd) => {
+        const c = s.data;
+        c.relay = jobEnd;
+        if (connectReply) c.out.write("HTTP/1.1 200 Connection established\r\n\r\n");
+        const early = first ? [first, ...c.pending] : c.pending;
+        c.pending = [];
+        for (const p of early) jobEnd.data(p);
+        if (c.ended) jobEnd.end();
       });
-      s.data.upstream = up;
-      if (connectReply) s.write("HTTP/1.1 200 Connection established\r\n\r\n");
-      if (first) up.write(first);
-      for (const p of s.data.pending) up.write(p);
-      s.data.pending = [];
     } catch (err) {
       respond(s, 502, {
         error: {
           code: "EGRESS_CONNECT",
-          message: `cannot connect to ${host}:${port}: ${(err as Error).message}`,
+          message: `cannot connect to ${host}:${port}: ${coerceError(err).message}`,
         },
       });
     }
@@ -214,6 +217,8 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
       if (!m)
         return respond(s, 400, { error: { code: "INVALID_REQUEST", message: "CONNECT needs HOST:PORT" } });
       s.data.pending = rest.length ? [rest] : [];
+      // Not read until the tunnel is open (connectUpstream resumes it), so `pending` stays small.
+      s.pause();
       return void tunnel(s, m[1]!, Number(m[2]), null, true);
     }
     if (/^https?:\/\//i.test(req.target)) {
@@ -232,6 +237,7 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
         .filter((l) => !/^(proxy-connection|connection|keep-alive):/i.test(l));
       const head = `${req.method} ${url.pathname}${url.search} HTTP/1.1\r\n${[...lines, "Connection: close"].join("\r\n")}\r\n\r\n`;
       s.data.pending = rest.length ? [rest] : [];
+      s.pause();
       return void tunnel(s, url.hostname, Number(url.port || 80), new TextEncoder().encode(head), false);
     }
     let url: URL;
@@ -286,13 +292,24 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
 
   const server = Bun.listen<Conn>({
     unix: path,
+    // Half-open, so a job that sends its EOF (a tunnelled client's FIN) still gets every byte of the answer.
+    allowHalfOpen: true,
     socket: {
       open(s) {
-        s.data = { head: new Uint8Array(0), upstream: null, pending: [], body: null, request: null };
+        s.data = {
+          head: new Uint8Array(0),
+          out: new Outgoing(s as Socket<unknown>),
+          relay: null,
+          ended: false,
+          pending: [],
+          body: null,
+          request: null,
+        };
       },
       data(s, chunk) {
         const c = s.data;
-        if (c.upstream) return void c.upstream.write(chunk);
+        if (c.relay) return c.relay.data(chunk);
+        if (c.out.ended) return; // answered already: nothing more is read from this request
         if (c.request && !c.body) return void c.pending.push(chunk);
         if (c.body) return feedBody(s, chunk);
         const all = Buffer.concat([c.head, chunk]);
@@ -305,12 +322,26 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
         }
         onHead(s, all.subarray(0, end).toString("latin1"), all.subarray(end + 4));
       },
-      close(s) {
-        s.data.upstream?.end();
+      drain(s) {
+        if (s.data.relay) s.data.relay.drain();
+        else s.data.out.drain();
+      },
+      end(s) {
+        const c = s.data;
+        if (c.relay) return c.relay.end();
+        // A tunnel being opened passes the EOF on once it is open. A complete request still gets its
+        // answer (respond ends the socket); an incomplete one never will.
+        if (c.request && !c.body) c.ended = true;
+        else if (!c.body || c.body.got < c.body.need) c.out.end();
+      },
+      close(s, error) {
+        if (s.data.relay) s.data.relay.close(error);
+        else s.data.out.markClosed();
         s.data.body?.file?.destroy();
       },
       error(s) {
-        s.data.upstream?.end();
+        // A handler threw, so this connection's state is unknown: reset it (its close passes that on).
+        s.terminate();
       },
     },
   });

@@ -654,10 +654,12 @@ static int api_listen(void) {
 
 /* One forwarded connection: fd[0] is the job's TCP client, fd[1] the API socket. buf[i] holds bytes read
  * from fd[i] not yet written to the other side; eof[i] says fd[i] has sent its EOF, which is passed on
- * as shutdown(SHUT_WR) once buf[i] is drained, so half-closed connections work. */
+ * as shutdown(SHUT_WR) once buf[i] is drained, so half-closed connections work. broken says a side
+ * failed (reset, error): both are then reset rather than closed, so the job's client never takes a cut
+ * stream for a complete one. */
 struct conn {
   int fd[2];
-  bool eof[2], shut[2];
+  bool eof[2], shut[2], broken;
   size_t off[2], len[2];
   char buf[2][CONN_BUF];
 };
@@ -665,6 +667,10 @@ static struct conn *conns[MAX_CONNS];
 static int nconns;
 
 static void conn_drop(int i) {
+  /* Linger 0 makes close() send RST instead of FIN (socket(7)). Only the job's TCP side can be reset:
+   * AF_UNIX has no RST, and the proxy learns of the end from its own socket closing. */
+  struct linger reset = {.l_onoff = 1, .l_linger = 0};
+  if (conns[i]->broken) setsockopt(conns[i]->fd[0], SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
   close(conns[i]->fd[0]);
   close(conns[i]->fd[1]);
   free(conns[i]);
@@ -694,15 +700,33 @@ static void api_accept(int l) {
   }
 }
 
+static bool conn_broken(struct conn *k) {
+  k->broken = true;
+  return false;
+}
+
+/* Has the peer of fd closed its socket outright, not just shut its write side? poll(2) reports POLLHUP
+ * once both directions are shut, whatever events were asked for. */
+static bool conn_peer_closed(int fd) {
+  struct pollfd p = {.fd = fd};
+  return poll(&p, 1, 0) == 1 && (p.revents & POLLHUP);
+}
+
 /* Moves what can be moved without blocking. Returns false when the connection is finished or broken. */
 static bool conn_pump(struct conn *k, const short rev[2]) {
   for (int i = 0; i < 2; i++) {
-    if (rev[i] & POLLERR) return false;
+    if (rev[i] & POLLERR) return conn_broken(k);
     if ((rev[i] & (POLLIN | POLLHUP)) && !k->eof[i] && k->len[i] == 0) {
       ssize_t n = read(k->fd[i], k->buf[i], CONN_BUF);
       if (n > 0) k->off[i] = 0, k->len[i] = (size_t)n;
-      else if (n == 0) k->eof[i] = true;
-      else if (errno != EAGAIN && errno != EINTR) return false;
+      else if (n == 0) {
+        k->eof[i] = true;
+        /* The proxy ends a stream with shutdown(SHUT_WR) and keeps its socket until we end ours; one it
+         * closed outright before that is one it abandoned (its upstream failed), so the job's client
+         * must see a reset, not an EOF that makes a cut download look complete. */
+        if (i == 1 && !k->shut[1] && conn_peer_closed(k->fd[1])) return conn_broken(k);
+      } else if (errno != EAGAIN && errno != EINTR)
+        return conn_broken(k);
     }
   }
   for (int i = 0; i < 2; i++) {
@@ -710,7 +734,7 @@ static bool conn_pump(struct conn *k, const short rev[2]) {
     while (k->off[i] < k->len[i]) {
       ssize_t n = send(to, k->buf[i] + k->off[i], k->len[i] - k->off[i], MSG_NOSIGNAL);
       if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
-      if (n < 0) return false;
+      if (n < 0) return conn_broken(k);
       k->off[i] += (size_t)n;
     }
     if (k->off[i] == k->len[i]) k->off[i] = k->len[i] = 0;
