@@ -1,22 +1,14 @@
-import {
-  closeSync,
-  cpSync,
-  existsSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  rmdirSync,
-  statfsSync,
-  writeSync,
-} from "node:fs";
+import { closeSync, readFileSync, rmdirSync, statfsSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
+import type { ConsolaInstance } from "consola";
 import type { Config } from "../config/schema.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
 import { formatSize } from "../lib/size.ts";
 import { type Acquired, createTemplateCache } from "../templates/cache.ts";
 import { fetchArtifact } from "../templates/fetch.ts";
+import type { ArtifactBudget } from "../worker/artifact-budget.ts";
 import type { RawExit, RunHandle, Runner, RunRequest, RunResult, Slot } from "../worker/runner.ts";
 import {
   applyLimits,
@@ -60,10 +52,13 @@ interface SlotState {
 }
 
 /** Parses one status line of the launcher (see src/sandbox/helper/README.md). */
-export function parseStatus(line: string): { ready: number } | { exit: RawExit } | null {
-  const m = /^(ready|exit|signal|error) (.*)$/.exec(line.trim());
+export function parseStatus(
+  line: string,
+): { ready: number } | { exit: RawExit } | { warning: string } | null {
+  const m = /^(ready|exit|signal|error|warning) (.*)$/.exec(line.trim());
   if (!m) return null;
   if (m[1] === "ready") return { ready: Number(m[2]) };
+  if (m[1] === "warning") return { warning: m[2]! };
   if (m[1] === "exit") return { exit: { kind: "exit", code: Number(m[2]) } };
   if (m[1] === "signal") return { exit: { kind: "signal", signal: Number(m[2]) } };
   return { exit: { kind: "sandbox", message: `sandbox set-up failed at ${m[2]}` } };
@@ -223,7 +218,15 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           } catch {
             // The namespace is already gone.
           }
-          collectArtifacts(`${tmp}/out`, join(req.dir, "out"));
+          await collectArtifacts({
+            launcher,
+            pid1,
+            uid: state.uid,
+            to: join(req.dir, "out"),
+            budget: req.artifacts,
+            note: (line) => writeSync(req.logFd, `kiln: ${line}\n`),
+            log,
+          });
         }
         release();
       };
@@ -237,7 +240,8 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
             buf = buf.slice(nl + 1);
             nl = buf.indexOf("\n");
             if (!st) continue;
-            if ("ready" in st) {
+            if ("warning" in st) log.warn(`job ${spec.id} on ${slot.name}: ${st.warning}`);
+            else if ("ready" in st) {
               pid1 = st.ready;
               setDeviceRules(state.cg, setupRules, false);
             } else {
@@ -278,7 +282,15 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         if (usage.oomKills > 0) limit = "oom";
         else if (usage.pidsLimitHit > 0 && !clean) limit = "pids";
         else if (noSpace && !clean) limit = "no_space";
-        return { exit, limit, peakMemoryBytes: usage.peakMemoryBytes || null, cpuMs: usage.cpuMs };
+        else if (req.artifacts.message()) limit = "artifact_budget";
+        const limitMessage = limit === "artifact_budget" ? req.artifacts.message() : null;
+        return {
+          exit,
+          limit,
+          limitMessage,
+          peakMemoryBytes: usage.peakMemoryBytes || null,
+          cpuMs: usage.cpuMs,
+        };
       })();
       return {
         get pid() {
@@ -364,31 +376,57 @@ function resolveGroup(g: string): string {
   return line.split(":")[2]!;
 }
 
-// Artifacts beyond this are not collected: a job cannot fill the worker's disk through $KILN_OUT.
-const MAX_ARTIFACTS = 4 * 2 ** 30;
-
-/** Copies regular files from the job's /tmp/out (read through /proc/PID1/root) to the job dir. */
-function collectArtifacts(from: string, to: string) {
-  if (!existsSync(from)) return;
-  let total = 0;
-  const walk = (src: string, dst: string) => {
-    for (const e of readdirSync(src, { withFileTypes: true })) {
-      // Never follow a job's symlinks: they would resolve on the host.
-      if (e.isSymbolicLink()) continue;
-      const s = join(src, e.name);
-      const d = join(dst, e.name);
-      if (e.isDirectory()) walk(s, d);
-      else if (e.isFile()) {
-        total += Bun.file(s).size;
-        if (total > MAX_ARTIFACTS) return;
-        mkdirSync(dst, { recursive: true });
-        cpSync(s, d, { dereference: false });
-      }
-    }
-  };
-  try {
-    walk(from, to);
-  } catch {
-    // The job's files are its own business; a failed copy only loses artifacts.
+/**
+ * Copies the job's $KILN_OUT (its /tmp/out, while PID 1 holds the namespace) into `to` through the
+ * launcher's --collect mode, which opens every path component inside the job's root without following
+ * anything the job could have planted (README.md in helper/, "--collect"). What it skips, and a file that
+ * passes the budget, are noted in the job's log; a failure of the copy itself is Kiln's, logged here.
+ */
+async function collectArtifacts(o: {
+  launcher: string;
+  pid1: number;
+  uid: number;
+  to: string;
+  budget: ArtifactBudget;
+  note(line: string): void;
+  log: ConsolaInstance;
+}): Promise<void> {
+  const p = Bun.spawn(
+    [
+      o.launcher,
+      "--collect",
+      String(o.pid1),
+      "--to",
+      o.to,
+      "--uid",
+      String(o.uid),
+      "--gid",
+      String(o.uid),
+      "--budget",
+      String(o.budget.left()),
+    ],
+    { stdin: "ignore", stdout: "pipe", stderr: "pipe" },
+  );
+  const [out, err, code] = await Promise.all([
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
+    p.exited,
+  ]);
+  const shown = (name: string) => (name === "." ? "$KILN_OUT" : `$KILN_OUT/${name}`);
+  let files = 0;
+  for (const line of out.split("\n")) {
+    const m = /^(file|skip|over) (\S+) (.*)$/.exec(line);
+    if (!m) continue;
+    const [, kind, name, rest] = m as unknown as [string, string, string, string];
+    if (kind === "skip") o.note(`not collected: ${shown(name)}: ${rest}`);
+    else if (kind === "file") {
+      files++;
+      o.budget.take(name, Number(rest));
+    } else o.note(o.budget.take(name, Number(rest)) ?? `${shown(name)} does not fit the artifact budget`);
   }
+  if (code !== 0) {
+    const why = err.trim() || `exit ${code}`;
+    o.note(`collecting $KILN_OUT failed: ${why}`);
+    o.log.warn(`collecting artifacts of pid ${o.pid1} failed: ${why}`);
+  } else o.log.debug(`collected ${files} artifact file(s) to ${o.to}`);
 }

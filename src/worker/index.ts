@@ -10,6 +10,7 @@ import type { TemplateSpec } from "../protocol/template.ts";
 import { encodeLogFrame, type MasterMessage, type WorkerMessage } from "../protocol/wire.ts";
 import { VERSION } from "../version.ts";
 import { startApiProxy } from "./api-proxy.ts";
+import { createArtifactBudget } from "./artifact-budget.ts";
 import { deliverArtifacts, RetryLater } from "./artifacts.ts";
 import {
   createJobDir,
@@ -92,9 +93,10 @@ export function outcomeOf(r: RunResult, a: { cancelled: boolean; timedOut: boole
       oom: "killed: out of memory",
       pids: "hit its process limit",
       no_space: "its scratch space filled up",
+      artifact_budget: "its artifacts passed the worker's artifact budget",
     }[r.limit];
     const exitCode = r.exit.kind === "exit" ? r.exit.code : null;
-    return { ...base, state: "failed", reason: r.limit, exitCode, message: why };
+    return { ...base, state: "failed", reason: r.limit, exitCode, message: r.limitMessage ?? why };
   }
   if (r.exit.kind === "signal") {
     return {
@@ -302,6 +304,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       ...spec.env,
     };
     let apiSocket: string | null = null;
+    const artifacts = createArtifactBudget(cfg.worker.artifact_budget);
     if (opts.runner.name === "sandbox") {
       apiSocket = join(runDir, `${slot.name}.sock`);
       a.proxy = startApiProxy(apiSocket, {
@@ -309,6 +312,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         attempt: spec.attempt,
         egress: spec.egress,
         outDir: join(job.dir, "out"),
+        artifacts,
         progress: (percent, message) =>
           send({ type: "job.progress", jobId: spec.id, attempt: spec.attempt, percent, message }),
         markBroken: (message) => book.hold(slot.name, `marked broken by job ${spec.id}: ${message}`),
@@ -322,7 +326,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       });
     }
     try {
-      a.handle = await opts.runner.start({ spec, slot, dir: job.dir, logFd, env, apiSocket });
+      a.handle = await opts.runner.start({ spec, slot, dir: job.dir, logFd, env, apiSocket, artifacts });
     } catch (err) {
       await finish(a, {
         exit: { kind: "sandbox", message: coerceError(err).message },
