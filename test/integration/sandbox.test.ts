@@ -12,6 +12,7 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import {
   type JobJson,
+  kiln,
   type Master,
   type Role,
   startMaster,
@@ -653,5 +654,27 @@ describe.skipIf(!root)("artifacts", () => {
     expect(show.artifacts.map((a: { name: string }) => a.name)).toEqual(["blob.bin", "uploaded.txt"]);
     const missing = await m.cli(["download", String(id), "nope.bin"]);
     expect(missing.stderr).toContain("has no artifact nope.bin");
+  });
+
+  test("files in subdirectories of $KILN_OUT and uploads named dir/file are kept as dir/file and download as ./file", async () => {
+    const id = await sh(
+      "mkdir -p $KILN_OUT/sub/deeper $KILN_OUT/empty; echo nested > $KILN_OUT/sub/deeper/n.txt; echo top > $KILN_OUT/top.txt; echo doc > /tmp/d; kiln job upload /tmp/d --name docs/readme.txt",
+    );
+    expect((await waitJob(m, id)).state).toBe("succeeded");
+    const listed = JSON.parse((await m.cli(["artifacts", String(id), "--json"])).stdout) as {
+      name: string;
+    }[];
+    expect(listed.map((a) => a.name)).toEqual(["docs/readme.txt", "sub/deeper/n.txt", "top.txt"]);
+    using cwd = tempDir("kiln-download-");
+    const dl = await kiln(["download", String(id), "sub/deeper/n.txt"], {
+      cwd: cwd.path,
+      env: { KILN_URL: m.url, KILN_TOKEN: m.token },
+    });
+    expect(dl.code).toBe(0);
+    expect(readdirSync(cwd.path)).toEqual(["n.txt"]);
+    expect(readFileSync(join(cwd.path, "n.txt"), "utf8")).toBe("nested\n");
+    const climb = await m.cli(["download", String(id), "../sub/deeper/n.txt"]);
+    expect(climb.code).not.toBe(0);
+    expect(climb.stderr).toContain("is not an artifact name");
   });
 });
