@@ -735,6 +735,29 @@ describe("kiln-sandbox", () => {
     expect(loopsOf(image)).toBe("");
   });
 
+  rootTest(
+    "a loop device still attached 5 s after the sandbox ended is reported, not waited on in silence",
+    async () => {
+      const img = makeImage("pinned.img");
+      const s = start(["--scratch-file", img], ["/bin/true"], { hold: true });
+      await waitFor("exit line", () => s.status().includes("exit 0"));
+      // An fd on the job's mount namespace keeps it, and the scratch mount in it, alive after PID 1.
+      const ns = openSync(`/proc/${readyPid(s.status())}/ns/mnt`, "r");
+      try {
+        closeSync(s.holdFd!);
+        expect(await s.proc.exited).toBe(0);
+        const loop = /^\/dev\/loop\d+/.exec(loopsOf(img))?.[0];
+        expect(s.status().at(-1)).toBe(
+          `warning loop: ${loop} still holds ${img} 5 s after the sandbox ended`,
+        );
+      } finally {
+        closeSync(ns);
+      }
+      await waitFor("the loop device to go", () => loopsOf(img) === "" || undefined);
+    },
+    20_000,
+  );
+
   rootTest("the scratch loop device is gone and no mount is left on the host after a job", async () => {
     const mounts = hostMounts();
     const loops = hostLoops();
