@@ -628,7 +628,7 @@ describe("kiln-sandbox", () => {
   rootTest(
     "PID 1 keeps only CAP_KILL once the job runs, and still signals it and reaps everything",
     async () => {
-      const s = start([], ["/bin/sh", "-c", 'trap "exit 5" TERM; sleep 1000 & wait']);
+      const s = start([], ["/bin/sh", "-c", 'trap "exit 5" TERM; touch /tmp/out/armed; sleep 1000 & wait']);
       await waitFor("ready", () => s.status().length > 0);
       const fields = Object.fromEntries(
         readFileSync(`/proc/${readyPid(s.status())}/status`, "utf8")
@@ -644,6 +644,8 @@ describe("kiln-sandbox", () => {
         CapAmb: "0000000000000000",
         NoNewPrivs: "1",
       });
+      // The trap must be set before the signal comes, or the shell dies of it instead.
+      await waitFor("the trap", () => existsSync(`/proc/${readyPid(s.status())}/root/tmp/out/armed`));
       s.proc.kill("SIGTERM");
       const r = await finish(s);
       expect(r.status.at(-1)).toBe("exit 5");
