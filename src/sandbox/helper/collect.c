@@ -33,10 +33,16 @@
 
 #define MAX_DEPTH 32 /* deeper trees are skipped: the walk recurses, and no build output nests deeper */
 #define NAME_CAP 201 /* the longest name component Kiln accepts (src/protocol/artifact-name.ts) */
+/* Entries looked at, all directories together. Each kept file is a file on the worker's disk, a request
+ * and a row on the master, and each skipped one a line in the job's log: a tree this big is to be tarred. */
+#define MAX_ENTRIES 100000
+#define STR(x) #x
+#define XSTR(x) STR(x)
 
 static uid_t job_uid;
 static gid_t job_gid;
 static unsigned long long budget, used;
+static long entries;
 
 static void __attribute__((noreturn, format(printf, 2, 3))) collect_die(const char *step, const char *fmt, ...) {
   int e = errno;
@@ -129,7 +135,8 @@ static long long copy_bytes(int from, int to, long long size) {
   return done;
 }
 
-/* Walks one directory. Returns false once the budget is passed: nothing more is copied after that. */
+/* Walks one directory. Returns false once collection must stop (the budget is passed, or there are too
+ * many entries): nothing more is copied after that. */
 static bool walk(int src, int dst, const char *prefix, int depth) {
   DIR *d = fdopendir(dup(src));
   if (!d) collect_die("read", "%s", prefix[0] ? prefix : "$KILN_OUT");
@@ -146,6 +153,11 @@ static bool walk(int src, int dst, const char *prefix, int depth) {
   for (size_t i = 0; i < n && go_on; i++) {
     const char *name = names[i];
     struct stat st;
+    if (++entries > MAX_ENTRIES) {
+      skip(prefix, name, "one entry too many: $KILN_OUT holds more than " XSTR(MAX_ENTRIES) "; this and the rest are not collected");
+      go_on = false;
+      continue;
+    }
     if (!name_ok(name)) {
       skip(prefix, name, "a name Kiln does not allow (letters, digits and . _ + -, not first)");
       continue;

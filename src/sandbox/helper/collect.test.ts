@@ -198,6 +198,26 @@ describe("kiln-sandbox --collect", () => {
   );
 
   rootTest(
+    "past 100000 entries collection stops and says so: a flood of files costs a bounded amount",
+    async () => {
+      // Hidden names are skipped without a copy, which keeps this cheap; they count all the same.
+      const job = await held("cd /tmp/out; echo kept > a.txt; seq -f '.%06g' 1 100000 | xargs touch", [
+        "--scratch-tmpfs",
+        `${256 << 20}`,
+      ]);
+      const to = join(dir, "out-flood");
+      const r = collect(job.pid, to);
+      await job.release();
+      expect(r.lines.length).toBe(100001);
+      expect(r.lines.at(-1)).toBe(
+        "skip a.txt one entry too many: $KILN_OUT holds more than 100000; this and the rest are not collected",
+      );
+      expect(readdirSync(to)).toEqual([]);
+    },
+    60_000,
+  );
+
+  rootTest(
     "a file already in the destination (an upload of the same name) is kept, not overwritten",
     async () => {
       const to = join(dir, "out-exists");
