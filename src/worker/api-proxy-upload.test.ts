@@ -69,3 +69,13 @@ test("names that climb or hold control characters are refused and nothing lands 
   expect(existsSync(join(dir, "escape.txt")) || existsSync(join(dir, "e.txt"))).toBe(false);
   expect(existsSync(join(dir, "job", "out"))).toBe(false);
 });
+
+test("a name that collides with a file or directory already uploaded is refused, and the proxy keeps serving", async () => {
+  expect((await upload("x", 10)).status).toBe(201);
+  expect((await upload("d/f", 10)).status).toBe(201);
+  for (const name of ["x/y", "d"]) {
+    const r = await upload(name, 10);
+    expect(`${name} ${r.status} ${r.body.error?.code}`).toBe(`${name} 409 ARTIFACT_EXISTS`);
+  }
+  expect((await upload("after.txt", 10)).status).toBe(201);
+});

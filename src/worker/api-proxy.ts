@@ -1,6 +1,7 @@
-import { createWriteStream, mkdirSync, unlinkSync, type WriteStream } from "node:fs";
+import { createWriteStream, mkdirSync, statSync, unlinkSync, type WriteStream } from "node:fs";
 import { dirname, join } from "node:path";
 import type { Socket } from "bun";
+import { coerceError } from "../lib/errors.ts";
 import { artifactNameProblem } from "../protocol/artifact-name.ts";
 import type { ArtifactBudget } from "./artifact-budget.ts";
 
@@ -267,6 +268,21 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
       }
       if (length > MAX_UPLOAD)
         return respond(s, 413, { error: { code: "TOO_LARGE", message: "artifact too large" } });
+      // The name was checked part by part, and nothing in outDir is a link: Kiln alone writes there. An
+      // earlier upload may still hold a file where this one needs a directory, or the reverse.
+      const path = join(h.outDir, name);
+      try {
+        mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+        if (statSync(path, { throwIfNoEntry: false })?.isDirectory())
+          throw new Error(`${name} is a directory`);
+      } catch (err) {
+        return respond(s, 409, {
+          error: {
+            code: "ARTIFACT_EXISTS",
+            message: `artifact ${name} clashes with one uploaded before: ${coerceError(err).message}`,
+          },
+        });
+      }
       // Counted on the announced length, before the file exists; the body is cut at that length.
       // A refusal waits for the body: answering while the client still sends would reset its connection
       // before it reads why. The bytes are dropped, never written.
@@ -275,10 +291,13 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
         s.data.body = { need: length, chunks: [], file: null, got: 0, refused };
         return feedBody(s, rest);
       }
-      // The name was checked part by part, and nothing in outDir is a link: Kiln alone writes there.
-      const path = join(h.outDir, name);
-      mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
       const file = createWriteStream(path, { mode: 0o600 });
+      // Without a listener a failed open or write (a full disk) would throw out of the worker.
+      file.on("error", (err) =>
+        respond(s, 500, {
+          error: { code: "UPLOAD_FAILED", message: `cannot store ${name}: ${coerceError(err).message}` },
+        }),
+      );
       s.data.body = { need: length, chunks: [], file, got: 0 };
       s.data.request.target = url.pathname + url.search;
       return feedBody(s, rest);

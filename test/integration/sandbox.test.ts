@@ -292,6 +292,12 @@ const ESCAPES: [string, string, RegExp, Expect?][] = [
     { artifacts: [] },
   ],
   [
+    "stall or crash the worker with uploads whose names clash (a file where a directory is)",
+    "echo x > /tmp/x; kiln job upload /tmp/x --name d/f >/dev/null; kiln job upload /tmp/x --name d 2>&1; kiln job upload /tmp/x --name d/f/g 2>&1",
+    /artifact d clashes with one uploaded before[\s\S]*artifact d\/f\/g clashes with one uploaded before/,
+    { artifacts: ["d/f"] },
+  ],
+  [
     "fill the worker's disk with one file past the artifact budget",
     "head -c 9M /dev/zero > $KILN_OUT/big.bin; echo small > $KILN_OUT/a.txt",
     /big\.bin \(9 MiB\) passes this job's artifact budget of 8 MiB/,
