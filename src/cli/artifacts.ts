@@ -2,6 +2,7 @@ import { renameSync, rmSync } from "node:fs";
 import { defineCommand } from "citty";
 import { AppError, errorFrom } from "../lib/errors.ts";
 import { formatSize } from "../lib/size.ts";
+import { artifactNameProblem } from "../protocol/artifact-name.ts";
 import { checkFlags, clientArgs, clientOf, jobIdArg, print, table } from "./common.ts";
 
 interface Artifact {
@@ -39,7 +40,7 @@ const getArgs = {
   output: {
     type: "string",
     alias: "o",
-    description: "Write here (default: ./NAME; - for stdout)",
+    description: "Write here (default: ./NAME, the last part of a dir/file name; - for stdout)",
     valueHint: "FILE",
   },
 } as const;
@@ -51,11 +52,14 @@ export const download = defineCommand({
     const id = jobIdArg(ctx.args.job);
     const name = ctx.args.name;
     if (!name) throw new AppError("USAGE", "kiln download JOB NAME [-o FILE]: see `kiln artifacts JOB`");
+    const problem = artifactNameProblem(name);
+    if (problem) throw new AppError("USAGE", `${JSON.stringify(name)} is not an artifact name: ${problem}`);
     const client = clientOf(ctx.args);
     const res = await client.raw(`/api/v1/jobs/${id}/artifacts/${encodeURIComponent(name)}`);
     if (!res.ok) throw await errorFrom(res);
     const expected = res.headers.get("x-kiln-sha256");
-    const target = ctx.args.output ?? name;
+    // A `dir/file` artifact lands as ./file: a name never decides where outside the current dir it goes.
+    const target = ctx.args.output ?? name.split("/").pop()!;
     const hash = new Bun.CryptoHasher("sha256");
     const tmp = target === "-" ? null : `${target}.kiln-partial`;
     const sink = tmp ? Bun.file(tmp).writer() : null;

@@ -60,6 +60,8 @@ export const SCHEMA = {
     runner: { type: "enum", default: "sandbox", values: ["process", "sandbox"] },
     slots: { type: "slots", default: [] },
     health_interval: { type: "duration", default: 60_000, min: 100 },
+    // $KILN_OUT plus every upload of one job: a disk image or two fit, a runaway job cannot fill the disk.
+    artifact_budget: { type: "size", default: 4 * 2 ** 30, min: 0 },
   },
   templates: {
     cache_size: { type: "size", default: 20 * 2 ** 30, min: 1 << 20 },

@@ -9,8 +9,6 @@ import { AppError } from "../lib/errors.ts";
  * then renamed into place, so a stored file always matches its name.
  */
 
-export const ARTIFACT_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$/;
-
 // One artifact may not exceed this: a disk image fits, a runaway job's output does not fill the master.
 export const MAX_ARTIFACT = 16 * 2 ** 30;
 

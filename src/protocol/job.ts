@@ -16,7 +16,17 @@ export const TERMINAL_STATES: readonly JobState[] = ["succeeded", "failed", "can
 export const isTerminal = (s: string) => (TERMINAL_STATES as readonly string[]).includes(s);
 
 /** Why a job failed; see SPEC.md "Job states". */
-export const REASONS = ["exit", "signal", "oom", "pids", "no_space", "lost", "sandbox", "rejected"] as const;
+export const REASONS = [
+  "exit",
+  "signal",
+  "oom",
+  "pids",
+  "no_space",
+  "artifact_budget",
+  "lost",
+  "sandbox",
+  "rejected",
+] as const;
 export type Reason = (typeof REASONS)[number];
 
 /** What a worker needs to run one attempt of a job. */

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { isArtifactName } from "./artifact-name.ts";
 
 /*
  * Build-root templates: a recipe that makes a root filesystem tree, identified by the hash of its recipe
@@ -37,7 +38,7 @@ export const TemplateRecipeSchema = z.discriminatedUnion("kind", [
     .object({
       kind: z.literal("tarball"),
       job: z.number().int().positive(),
-      artifact: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$/, "artifact must be an artifact name"),
+      artifact: z.string().refine(isArtifactName, "artifact must be an artifact name (dir/file allowed)"),
       packages,
     })
     .strict(),

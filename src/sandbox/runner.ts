@@ -1,14 +1,4 @@
-import {
-  closeSync,
-  cpSync,
-  existsSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  rmdirSync,
-  statfsSync,
-  writeSync,
-} from "node:fs";
+import { closeSync, readFileSync, rmdirSync, statfsSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import type { Config } from "../config/schema.ts";
@@ -31,6 +21,7 @@ import {
   setDeviceRules,
   sweepCgroups,
 } from "./cgroups.ts";
+import { collectArtifacts } from "./collect.ts";
 import { installLauncher } from "./launcher.ts";
 import { createScratch, destroyScratch, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";
 import { killUid, slotUid } from "./uids.ts";
@@ -64,10 +55,13 @@ interface SlotState {
  * own mistake (a command that does not exist, a PATH that finds nothing): it ends like a shell's, with
  * 127 and the reason in the job's log (`note`). Any other set-up failure is the slot's.
  */
-export function parseStatus(line: string): { ready: number } | { exit: RawExit; note?: string } | null {
-  const m = /^(ready|exit|signal|error) (.*)$/.exec(line.trim());
+export function parseStatus(
+  line: string,
+): { ready: number } | { exit: RawExit; note?: string } | { warning: string } | null {
+  const m = /^(ready|exit|signal|error|warning) (.*)$/.exec(line.trim());
   if (!m) return null;
   if (m[1] === "ready") return { ready: Number(m[2]) };
+  if (m[1] === "warning") return { warning: m[2]! };
   if (m[1] === "exit") return { exit: { kind: "exit", code: Number(m[2]) } };
   if (m[1] === "signal") return { exit: { kind: "signal", signal: Number(m[2]) } };
   const exec = /^exec: (.*)$/.exec(m[2]!);
@@ -230,7 +224,15 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           } catch {
             // The namespace is already gone.
           }
-          collectArtifacts(`${tmp}/out`, join(req.dir, "out"));
+          await collectArtifacts({
+            launcher,
+            pid1,
+            uid: state.uid,
+            to: join(req.dir, "out"),
+            budget: req.artifacts,
+            note: (line) => writeSync(req.logFd, `kiln: ${line}\n`),
+            log,
+          });
         }
         release();
       };
@@ -244,7 +246,8 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
             buf = buf.slice(nl + 1);
             nl = buf.indexOf("\n");
             if (!st) continue;
-            if ("ready" in st) {
+            if ("warning" in st) log.warn(`job ${spec.id} on ${slot.name}: ${st.warning}`);
+            else if ("ready" in st) {
               pid1 = st.ready;
               setDeviceRules(state.cg, setupRules, false);
             } else {
@@ -286,7 +289,15 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         if (usage.oomKills > 0) limit = "oom";
         else if (usage.pidsLimitHit > 0 && !clean) limit = "pids";
         else if (noSpace && !clean) limit = "no_space";
-        return { exit, limit, peakMemoryBytes: usage.peakMemoryBytes || null, cpuMs: usage.cpuMs };
+        else if (req.artifacts.message()) limit = "artifact_budget";
+        const limitMessage = limit === "artifact_budget" ? req.artifacts.message() : null;
+        return {
+          exit,
+          limit,
+          limitMessage,
+          peakMemoryBytes: usage.peakMemoryBytes || null,
+          cpuMs: usage.cpuMs,
+        };
       })();
       return {
         get pid() {
@@ -370,33 +381,4 @@ function resolveGroup(g: string): string {
     .find((l) => l.startsWith(`${g}:`));
   if (!line) throw new AppError("UNKNOWN_GROUP", `slot group ${g} does not exist on this host`);
   return line.split(":")[2]!;
-}
-
-// Artifacts beyond this are not collected: a job cannot fill the worker's disk through $KILN_OUT.
-const MAX_ARTIFACTS = 4 * 2 ** 30;
-
-/** Copies regular files from the job's /tmp/out (read through /proc/PID1/root) to the job dir. */
-function collectArtifacts(from: string, to: string) {
-  if (!existsSync(from)) return;
-  let total = 0;
-  const walk = (src: string, dst: string) => {
-    for (const e of readdirSync(src, { withFileTypes: true })) {
-      // Never follow a job's symlinks: they would resolve on the host.
-      if (e.isSymbolicLink()) continue;
-      const s = join(src, e.name);
-      const d = join(dst, e.name);
-      if (e.isDirectory()) walk(s, d);
-      else if (e.isFile()) {
-        total += Bun.file(s).size;
-        if (total > MAX_ARTIFACTS) return;
-        mkdirSync(dst, { recursive: true });
-        cpSync(s, d, { dereference: false });
-      }
-    }
-  };
-  try {
-    walk(from, to);
-  } catch {
-    // The job's files are its own business; a failed copy only loses artifacts.
-  }
 }

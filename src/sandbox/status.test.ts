@@ -1,7 +1,7 @@
 import { expect, test } from "bun:test";
 import { parseStatus } from "./runner.ts";
 
-test("the launcher's status lines become pid, exit, signal or a set-up failure naming its step", () => {
+test("the launcher's status lines become pid, exit, signal, a set-up failure naming its step, or a warning", () => {
   expect(parseStatus("ready 4242\n")).toEqual({ ready: 4242 });
   expect(parseStatus("exit 3")).toEqual({ exit: { kind: "exit", code: 3 } });
   expect(parseStatus("signal 9")).toEqual({ exit: { kind: "signal", signal: 9 } });
@@ -15,6 +15,9 @@ test("the launcher's status lines become pid, exit, signal or a set-up failure n
   expect(parseStatus("error exec: /no/such/program: No such file or directory")).toEqual({
     exit: { kind: "exit", code: 127 },
     note: "kiln: cannot run the job's command: /no/such/program: No such file or directory\n",
+  });
+  expect(parseStatus("warning loop: /dev/loop3 still holds /x.img 5 s after the sandbox ended")).toEqual({
+    warning: "loop: /dev/loop3 still holds /x.img 5 s after the sandbox ended",
   });
   expect(parseStatus("garbage")).toBeNull();
 });

@@ -1,7 +1,9 @@
-import { createWriteStream, mkdirSync, unlinkSync, type WriteStream } from "node:fs";
-import { join } from "node:path";
+import { createWriteStream, mkdirSync, statSync, unlinkSync, type WriteStream } from "node:fs";
+import { dirname, join } from "node:path";
 import type { Socket } from "bun";
 import { coerceError } from "../lib/errors.ts";
+import { artifactNameProblem } from "../protocol/artifact-name.ts";
+import type { ArtifactBudget } from "./artifact-budget.ts";
 import { connectUpstream, type RelayEnd } from "./egress.ts";
 import { Outgoing } from "./outgoing.ts";
 
@@ -19,6 +21,8 @@ export interface ApiHandlers {
   egress: string[];
   /** Where uploaded artifacts go. */
   outDir: string;
+  /** The job's artifact budget: every upload is counted against it before a byte is written. */
+  artifacts: ArtifactBudget;
   progress(percent: number, message: string | null): void;
   markBroken(message: string): void;
   /** Builds or fetches template NAME and attaches it read-only in the job; resolves to where. */
@@ -38,7 +42,14 @@ interface Conn {
   /** The job sent its EOF before the tunnel was open. */
   ended: boolean;
   pending: Uint8Array[];
-  body: { need: number; chunks: Uint8Array[]; file: WriteStream | null; got: number } | null;
+  body: {
+    need: number;
+    chunks: Uint8Array[];
+    file: WriteStream | null;
+    got: number;
+    /** An upload refused by the artifact budget: its body is read and dropped, then this is the answer. */
+    refused?: string;
+  } | null;
   request: { method: string; target: string; headers: Map<string, string> } | null;
 }
 
@@ -251,18 +262,47 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
       return respond(s, 400, { error: { code: "INVALID_REQUEST", message: "bad content-length" } });
     if (req.method === "POST" && url.pathname === "/v1/upload") {
       const name = url.searchParams.get("name") ?? "";
-      if (!/^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$/.test(name)) {
+      const problem = artifactNameProblem(name);
+      if (problem) {
         return respond(s, 400, {
           error: {
             code: "INVALID_NAME",
-            message: "artifact names are letters, digits, '.', '_', '+' and '-'",
+            message: `${JSON.stringify(name)} is not an artifact name: ${problem}`,
           },
         });
       }
       if (length > MAX_UPLOAD)
         return respond(s, 413, { error: { code: "TOO_LARGE", message: "artifact too large" } });
-      mkdirSync(h.outDir, { recursive: true });
-      const file = createWriteStream(join(h.outDir, name), { mode: 0o600 });
+      // The name was checked part by part, and nothing in outDir is a link: Kiln alone writes there. An
+      // earlier upload may still hold a file where this one needs a directory, or the reverse.
+      const path = join(h.outDir, name);
+      try {
+        mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+        if (statSync(path, { throwIfNoEntry: false })?.isDirectory())
+          throw new Error(`${name} is a directory`);
+      } catch (err) {
+        return respond(s, 409, {
+          error: {
+            code: "ARTIFACT_EXISTS",
+            message: `artifact ${name} clashes with one uploaded before: ${coerceError(err).message}`,
+          },
+        });
+      }
+      // Counted on the announced length, before the file exists; the body is cut at that length.
+      // A refusal waits for the body: answering while the client still sends would reset its connection
+      // before it reads why. The bytes are dropped, never written.
+      const refused = h.artifacts.take(name, length);
+      if (refused) {
+        s.data.body = { need: length, chunks: [], file: null, got: 0, refused };
+        return feedBody(s, rest);
+      }
+      const file = createWriteStream(path, { mode: 0o600 });
+      // Without a listener a failed open or write (a full disk) would throw out of the worker.
+      file.on("error", (err) =>
+        respond(s, 500, {
+          error: { code: "UPLOAD_FAILED", message: `cannot store ${name}: ${coerceError(err).message}` },
+        }),
+      );
       s.data.body = { need: length, chunks: [], file, got: 0 };
       s.data.request.target = url.pathname + url.search;
       return feedBody(s, rest);
@@ -278,8 +318,10 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
     const part = chunk.subarray(0, b.need - b.got);
     b.got += part.length;
     if (b.file) b.file.write(part);
-    else b.chunks.push(part);
+    else if (b.refused === undefined) b.chunks.push(part);
     if (b.got < b.need) return;
+    if (b.refused !== undefined)
+      return respond(s, 413, { error: { code: "ARTIFACT_BUDGET", message: b.refused } });
     const req = s.data.request!;
     const url = new URL(req.target, "http://kiln.invalid");
     if (b.file) {

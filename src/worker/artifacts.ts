@@ -2,17 +2,34 @@ import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
 import { errorFrom } from "../lib/errors.ts";
+import { artifactNameProblem } from "../protocol/artifact-name.ts";
 
 /*
- * Delivers a finished job's artifacts (the files left in its out dir) to the master before the job is
- * reported finished, so a job that is terminal always has its artifacts. Each file is hashed first and
+ * Delivers a finished job's artifacts (the files in its out dir, those in subdirectories as `dir/file`) to
+ * the master before the job is reported finished, so a job that is terminal always has its artifacts.
+ * With the sandbox runner the out dir holds only what Kiln wrote there itself (collection and uploads);
+ * links are never followed all the same, as the process runner's job writes it directly. Each file is hashed first and
  * the master checks the hash on arrival. A marker file records that delivery is done, so a worker
  * restarted with the job still in its outbox does not upload again.
  */
 
-const NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$/;
-
 export class RetryLater extends Error {}
+
+/** Regular files below `dir` as artifact names, in order; anything else is reported through `skipped`. */
+function listFiles(dir: string, skipped: (name: string, why: string) => void, prefix = ""): string[] {
+  if (!existsSync(dir)) return [];
+  const names: string[] = [];
+  const entries = readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1));
+  for (const e of entries) {
+    const name = `${prefix}${e.name}`;
+    const problem = artifactNameProblem(name);
+    if (problem) skipped(name, `its name is not allowed: ${problem}`);
+    else if (e.isDirectory()) names.push(...listFiles(join(dir, e.name), skipped, `${name}/`));
+    else if (e.isFile()) names.push(name);
+    else skipped(name, "not a regular file");
+  }
+  return names;
+}
 
 async function sha256(path: string): Promise<string> {
   const h = new Bun.CryptoHasher("sha256");
@@ -20,7 +37,7 @@ async function sha256(path: string): Promise<string> {
   return h.digest("hex");
 }
 
-/** Uploads every regular top-level file of DIR/out; throws RetryLater when the master cannot be reached. */
+/** Uploads every regular file below DIR/out; throws RetryLater when the master cannot be reached. */
 export async function deliverArtifacts(o: {
   dir: string;
   jobId: number;
@@ -32,24 +49,16 @@ export async function deliverArtifacts(o: {
   const done = join(o.dir, "artifacts-delivered");
   if (existsSync(done)) return;
   const out = join(o.dir, "out");
-  const entries = existsSync(out) ? readdirSync(out, { withFileTypes: true }) : [];
-  for (const e of entries) {
-    if (!e.isFile()) {
-      o.log.warn(
-        `job ${o.jobId}: ${e.name} in $KILN_OUT is not a regular file and is not kept (tar a directory first)`,
-      );
-      continue;
-    }
-    if (!NAME.test(e.name)) {
-      o.log.warn(`job ${o.jobId}: artifact name ${JSON.stringify(e.name)} is not allowed and is not kept`);
-      continue;
-    }
-    const path = join(out, e.name);
+  const names = listFiles(out, (name, why) =>
+    o.log.warn(`job ${o.jobId}: ${JSON.stringify(name)} in $KILN_OUT is not kept: ${why}`),
+  );
+  for (const name of names) {
+    const path = join(out, name);
     const hash = await sha256(path);
     let res: Response;
     try {
       res = await fetch(
-        `${o.master.replace(/\/$/, "")}/api/v1/worker/artifacts/${o.jobId}/${o.attempt}/${encodeURIComponent(e.name)}`,
+        `${o.master.replace(/\/$/, "")}/api/v1/worker/artifacts/${o.jobId}/${o.attempt}/${encodeURIComponent(name)}`,
         {
           method: "PUT",
           headers: { authorization: `Bearer ${o.token}`, "x-kiln-sha256": hash },
@@ -63,7 +72,7 @@ export async function deliverArtifacts(o: {
     if (!res.ok) {
       // 4xx: this attempt is no longer the job's (re-queued or ended meanwhile), or the file is refused;
       // retrying would not change the answer.
-      o.log.warn(`job ${o.jobId}: artifact ${e.name} refused: ${(await errorFrom(res)).message}`);
+      o.log.warn(`job ${o.jobId}: artifact ${name} refused: ${(await errorFrom(res)).message}`);
     }
   }
   writeFileSync(done, "");

@@ -23,6 +23,7 @@ import type { TemplateSpec } from "../protocol/template.ts";
 import { encodeLogFrame, type MasterMessage, type WorkerMessage } from "../protocol/wire.ts";
 import { VERSION } from "../version.ts";
 import { startApiProxy } from "./api-proxy.ts";
+import { createArtifactBudget } from "./artifact-budget.ts";
 import { deliverArtifacts } from "./artifacts.ts";
 import {
   createJobDir,
@@ -174,9 +175,10 @@ export function outcomeOf(r: RunResult, a: { cancelled: boolean; timedOut: boole
       oom: "killed: out of memory",
       pids: "hit its process limit",
       no_space: "its scratch space filled up",
+      artifact_budget: "its artifacts passed the worker's artifact budget",
     }[r.limit];
     const exitCode = r.exit.kind === "exit" ? r.exit.code : null;
-    return { ...base, state: "failed", reason: r.limit, exitCode, message: why };
+    return { ...base, state: "failed", reason: r.limit, exitCode, message: r.limitMessage ?? why };
   }
   if (r.exit.kind === "signal") {
     return {
@@ -432,6 +434,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       ...spec.env,
     };
     let apiSocket: string | null = null;
+    const artifacts = createArtifactBudget(cfg.worker.artifact_budget);
     if (opts.runner.name === "sandbox") {
       apiSocket = join(runDir, `${slot.name}.sock`);
       a.proxy = startApiProxy(apiSocket, {
@@ -439,6 +442,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         attempt: spec.attempt,
         egress: spec.egress,
         outDir: join(job.dir, "out"),
+        artifacts,
         progress: (percent, message) =>
           send({ type: "job.progress", jobId: spec.id, attempt: spec.attempt, percent, message }),
         markBroken: (message) => book.hold(slot.name, `marked broken by job ${spec.id}: ${message}`),
@@ -452,7 +456,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       });
     }
     try {
-      a.handle = await opts.runner.start({ spec, slot, dir: job.dir, logFd, env, apiSocket });
+      a.handle = await opts.runner.start({ spec, slot, dir: job.dir, logFd, env, apiSocket, artifacts });
     } catch (err) {
       const e = coerceError(err);
       const code = e instanceof AppError ? e.code : "";

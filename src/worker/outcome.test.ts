@@ -50,3 +50,12 @@ test("exit statuses, signals and limits map to the states and reasons of SPEC.md
   );
   expect(outcomeOf(r({ kind: "exit", code: 0 }), none)).toMatchObject({ peakMemoryBytes: 1, cpuMs: 2 });
 });
+
+test("a job past its artifact budget fails with reason artifact_budget even after exit 0, saying which file", () => {
+  const why = "artifact big.bin (9 MiB) passes this job's artifact budget of 8 MiB (worker.artifact_budget)";
+  const o = outcomeOf({ ...r({ kind: "exit", code: 0 }, "artifact_budget"), limitMessage: why }, none);
+  expect(o).toMatchObject({ state: "failed", reason: "artifact_budget", exitCode: 0, message: why });
+  expect(outcomeOf(r({ kind: "exit", code: 0 }, "artifact_budget"), none).message).toBe(
+    "its artifacts passed the worker's artifact budget",
+  );
+});

@@ -1,6 +1,7 @@
 import type { JobSpec } from "../protocol/job.ts";
 import type { TemplateSpec } from "../protocol/template.ts";
 import type { TemplateCache } from "../templates/cache.ts";
+import type { ArtifactBudget } from "./artifact-budget.ts";
 
 /** A slot as the worker offers it: its name, the resources it holds and its default limits. */
 export interface Slot {
@@ -28,8 +29,13 @@ export type RawExit =
 
 export interface RunResult {
   exit: RawExit;
-  /** A limit that explains the failure better than the exit status (read from the kernel's counters). */
-  limit: "oom" | "pids" | "no_space" | null;
+  /**
+   * A limit that explains the failure better than the exit status: read from the kernel's counters, or
+   * the job's artifact budget, which fails the job even when it exited 0.
+   */
+  limit: "oom" | "pids" | "no_space" | "artifact_budget" | null;
+  /** Says more about `limit` than its fixed sentence (which file passed the artifact budget). */
+  limitMessage?: string | null;
   peakMemoryBytes: number | null;
   cpuMs: number | null;
 }
@@ -56,6 +62,8 @@ export interface RunRequest {
   env: Record<string, string>;
   /** The job's API proxy: a Unix socket on the host that the sandbox forwards to $KILN_API. */
   apiSocket: string | null;
+  /** The job's artifact budget, shared with its API proxy's uploads; collection counts against it. */
+  artifacts: ArtifactBudget;
 }
 
 /**

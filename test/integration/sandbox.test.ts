@@ -12,6 +12,7 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import {
   type JobJson,
+  kiln,
   type Master,
   type Role,
   startMaster,
@@ -60,7 +61,12 @@ beforeAll(async () => {
   m = await startMaster(dir.path, {
     role: "up",
     name: "up",
-    env: { KILN_WORKER_CAPACITY: "4", KILN_WORKER_NAME: "sbx", KILN_SANDBOX_MASK: "/etc/kiln-test-secret" },
+    env: {
+      KILN_WORKER_CAPACITY: "4",
+      KILN_WORKER_NAME: "sbx",
+      KILN_SANDBOX_MASK: "/etc/kiln-test-secret",
+      KILN_WORKER_ARTIFACT_BUDGET: BUDGET,
+    },
   });
   log = async (id) => (await m.cli(["logs", String(id)])).stdout;
   // As if an operator had opened the data dir up: the mask, not file modes, must keep jobs out.
@@ -82,8 +88,23 @@ afterAll(async () => {
 const sh = (script: string, extra: Record<string, unknown> = {}) =>
   submitJob(m, { command: ["/bin/bash", "-c", script], ...extra });
 
-/** Each case is a real job that tries something; it must print BLOCKED with the error that blocked it. */
-const ESCAPES: [string, string, RegExp][] = [
+/** What an escape case expects besides its log: how the job ends, and which artifacts the master keeps. */
+interface Expect {
+  state?: [string, string | null];
+  /** The exact artifact names kept, or a pattern every kept name must match. */
+  artifacts?: string[] | RegExp;
+}
+
+// The worker's artifact budget (worker.artifact_budget): small, so the cases that pass it stay cheap.
+const BUDGET = "8M";
+
+/**
+ * Each case is a real job that tries something; it must print BLOCKED with the error that blocked it.
+ * `perl -e 'syscall(NR, ...)'` prints the errno of a raw system call (x86_64 numbers). For the artifact
+ * cases, the line that matters is the one the worker adds to the job's log when it does not collect
+ * something, and what the master ends up keeping.
+ */
+const ESCAPES: [string, string, RegExp, Expect?][] = [
   ["write the root", "touch /usr/kiln-escape 2>&1", /Read-only file system/],
   ["write /etc", "echo x 2>&1 > /etc/kiln-escape", /Read-only file system|Permission denied/],
   ["read the master's data dir and admin token", "ls -A DATA; cat DATA/admin.token 2>&1", /No such file/],
@@ -160,13 +181,147 @@ const ESCAPES: [string, string, RegExp][] = [
     "grep -E '^Cap(Eff|Prm|Bnd)' /proc/self/status; grep NoNewPrivs /proc/self/status",
     /CapBnd:\s+0{16}[\s\S]*NoNewPrivs:\s+1/,
   ],
+  // PID 1 relays the job's API bytes: it must not hold what a bug in the relay would hand over.
+  [
+    "find capabilities beyond CAP_KILL in its PID 1",
+    "grep -E '^Cap(Eff|Prm|Bnd)' /proc/1/status",
+    /CapEff:\s+0{14}20\n/,
+  ],
+  // The seccomp filter, one case per denied family (see src/sandbox/helper/README.md, Seccomp).
+  ...(
+    [
+      ["io_uring_setup", `425, 1, "\\0" x 120`],
+      ["io_uring_enter", "426, 0, 0, 0, 0, 0, 0"],
+      ["io_uring_register", "427, 0, 0, 0, 0"],
+      ["userfaultfd in user mode", "323, 1"],
+      ["add_key", `248, "user", "k", "x", 1, -2`],
+      ["request_key", `249, "user", "k", 0, 0`],
+      ["name_to_handle_at", `303, -100, "/", "\\0" x 136, "\\0" x 8, 0`],
+      ["open_tree", `428, -100, "/tmp", 0`],
+      ["setns", "308, 0, 0"],
+      ["pivot_root", `155, "/tmp", "/tmp"`],
+      ["fsopen", `430, "tmpfs", 0`],
+      ["a 32-bit personality", "135, 8"],
+      ["fanotify_init", "300, 0x200, 0"],
+      ["syslog to read the kernel log's size", "103, 10, 0, 0"],
+      ["kexec_load", "246, 0, 0, 0, 0"],
+      ["finit_module", `313, 0, "", 0`],
+      ["reboot", "169, 0, 0, 0, 0"],
+      ["swapon", `167, "/tmp", 0`],
+      ["acct", "163, 0"],
+      ["settimeofday", "164, 0, 0"],
+      ["iopl", "172, 3"],
+      ["ustat", `136, 0, "\\0" x 32`],
+    ] as const
+  ).map(([name, args]): [string, string, RegExp] => [
+    `use ${name}`,
+    // Strings go through an array: perl passes a pointer to each, and a literal's buffer is read-only.
+    `perl -e '@a = (${args.replace(/^\d+,? ?/, "")}); syscall(${args.split(",")[0]}, @a) == -1 and print "$!\\n"'`,
+    /Operation not permitted/,
+  ]),
+  [
+    "use clone3, whose flags the filter cannot read",
+    `perl -e 'syscall(435, 0, 0) == -1 and print "$!\\n"'`,
+    /Function not implemented/,
+  ],
+  // Artifacts: what the job leaves in $KILN_OUT is collected without following any path it controls.
+  [
+    "collect /etc through $KILN_OUT swapped for a symlink",
+    "rmdir $KILN_OUT && ln -s /etc $KILN_OUT",
+    /not collected: \$KILN_OUT: a symbolic link/,
+    { artifacts: [] },
+  ],
+  [
+    "collect /etc/shadow through a symlink in $KILN_OUT",
+    "ln -s /etc/shadow $KILN_OUT/shadow; echo kept > $KILN_OUT/kept.txt",
+    /not collected: \$KILN_OUT\/shadow: a symbolic link/,
+    { artifacts: ["kept.txt"] },
+  ],
+  [
+    "collect the data dir through $KILN_OUT swapped for a symlink",
+    "rmdir $KILN_OUT && ln -s DATA $KILN_OUT",
+    /not collected: \$KILN_OUT: a symbolic link/,
+    { artifacts: [] },
+  ],
+  [
+    "collect the admin token and database through symlinks in $KILN_OUT",
+    "ln -s DATA/admin.token $KILN_OUT/token; ln -s DATA/kiln.db $KILN_OUT/db",
+    /not collected: \$KILN_OUT\/db: a symbolic link[\s\S]*not collected: \$KILN_OUT\/token: a symbolic link/,
+    { artifacts: [] },
+  ],
+  [
+    "collect /etc through a symlinked subdirectory, while a real one is kept",
+    "mkdir $KILN_OUT/d; echo in > $KILN_OUT/d/f.txt; ln -s /etc $KILN_OUT/d/etc",
+    /not collected: \$KILN_OUT\/d\/etc: a symbolic link/,
+    { artifacts: ["d/f.txt"] },
+  ],
+  [
+    "collect a host file hard-linked into $KILN_OUT",
+    "ln /etc/passwd $KILN_OUT/passwd 2>&1",
+    /Invalid cross-device link/,
+    { artifacts: [] },
+  ],
+  [
+    "block collection with a fifo in $KILN_OUT",
+    "mkfifo $KILN_OUT/fifo; echo kept > $KILN_OUT/kept.txt",
+    /not collected: \$KILN_OUT\/fifo: a fifo/,
+    { artifacts: ["kept.txt"] },
+  ],
+  [
+    "leave a socket in $KILN_OUT",
+    `python3 -c "import socket,os; socket.socket(socket.AF_UNIX).bind(os.environ['KILN_OUT'] + '/sock')"`,
+    /not collected: \$KILN_OUT\/sock: a socket/,
+    { artifacts: [] },
+  ],
+  [
+    "plant names with control characters or a leading dot in $KILN_OUT",
+    `touch "$KILN_OUT/$(printf 'evil\\nname')" $KILN_OUT/.hidden`,
+    /not collected: \$KILN_OUT\/\.hidden: a name Kiln does not allow[\s\S]*not collected: \$KILN_OUT\/evil\\x0aname: a name Kiln does not allow/,
+    { artifacts: [] },
+  ],
+  [
+    "upload an artifact whose name climbs out of the job's directory",
+    "echo x > /tmp/x; kiln job upload /tmp/x --name ../../escape.txt 2>&1; kiln job upload /tmp/x --name d/../../e.txt 2>&1",
+    /not an artifact name[\s\S]*not an artifact name/,
+    { artifacts: [] },
+  ],
+  [
+    "upload an artifact whose name holds a control character",
+    `echo x > /tmp/x; kiln job upload /tmp/x --name "$(printf 'a\\tb')" 2>&1`,
+    /not an artifact name/,
+    { artifacts: [] },
+  ],
+  [
+    "stall or crash the worker with uploads whose names clash (a file where a directory is)",
+    "echo x > /tmp/x; kiln job upload /tmp/x --name d/f >/dev/null; kiln job upload /tmp/x --name d 2>&1; kiln job upload /tmp/x --name d/f/g 2>&1",
+    /artifact d clashes with one uploaded before[\s\S]*artifact d\/f\/g clashes with one uploaded before/,
+    { artifacts: ["d/f"] },
+  ],
+  [
+    "fill the worker's disk with one file past the artifact budget",
+    "head -c 9M /dev/zero > $KILN_OUT/big.bin; echo small > $KILN_OUT/a.txt",
+    /big\.bin \(9 MiB\) passes this job's artifact budget of 8 MiB/,
+    { state: ["failed", "artifact_budget"], artifacts: ["a.txt"] },
+  ],
+  [
+    "fill the worker's disk with many uploads past the artifact budget",
+    "head -c 3M /dev/zero > /tmp/f; for i in 1 2 3 4; do kiln job upload /tmp/f --name f$i.bin 2>&1; done",
+    /f3\.bin \(3 MiB\) passes this job's artifact budget of 8 MiB/,
+    { state: ["failed", "artifact_budget"], artifacts: ["f1.bin", "f2.bin"] },
+  ],
+  [
+    "swap a directory of $KILN_OUT for a symlink to /etc while it is collected",
+    "mkdir $KILN_OUT/d; echo in > $KILN_OUT/d/f.txt; cd $KILN_OUT; (while :; do mv d d2; ln -s /etc d; rm d; mv d2 d; done) >/dev/null 2>&1 & sleep 0.3",
+    /^/,
+    { artifacts: /^d2?\/f\.txt$/ },
+  ],
 ];
 
 describe.skipIf(!root)("the escape suite", () => {
   let tcp: { port: number; stop(closeActive?: boolean): void };
   let tcpHits = 0;
   let abstract: ReturnType<typeof Bun.spawn>;
-  const results = new Map<string, { job: JobJson; out: string }>();
+  const results = new Map<string, { job: JobJson; out: string; artifacts: Map<string, Buffer> }>();
 
   beforeAll(async () => {
     tcp = Bun.listen<undefined>({
@@ -195,25 +350,51 @@ describe.skipIf(!root)("the escape suite", () => {
         ),
       ),
     );
-    for (const [i, id] of ids.entries())
-      results.set(ESCAPES[i]![0], { job: await waitJob(m, id, 60_000), out: await log(id) });
-  }, 120_000);
+    for (const [i, id] of ids.entries()) {
+      const job = await waitJob(m, id, 60_000);
+      const artifacts = new Map<string, Buffer>();
+      const listed = await m.api<{ name: string }[]>("GET", `/api/v1/jobs/${id}/artifacts`);
+      for (const { name } of listed.body) {
+        const res = await fetch(`${m.url}/api/v1/jobs/${id}/artifacts/${encodeURIComponent(name)}`, {
+          headers: { authorization: `Bearer ${m.token}` },
+        });
+        artifacts.set(name, Buffer.from(await res.arrayBuffer()));
+      }
+      results.set(ESCAPES[i]![0], { job, out: await log(id), artifacts });
+    }
+  }, 180_000);
 
   afterAll(() => {
     tcp.stop(true);
     abstract.kill();
   });
 
-  for (const [what, , expected] of ESCAPES) {
+  for (const [what, , expected, outcome] of ESCAPES) {
     test(`a job cannot ${what}`, () => {
       const r = results.get(what)!;
-      expect(r.job.state).toBe("succeeded");
+      if (outcome?.state) expect([r.job.state, r.job.reason]).toEqual(outcome.state);
+      else expect(r.job.state).toBe("succeeded");
+      const names = [...r.artifacts.keys()];
+      if (Array.isArray(outcome?.artifacts)) expect(names).toEqual(outcome.artifacts);
+      else if (outcome?.artifacts) for (const n of names) expect(n).toMatch(outcome.artifacts);
       expect(r.out).toMatch(expected);
       expect(r.out).toContain("BLOCKED");
       expect(r.out).not.toContain("visible");
       expect(r.out).not.toContain("ESCAPED");
     });
   }
+
+  test("no artifact of any case holds a host secret: shadow, the admin token, the database", () => {
+    const secrets = [
+      readFileSync("/etc/shadow", "utf8").split("\n")[0]!,
+      readFileSync(join(m.data, "admin.token"), "utf8").trim(),
+      "SQLite format 3",
+    ];
+    for (const [what, r] of results)
+      for (const [name, bytes] of r.artifacts)
+        for (const secret of secrets)
+          expect(`${what}: ${name} ${bytes.includes(secret)}`).toBe(`${what}: ${name} false`);
+  });
 
   test("nothing reached the host's loopback service", () => {
     expect(tcpHits).toBe(0);
@@ -479,5 +660,27 @@ describe.skipIf(!root)("artifacts", () => {
     expect(show.artifacts.map((a: { name: string }) => a.name)).toEqual(["blob.bin", "uploaded.txt"]);
     const missing = await m.cli(["download", String(id), "nope.bin"]);
     expect(missing.stderr).toContain("has no artifact nope.bin");
+  });
+
+  test("files in subdirectories of $KILN_OUT and uploads named dir/file are kept as dir/file and download as ./file", async () => {
+    const id = await sh(
+      "mkdir -p $KILN_OUT/sub/deeper $KILN_OUT/empty; echo nested > $KILN_OUT/sub/deeper/n.txt; echo top > $KILN_OUT/top.txt; echo doc > /tmp/d; kiln job upload /tmp/d --name docs/readme.txt",
+    );
+    expect((await waitJob(m, id)).state).toBe("succeeded");
+    const listed = JSON.parse((await m.cli(["artifacts", String(id), "--json"])).stdout) as {
+      name: string;
+    }[];
+    expect(listed.map((a) => a.name)).toEqual(["docs/readme.txt", "sub/deeper/n.txt", "top.txt"]);
+    using cwd = tempDir("kiln-download-");
+    const dl = await kiln(["download", String(id), "sub/deeper/n.txt"], {
+      cwd: cwd.path,
+      env: { KILN_URL: m.url, KILN_TOKEN: m.token },
+    });
+    expect(dl.code).toBe(0);
+    expect(readdirSync(cwd.path)).toEqual(["n.txt"]);
+    expect(readFileSync(join(cwd.path, "n.txt"), "utf8")).toBe("nested\n");
+    const climb = await m.cli(["download", String(id), "../sub/deeper/n.txt"]);
+    expect(climb.code).not.toBe(0);
+    expect(climb.stderr).toContain("is not an artifact name");
   });
 });

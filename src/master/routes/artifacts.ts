@@ -1,8 +1,9 @@
 import { Hono } from "hono";
 import { AppError, badRequest, notFound } from "../../lib/errors.ts";
+import { artifactNameProblem } from "../../protocol/artifact-name.ts";
 import { getArtifact, listArtifacts, putArtifact } from "../../store/artifacts.ts";
 import { getJob } from "../../store/jobs.ts";
-import { ARTIFACT_NAME, artifactPath, storeArtifact } from "../artifacts.ts";
+import { artifactPath, storeArtifact } from "../artifacts.ts";
 import type { Caller } from "../auth.ts";
 import { requireRole } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
@@ -13,8 +14,11 @@ const idOf = (text: string) => {
   if (!/^\d{1,15}$/.test(text)) throw badRequest(`"${text}" is not a job id`, "INVALID_JOB_ID");
   return Number(text);
 };
+// Names may be `dir/file`: each part is checked on its own, so none is empty, "." or "..".
 const nameOf = (text: string) => {
-  if (!ARTIFACT_NAME.test(text)) throw badRequest(`"${text}" is not an artifact name`, "INVALID_NAME");
+  const problem = artifactNameProblem(text);
+  if (problem)
+    throw badRequest(`${JSON.stringify(text)} is not an artifact name: ${problem}`, "INVALID_NAME");
   return text;
 };
 
@@ -22,7 +26,8 @@ const nameOf = (text: string) => {
 export function artifactRoutes(ctx: MasterContext) {
   const app = new Hono<Env>();
 
-  app.put("/worker/artifacts/:id/:attempt/:name", async (c) => {
+  // `{.+}`: a `dir/file` name matches whether its "/" arrives as such or encoded as %2F.
+  app.put("/worker/artifacts/:id/:attempt/:name{.+}", async (c) => {
     requireRole(c, "worker");
     const id = idOf(c.req.param("id"));
     const attempt = idOf(c.req.param("attempt"));
@@ -55,7 +60,7 @@ export function artifactRoutes(ctx: MasterContext) {
     return c.json(rows.map((r) => ({ name: r.name, size: r.size, sha256: r.sha256 })));
   });
 
-  app.get("/jobs/:id/artifacts/:name", async (c) => {
+  app.get("/jobs/:id/artifacts/:name{.+}", async (c) => {
     const job = await readable(c, c.req.param("id"));
     const name = nameOf(c.req.param("name"));
     const row = await getArtifact(ctx.store.db, job.id, name);
@@ -70,7 +75,8 @@ export function artifactRoutes(ctx: MasterContext) {
         "content-type": "application/octet-stream",
         "content-length": String(row.size),
         "x-kiln-sha256": row.sha256,
-        "content-disposition": `attachment; filename="${row.name}"`,
+        // The last part only: a browser saves one file, and the name's characters need no quoting.
+        "content-disposition": `attachment; filename="${row.name.split("/").pop()}"`,
       },
     });
   });

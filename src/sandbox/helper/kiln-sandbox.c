@@ -54,6 +54,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "collect.h"
+
 #define MAX_LIST 64            /* cap on each repeatable option */
 #define MAX_CONNS 256          /* concurrent API connections; more wait in the listen backlog */
 #define CONN_BUF 16384         /* bytes buffered per direction per connection */
@@ -196,8 +198,10 @@ static void touch(const char *path, mode_t mode) {
  * helper lingers (waiting, or held by --hold-fd). */
 static void drop_stdio(void) {
   int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-  for (int i = 0; i <= 2 && fd >= 0; i++)
-    if (i < 2 || (!o.debug && o.status_fd >= 0)) dup2(fd, i);
+  if (fd < 0) die("open /dev/null");
+  /* A copy of the caller's stdout left open would hold its pipe open past the job: no silent failure. */
+  for (int i = 0; i <= 2; i++)
+    if ((i < 2 || (!o.debug && o.status_fd >= 0)) && fd != i && dup2(fd, i) < 0) die("dup2 /dev/null to %d", i);
   if (fd > 2) close(fd);
 }
 
@@ -829,6 +833,22 @@ static void install_seccomp(void) {
       DENY(__NR_delete_module), DENY(__NR_reboot), DENY(__NR_swapon), DENY(__NR_swapoff), DENY(__NR_acct),
       DENY(__NR_quotactl), DENY(__NR_quotactl_fd), DENY(__NR_open_by_handle_at),
       DENY(__NR_name_to_handle_at),
+      /* io_uring: a second syscall interface that seccomp cannot see into, and a steady source of
+       * kernel exploits; Docker's default profile denies it too. Builds fall back to plain I/O. */
+      DENY(__NR_io_uring_setup), DENY(__NR_io_uring_enter), DENY(__NR_io_uring_register),
+      /* the rest of what Docker's default profile denies to a container without capabilities: the
+       * kernel log, filesystem-wide watches, the clock, port I/O, legacy calls nobody's build makes */
+      DENY(__NR_fanotify_init), DENY(__NR_syslog), DENY(__NR_settimeofday), DENY(__NR_clock_settime),
+      DENY(__NR_clock_adjtime), DENY(__NR_vhangup),
+#ifdef __NR_iopl
+      DENY(__NR_iopl), DENY(__NR_ioperm),
+#endif
+#ifdef __NR_ustat
+      DENY(__NR_ustat), DENY(__NR_sysfs), DENY(__NR_uselib), DENY(__NR__sysctl),
+#endif
+#ifdef __NR_lookup_dcookie
+      DENY(__NR_lookup_dcookie),
+#endif
       RET(SECCOMP_RET_ALLOW),
   };
   struct sock_fprog prog = {.len = (unsigned short)(sizeof f / sizeof *f), .filter = f};
@@ -887,6 +907,29 @@ static void __attribute__((noreturn)) job_main(int err_fd) {
 
 static const int fwd_signals[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
 
+/* Once the job is forked, PID 1 keeps uid 0 but only CAP_KILL, in every set and in the bounding set: it
+ * signals the job's process group and, at the end, every process of the namespace, all of another uid.
+ * Nothing else it does needs a capability: poll, waitpid, relay bytes between sockets, connect to the
+ * root-owned API socket, write the status line. So a bug in the relay would hand a job nothing more.
+ * NoNewPrivs and the bounding set keep an exec from winning anything back. */
+static void drop_pid1_caps(void) {
+  step("caps");
+  for (int c = 0; c <= cap_last; c++)
+    if (c != CAP_KILL && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL) die("PR_CAPBSET_DROP %d", c);
+  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) die("clear ambient");
+  struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+  struct __user_cap_data_struct d[2];
+  memset(d, 0, sizeof d);
+  d[0].effective = d[0].permitted = 1u << CAP_KILL;
+  if (syscall(SYS_capset, &h, d) < 0) die("capset");
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("PR_SET_NO_NEW_PRIVS");
+  memset(d, 0, sizeof d);
+  if (syscall(SYS_capget, &h, d) < 0) die("capget");
+  if (d[0].permitted != 1u << CAP_KILL || d[1].permitted || d[0].inheritable || d[1].inheritable)
+    die_msg("PID 1 kept capabilities other than CAP_KILL");
+  step("init");
+}
+
 static void __attribute__((noreturn)) init_loop(int listener) {
   step("init");
   sigset_t set;
@@ -907,6 +950,7 @@ static void __attribute__((noreturn)) init_loop(int listener) {
     job_main(ep[1]);
   }
   close(ep[1]);
+  drop_pid1_caps(); /* the job has its own copy of our credentials: this changes only ours */
   /* The job's exec closes the pipe; anything read before EOF is its error report. */
   char err[1024];
   size_t elen = 0;
@@ -1053,7 +1097,8 @@ static void parse_args(int argc, char **argv) {
     else if (!strcmp(a, "--gid")) o.gid = (gid_t)parse_num(VAL(), 0xfffffffe, a), o.have_gid = true;
     else if (!strcmp(a, "--groups")) {
       char *s = strdup(VAL()), *save = NULL;
-      for (char *t = s ? strtok_r(s, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save))
+      if (!s) die_msg("out of memory"); /* else the job would silently run without its groups */
+      for (char *t = strtok_r(s, ",", &save); t; t = strtok_r(NULL, ",", &save))
         PUSH(o.groups, o.ngroups, (gid_t)parse_num(t, 0xfffffffe, a));
     } else if (!strcmp(a, "--hostname")) {
       o.hostname = VAL();
@@ -1090,7 +1135,13 @@ static void wait_loop_gone(void) {
   char path[96], want[PATH_MAX], got[PATH_MAX + 2];
   if (shared->loop_nr < 0 || !realpath(o.scratch_file, want)) return;
   snprintf(path, sizeof path, "/sys/block/loop%d/loop/backing_file", shared->loop_nr);
-  for (int i = 0; i < 5000; i++) {
+  for (int i = 0;; i++) {
+    if (i == 5000) {
+      /* Not fatal to the job, which has ended, but the caller must know its image is still in use:
+       * it retries the detach and keeps the file until the device lets go. */
+      status_line("warning loop: /dev/loop%d still holds %s 5 s after the sandbox ended", shared->loop_nr, want);
+      return;
+    }
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return;
     ssize_t n = read(fd, got, sizeof got - 1);
@@ -1199,6 +1250,7 @@ int main(int argc, char **argv) {
    * waiting for our children, an ignored SIGPIPE would leak into the job. Start from the defaults. */
   for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);
   if (argc > 1 && !strcmp(argv[1], "--inject")) return inject_main(argc, argv);
+  if (argc > 1 && !strcmp(argv[1], "--collect")) return collect_main(argc, argv);
   parse_args(argc, argv);
   step("init");
   /* Die with the worker. Checking getppid() afterwards closes the race where it died just before. */
