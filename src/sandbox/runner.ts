@@ -33,6 +33,8 @@ import {
 } from "./cgroups.ts";
 import { installLauncher } from "./launcher.ts";
 import { createScratch, destroyScratch, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";
+import { parseStatus } from "./status.ts";
+import { buildSandboxOpener } from "./template-build.ts";
 import { killUid, slotUid } from "./uids.ts";
 
 /*
@@ -59,15 +61,7 @@ interface SlotState {
   uid: number;
 }
 
-/** Parses one status line of the launcher (see src/sandbox/helper/README.md). */
-export function parseStatus(line: string): { ready: number } | { exit: RawExit } | null {
-  const m = /^(ready|exit|signal|error) (.*)$/.exec(line.trim());
-  if (!m) return null;
-  if (m[1] === "ready") return { ready: Number(m[2]) };
-  if (m[1] === "exit") return { exit: { kind: "exit", code: Number(m[2]) } };
-  if (m[1] === "signal") return { exit: { kind: "signal", signal: Number(m[2]) } };
-  return { exit: { kind: "sandbox", message: `sandbox set-up failed at ${m[2]}` } };
-}
+export { parseStatus };
 
 export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
   if (process.getuid?.() !== 0) {
@@ -102,6 +96,16 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
     budgetBytes: o.cfg.templates.cache_size,
     log: logger("templates"),
     changed: () => runner.onTemplatesChanged?.(),
+    openSandbox: buildSandboxOpener({
+      launcher,
+      layout,
+      cgParent,
+      masks: o.masks,
+      runDir: join(o.data, "worker", "run", "templates"),
+      timeoutMs: o.cfg.templates.build_timeout,
+      memoryBytes: o.cfg.templates.build_memory,
+      pids: o.cfg.templates.build_pids,
+    }),
     fetchArtifact: (job, name, dest) => fetchArtifact(o.cfg.worker.master, o.token, job, name, dest),
   });
   const runner: Runner = {
