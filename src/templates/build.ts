@@ -169,10 +169,13 @@ function writeStepScript(tree: string, script: string): string {
   return path;
 }
 
-/** Runs shell SCRIPT as root with the tree as `/`, reaching only the hosts of the tree's apt sources. */
-async function inTree(sb: BuildSandbox, tree: string, script: string, sink: Sink) {
+/**
+ * Runs shell SCRIPT as root with the tree as `/`, reaching only the hosts of the tree's apt sources and
+ * those the recipe lists (`kiln template add --egress`).
+ */
+async function inTree(sb: BuildSandbox, tree: string, script: string, extra: string[], sink: Sink) {
   const path = writeStepScript(tree, script);
-  const egress = aptHosts(tree);
+  const egress = [...new Set([...aptHosts(tree), ...extra])];
   sink(`--- kiln: egress for this step: ${egress.join(", ") || "none"} ---\n`);
   try {
     await sb.step(
@@ -225,7 +228,7 @@ export async function buildTree(
       },
       sink,
     );
-    if (r.packages.length) await inTree(sb, target, apt(r.packages), sink);
+    if (r.packages.length) await inTree(sb, target, apt(r.packages), r.egress ?? [], sink);
     return;
   }
   if (r.kind === "script") {
@@ -236,7 +239,7 @@ export async function buildTree(
     const [err, code] = await Promise.all([new Response(cp.stderr).text(), cp.exited]);
     if (code !== 0)
       throw new AppError("TEMPLATE_BUILD_FAILED", `copying the base tree failed: ${err.trim()}`);
-    await inTree(sb, target, `${apt(r.packages)}${r.script}\n`, sink);
+    await inTree(sb, target, `${apt(r.packages)}${r.script}\n`, r.egress ?? [], sink);
     return;
   }
   if (!fetchArtifact) throw new AppError("TEMPLATE_BUILD_FAILED", "this worker cannot fetch job artifacts");
@@ -259,5 +262,5 @@ export async function buildTree(
   } finally {
     await Bun.spawn(["rm", "-f", tarball]).exited;
   }
-  if (r.packages.length) await inTree(sb, target, apt(r.packages), sink);
+  if (r.packages.length) await inTree(sb, target, apt(r.packages), r.egress ?? [], sink);
 }
