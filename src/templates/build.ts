@@ -28,6 +28,9 @@ import type { TemplateSpec } from "../protocol/template.ts";
  *   the tree's apt sources name;
  * - a tarball is unpacked by the host's tar like the first stage, from the artifact bound read-only.
  *
+ * Host steps run only the host's own programs (debootstrap's first stage unpacks packages but runs none of
+ * their scripts; tar), never code from the recipe or the tree; they still see only what a job sees.
+ *
  * Why real uid 0 and not a user namespace: debootstrap and dpkg want to own files as root and switch users;
  * as root, a user namespace's files would need an ownership shift afterwards and user namespaces are off
  * on several distributions (DESIGN.md). The capability set left (no SYS_ADMIN, MKNOD, SYS_CHROOT) is what

@@ -67,6 +67,13 @@ afterAll(async () => {
   dir[Symbol.dispose]();
 });
 
+/** The build cgroups of this test's worker in every hierarchy. */
+const buildCgroups = () =>
+  readdirSync("/sys/fs/cgroup")
+    .map((c) => join("/sys/fs/cgroup", c, "kiln", WORKER))
+    .filter((d) => existsSync(d))
+    .flatMap((d) => readdirSync(d).filter((e) => e.startsWith("build-")));
+
 /** Each attack, as a shell snippet that prints "ESCAPED <name>" if it worked and "refused <name>" if not. */
 const probes = (): [string, string][] => {
   const port = server!.port;
@@ -233,14 +240,31 @@ describe.skipIf(!root)("template builds in the sandbox", () => {
     expect(await log(hogId)).not.toContain("survived");
     // Nothing of either build is left: processes, cgroups, mounts of their trees, half-built trees.
     expect(pidsMatching("sleep 6061")).toEqual([]);
-    await waitFor("the build cgroups to go", () =>
-      readdirSync("/sys/fs/cgroup")
-        .map((c) => join("/sys/fs/cgroup", c, "kiln", WORKER))
-        .filter((d) => existsSync(d))
-        .every((d) => readdirSync(d).every((e) => !e.startsWith("build-"))),
-    );
+    await waitFor("the build cgroups to go", () => buildCgroups().length === 0);
     expect(readFileSync("/proc/self/mountinfo", "utf8")).not.toContain(dir.path);
     const cache = join(m.data, "worker", "templates");
     expect(readdirSync(cache).filter((e) => e.endsWith(".building"))).toEqual([]);
   }, 300_000);
+
+  test("a worker killed in the middle of a build takes the build with it, and its restart sweeps the rest", async () => {
+    const stuck = join(dir.path, "stuck.sh");
+    writeFileSync(stuck, "sleep 6062\n");
+    expect((await m.cli(["template", "add", "c-stuck", "--script", stuck, "--base", "c-base"])).code).toBe(0);
+    // No retry: a re-run after the restart would start the same build again.
+    const id = await sh("true", { root: "c-stuck", retries: 0 });
+    await waitFor("the stuck build to run", () => pidsMatching("sleep 6062").length > 0, 60_000);
+    await m.kill("SIGKILL");
+    // The launcher dies with the worker, its PID 1 with the launcher, and the pid namespace with PID 1.
+    await waitFor(
+      "the build's processes to die with the worker",
+      () => pidsMatching("sleep 6062").length === 0,
+    );
+    m = await start();
+    expect((await waitJob(m, id, 60_000)).state).toBe("failed");
+    const cache = join(m.data, "worker", "templates");
+    await waitFor("the sweep", () => buildCgroups().length === 0);
+    expect(readdirSync(cache).filter((e) => e.endsWith(".building"))).toEqual([]);
+    expect(pidsMatching("sleep 6062")).toEqual([]);
+    expect(readFileSync("/proc/self/mountinfo", "utf8")).not.toContain(dir.path);
+  }, 120_000);
 });
