@@ -101,7 +101,8 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
       layout,
       cgParent,
       masks: o.masks,
-      runDir: join(o.data, "worker", "run", "templates"),
+      // Beside the jobs' API sockets: a Unix socket path has room for 107 bytes only.
+      runDir: join(o.data, "worker", "run"),
       timeoutMs: o.cfg.templates.build_timeout,
       memoryBytes: o.cfg.templates.build_memory,
       pids: o.cfg.templates.build_pids,
