@@ -52,8 +52,13 @@ export function buildSandboxOpener(o: BuildSandboxOptions): OpenBuildSandbox {
   return async (name, hash) => {
     const id = `build-${hash.slice(0, 12)}`;
     const cg = openJobCgroup(o.layout, `${o.cgParent}/${id}`);
-    applyLimits(cg, { memoryBytes: o.memoryBytes, pids: o.pids });
-    resetCounters(cg);
+    try {
+      applyLimits(cg, { memoryBytes: o.memoryBytes, pids: o.pids });
+      resetCounters(cg);
+    } catch (err) {
+      await removeCgroup(cg, 10_000);
+      throw err;
+    }
     const deadline = Date.now() + o.timeoutMs;
     const sb: BuildSandbox = {
       async step(step, sink) {
@@ -85,10 +90,17 @@ export function buildSandboxOpener(o: BuildSandboxOptions): OpenBuildSandbox {
         }
         // The kernel's counter explains a failure better than the exit status, and an OOM kill fails the
         // build even when the step's shell exited 0 (cgroup v1 kills one process, not the build).
-        if (readUsage(cg).oomKills > 0) {
+        const usage = readUsage(cg);
+        if (usage.oomKills > 0) {
           throw new AppError(
             "TEMPLATE_BUILD_OOM",
             `the build ran out of memory (templates.build_memory is ${formatSize(o.memoryBytes)}): raise it, or make the template smaller`,
+          );
+        }
+        if (failure && usage.pidsLimitHit > 0) {
+          throw new AppError(
+            "TEMPLATE_BUILD_PIDS",
+            `the build hit its process limit (templates.build_pids is ${o.pids}): ${coerceError(failure).message}`,
           );
         }
         if (failure) throw failure;

@@ -218,16 +218,23 @@ describe.skipIf(!root)("template builds in the sandbox", () => {
     expect(readdirSync(cache).filter((e) => e.endsWith(".building"))).toEqual([]);
   }, 300_000);
 
-  test("a build past templates.build_timeout or build_memory fails saying so, and leaves nothing behind", async () => {
+  test("a build past templates.build_timeout, build_memory or build_pids fails saying so, and leaves nothing behind", async () => {
     await m.kill("SIGTERM");
-    m = await start({ KILN_TEMPLATES_BUILD_TIMEOUT: "30s", KILN_TEMPLATES_BUILD_MEMORY: "64M" });
+    m = await start({
+      KILN_TEMPLATES_BUILD_TIMEOUT: "30s",
+      KILN_TEMPLATES_BUILD_MEMORY: "64M",
+      KILN_TEMPLATES_BUILD_PIDS: "64",
+    });
     const slow = join(dir.path, "slow.sh");
     writeFileSync(slow, "echo sleeping; sleep 6061\n");
     const hog = join(dir.path, "hog.sh");
     writeFileSync(hog, "awk 'BEGIN { s = \"x\"; while (1) s = s s }'\necho survived\n");
+    const forks = join(dir.path, "forks.sh");
+    writeFileSync(forks, "for i in $(seq 200); do sleep 6063 & done\nwait\necho all-forked\n");
     for (const [name, file] of [
       ["c-slow", slow],
       ["c-hog", hog],
+      ["c-forks", forks],
     ] as const)
       expect((await m.cli(["template", "add", name, "--script", file, "--base", "c-base"])).code).toBe(0);
     const [slowId, hogId] = [await sh("true", { root: "c-slow" }), await sh("true", { root: "c-hog" })];
@@ -238,6 +245,12 @@ describe.skipIf(!root)("template builds in the sandbox", () => {
     expect([hogJob.state, hogJob.reason]).toEqual(["failed", "sandbox"]);
     expect(hogJob.message).toContain("ran out of memory (templates.build_memory is 64");
     expect(await log(hogId)).not.toContain("survived");
+    const forksId = await sh("true", { root: "c-forks" });
+    const forksJob = await waitJob(m, forksId, 120_000);
+    expect([forksJob.state, forksJob.reason]).toEqual(["failed", "sandbox"]);
+    expect(forksJob.message).toContain("the build hit its process limit (templates.build_pids is 64)");
+    expect(await log(forksId)).not.toContain("all-forked");
+    expect(pidsMatching("sleep 6063")).toEqual([]);
     // Nothing of either build is left: processes, cgroups, mounts of their trees, half-built trees.
     expect(pidsMatching("sleep 6061")).toEqual([]);
     await waitFor("the build cgroups to go", () => buildCgroups().length === 0);
