@@ -56,6 +56,12 @@ const addArgs = {
     description: "Packages to install on top, comma-separated (repeatable)",
     valueHint: "PKGS",
   },
+  egress: {
+    type: "string",
+    description:
+      "Hosts the --packages and --script steps may reach besides the tree's apt sources, comma-separated (repeatable)",
+    valueHint: "HOST[:PORT]",
+  },
 } as const;
 
 const add = defineCommand({
@@ -76,6 +82,7 @@ const add = defineCommand({
         "give exactly one of --debootstrap SUITE, --tarball JOB/ARTIFACT, --script FILE",
       );
     const packages = repeated(ctx.rawArgs, "packages").flatMap((p) => list(p));
+    const egress = repeated(ctx.rawArgs, "egress").flatMap((e) => list(e));
     let recipe: Record<string, unknown>;
     if (a.debootstrap) {
       recipe = {
@@ -100,6 +107,7 @@ const add = defineCommand({
       }
       recipe = { kind: "script", base: a.base, script, packages };
     }
+    if (egress.length) recipe.egress = egress;
     for (const [flag, kind] of [
       ["mirror", "debootstrap"],
       ["variant", "debootstrap"],

@@ -65,6 +65,13 @@ export const SCHEMA = {
   },
   templates: {
     cache_size: { type: "size", default: 20 * 2 ** 30, min: 1 << 20 },
+    // A minbase debootstrap takes a minute or two here; an hour leaves room for big --include lists and
+    // slow mirrors while still ending a build that hangs.
+    build_timeout: { type: "duration", default: 3_600_000, min: 1_000 },
+    // dpkg and apt need a few hundred MiB; /tmp inside a build is a tmpfs counted here too.
+    build_memory: { type: "size", default: 4 * 2 ** 30, min: 16 << 20 },
+    // Enough for parallel maintainer scripts and apt's helpers; a fork bomb stops here.
+    build_pids: { type: "int", default: 4096, min: 16, max: 1 << 22 },
   },
   sandbox: {
     scratch: { type: "enum", default: "loop", values: ["loop", "lvm", "tmpfs"] },

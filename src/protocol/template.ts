@@ -12,6 +12,13 @@ const packages = z
   .array(z.string().regex(PKG, "package names are lowercase letters, digits, '+', '.', '-'"))
   .max(500);
 
+// Hosts a recipe's package and script steps may reach besides those the tree's apt sources name; optional,
+// so recipes without it keep their hash.
+const egress = z
+  .array(z.string().regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, "egress must be HOST or HOST:PORT"))
+  .max(64)
+  .optional();
+
 export const TemplateRecipeSchema = z.discriminatedUnion("kind", [
   z
     .object({
@@ -21,6 +28,7 @@ export const TemplateRecipeSchema = z.discriminatedUnion("kind", [
       variant: z.enum(["minbase", "buildd", "fakechroot", "-"]),
       include: packages,
       packages,
+      egress,
     })
     .strict(),
   z
@@ -32,6 +40,7 @@ export const TemplateRecipeSchema = z.discriminatedUnion("kind", [
         .min(1)
         .max(1 << 20),
       packages,
+      egress,
     })
     .strict(),
   z
@@ -40,6 +49,7 @@ export const TemplateRecipeSchema = z.discriminatedUnion("kind", [
       job: z.number().int().positive(),
       artifact: z.string().refine(isArtifactName, "artifact must be an artifact name (dir/file allowed)"),
       packages,
+      egress,
     })
     .strict(),
 ]);

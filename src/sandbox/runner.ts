@@ -24,6 +24,8 @@ import {
 import { collectArtifacts } from "./collect.ts";
 import { installLauncher } from "./launcher.ts";
 import { createScratch, destroyScratch, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";
+import { parseStatus } from "./status.ts";
+import { buildSandboxOpener } from "./template-build.ts";
 import { killUid, slotUid } from "./uids.ts";
 
 /*
@@ -50,25 +52,7 @@ interface SlotState {
   uid: number;
 }
 
-/**
- * Parses one status line of the launcher (see src/sandbox/helper/README.md). A failed exec is the job's
- * own mistake (a command that does not exist, a PATH that finds nothing): it ends like a shell's, with
- * 127 and the reason in the job's log (`note`). Any other set-up failure is the slot's.
- */
-export function parseStatus(
-  line: string,
-): { ready: number } | { exit: RawExit; note?: string } | { warning: string } | null {
-  const m = /^(ready|exit|signal|error|warning) (.*)$/.exec(line.trim());
-  if (!m) return null;
-  if (m[1] === "ready") return { ready: Number(m[2]) };
-  if (m[1] === "warning") return { warning: m[2]! };
-  if (m[1] === "exit") return { exit: { kind: "exit", code: Number(m[2]) } };
-  if (m[1] === "signal") return { exit: { kind: "signal", signal: Number(m[2]) } };
-  const exec = /^exec: (.*)$/.exec(m[2]!);
-  if (exec)
-    return { exit: { kind: "exit", code: 127 }, note: `kiln: cannot run the job's command: ${exec[1]}\n` };
-  return { exit: { kind: "sandbox", message: `sandbox set-up failed at ${m[2]}`, slotFault: true } };
-}
+export { parseStatus };
 
 export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
   if (process.getuid?.() !== 0) {
@@ -103,6 +87,17 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
     budgetBytes: o.cfg.templates.cache_size,
     log: logger("templates"),
     changed: () => runner.onTemplatesChanged?.(),
+    openSandbox: buildSandboxOpener({
+      launcher,
+      layout,
+      cgParent,
+      masks: o.masks,
+      // Beside the jobs' API sockets: a Unix socket path has room for 107 bytes only.
+      runDir: join(o.data, "worker", "run"),
+      timeoutMs: o.cfg.templates.build_timeout,
+      memoryBytes: o.cfg.templates.build_memory,
+      pids: o.cfg.templates.build_pids,
+    }),
     fetchArtifact: (job, name, dest) => fetchArtifact(o.cfg.worker.master, o.token, job, name, dest),
   });
   const runner: Runner = {

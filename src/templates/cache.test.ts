@@ -1,9 +1,19 @@
 import { afterEach, beforeEach, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createConsola } from "consola";
 import type { TemplateSpec } from "../protocol/template.ts";
+import type { OpenBuildSandbox } from "./build.ts";
 import { createTemplateCache, type TemplateCache } from "./cache.ts";
 
 // Finished trees are laid out on disk as a build leaves them, so the cache is exercised for real without
@@ -13,6 +23,12 @@ let cache: TemplateCache;
 let changes = 0;
 const log = createConsola({ level: -1 });
 const hash = (c: string) => c.repeat(64);
+// These tests never get as far as running a build step (the sandbox tier and the integration tests do):
+// a step here is a bug in the test.
+const openSandbox: OpenBuildSandbox = async () => ({
+  step: () => Promise.reject(new Error("no build steps in the cache's unit tests")),
+  close: async () => {},
+});
 
 function finished(h: string, name: string, sizeBytes: number, ageS: number) {
   mkdirSync(join(dir, h, "root", "etc"), { recursive: true });
@@ -34,7 +50,7 @@ const spec = (h: string, name: string): TemplateSpec => ({
 beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), "kiln-cache-"));
   changes = 0;
-  cache = createTemplateCache({ dir, budgetBytes: 250, log, changed: () => changes++ });
+  cache = createTemplateCache({ dir, budgetBytes: 250, log, changed: () => changes++, openSandbox });
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -81,5 +97,12 @@ test("a failed build is not cached and every waiter gets the failure", async () 
     expect(r.status).toBe("rejected");
     expect(String((r as PromiseRejectedResult).reason.message)).toContain("building template broken failed");
   }
-  expect(readdirSync(dir)).toEqual([]);
+  // No tree is left, but the log the message points to is, under failed/, and the sweep keeps it.
+  expect(readdirSync(dir)).toEqual(["failed"]);
+  const message = String(((results[0] as PromiseRejectedResult).reason as Error).message);
+  const kept = /the whole build log is kept at (\S+)$/.exec(message)?.[1];
+  expect(kept).toBe(join(dir, "failed", `broken-${hash("e").slice(0, 12)}.log`));
+  expect(readFileSync(kept!, "utf8")).toContain("--- kiln: building template broken");
+  expect(cache.sweep()).toEqual([]);
+  expect(existsSync(kept!)).toBe(true);
 });

@@ -1,4 +1,5 @@
 import {
+  appendFileSync,
   mkdirSync,
   readdirSync,
   readFileSync,
@@ -12,15 +13,26 @@ import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
 import { AppError, coerceError } from "../lib/errors.ts";
 import type { TemplateSpec } from "../protocol/template.ts";
-import { buildTree, type FetchArtifact, type Sink } from "./build.ts";
+import {
+  buildTree,
+  DEBOOTSTRAP_LOG,
+  type FetchArtifact,
+  type OpenBuildSandbox,
+  readInTree,
+  type Sink,
+} from "./build.ts";
 
 /*
  * A worker's template cache: DIR/HASH/root is a finished tree, DIR/HASH/complete.json says it is finished
  * (written last, so a tree half-built when the worker crashed is never used: it has no complete.json and
  * the start-up sweep removes it). Builds happen in DIR/HASH.building and are renamed into place. Two jobs
  * asking for the same template wait for the one build (single flight). Trees nobody uses are evicted,
- * least recently used first, when the cache grows past its budget.
+ * least recently used first, when the cache grows past its budget. A failed build's tree is removed, but
+ * its log (with debootstrap's own log appended) is kept as DIR/failed/NAME-HASH12.log, which the error
+ * message names; the newest KEEP_FAILED_LOGS are kept.
  */
+
+const KEEP_FAILED_LOGS = 20;
 
 export interface Acquired {
   root: string;
@@ -62,10 +74,13 @@ export function createTemplateCache(o: {
   budgetBytes: number;
   log: ConsolaInstance;
   changed(): void;
+  /** Opens the sandbox a build's steps run in (src/sandbox/template-build.ts). */
+  openSandbox: OpenBuildSandbox;
   /** Downloads job JOB's artifact NAME to DEST (for tarball templates). */
   fetchArtifact?: FetchArtifact;
 }): TemplateCache {
   mkdirSync(o.dir, { recursive: true, mode: 0o700 });
+  const failedDir = join(o.dir, "failed");
   const users = new Map<string, number>();
   const inflight = new Map<string, Promise<void>>();
 
@@ -130,14 +145,22 @@ export function createTemplateCache(o: {
     o.log.info(`building template ${spec.name} (${spec.hash.slice(0, 12)})`);
     both(`--- kiln: building template ${spec.name} (${spec.hash.slice(0, 12)}) ---\n`);
     try {
-      await buildTree(spec, join(work, "root"), base?.root ?? null, both, o.fetchArtifact);
+      const sb = await o.openSandbox(spec.name, spec.hash);
+      try {
+        await buildTree(spec, join(work, "root"), base?.root ?? null, both, sb, o.fetchArtifact);
+      } finally {
+        await sb.close();
+      }
     } catch (err) {
+      const e = coerceError(err);
       await logFile.end();
       const tail = readFileSync(join(work, "build.log"), "utf8").trimEnd().split("\n").slice(-15).join("\n");
+      const kept = keepFailedLog(spec, work);
       rmSync(work, { recursive: true, force: true });
       throw new AppError(
         "TEMPLATE_BUILD_FAILED",
-        `building template ${spec.name} failed: ${coerceError(err).message}\n${tail}`,
+        `building template ${spec.name} failed: ${e.message}\n${tail}\nthe whole build log is kept at ${kept}`,
+        { cause: e },
       );
     } finally {
       base?.release();
@@ -150,6 +173,23 @@ export function createTemplateCache(o: {
     renameSync(work, join(o.dir, spec.hash));
     both(`--- kiln: template ${spec.name} built in ${((Date.now() - started) / 1000).toFixed(1)}s ---\n`);
     o.log.info(`template ${spec.name} built (${(sizeBytes / 1048576).toFixed(0)} MiB)`);
+  };
+
+  /** Moves a failed build's log (plus debootstrap's, which lives in the tree) to failed/; returns where. */
+  const keepFailedLog = (spec: TemplateSpec, work: string): string => {
+    mkdirSync(failedDir, { recursive: true, mode: 0o700 });
+    const kept = join(failedDir, `${spec.name.replace(/[^a-z0-9._-]/g, "-")}-${spec.hash.slice(0, 12)}.log`);
+    const log = join(work, "build.log");
+    const inner = readInTree(join(work, "root"), DEBOOTSTRAP_LOG);
+    if (inner !== null)
+      appendFileSync(log, `\n--- kiln: /${DEBOOTSTRAP_LOG} of the failed tree ---\n${inner}`);
+    renameSync(log, kept);
+    const old = readdirSync(failedDir)
+      .map((f) => ({ f, t: statSync(join(failedDir, f)).mtimeMs }))
+      .sort((a, b) => b.t - a.t)
+      .slice(KEEP_FAILED_LOGS);
+    for (const { f } of old) rmSync(join(failedDir, f), { force: true });
+    return kept;
   };
 
   const acquire = async (spec: TemplateSpec, sink: Sink = () => {}): Promise<Acquired> => {
@@ -183,7 +223,7 @@ export function createTemplateCache(o: {
     sweep() {
       const removed: string[] = [];
       for (const e of readdirSync(o.dir)) {
-        if (/^[0-9a-f]{64}$/.test(e) && complete(e)) continue;
+        if (e === "failed" || (/^[0-9a-f]{64}$/.test(e) && complete(e))) continue;
         rmSync(join(o.dir, e), { recursive: true, force: true });
         removed.push(e);
       }

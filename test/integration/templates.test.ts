@@ -28,7 +28,7 @@ beforeAll(async () => {
   m = await startMaster(dir.path, {
     role: "up",
     name: "up",
-    env: { KILN_WORKER_CAPACITY: "2", KILN_WORKER_NAME: "tpl" },
+    env: { KILN_WORKER_CAPACITY: "2", KILN_WORKER_NAME: "c-tpl" },
   });
 });
 
@@ -91,7 +91,7 @@ describe.skipIf(!root)("templates", () => {
     expect(logs.filter((l) => l.includes("--- kiln: building template bookworm-build")).length).toBe(1);
     expect(logs.filter((l) => l.includes("--- kiln: waiting for template bookworm-build")).length).toBe(1);
     const show = JSON.parse((await m.cli(["template", "show", "bookworm-build", "--json"])).stdout);
-    expect(show.cachedOn.map((c: { worker: string }) => c.worker)).toEqual(["tpl"]);
+    expect(show.cachedOn.map((c: { worker: string }) => c.worker)).toEqual(["c-tpl"]);
   }, 600_000);
 
   test("a warm template is reused without a build, read-only, and the host root is not visible", async () => {
@@ -152,12 +152,12 @@ describe.skipIf(!root)("templates", () => {
       (await m.cli(["template", "add", "bookworm-more", "--script", script, "--base", "bookworm-build"]))
         .code,
     ).toBe(0);
-    const build = await m.cli(["template", "build", "bookworm-more", "--worker", "tpl"]);
+    const build = await m.cli(["template", "build", "bookworm-more", "--worker", "c-tpl"]);
     expect(build.code, build.stderr).toBe(0);
-    expect(build.stdout).toContain("building bookworm-more on tpl");
+    expect(build.stdout).toContain("building bookworm-more on c-tpl");
     const { waitFor } = await import("../harness.ts");
     await waitFor(
-      "bookworm-more to be cached on tpl",
+      "bookworm-more to be cached on c-tpl",
       async () =>
         JSON.parse((await m.cli(["template", "show", "bookworm-more", "--json"])).stdout).cachedOn.length ===
         1,

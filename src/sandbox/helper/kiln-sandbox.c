@@ -78,7 +78,7 @@ static struct {
   uid_t uid;
   gid_t gid, groups[MAX_LIST];
   int ngroups;
-  bool have_uid, have_gid, have_root, debug, templates, overlay_root;
+  bool have_uid, have_gid, have_root, debug, templates, overlay_root, rw_root, build;
   char **argv;
 } o = {.root = "/", .hostname = "kiln", .chdir = "/tmp/home", .status_fd = -1, .hold_fd = -1};
 
@@ -480,6 +480,18 @@ static const char *mount_overlay(void) {
   return NEW_ROOT;
 }
 
+/* --rw-root (template builds), before the pivot: the new root is --root itself, bound writable, so what
+ * the build writes lands in the tree. nodev: a device node the build manages to leave in the tree opens
+ * nothing, here or later; nosuid: no set-uid binary of the tree gains anything while it is being built.
+ * Returns where the tree is bound, for pivot_root. */
+static const char *mount_rw_root(void) {
+  step("mount-root");
+  xmkdir(NEW_ROOT, 0755);
+  xmount(fd_path(root_fd, NULL), NEW_ROOT, NULL, MS_BIND, NULL);
+  xmount(NULL, NEW_ROOT, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, NULL);
+  return NEW_ROOT;
+}
+
 /* /tmp: the job's only writable space (plus /dev/shm, and / itself with --overlay-root), with HOME and the
  * artifact dir inside. */
 static void setup_scratch(void) {
@@ -537,7 +549,7 @@ static void setup_kiln(void) {
   xmkdir("/kiln", 0755);
   /* With --overlay-root, / is writable and --root's own /kiln must not show: a tmpfs of ours, made
    * read-only at the end, as the skeleton is. */
-  if (o.overlay_root) xmount("kiln-dir", "/kiln", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k");
+  if (o.overlay_root || o.rw_root) xmount("kiln-dir", "/kiln", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k");
   /* --templates: stays writable, for root only, so --inject can make mount points in it later. */
   if (o.templates) {
     xmkdir(TEMPLATES, 0755);
@@ -599,7 +611,7 @@ static void setup_mounts(void) {
   /* Nothing we mount may propagate back to the host, and host mounts must not propagate in. */
   xmount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
   xmount("kiln-root", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=4m,nr_inodes=65536");
-  const char *new_root = o.overlay_root ? mount_overlay() : "/tmp";
+  const char *new_root = o.overlay_root ? mount_overlay() : o.rw_root ? mount_rw_root() : "/tmp";
   step("pivot_root");
   char old[PATH_MAX];
   snprintf(old, sizeof old, "%s" HOST, new_root);
@@ -607,7 +619,7 @@ static void setup_mounts(void) {
   if (syscall(SYS_pivot_root, new_root, old) < 0) die("pivot_root");
   if (chdir("/") < 0) die("chdir /");
   setup_proc(); /* first: fd_path() and make_ro() need our own /proc */
-  if (!o.overlay_root) {
+  if (!o.overlay_root && !o.rw_root) {
     populate_root();
   } else { /* --root's own /sys (and anything in it) stays hidden, as with the skeleton */
     step("mount-root");
@@ -625,7 +637,7 @@ static void setup_mounts(void) {
   step("mount-root");
   xmount(NULL, "/dev", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL);
   /* the skeleton; with --overlay-root, / stays writable and only our /kiln is sealed */
-  const char *seal = o.overlay_root ? "/kiln" : "/";
+  const char *seal = o.overlay_root || o.rw_root ? "/kiln" : "/";
   xmount(NULL, seal, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL);
 }
 
@@ -857,6 +869,56 @@ static void install_seccomp(void) {
   if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0) die("PR_SET_SECCOMP");
 }
 
+/*
+ * --build: PROGRAM stays uid 0 (a template build must own files as root, set set-uid bits, run
+ * maintainer scripts that switch users) but keeps only these capabilities, in every set including the
+ * bounding set, so neither it nor anything it execs can get the others back:
+ *   CHOWN         dpkg and tar give files their owners
+ *   DAC_OVERRIDE  dpkg writes into directories and files whose modes would stop a plain owner
+ *   FOWNER        chmod and utime on files of other owners (tar -p, dpkg)
+ *   FSETID        keep set-uid/set-gid bits when dpkg writes and chowns such binaries
+ *   KILL          apt and maintainer scripts signal helpers that switched to another uid
+ *   SETUID/SETGID apt's download methods drop to _apt; adduser, su, runuser in maintainer scripts
+ *   SETFCAP       postinsts that setcap a binary (a job runs with no bounding set and NoNewPrivs, so
+ *                 file capabilities in a template never give a job anything)
+ * Left out on purpose: SYS_ADMIN (mount, namespaces), MKNOD (device nodes would land in the tree; the
+ * tree is bound nodev anyway and debootstrap copes without), SYS_CHROOT (debootstrap's second stage runs
+ * inside the tree and needs none), NET_* (the network is loopback only), SYS_PTRACE, SYS_MODULE, and the
+ * rest. NoNewPrivs and the seccomp filter come on top, as for jobs.
+ */
+#define BUILD_CAPS                                                                                      \
+  ((1ULL << CAP_CHOWN) | (1ULL << CAP_DAC_OVERRIDE) | (1ULL << CAP_FOWNER) | (1ULL << CAP_FSETID) |    \
+   (1ULL << CAP_KILL) | (1ULL << CAP_SETGID) | (1ULL << CAP_SETUID) | (1ULL << CAP_SETFCAP))
+
+static void __attribute__((noreturn)) exec_builder(void) {
+  step("caps");
+  for (int c = 0; c <= cap_last; c++)
+    if (!(BUILD_CAPS & (1ULL << c)) && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL)
+      die("PR_CAPBSET_DROP %d", c);
+  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) die("clear ambient");
+  step("setuid");
+  if (setgroups(0, NULL) < 0) die("setgroups");
+  step("caps");
+  /* Root's exec recomputes permitted as the bounding set: with permitted already equal to it, nothing is
+   * gained, so NoNewPrivs takes nothing away. */
+  struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+  struct __user_cap_data_struct d[2];
+  memset(d, 0, sizeof d);
+  d[0].effective = d[0].permitted = (uint32_t)BUILD_CAPS;
+  d[1].effective = d[1].permitted = (uint32_t)(BUILD_CAPS >> 32);
+  if (syscall(SYS_capset, &h, d) < 0) die("capset");
+  memset(d, 0, sizeof d);
+  if (syscall(SYS_capget, &h, d) < 0) die("capget");
+  if (d[0].permitted != (uint32_t)BUILD_CAPS || d[1].permitted != (uint32_t)(BUILD_CAPS >> 32))
+    die_msg("capabilities did not stick");
+  install_seccomp();
+  step("chdir");
+  if (chdir(o.chdir) < 0) die("%s", o.chdir);
+  step("exec");
+  execvp(o.argv[0], o.argv);
+  die("%s", o.argv[0]);
+}
+
 /* Runs in the child PID 1 forks; never returns. Errors go to PID 1 through err_fd (closed by exec). */
 static void __attribute__((noreturn)) job_main(int err_fd) {
   g_err_pipe = err_fd;
@@ -872,6 +934,7 @@ static void __attribute__((noreturn)) job_main(int err_fd) {
   /* Only 0, 1 and 2 reach PROGRAM: everything else (status and hold fds, sockets, err_fd) closes on exec. */
   if (syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) < 0)
     for (int fd = 3; fd < 65536; fd++) fcntl(fd, F_SETFD, FD_CLOEXEC);
+  if (o.build) exec_builder();
   step("caps");
   /* The bounding set can only be shrunk while we still hold CAP_SETPCAP, i.e. before dropping root. */
   for (int c = 0; c <= cap_last; c++)
@@ -1075,6 +1138,8 @@ static void parse_args(int argc, char **argv) {
     else if (!strcmp(a, "--root")) o.root = abs_path(VAL(), a), o.have_root = true;
     else if (!strcmp(a, "--overlay-root")) o.overlay_root = true;
     else if (!strcmp(a, "--templates")) o.templates = true;
+    else if (!strcmp(a, "--rw-root")) o.rw_root = true;
+    else if (!strcmp(a, "--build")) o.build = true, o.have_uid = o.have_gid = true;
     else if (!strcmp(a, "--mask")) PUSH(o.masks, o.nmasks, abs_path(VAL(), a));
     else if (!strcmp(a, "--ro-bind") || !strcmp(a, "--bind")) {
       char *s = strdup(VAL()), *colon = s ? strchr(s, ':') : NULL;
@@ -1124,9 +1189,11 @@ static void parse_args(int argc, char **argv) {
   if (i >= argc - 1) die_msg("usage: kiln-sandbox [OPTIONS] -- PROGRAM [ARG...]");
   o.argv = argv + i + 1;
   if (!o.have_uid || !o.have_gid) die_msg("--uid and --gid are required");
-  if (o.uid == 0 || o.gid == 0) die_msg("the job user must not be root");
+  if (!o.build && (o.uid == 0 || o.gid == 0)) die_msg("the job user must not be root");
+  if (o.build && (o.uid != 0 || o.gid != 0 || o.ngroups)) die_msg("--build runs as root: no --uid, --gid, --groups");
   if (!!o.scratch_file + !!o.scratch_dev + !!o.scratch_tmpfs > 1) die_msg("give at most one --scratch-*");
   if (o.overlay_root && !o.have_root) die_msg("--overlay-root needs --root DIR");
+  if (o.rw_root && (!o.have_root || o.overlay_root)) die_msg("--rw-root needs --root DIR and no --overlay-root");
 }
 
 /* After PID 1 is gone the namespace's mounts are torn down and the loop device detaches itself; wait (a
