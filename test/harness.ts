@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
@@ -20,6 +20,13 @@ export function tempDir(prefix = "kiln-test-", base = tmpdir()): { path: string;
       rmSync(path, { recursive: true, force: true });
     },
   };
+}
+
+/** A fresh directory `name` under `parent` (made if missing), for one more kiln to live in. */
+export function subDir(parent: string, name: string): string {
+  const p = join(parent, name);
+  mkdirSync(p, { recursive: true });
+  return p;
 }
 
 /** The fixed environment every spawned kiln gets: nothing from the developer's shell leaks in. */

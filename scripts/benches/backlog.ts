@@ -3,10 +3,10 @@
 // each time a normal job's submit-to-finish latency, the master's RSS and the master's CPU time over
 // the measurement are taken. A dispatch pass must cost what the free slots can take, so the two columns
 // should match. Prints a Markdown table.
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { openStore } from "../../src/store/open.ts";
+import { seedQueuedJobs } from "../../test/seed.ts";
 import { rss, startCluster } from "./cluster.ts";
 
 const BACKLOG = Number(process.env.KILN_BENCH_BACKLOG ?? 100_000);
@@ -24,24 +24,9 @@ const pct = (xs: number[], p: number) => {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
 };
 
-/** Fills a fresh data dir's store with `n` queued jobs for the channel "offline", in one transaction. */
-async function seed(data: string, n: number) {
-  mkdirSync(data, { recursive: true, mode: 0o700 });
-  const store = await openStore(`file:${join(data, "kiln.db")}`);
-  await store.client.execute({
-    sql: `WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?)
-      INSERT INTO jobs (name, project, channel, arch, priority, command, env, timeout_ms, needs, egress,
-        retries, state, created_at)
-      SELECT 'waiting ' || i, 'default', 'offline', NULL, 0, '["true"]', '{}', 3600000, '[]', '[]', 0,
-        'queued', ? FROM k`,
-    args: [n, Date.now()],
-  });
-  store.close();
-}
-
 async function measure(backlog: number) {
   const sub = join(dir, String(backlog));
-  if (backlog > 0) await seed(join(sub, "m"), backlog);
+  if (backlog > 0) await seedQueuedJobs(join(sub, "m"), backlog, { channel: "offline" });
   const c = await startCluster(sub, { capacity: 4, runner: "process" });
   await Bun.sleep(500);
   const idle = rss(c.masterPid);

@@ -49,16 +49,23 @@ export async function loseAttempt(ctx: MasterContext, row: JobRow, why: string) 
     : `\n--- kiln: attempt ${row.attempt} lost (${why}) ---\n`;
   const base = ctx.logs.append(row.id, marker);
   const after = await requeueOrLose(ctx.store, row, why, base);
-  ctx.logs.close(row.id);
-  bases.delete(row.id);
-  if (row.worker && row.slot) {
-    const live = ctx.registry.workers.get(row.worker);
-    const slot = live?.slots.get(row.slot);
-    if (slot?.job === `${row.id}:${row.attempt}`) slot.job = null;
-    live?.send({ type: "job.forget", jobId: row.id, attempt: row.attempt });
-  }
+  withdrawAttempt(ctx, row);
   if (after) ctx.log.info(`job ${row.id}: attempt ${row.attempt} lost (${why}); now ${after.state}`);
   ctx.dispatch();
+}
+
+/**
+ * The attempt `row` describes is over for the master: its log is closed, its slot freed, and the worker
+ * that holds it told to drop it (a no-op for a worker that already has).
+ */
+function withdrawAttempt(ctx: MasterContext, row: JobRow) {
+  ctx.logs.close(row.id);
+  bases.delete(row.id);
+  if (!row.worker || !row.slot) return;
+  const holder = ctx.registry.workers.get(row.worker);
+  const slot = holder?.slots.get(row.slot);
+  if (slot?.job === `${row.id}:${row.attempt}`) slot.job = null;
+  holder?.send({ type: "job.forget", jobId: row.id, attempt: row.attempt });
 }
 
 export function workerSocketHandlers(ctx: MasterContext) {
@@ -299,14 +306,7 @@ export function workerSocketHandlers(ctx: MasterContext) {
     ]);
     if (!done) return;
     ctx.log.info(`job ${row.id}: ${done.state}: ${note}`);
-    ctx.logs.close(row.id);
-    bases.delete(row.id);
-    if (row.worker && row.slot) {
-      const holder = ctx.registry.workers.get(row.worker);
-      const slot = holder?.slots.get(row.slot);
-      if (slot?.job === `${row.id}:${row.attempt}`) slot.job = null;
-      holder?.send({ type: "job.forget", jobId: row.id, attempt: row.attempt });
-    }
+    withdrawAttempt(ctx, row);
   }
 
   async function logChunk(ws: ServerWebSocket<SocketData>, buf: Uint8Array) {

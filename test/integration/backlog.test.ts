@@ -1,8 +1,8 @@
 import { afterAll, expect, test } from "bun:test";
-import { mkdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { openStore } from "../../src/store/open.ts";
 import { type Master, startMaster, startWorker, stopAll, tempDir, waitFor } from "../harness.ts";
+import { seedQueuedJobs } from "../seed.ts";
 
 /*
  * A queue that holds a large backlog no worker can serve (an everyday state: an architecture or channel
@@ -25,18 +25,7 @@ const privateRss = (pid: number) =>
 test("100,000 jobs waiting for an unserved channel neither slow nor grow the master, and run once served", async () => {
   // The backlog is written into the store before the master starts, as a master restarted with it would
   // find it.
-  const data = join(dir.path, "data");
-  mkdirSync(data, { recursive: true, mode: 0o700 });
-  const store = await openStore(`file:${join(data, "kiln.db")}`);
-  await store.client.execute({
-    sql: `WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?)
-      INSERT INTO jobs (name, project, channel, arch, priority, command, env, timeout_ms, needs, egress,
-        retries, state, created_at)
-      SELECT 'waiting ' || i, 'default', 'offline', NULL, 5, '["true"]', '{}', 3600000, '[]', '[]', 0,
-        'queued', ? FROM k`,
-    args: [BACKLOG, Date.now()],
-  });
-  store.close();
+  await seedQueuedJobs(join(dir.path, "data"), BACKLOG, { channel: "offline", priority: 5 });
 
   m = await startMaster(dir.path, {
     role: "up",

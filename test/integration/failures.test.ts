@@ -1,7 +1,16 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { type JobJson, type Master, startMaster, stopAll, submitJob, tempDir, waitFor } from "../harness.ts";
+import {
+  type JobJson,
+  type Master,
+  startMaster,
+  stopAll,
+  subDir,
+  submitJob,
+  tempDir,
+  waitFor,
+} from "../harness.ts";
 
 /*
  * Whose failure is it? A job's own mistake (a command that does not exist, a PATH that finds nothing)
@@ -17,11 +26,7 @@ afterAll(async () => {
   dir[Symbol.dispose]();
 });
 
-const sub = (name: string) => {
-  const p = join(dir.path, name);
-  mkdirSync(p, { recursive: true });
-  return p;
-};
+const sub = (name: string) => subDir(dir.path, name);
 
 for (const runner of root ? ["sandbox", "process"] : ["process"]) {
   describe(`a job's own mistakes (${runner} runner)`, () => {

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { chmodSync, existsSync, mkdirSync } from "node:fs";
+import { chmodSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import {
   type JobJson,
@@ -9,6 +9,7 @@ import {
   startMaster,
   startWorker,
   stopAll,
+  subDir,
   submitJob,
   tempDir,
   waitFor,
@@ -30,12 +31,7 @@ afterAll(async () => {
   dir[Symbol.dispose]();
 });
 
-/** A fresh directory under the test's own, for one more kiln to live in. */
-const sub = (name: string) => {
-  const p = join(dir.path, name);
-  mkdirSync(p, { recursive: true });
-  return p;
-};
+const sub = (name: string) => subDir(dir.path, name);
 
 const exited = async (role: { proc: { exited: Promise<number> } }) => role.proc.exited;
 

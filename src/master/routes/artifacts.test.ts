@@ -2,16 +2,11 @@ import { afterEach, beforeEach, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createConsola } from "consola";
-import type { Config } from "../../config/schema.ts";
 import { assignJob, insertJob, markRunning } from "../../store/jobs.ts";
 import { openStore, type Store } from "../../store/open.ts";
 import { createToken } from "../../store/tokens.ts";
 import { createApp } from "../app.ts";
-import type { MasterContext } from "../context.ts";
-import { openLogStore } from "../logs.ts";
-import { createRegistry } from "../registry.ts";
-import { createStorageHealth } from "../storage-health.ts";
+import { testContext } from "../test-context.ts";
 
 /*
  * The artifact endpoints in process against a real store: `dir/file` names are stored and served, with
@@ -28,18 +23,7 @@ let jobId = 0;
 beforeEach(async () => {
   dir = mkdtempSync(join(tmpdir(), "kiln-artifacts-"));
   store = await openStore(`file:${join(dir, "kiln.db")}`);
-  const ctx: MasterContext = {
-    cfg: { master: { default_timeout: 60_000, default_retries: 2 } } as Config,
-    dataDir: dir,
-    store,
-    logs: openLogStore(join(dir, "logs")),
-    registry: createRegistry(),
-    log: createConsola({ level: -999 }),
-    storage: createStorageHealth(dir, createConsola({ level: -999 })),
-    dispatch() {},
-    dispatched: async () => {},
-    startedAt: Date.now(),
-  };
+  const ctx = testContext(dir, store);
   app = createApp(ctx);
   worker = (await createToken(store, { role: "worker", name: "w" })).secret;
   viewer = (await createToken(store, { role: "viewer", name: "v" })).secret;

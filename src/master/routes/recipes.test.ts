@@ -2,16 +2,11 @@ import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createConsola } from "consola";
-import type { Config } from "../../config/schema.ts";
 import { listJobs } from "../../store/jobs.ts";
 import { openStore, type Store } from "../../store/open.ts";
 import { createToken, type Role } from "../../store/tokens.ts";
 import { createApp } from "../app.ts";
-import type { MasterContext } from "../context.ts";
-import { openLogStore } from "../logs.ts";
-import { createRegistry } from "../registry.ts";
-import { createStorageHealth } from "../storage-health.ts";
+import { testContext } from "../test-context.ts";
 
 /*
  * The recipe endpoints and recipe submits, in process against a real store: roles, versions, the 400s a
@@ -26,19 +21,7 @@ const tokens: Partial<Record<Role, string>> = {};
 beforeEach(async () => {
   dir = mkdtempSync(join(tmpdir(), "kiln-recipes-"));
   store = await openStore(`file:${join(dir, "kiln.db")}`);
-  const ctx: MasterContext = {
-    // Only the submit defaults are read on these paths.
-    cfg: { master: { default_timeout: 60_000, default_retries: 2 } } as Config,
-    dataDir: dir,
-    store,
-    logs: openLogStore(join(dir, "logs")),
-    registry: createRegistry(),
-    log: createConsola({ level: -999 }),
-    storage: createStorageHealth(dir, createConsola({ level: -999 })),
-    dispatch() {},
-    dispatched: async () => {},
-    startedAt: Date.now(),
-  };
+  const ctx = testContext(dir, store);
   app = createApp(ctx);
   for (const role of ["operator", "submitter", "viewer"] as const)
     tokens[role] = (await createToken(store, { role, name: role })).secret;
