@@ -813,7 +813,9 @@ static void install_seccomp(void) {
   if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0) die("PR_SET_SECCOMP");
 }
 
-/* Runs in the child PID 1 forks; never returns. Errors go to PID 1 through err_fd (closed by exec). */
+/* Runs in the child PID 1 starts; never returns. Errors go to PID 1 through err_fd (closed by exec). It
+ * shares PID 1's memory until exec (see init_loop): it may change only what PID 1 restores afterwards
+ * (g_err_pipe, g_step) and must not allocate. */
 static void __attribute__((noreturn)) job_main(int err_fd) {
   g_err_pipe = err_fd;
   sigset_t none;
@@ -858,6 +860,9 @@ static void __attribute__((noreturn)) job_main(int err_fd) {
   die("%s", o.argv[0]);
 }
 
+/* clone's entry point for the job; PID 1's end of the error pipe closes with the job's exec. */
+static int job_entry(void *err_fd) { job_main(*(int *)err_fd); }
+
 /* ------------------------------------------------------------------------------------------------------ */
 /* PID 1: init of the job's pid namespace                                                                   */
 
@@ -876,12 +881,15 @@ static void __attribute__((noreturn)) init_loop(int listener) {
   if (sfd < 0) die("signalfd");
   if (pipe2(ep, O_CLOEXEC) < 0) die("pipe");
   step("fork");
-  pid_t job = fork();
+  /* The job shares our memory until its exec (as posix_spawn does): copying PID 1's address space for a
+   * process that replaces it at once was the most expensive step of a launch on hosts where page tables
+   * are costly (VMs). We are suspended meanwhile, so nothing runs concurrently on the shared memory; the
+   * job runs on its own stack, and the globals it sets for itself are restored below. */
+  static char job_stack[64 * 1024] __attribute__((aligned(16)));
+  pid_t job = clone(job_entry, job_stack + sizeof job_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &ep[1]);
+  g_err_pipe = -1;
+  g_step = "fork";
   if (job < 0) die("fork");
-  if (job == 0) {
-    close(ep[0]);
-    job_main(ep[1]);
-  }
   close(ep[1]);
   /* The job's exec closes the pipe; anything read before EOF is its error report. */
   char err[1024];
