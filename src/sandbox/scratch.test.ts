@@ -143,6 +143,24 @@ describe.skipIf(!isRoot)("loop scratch volumes (root)", () => {
     await destroyScratch(cfg, s);
   });
 
+  test("destroyScratch also finds a loop device attached through another path to the image", async () => {
+    const s = await createScratch(cfg, "slot-3", 8 * MiB);
+    if (s.backend !== "loop") throw new Error("expected a loop volume");
+    const alias = join(base, "alias");
+    mkdirSync(alias, { recursive: true });
+    shOk(["mount", "--bind", cfg.dir, alias]);
+    try {
+      const device = shOk(["losetup", "--find", "--show", join(alias, "slot-3.img")]).trim();
+      // The kernel names the backing file by the path it was opened through, not the image's own path.
+      expect(readFileSync(`/sys/block/${device.slice(5)}/loop/backing_file`, "utf8")).toStartWith(alias);
+      await destroyScratch(cfg, s);
+      expect(existsSync(s.file)).toBe(false);
+      expect(loopsUnder(alias)).toEqual([]);
+    } finally {
+      shOk(["umount", "--lazy", alias]); // lazy: a device a failed assertion left attached keeps it busy
+    }
+  });
+
   test("createScratch replaces a leftover image of the same name", async () => {
     await createScratch(cfg, "slot-2", 8 * MiB);
     const s = await createScratch(cfg, "slot-2", 16 * MiB);

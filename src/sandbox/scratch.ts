@@ -18,6 +18,7 @@ import {
   readFileSync,
   realpathSync,
   statfsSync,
+  statSync,
   unlinkSync,
 } from "node:fs";
 import { join } from "node:path";
@@ -235,15 +236,36 @@ async function destroyLoopImage(file: string): Promise<void> {
   }
 }
 
-// Loop devices backed by this very file. losetup matches by device and inode, not by path (losetup(8)),
-// so it also finds devices attached through another path or from another mount namespace.
+// Loop devices backed by this very file, read from sysfs (where losetup(8) reads them too) rather than by
+// running losetup: this runs after every job, and a process per call cost more than the rest of the
+// clean-up. A device matches by path, or by device and inode for a file attached through another path.
 async function loopDevicesOf(file: string): Promise<string[]> {
-  if (!existsSync(file)) return [];
-  const out = await runOk(["losetup", "--associated", file]);
-  return out
-    .split("\n")
-    .map((line) => /^(\/dev\/loop\d+):/.exec(line)?.[1])
-    .filter((d) => d !== undefined);
+  let self: { dev: number; ino: number };
+  try {
+    self = statSync(file);
+  } catch {
+    return [];
+  }
+  const found: string[] = [];
+  for (const name of readdirSync("/sys/block").filter((n) => /^loop\d+$/.test(n))) {
+    let back: string;
+    try {
+      back = readFileSync(`/sys/block/${name}/loop/backing_file`, "utf8").replace(/\n$/, "");
+    } catch {
+      continue; // Not attached: only a bound loop device has the loop/ directory.
+    }
+    if (back === file || sameFile(back, self)) found.push(`/dev/${name}`);
+  }
+  return found;
+}
+
+function sameFile(path: string, st: { dev: number; ino: number }): boolean {
+  try {
+    const other = statSync(path);
+    return other.dev === st.dev && other.ino === st.ino;
+  } catch {
+    return false; // Deleted, or a path only another mount namespace can resolve.
+  }
 }
 
 async function removeLogicalVolume(vg: string, lv: string): Promise<void> {
