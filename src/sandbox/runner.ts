@@ -32,7 +32,8 @@ import {
   sweepCgroups,
 } from "./cgroups.ts";
 import { installLauncher } from "./launcher.ts";
-import { createScratch, destroyScratch, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";
+import { destroyScratch, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";
+import { createScratchPool } from "./scratch-pool.ts";
 import { killUid, slotUid } from "./uids.ts";
 
 /*
@@ -86,6 +87,10 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
   };
   const slots = new Map<string, SlotState>();
   const log = logger("sandbox");
+  // Names stay unique with any slot name: the sequence number is the pool's, not the slot's.
+  const scratchName = (slot: string, seq: number) =>
+    `${`${o.worker}-${slot}`.replace(/[^a-z0-9-]/g, "-").slice(0, 48)}-${seq}`;
+  const scratchPool = createScratchPool(scratchCfg, scratchName, (message) => log.debug(message));
   const uidOf = (slot: Slot) => slotUid(o.cfg.sandbox.uid_base, o.worker, slot.index);
 
   const slotState = (slot: Slot): SlotState => {
@@ -147,7 +152,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           devices: slot.devices,
         });
         setDeviceRules(state.cg, setupRules, true);
-        made = await createScratch(scratchCfg, `${o.worker}-${slot.name}`.replace(/[^a-z0-9-]/g, "-"), size);
+        made = await scratchPool.take(slot.name, size);
         const args = [
           launcher,
           "--uid",
@@ -188,6 +193,9 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
             env[k] = `http://127.0.0.1:${API_PORT}`;
         }
         child = Bun.spawn(args, { env, stdio: ["ignore", req.logFd, req.logFd, "pipe", "pipe"] });
+        // The next job on this slot will most likely ask for the same size: make its volume while this
+        // one runs, so formatting it is off that job's path.
+        scratchPool.prepare(slot.name, size);
       } catch (err) {
         // Set-up failed before the launcher ran: give back what was taken, or the slot would leak it.
         root?.release();
@@ -309,6 +317,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
       };
     },
     async stop() {
+      await scratchPool.drain();
       for (const s of slots.values()) await removeCgroup(s.cg);
       slots.clear();
       // Leave no empty parents behind either (PARENT/WORKER, then PARENT if no other worker uses it).
