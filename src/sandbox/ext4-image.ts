@@ -11,11 +11,18 @@ import { join } from "node:path";
  * fallocate(1) for every job cost more CPU than everything else the worker does for a sandboxed job.
  */
 
-const libc = dlopen("libc.so.6", {
+const symbols = {
   fallocate: { args: [FFIType.i32, FFIType.i32, FFIType.i64, FFIType.i64], returns: FFIType.i32 },
   lseek: { args: [FFIType.i32, FFIType.i64, FFIType.i32], returns: FFIType.i64_fast },
   __errno_location: { args: [], returns: FFIType.ptr },
-});
+} as const;
+let opened: ReturnType<typeof dlopen<typeof symbols>> | null = null;
+// Opened on first use, so that merely loading this module (every kiln command does, through its roles)
+// never depends on the host's C library.
+const libc = () => {
+  opened ??= dlopen("libc.so.6", symbols);
+  return opened.symbols;
+};
 
 // lseek(2) whence values for sparse files (linux/fs.h); ENXIO means "no more data after this offset".
 const SEEK_DATA = 3;
@@ -39,11 +46,11 @@ export class SysError extends Error {
   }
 }
 
-const errno = () => read.i32(libc.symbols.__errno_location()!, 0);
+const errno = () => read.i32(libc().__errno_location()!, 0);
 
 /** Allocates [0, size) of fd for real (fallocate(2), mode 0): the blocks exist and read as zeros. */
 export function preallocate(fd: number, size: number): void {
-  if (libc.symbols.fallocate(fd, 0, 0, size) !== 0) throw new SysError("fallocate", errno());
+  if (libc().fallocate(fd, 0, 0, size) !== 0) throw new SysError("fallocate", errno());
 }
 
 /**
@@ -63,13 +70,13 @@ export async function layoutOf(
     await mkfs(file);
     const layout: Ext4Layout = [];
     for (let at = 0; at < size; ) {
-      const start = Number(libc.symbols.lseek(fd, at, SEEK_DATA));
+      const start = Number(libc().lseek(fd, at, SEEK_DATA));
       if (start < 0) {
         const e = errno();
         if (e === ENXIO) break;
         throw new SysError("lseek(SEEK_DATA)", e);
       }
-      const end = Number(libc.symbols.lseek(fd, start, SEEK_HOLE));
+      const end = Number(libc().lseek(fd, start, SEEK_HOLE));
       if (end < 0) throw new SysError("lseek(SEEK_HOLE)", errno());
       const data = Buffer.alloc(end - start);
       for (let got = 0; got < data.length; ) {
