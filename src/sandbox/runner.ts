@@ -269,13 +269,14 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           message: `the sandbox launcher ended without a status (exit ${code})`,
         };
         if (final === null && child.signalCode) exit = { kind: "signal", signal: 9 };
-        // Whatever the launcher said, nothing of the job may survive it. The launcher returns only once
-        // the job's pid namespace is gone, which takes every process in it along, and a job cannot leave
-        // its cgroups; so the scan of every process on the host for the slot's uid is needed only when
-        // that did not go as it should: no final status, or something still in the job's cgroups.
-        const strays = final === null || listPids(state.cg).length > 0;
-        await killAll(state.cg, 10_000).catch(() => {});
-        if (strays) await killUid(state.uid);
+        // Whatever the launcher said, nothing of the job may survive it: what is still in the job's
+        // cgroups is killed. The launcher returns only once the job's pid namespace is gone, which takes
+        // every process in it along, and a job cannot leave its cgroups; so the scan of every process on
+        // the host for the slot's uid is needed only when that did not go as it should: no final status,
+        // or something left in the cgroups.
+        const leftInCgroups = listPids(state.cg).length > 0;
+        if (leftInCgroups) await killAll(state.cg, 10_000).catch(() => {});
+        if (leftInCgroups || final === null) await killUid(state.uid);
         const usage = readUsage(state.cg);
         releaseTemplates();
         await destroyScratch(scratchCfg, scratch).catch((err) => {
