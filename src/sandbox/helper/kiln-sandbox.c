@@ -885,11 +885,18 @@ static void __attribute__((noreturn)) init_loop(int listener) {
    * process that replaces it at once was the most expensive step of a launch on hosts where page tables
    * are costly (VMs). We are suspended meanwhile, so nothing runs concurrently on the shared memory; the
    * job runs on its own stack, and the globals it sets for itself are restored below. */
-  static char job_stack[64 * 1024] __attribute__((aligned(16)));
-  pid_t job = clone(job_entry, job_stack + sizeof job_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &ep[1]);
+  /* Room for execvp's fallback for scripts without "#!", which copies argv onto the stack, above a guard
+   * page: an overflow faults instead of writing into our memory. */
+  size_t argc = 0, page = (size_t)sysconf(_SC_PAGESIZE);
+  while (o.argv[argc]) argc++;
+  size_t size = (((256 * 1024 + (argc + 3) * sizeof(char *)) + page - 1) / page + 1) * page;
+  char *stack = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED || mprotect(stack, page, PROT_NONE) < 0) die("job stack");
+  pid_t job = clone(job_entry, stack + size, CLONE_VM | CLONE_VFORK | SIGCHLD, &ep[1]);
   g_err_pipe = -1;
   g_step = "fork";
   if (job < 0) die("fork");
+  munmap(stack, size);
   close(ep[1]);
   /* The job's exec closes the pipe; anything read before EOF is its error report. */
   char err[1024];
