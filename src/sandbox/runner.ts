@@ -14,6 +14,7 @@ import {
   detectCgroups,
   type JobCgroup,
   killAll,
+  listPids,
   openJobCgroup,
   readUsage,
   removeCgroup,
@@ -23,7 +24,8 @@ import {
 } from "./cgroups.ts";
 import { collectArtifacts } from "./collect.ts";
 import { installLauncher } from "./launcher.ts";
-import { createScratch, destroyScratch, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";
+import { destroyScratch, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";
+import { createScratchPool } from "./scratch-pool.ts";
 import { parseStatus } from "./status.ts";
 import { buildSandboxOpener } from "./template-build.ts";
 import { killUid, slotUid } from "./uids.ts";
@@ -71,6 +73,10 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
   };
   const slots = new Map<string, SlotState>();
   const log = logger("sandbox");
+  // Names stay unique with any slot name: the sequence number is the pool's, not the slot's.
+  const scratchName = (slot: string, seq: number) =>
+    `${`${o.worker}-${slot}`.replace(/[^a-z0-9-]/g, "-").slice(0, 48)}-${seq}`;
+  const scratchPool = createScratchPool(scratchCfg, scratchName, (message) => log.debug(message));
   const uidOf = (slot: Slot) => slotUid(o.cfg.sandbox.uid_base, o.worker, slot.index);
 
   const slotState = (slot: Slot): SlotState => {
@@ -143,7 +149,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           devices: slot.devices,
         });
         setDeviceRules(state.cg, setupRules, true);
-        made = await createScratch(scratchCfg, `${o.worker}-${slot.name}`.replace(/[^a-z0-9-]/g, "-"), size);
+        made = await scratchPool.take(slot.name, size);
         const args = [
           launcher,
           "--uid",
@@ -184,6 +190,9 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
             env[k] = `http://127.0.0.1:${API_PORT}`;
         }
         child = Bun.spawn(args, { env, stdio: ["ignore", req.logFd, req.logFd, "pipe", "pipe"] });
+        // The next job on this slot will most likely ask for the same size: make its volume while this
+        // one runs, so formatting it is off that job's path.
+        scratchPool.prepare(slot.name, size);
       } catch (err) {
         // Set-up failed before the launcher ran: give back what was taken, or the slot would leak it.
         root?.release();
@@ -266,9 +275,14 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           message: `the sandbox launcher ended without a status (exit ${code})`,
         };
         if (final === null && child.signalCode) exit = { kind: "signal", signal: 9 };
-        // Whatever the launcher said, nothing of the job may survive it.
-        await killAll(state.cg, 10_000).catch(() => {});
-        await killUid(state.uid);
+        // Whatever the launcher said, nothing of the job may survive it: what is still in the job's
+        // cgroups is killed. The launcher returns only once the job's pid namespace is gone, which takes
+        // every process in it along, and a job cannot leave its cgroups; so the scan of every process on
+        // the host for the slot's uid is needed only when that did not go as it should: no final status,
+        // or something left in the cgroups.
+        const leftInCgroups = listPids(state.cg).length > 0;
+        if (leftInCgroups) await killAll(state.cg, 10_000).catch(() => {});
+        if (leftInCgroups || final === null) await killUid(state.uid);
         const usage = readUsage(state.cg);
         releaseTemplates();
         await destroyScratch(scratchCfg, scratch).catch((err) => {
@@ -323,6 +337,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
       };
     },
     async stop() {
+      await scratchPool.drain();
       for (const s of slots.values()) await removeCgroup(s.cg);
       slots.clear();
       // Leave no empty parents behind either (PARENT/WORKER, then PARENT if no other worker uses it).

@@ -131,6 +131,36 @@ describe.skipIf(!isRoot)("loop scratch volumes (root)", () => {
     expect(loopsUnder(base)).toEqual([]);
   });
 
+  test("every volume is a fresh, clean filesystem: what one job wrote is never in the next one's", async () => {
+    // 16 MiB comes from the kept format of its size, 1025 MiB from a mkfs of its own.
+    for (const size of [16 * MiB, 1025 * MiB]) {
+      const first = await createScratch(cfg, "fresh-a", size);
+      const second = await createScratch(cfg, "fresh-b", size);
+      if (first.backend !== "loop" || second.backend !== "loop") throw new Error("expected loop volumes");
+      const mnt = join(base, "mnt-fresh");
+      const script = [
+        "set -e",
+        `mkdir -p ${mnt}`,
+        `mount -o loop ${first.file} ${mnt}`,
+        `echo secret > ${mnt}/left-behind`,
+        `umount ${mnt}`,
+        `mount -o loop ${second.file} ${mnt}`,
+        `ls -A ${mnt}`,
+        `umount ${mnt}`,
+      ].join("\n");
+      expect(shOk(["unshare", "-m", "--propagation", "private", "sh", "-c", script]).trim()).toBe(
+        "lost+found",
+      );
+      for (const s of [first, second]) {
+        // -n: check only; exit 0 means the filesystem is consistent.
+        expect(sh(["e2fsck", "-fn", s.file]).exitCode).toBe(0);
+        expect(statSync(s.file).blocks * 512).toBeGreaterThanOrEqual(size);
+        await destroyScratch(cfg, s);
+      }
+    }
+    expect(readdirSync(cfg.dir)).toEqual([]);
+  }, 30_000);
+
   test("destroyScratch detaches a loop device still backed by the image, and is safe twice", async () => {
     const s = await createScratch(cfg, "slot-1", 16 * MiB);
     if (s.backend !== "loop") throw new Error("expected a loop volume");
@@ -141,6 +171,24 @@ describe.skipIf(!isRoot)("loop scratch volumes (root)", () => {
     expect(loopsUnder(base)).toEqual([]);
     expect(shOk(["losetup", "--list", "--noheadings", "--output", "NAME"])).not.toContain(`${device}\n`);
     await destroyScratch(cfg, s);
+  });
+
+  test("destroyScratch also finds a loop device attached through another path to the image", async () => {
+    const s = await createScratch(cfg, "slot-3", 8 * MiB);
+    if (s.backend !== "loop") throw new Error("expected a loop volume");
+    const alias = join(base, "alias");
+    mkdirSync(alias, { recursive: true });
+    shOk(["mount", "--bind", cfg.dir, alias]);
+    try {
+      const device = shOk(["losetup", "--find", "--show", join(alias, "slot-3.img")]).trim();
+      // The kernel names the backing file by the path it was opened through, not the image's own path.
+      expect(readFileSync(`/sys/block/${device.slice(5)}/loop/backing_file`, "utf8")).toStartWith(alias);
+      await destroyScratch(cfg, s);
+      expect(existsSync(s.file)).toBe(false);
+      expect(loopsUnder(alias)).toEqual([]);
+    } finally {
+      shOk(["umount", "--lazy", alias]); // lazy: a device a failed assertion left attached keeps it busy
+    }
   });
 
   test("createScratch replaces a leftover image of the same name", async () => {

@@ -18,11 +18,13 @@ import {
   readFileSync,
   realpathSync,
   statfsSync,
+  statSync,
   unlinkSync,
 } from "node:fs";
 import { join } from "node:path";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { formatSize } from "../lib/size.ts";
+import { type Ext4Layout, layoutOf, preallocate, SysError, writeImage } from "./ext4-image.ts";
 
 export type ScratchBackend = "loop" | "lvm" | "tmpfs";
 
@@ -104,28 +106,68 @@ async function createLoopImage(cfg: ScratchConfig, name: string, size: number): 
   const file = join(realpathSync(cfg.dir), `${name}.img`);
   await destroyLoopImage(file);
   checkFreeSpace(cfg.dir, size);
-  closeSync(openSync(file, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600));
+  const fd = openSync(file, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600);
   try {
-    // fallocate(1), not truncate: a sparse image would let the job find out about a full host disk as
-    // I/O errors inside its /tmp instead of as a clear refusal here.
-    const alloc = await run(["fallocate", "--length", String(size), file]);
-    if (alloc.exitCode !== 0) {
-      // Two slots can pass the free-space check at once; the loser learns here.
-      const detail = alloc.stderr.trim();
-      if (/No space left/i.test(detail)) {
-        throw noSpace(`no space left in ${cfg.dir} for a ${formatSize(size)} scratch volume: ${detail}`);
-      }
-      const hint = `the filesystem of ${cfg.dir} must support fallocate`;
-      throw new AppError("SCRATCH_FAILED", `cannot preallocate ${file} (${hint}): ${detail}`, {
-        status: 500,
-      });
+    // Preallocated, not sparse: a sparse image would let the job find out about a full host disk as I/O
+    // errors inside its /tmp instead of as a clear refusal here.
+    if (size <= LAYOUT_MAX_BYTES) {
+      const layout = await layoutFor(cfg.dir, size);
+      await allocating(cfg.dir, file, size, () => writeImage(fd, size, layout));
+    } else {
+      await allocating(cfg.dir, file, size, () => preallocate(fd, size));
+      await runOk(["mkfs.ext4", ...MKFS_LOOP, file]);
     }
-    await runOk(["mkfs.ext4", ...MKFS_LOOP, file]);
   } catch (error) {
     unlinkSync(file);
     throw error;
+  } finally {
+    closeSync(fd);
   }
   return { backend: "loop", file, sizeBytes: size };
+}
+
+// Formats are kept for sizes up to this (each is a few dozen KiB of metadata); bigger volumes, which are
+// rare and slow to fill anyway, run mkfs on their own image.
+const LAYOUT_MAX_BYTES = 1024 * MiB;
+// Distinct sizes whose format is kept; the oldest is dropped first.
+const LAYOUT_CACHE_SIZES = 16;
+const layouts = new Map<string, Promise<Ext4Layout>>();
+
+/** The format of an empty scratch filesystem of `size`, made once per size with mkfs.ext4. */
+function layoutFor(dir: string, size: number): Promise<Ext4Layout> {
+  const key = `${dir}\0${size}`;
+  let layout = layouts.get(key);
+  if (layout === undefined) {
+    layout = layoutOf(dir, size, async (file) => {
+      await runOk(["mkfs.ext4", ...MKFS_LOOP, file]);
+    });
+    // A failed format is not kept: the next volume tries again.
+    layout.catch(() => layouts.delete(key));
+    layouts.set(key, layout);
+    for (const old of layouts.keys()) {
+      if (layouts.size <= LAYOUT_CACHE_SIZES) break;
+      layouts.delete(old);
+    }
+  }
+  return layout;
+}
+
+// Runs `allocate`, turning a failed fallocate(2) into the error the operator can act on.
+async function allocating(dir: string, file: string, size: number, allocate: () => void): Promise<void> {
+  try {
+    allocate();
+  } catch (error) {
+    if (!(error instanceof SysError)) throw error;
+    // Two slots can pass the free-space check at once; the loser learns here.
+    if (error.noSpace) {
+      throw noSpace(`no space left in ${dir} for a ${formatSize(size)} scratch volume: ${error.message}`);
+    }
+    const hint = `the filesystem of ${dir} must support fallocate`;
+    throw new AppError("SCRATCH_FAILED", `cannot preallocate ${file} (${hint}): ${error.message}`, {
+      status: 500,
+      cause: error,
+    });
+  }
 }
 
 function checkFreeSpace(dir: string, size: number): void {
@@ -235,15 +277,36 @@ async function destroyLoopImage(file: string): Promise<void> {
   }
 }
 
-// Loop devices backed by this very file. losetup matches by device and inode, not by path (losetup(8)),
-// so it also finds devices attached through another path or from another mount namespace.
+// Loop devices backed by this very file, read from sysfs (where losetup(8) reads them too) rather than by
+// running losetup: this runs after every job, and a process per call cost more than the rest of the
+// clean-up. A device matches by path, or by device and inode for a file attached through another path.
 async function loopDevicesOf(file: string): Promise<string[]> {
-  if (!existsSync(file)) return [];
-  const out = await runOk(["losetup", "--associated", file]);
-  return out
-    .split("\n")
-    .map((line) => /^(\/dev\/loop\d+):/.exec(line)?.[1])
-    .filter((d) => d !== undefined);
+  let self: { dev: number; ino: number };
+  try {
+    self = statSync(file);
+  } catch {
+    return [];
+  }
+  const found: string[] = [];
+  for (const name of readdirSync("/sys/block").filter((n) => /^loop\d+$/.test(n))) {
+    let back: string;
+    try {
+      back = readFileSync(`/sys/block/${name}/loop/backing_file`, "utf8").replace(/\n$/, "");
+    } catch {
+      continue; // Not attached: only a bound loop device has the loop/ directory.
+    }
+    if (back === file || sameFile(back, self)) found.push(`/dev/${name}`);
+  }
+  return found;
+}
+
+function sameFile(path: string, st: { dev: number; ino: number }): boolean {
+  try {
+    const other = statSync(path);
+    return other.dev === st.dev && other.ino === st.ino;
+  } catch {
+    return false; // Deleted, or a path only another mount namespace can resolve.
+  }
 }
 
 async function removeLogicalVolume(vg: string, lv: string): Promise<void> {

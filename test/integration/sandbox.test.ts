@@ -593,6 +593,14 @@ describe.skipIf(!root)("slots with resources and health checks, and a worker kil
       retries: 0,
     });
     await waitFor("the job to run", async () => (await log(id)).includes("up"));
+    // While the job runs, its slot's next scratch volume is made ahead (other slots may hold theirs
+    // already): beside the running job's own, at least one idle volume that the restart must remove too.
+    const scratchDir = join(workerData, "worker", "scratch");
+    await waitFor(
+      "the next scratch volume to be made ahead",
+      async () =>
+        readdirSync(scratchDir).filter((f) => f.endsWith(".img") && !f.startsWith("layout-")).length >= 2,
+    );
     await hwRole!.kill("SIGKILL");
     await waitFor(
       "the job's processes to die with the worker",

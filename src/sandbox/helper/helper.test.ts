@@ -371,6 +371,24 @@ describe("kiln-sandbox", () => {
     expect(r.code).toBe(127);
   });
 
+  rootTest(
+    "a script without #! and a long argument list runs: execvp's fallback copies argv onto the job's stack",
+    async () => {
+      // The job starts on a stack of its own, sharing PID 1's memory until exec; this fallback once
+      // overflowed it (SIGSEGV of the whole sandbox).
+      const bin = mkdtempSync("/var/tmp/kiln-helper-script-");
+      try {
+        chmodSync(bin, 0o755);
+        const script = join(bin, "no-shebang");
+        writeFileSync(script, 'echo ran "$#"\n', { mode: 0o755 });
+        const r = await finish(start([], [script, ...Array.from({ length: 60_000 }, (_, i) => `${i}`)]));
+        expect([r.stdout.trim(), r.code, r.status.at(-1)]).toEqual(["ran 60000", 0, "exit 0"]);
+      } finally {
+        rmSync(bin, { recursive: true, force: true });
+      }
+    },
+  );
+
   rootTest("set-up failure: a missing scratch file gives error scratch", async () => {
     const missing = join(dir, "missing.img");
     const r = await finish(start(["--scratch-file", missing], ["/bin/true"]));

@@ -919,7 +919,9 @@ static void __attribute__((noreturn)) exec_builder(void) {
   die("%s", o.argv[0]);
 }
 
-/* Runs in the child PID 1 forks; never returns. Errors go to PID 1 through err_fd (closed by exec). */
+/* Runs in the child PID 1 starts; never returns. Errors go to PID 1 through err_fd (closed by exec). It
+ * shares PID 1's memory until exec (see init_loop): it may change only what PID 1 restores afterwards
+ * (g_err_pipe, g_step) and must not allocate. */
 static void __attribute__((noreturn)) job_main(int err_fd) {
   g_err_pipe = err_fd;
   sigset_t none;
@@ -965,6 +967,9 @@ static void __attribute__((noreturn)) job_main(int err_fd) {
   die("%s", o.argv[0]);
 }
 
+/* clone's entry point for the job; PID 1's end of the error pipe closes with the job's exec. */
+static int job_entry(void *err_fd) { job_main(*(int *)err_fd); }
+
 /* ------------------------------------------------------------------------------------------------------ */
 /* PID 1: init of the job's pid namespace                                                                   */
 
@@ -1006,12 +1011,22 @@ static void __attribute__((noreturn)) init_loop(int listener) {
   if (sfd < 0) die("signalfd");
   if (pipe2(ep, O_CLOEXEC) < 0) die("pipe");
   step("fork");
-  pid_t job = fork();
+  /* The job shares our memory until its exec (as posix_spawn does): copying PID 1's address space for a
+   * process that replaces it at once was the most expensive step of a launch on hosts where page tables
+   * are costly (VMs). We are suspended meanwhile, so nothing runs concurrently on the shared memory; the
+   * job runs on its own stack, and the globals it sets for itself are restored below. */
+  /* Room for execvp's fallback for scripts without "#!", which copies argv onto the stack, above a guard
+   * page: an overflow faults instead of writing into our memory. */
+  size_t argc = 0, page = (size_t)sysconf(_SC_PAGESIZE);
+  while (o.argv[argc]) argc++;
+  size_t size = (((256 * 1024 + (argc + 3) * sizeof(char *)) + page - 1) / page + 1) * page;
+  char *stack = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED || mprotect(stack, page, PROT_NONE) < 0) die("job stack");
+  pid_t job = clone(job_entry, stack + size, CLONE_VM | CLONE_VFORK | SIGCHLD, &ep[1]);
+  g_err_pipe = -1;
+  g_step = "fork";
   if (job < 0) die("fork");
-  if (job == 0) {
-    close(ep[0]);
-    job_main(ep[1]);
-  }
+  munmap(stack, size);
   close(ep[1]);
   drop_pid1_caps(); /* the job has its own copy of our credentials: this changes only ours */
   /* The job's exec closes the pipe; anything read before EOF is its error report. */

@@ -1,0 +1,79 @@
+// Pre-made scratch volumes: formatting a loop image (fallocate, mkfs) is the slowest step of starting a
+// sandboxed job, so while a slot's job runs the next one's volume is made in the background. Each volume
+// is made fresh for, and handed to, exactly one job; it is never reused. Pre-made volumes are ordinary
+// images in the scratch directory, so the start-up sweep (sweepScratch) removes them after a crash.
+
+import { coerceError } from "../lib/errors.ts";
+import { createScratch, destroyScratch, type Scratch, type ScratchConfig } from "./scratch.ts";
+
+/** Hands out scratch volumes per slot, making the next one ahead of time where that pays off. */
+export interface ScratchPool {
+  /**
+   * A fresh volume of at least sizeBytes for the slot: the one made ahead if it has the right size (waiting
+   * for it if it is still being made), else one made now. No volume is ever returned twice.
+   */
+  take(slot: string, sizeBytes: number): Promise<Scratch>;
+  /** Starts making the slot's next volume of sizeBytes in the background, unless one is already there. */
+  prepare(slot: string, sizeBytes: number): void;
+  /** Waits for volumes being made and destroys every volume made ahead; for a clean stop. */
+  drain(): Promise<void>;
+}
+
+// Made ahead only up to this size: an idle slot holds its next volume on the data disk, which must not
+// tie up a big share of it. Bigger volumes are made when their job starts, as before.
+const PREMADE_MAX_BYTES = 1024 * 1024 * 1024;
+
+const MiB = 1024 * 1024;
+
+interface Premade {
+  sizeBytes: number;
+  volume: Promise<Scratch | null>;
+}
+
+/**
+ * A pool over cfg. Only the loop backend makes volumes ahead (tmpfs needs nothing, and an LVM volume
+ * group is left as it was). `name` turns a slot and a sequence number into a scratch name; `onError`
+ * hears about a background failure, after which the job simply makes its volume itself.
+ */
+export function createScratchPool(
+  cfg: ScratchConfig,
+  name: (slot: string, seq: number) => string,
+  onError: (message: string) => void,
+): ScratchPool {
+  const ahead = new Map<string, Premade>();
+  let seq = 0;
+  const make = (slot: string, sizeBytes: number) => createScratch(cfg, name(slot, seq++), sizeBytes);
+  const discard = (p: Premade) =>
+    p.volume
+      .then((v) => (v ? destroyScratch(cfg, v) : undefined))
+      .catch((err) => onError(coerceError(err).message));
+  return {
+    async take(slot, sizeBytes) {
+      const p = ahead.get(slot);
+      ahead.delete(slot);
+      if (p !== undefined) {
+        if (p.sizeBytes === Math.ceil(sizeBytes / MiB) * MiB) {
+          const v = await p.volume;
+          if (v) return v;
+        } else {
+          void discard(p);
+        }
+      }
+      return make(slot, sizeBytes);
+    },
+    prepare(slot, sizeBytes) {
+      if (cfg.backend !== "loop" || sizeBytes > PREMADE_MAX_BYTES || ahead.has(slot)) return;
+      const volume = make(slot, sizeBytes).catch((err) => {
+        // Not fatal: the next job makes its own volume, and reports the error if it fails again.
+        onError(`could not make the next scratch volume of ${slot} ahead: ${coerceError(err).message}`);
+        return null;
+      });
+      ahead.set(slot, { sizeBytes: Math.ceil(sizeBytes / MiB) * MiB, volume });
+    },
+    async drain() {
+      const all = [...ahead.values()];
+      ahead.clear();
+      await Promise.all(all.map(discard));
+    },
+  };
+}
