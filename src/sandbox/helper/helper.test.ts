@@ -730,12 +730,33 @@ describe("kiln-sandbox", () => {
       "curl -sS http://127.0.0.1:8123/hello",
       "head -c 3000000 /dev/urandom | curl -sS --data-binary @- http://127.0.0.1:8123/upload",
       "for i in $(seq 20); do curl -sS http://127.0.0.1:8123/n/$i > /tmp/c.$i & done; wait; cat /tmp/c.* | wc -l",
-      // half-close: HTTP/1.0 makes the server close after the response; we must pass its EOF on
-      "bash -c 'exec 3<>/dev/tcp/127.0.0.1/8123; printf \"GET /raw HTTP/1.0\\r\\nHost: api\\r\\n\\r\\n\" >&3; cat <&3 | tail -1'",
     ].join("; ");
+    // Half-close: a peer that ends its answer as the job's API proxy does, with shutdown(SHUT_WR) while
+    // it keeps its socket, must have that EOF passed on (a peer that closes outright before that is taken
+    // as abandoned, and the job's client gets a reset instead: see the README).
+    const rawSock = join(dir, "api-raw.sock");
+    const raw = Bun.listen<{ got: string }>({
+      unix: rawSock,
+      socket: {
+        open(so) {
+          so.data = { got: "" };
+        },
+        data(so, chunk) {
+          so.data.got += chunk.toString();
+          if (!so.data.got.includes("\r\n\r\n")) return;
+          const path = so.data.got.split(" ")[1];
+          so.write(`HTTP/1.0 200 OK\r\n\r\nGET ${path} 0\n`);
+          so.shutdown();
+        },
+      },
+    });
+    cleanups.push(() => raw.stop(true));
+    const half =
+      "bash -c 'exec 3<>/dev/tcp/127.0.0.1/8123; printf \"GET /raw HTTP/1.0\\r\\nHost: api\\r\\n\\r\\n\" >&3; cat <&3 | tail -1'";
     const r = await run(["--api", `8123:${sock}`], script);
-    expect(r.stderr).toBe("");
-    expect(r.stdout).toBe("GET /hello 0\nPOST /upload 3000000\n20\nGET /raw 0\n");
+    const h = await run(["--api", `8123:${rawSock}`], half);
+    expect(r.stderr + h.stderr).toBe("");
+    expect(r.stdout + h.stdout).toBe("GET /hello 0\nPOST /upload 3000000\n20\nGET /raw 0\n");
   });
 
   rootTest("--hold-fd keeps /tmp/out readable through /proc/PID/root until released", async () => {
