@@ -65,11 +65,10 @@ export function print(json: boolean | undefined, value: unknown, human: () => st
 /**
  * `text` made safe for a terminal: control characters (C0, DEL, C1; newlines and escapes included) are
  * shown as `\n`, `\t` or `\xNN`, so a name a client chose cannot recolour the terminal, move the cursor
- * or break a table into extra lines.
+ * or break a table into extra lines. Everything else, backslashes included, is shown as it is.
  */
 export function safe(text: string): string {
-  return text.replace(/[\u0000-\u001f\u007f-\u009f\\]/g, (c) => {
-    if (c === "\\") return "\\\\";
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => {
     if (c === "\n") return "\\n";
     if (c === "\t") return "\\t";
     if (c === "\r") return "\\r";

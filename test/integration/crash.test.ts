@@ -76,7 +76,9 @@ test("a job whose worker dies with no retries left ends failed with reason lost"
   const d = dir();
   const m = await startMaster(d, { env: FAST });
   const w = await startWorker(m, d, "w", { capacity: 1, env: PLAIN });
-  const id = await submitJob(m, { command: ["sleep", "300"], retries: 0 });
+  // A duration no other test uses, so the orphan is found by its own command line.
+  const nap = `300.${Date.now() % 1_000_000}`;
+  const id = await submitJob(m, { command: ["sleep", nap], retries: 0 });
   await waitFor(
     "the job to run",
     async () => (await m.api<JobJson>("GET", `/api/v1/jobs/${id}`)).body.state === "running",
@@ -88,7 +90,7 @@ test("a job whose worker dies with no retries left ends failed with reason lost"
   await startWorker(m, d, "w", { capacity: 1, env: PLAIN });
   await waitFor(
     "the orphan sleep to go",
-    () => Bun.spawnSync(["pgrep", "-x", "-f", "sleep 300"]).exitCode === 1,
+    () => Bun.spawnSync(["pgrep", "-x", "-f", `sleep ${nap}`]).exitCode === 1,
   );
   expect((await m.api<JobJson>("GET", `/api/v1/jobs/${id}`)).body.state).toBe("failed");
 }, 60_000);
