@@ -81,8 +81,12 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
     if (free.length === 0) return assigned;
     const seen = new Set<number>();
     const candidates: QueuedJob[] = [];
+    // Whether some kind may have more ready jobs than it was given: only then can another round help.
+    let more = false;
     for (const kind of kindsOf(free)) {
-      for (const job of await readyJobs(ctx.store.db, kind, kind.free)) {
+      const ready = await readyJobs(ctx.store.db, kind, kind.free);
+      if (ready.length === kind.free) more = true;
+      for (const job of ready) {
         if (!seen.has(job.id)) candidates.push(job);
         seen.add(job.id);
       }
@@ -120,7 +124,7 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
       round++;
       if (free.length === 0) break;
     }
-    if (round === 0) return assigned;
+    if (round === 0 || !more) return assigned;
   }
 }
 
