@@ -174,7 +174,7 @@ async function runner(cfg: Config, data: string, token: string) {
     return createProcessRunner();
   }
   const { createSandboxRunner } = await import("../sandbox/runner.ts");
-  const { workerName } = await import("../worker/index.ts");
+  const { workerName } = await import("../worker/identity.ts");
   // What a job on the host root must never see: every Kiln data dir and config, whatever this node uses.
   const masks = [...new Set([resolve(data), "/var/lib/kiln", "/etc/kiln", ...cfg.sandbox.mask])];
   return createSandboxRunner({ cfg, data, worker: workerName(cfg, data), masks, token });

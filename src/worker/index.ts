@@ -1,23 +1,9 @@
-import { randomBytes } from "node:crypto";
-import {
-  closeSync,
-  existsSync,
-  fstatSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  readSync,
-  writeFileSync,
-} from "node:fs";
-import { hostname, tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { dataDir } from "../config/paths.ts";
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readSync } from "node:fs";
+import { join } from "node:path";
 import type { Config } from "../config/schema.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
-import { holdLock, type Lock } from "../lib/lock.ts";
 import { logger } from "../lib/log.ts";
 import { delay } from "../lib/loop.ts";
-import { isName } from "../lib/names.ts";
 import type { JobSpec, Outcome } from "../protocol/job.ts";
 import type { TemplateSpec } from "../protocol/template.ts";
 import { encodeLogFrame, type MasterMessage, type WorkerMessage } from "../protocol/wire.ts";
@@ -25,6 +11,7 @@ import { VERSION } from "../version.ts";
 import { startApiProxy } from "./api-proxy.ts";
 import { createArtifactBudget } from "./artifact-budget.ts";
 import { deliverArtifacts } from "./artifacts.ts";
+import { claimIdentity, defaultArch, instanceId, workerName } from "./identity.ts";
 import {
   createJobDir,
   type JobDir,
@@ -35,6 +22,7 @@ import {
   scanJobDirs,
   writeOutcome,
 } from "./job-dir.ts";
+import { JOB_FAULTS, outcomeOf } from "./outcome.ts";
 import type { RunHandle, Runner, RunResult, Slot } from "./runner.ts";
 import { createSlotBook, slotsFromConfig } from "./slots.ts";
 
@@ -74,130 +62,11 @@ export interface RunningWorker {
   done: Promise<void>;
 }
 
-/**
- * The worker's name: worker.name, else the host name made into a valid name, followed by a short hash of
- * the data dir unless it is the default one, so two workers of one host with their own data dirs never
- * share a name (cgroups, slot uids and the start-up sweep are keyed by it).
- */
-export function workerName(cfg: Config, data: string): string {
-  if (cfg.worker.name) return cfg.worker.name;
-  const host =
-    hostname()
-      .toLowerCase()
-      .replace(/[^a-z0-9-]/g, "-")
-      .replace(/^-+/, "")
-      .slice(0, 48) || "worker";
-  if (resolve(data) === resolve(dataDir({ node: { data: "" } }))) return host;
-  return `${host}-${new Bun.CryptoHasher("sha256").update(resolve(data)).digest("hex").slice(0, 6)}`;
-}
-
-/**
- * Refuses, at start, a worker name or channel that the master would refuse on every connection, and
- * takes the host-wide lock for the name: cgroups, slot uids and the start-up sweep are keyed by it, so a
- * second worker of the same name on this host would kill the first one's jobs.
- */
-export function claimIdentity(cfg: Config, name: string): Lock {
-  if (!isName(name)) {
-    throw new AppError(
-      "USAGE",
-      `worker name "${name}" is not a valid name: use 1-63 lowercase letters, digits, ".", "_" or "-", starting with a letter or digit (--name)`,
-    );
-  }
-  for (const c of cfg.worker.channels) {
-    if (!isName(c))
-      throw new AppError(
-        "USAGE",
-        `channel "${c}" is not a valid name: use 1-63 lowercase letters, digits, ".", "_" or "-" (--channels)`,
-      );
-  }
-  const dir = process.getuid?.() === 0 ? "/run/kiln" : join(tmpdir(), `kiln-${process.getuid?.() ?? 0}`);
-  return holdLock(
-    join(dir, `worker-${name}.lock`),
-    `kiln worker ${name} (pid ${process.pid}, master ${cfg.worker.master})`,
-    "WORKER_NAME_IN_USE",
-    (other) =>
-      `worker name ${name} is in use on this host by ${other}: stop that one, or give this one another --name`,
-  );
-}
-
-/** The worker's instance id, kept in its data dir so a restart is recognised as the same worker. */
-function instanceId(data: string): string {
-  const file = join(data, "worker", "instance");
-  try {
-    return readFileSync(file, "utf8").trim();
-  } catch {
-    const id = randomBytes(12).toString("hex");
-    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
-    writeFileSync(file, `${id}\n`, { mode: 0o600 });
-    return id;
-  }
-}
-
-/** Debian's names for the machine's architecture, which package repositories use too. */
-export function defaultArch(): string {
-  return process.arch === "x64" ? "amd64" : process.arch;
-}
-
-/**
- * Failures of a runner's start that are the job's own doing (what it asked for cannot be had); any other
- * failure to start is the slot's.
- */
-const JOB_FAULTS = new Set([
-  "SCRATCH_TOO_BIG",
-  "NO_TEMPLATE",
-  "TEMPLATE_BUILD_FAILED",
-  "BAD_TEMPLATE",
-  "ARTIFACT_FETCH",
-]);
-
 const LOG_CHUNK = 64 * 1024;
 // A result the master has not acknowledged after this long is sent again: two heartbeats.
 const RESEND_FINISHED = 10_000;
 // Stop sending log bytes while this much is still queued in the socket; the master asks for the rest.
 const MAX_BUFFERED = 4 * 1024 * 1024;
-
-/** Maps how a job ended to its state and reason (SPEC.md "Job states"). */
-export function outcomeOf(r: RunResult, a: { cancelled: boolean; timedOut: boolean }): Outcome {
-  const base = { peakMemoryBytes: r.peakMemoryBytes, cpuMs: r.cpuMs };
-  if (a.timedOut)
-    return {
-      ...base,
-      state: "timed_out",
-      reason: null,
-      exitCode: null,
-      message: "the job ran past its timeout",
-    };
-  if (a.cancelled) return { ...base, state: "cancelled", reason: null, exitCode: null, message: "cancelled" };
-  if (r.exit.kind === "sandbox")
-    return { ...base, state: "failed", reason: "sandbox", exitCode: null, message: r.exit.message };
-  if (r.limit) {
-    const why = {
-      oom: "killed: out of memory",
-      pids: "hit its process limit",
-      no_space: "its scratch space filled up",
-      artifact_budget: "its artifacts passed the worker's artifact budget",
-    }[r.limit];
-    const exitCode = r.exit.kind === "exit" ? r.exit.code : null;
-    return { ...base, state: "failed", reason: r.limit, exitCode, message: r.limitMessage ?? why };
-  }
-  if (r.exit.kind === "signal") {
-    return {
-      ...base,
-      state: "failed",
-      reason: "signal",
-      exitCode: null,
-      message: `killed by signal ${r.exit.signal}`,
-    };
-  }
-  if (r.exit.code === 0) return { ...base, state: "succeeded", reason: null, exitCode: 0, message: null };
-  return {
-    ...base,
-    state: "failed",
-    reason: "exit",
-    exitCode: r.exit.code,
-    message: `exited with status ${r.exit.code}`,
-  };
-}
 
 /**
  * Starts a worker: sweeps what a previous life left, connects to the master (reconnecting with backoff),

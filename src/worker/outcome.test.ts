@@ -1,5 +1,5 @@
 import { expect, test } from "bun:test";
-import { outcomeOf } from "./index.ts";
+import { outcomeOf } from "./outcome.ts";
 import type { RunResult } from "./runner.ts";
 
 const r = (exit: RunResult["exit"], limit: RunResult["limit"] = null): RunResult => ({
