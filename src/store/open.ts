@@ -42,8 +42,10 @@ export async function openStore(
   if (url.startsWith("file:")) {
     // WAL lets readers run beside the single writer; a process crash never loses a committed
     // transaction in WAL mode, whatever `synchronous` says, and FULL also survives power loss.
-    await client.execute("PRAGMA journal_mode = WAL");
+    // The busy timeout first: switching to WAL takes a lock too, and another process may still hold one
+    // for a moment (a checkpoint as the last connection closes).
     await client.execute("PRAGMA busy_timeout = 5000");
+    await client.execute("PRAGMA journal_mode = WAL");
   }
   const db = drizzle(client, { schema });
   await migrate(client);
