@@ -1,5 +1,5 @@
 import type { ConsolaInstance } from "consola";
-import type { ArtifactBudget } from "../worker/artifact-budget.ts";
+import type { ArtifactBudget } from "../runner/artifact-budget.ts";
 
 /**
  * Copies the job's $KILN_OUT (its /tmp/out, while PID 1 holds the namespace) into `to` through the

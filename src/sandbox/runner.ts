@@ -5,9 +5,9 @@ import type { Config } from "../config/schema.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
 import { formatSize } from "../lib/size.ts";
+import type { RawExit, RunHandle, Runner, RunRequest, RunResult, Slot } from "../runner/contract.ts";
 import { type Acquired, createTemplateCache } from "../templates/cache.ts";
 import { fetchArtifact } from "../templates/fetch.ts";
-import type { RawExit, RunHandle, Runner, RunRequest, RunResult, Slot } from "../worker/runner.ts";
 import {
   applyLimits,
   type CgroupLayout,

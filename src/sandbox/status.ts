@@ -1,4 +1,4 @@
-import type { RawExit } from "../worker/runner.ts";
+import type { RawExit } from "../runner/contract.ts";
 
 /**
  * Parses one status line of the launcher (see src/sandbox/helper/README.md). A failed exec is the job's

@@ -1,12 +1,12 @@
 import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { startApiProxy } from "../job-api/api-proxy.ts";
 import { formatDuration } from "../lib/duration.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { formatSize } from "../lib/size.ts";
+import { createArtifactBudget } from "../runner/artifact-budget.ts";
+import type { RawExit } from "../runner/contract.ts";
 import type { BuildSandbox, BuildStep, OpenBuildSandbox, Sink } from "../templates/build.ts";
-import { startApiProxy } from "../worker/api-proxy.ts";
-import { createArtifactBudget } from "../worker/artifact-budget.ts";
-import type { RawExit } from "../worker/runner.ts";
 import {
   applyLimits,
   type CgroupLayout,

@@ -1,15 +1,16 @@
 import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readSync } from "node:fs";
 import { join } from "node:path";
 import type { Config } from "../config/schema.ts";
+import { startApiProxy } from "../job-api/api-proxy.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
 import { delay } from "../lib/loop.ts";
 import type { JobSpec, Outcome } from "../protocol/job.ts";
 import type { TemplateSpec } from "../protocol/template.ts";
 import { encodeLogFrame, type MasterMessage, type WorkerMessage } from "../protocol/wire.ts";
+import { createArtifactBudget } from "../runner/artifact-budget.ts";
+import type { RunHandle, Runner, RunResult, Slot } from "../runner/contract.ts";
 import { VERSION } from "../version.ts";
-import { startApiProxy } from "./api-proxy.ts";
-import { createArtifactBudget } from "./artifact-budget.ts";
 import { deliverArtifacts } from "./artifacts.ts";
 import { claimIdentity, defaultArch, instanceId, workerName } from "./identity.ts";
 import {
@@ -23,7 +24,6 @@ import {
   writeOutcome,
 } from "./job-dir.ts";
 import { JOB_FAULTS, outcomeOf } from "./outcome.ts";
-import type { RunHandle, Runner, RunResult, Slot } from "./runner.ts";
 import { createSlotBook, slotsFromConfig } from "./slots.ts";
 
 export interface WorkerOptions {

@@ -1,6 +1,6 @@
 import { expect, test } from "bun:test";
+import type { RunResult } from "../runner/contract.ts";
 import { outcomeOf } from "./outcome.ts";
-import type { RunResult } from "./runner.ts";
 
 const r = (exit: RunResult["exit"], limit: RunResult["limit"] = null): RunResult => ({
   exit,

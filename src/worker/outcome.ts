@@ -1,5 +1,5 @@
 import type { Outcome } from "../protocol/job.ts";
-import type { RunResult } from "./runner.ts";
+import type { RunResult } from "../runner/contract.ts";
 
 /**
  * Failures of a runner's start that are the job's own doing (what it asked for cannot be had); any other

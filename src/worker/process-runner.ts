@@ -1,6 +1,6 @@
 import { accessSync, constants, mkdirSync, readFileSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { join, resolve } from "node:path";
-import type { RunHandle, Runner, RunRequest, RunResult } from "./runner.ts";
+import type { RunHandle, Runner, RunRequest, RunResult } from "../runner/contract.ts";
 
 /*
  * The plain-process runner: the job's command as a child of the worker in its own session and process

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
 import type { Config } from "../config/schema.ts";
 import type { SlotInfo } from "../protocol/wire.ts";
-import type { Slot } from "./runner.ts";
+import type { Slot } from "../runner/contract.ts";
 
 /*
  * A worker's slots and why any of them is not offered. Two kinds of hold: a failed health check (cleared

@@ -3,7 +3,7 @@ import { dirname, join } from "node:path";
 import type { Socket } from "bun";
 import { coerceError } from "../lib/errors.ts";
 import { artifactNameProblem } from "../protocol/artifact-name.ts";
-import type { ArtifactBudget } from "./artifact-budget.ts";
+import type { ArtifactBudget } from "../runner/artifact-budget.ts";
 import { connectUpstream, type RelayEnd } from "./egress.ts";
 import { Outgoing } from "./outgoing.ts";
 

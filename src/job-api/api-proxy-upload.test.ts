@@ -2,8 +2,8 @@ import { afterEach, beforeEach, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createArtifactBudget } from "../runner/artifact-budget.ts";
 import { startApiProxy } from "./api-proxy.ts";
-import { createArtifactBudget } from "./artifact-budget.ts";
 
 /*
  * `kiln job upload` through the real API proxy on a Unix socket: dir/file names, names that climb, and
