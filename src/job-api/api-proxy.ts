@@ -82,7 +82,9 @@ function respond(s: Socket<Conn>, status: number, body: unknown) {
       400: "Bad Request",
       403: "Forbidden",
       404: "Not Found",
+      409: "Conflict",
       413: "Too Large",
+      500: "Internal Server Error",
       502: "Bad Gateway",
     }[status] ?? "Error";
   s.data.out.write(
@@ -91,6 +93,11 @@ function respond(s: Socket<Conn>, status: number, body: unknown) {
   s.data.out.end();
   // Read on (a tunnel being opened was paused) so the job's EOF is seen; what it still sends is dropped.
   s.resume();
+}
+
+/** Answers with Kiln's error shape, `{"error":{"code","message"}}`, and ends the exchange. */
+function refuse(s: Socket<Conn>, status: number, code: string, message: string) {
+  respond(s, status, { error: { code, message } });
 }
 
 function parseHead(head: string) {
@@ -125,25 +132,23 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
     if (method === "GET" && url.pathname === "/v1/version") {
       const repo = url.searchParams.get("repo") ?? "";
       // Package repositories are not kept by the master yet, so no repository can answer.
-      return respond(s, 404, {
-        error: {
-          code: "REPO_NOT_FOUND",
-          message: `no repository ${repo}: the master keeps no package repositories yet`,
-        },
-      });
+      return refuse(
+        s,
+        404,
+        "REPO_NOT_FOUND",
+        `no repository ${repo}: the master keeps no package repositories yet`,
+      );
     }
     const tm = /^\/v1\/templates\/([^/]+)$/.exec(url.pathname);
     if (method === "GET" && tm) {
       const name = decodeURIComponent(tm[1]!);
       if (!/^[a-z0-9][a-z0-9._-]{0,62}$/.test(name) || name.includes("..")) {
-        return respond(s, 400, {
-          error: { code: "INVALID_NAME", message: `"${name}" is not a template name` },
-        });
+        return refuse(s, 400, "INVALID_NAME", `"${name}" is not a template name`);
       }
       // A first use builds the template, which takes minutes: the job's request simply waits for it.
       h.template(name).then(
         (path) => respond(s, 200, { name, path }),
-        (err) => respond(s, 502, { error: { code: "TEMPLATE_FAILED", message: (err as Error).message } }),
+        (err) => refuse(s, 502, "TEMPLATE_FAILED", coerceError(err).message),
       );
       return;
     }
@@ -151,9 +156,7 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
       const b = json();
       const percent = b?.percent;
       if (typeof percent !== "number" || !Number.isInteger(percent) || percent < 0 || percent > 100) {
-        return respond(s, 400, {
-          error: { code: "INVALID_REQUEST", message: "percent must be a whole number from 0 to 100" },
-        });
+        return refuse(s, 400, "INVALID_REQUEST", "percent must be a whole number from 0 to 100");
       }
       const message = typeof b?.message === "string" ? b.message.slice(0, 200) : null;
       h.progress(percent, message);
@@ -162,16 +165,12 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
     if (method === "POST" && url.pathname === "/v1/mark-broken") {
       const message = json()?.message;
       if (typeof message !== "string" || message.trim() === "") {
-        return respond(s, 400, {
-          error: { code: "INVALID_REQUEST", message: "a message saying what is broken is required" },
-        });
+        return refuse(s, 400, "INVALID_REQUEST", "a message saying what is broken is required");
       }
       h.markBroken(message.slice(0, 500));
       return respond(s, 200, { held: true, message });
     }
-    return respond(s, 404, {
-      error: { code: "NOT_FOUND", message: `no such job API: ${method} ${url.pathname}` },
-    });
+    return refuse(s, 404, "NOT_FOUND", `no such job API: ${method} ${url.pathname}`);
   };
 
   const tunnel = async (
@@ -182,23 +181,21 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
     connectReply: boolean,
   ) => {
     if (!egressAllows(h.egress, host, port)) {
-      return respond(s, 403, {
-        error: {
-          code: "EGRESS_DENIED",
-          message: `${host}:${port} is not allowed for this job (submit with --egress ${host})`,
-        },
-      });
+      return refuse(
+        s,
+        403,
+        "EGRESS_DENIED",
+        `${host}:${port} is not allowed for this job (submit with --egress ${host})`,
+      );
     }
     let addr: string;
     try {
       addr = (await Bun.dns.lookup(host))[0]!.address;
     } catch {
-      return respond(s, 502, { error: { code: "EGRESS_DNS", message: `cannot resolve ${host}` } });
+      return refuse(s, 502, "EGRESS_DNS", `cannot resolve ${host}`);
     }
     if (forbiddenAddress(addr)) {
-      return respond(s, 403, {
-        error: { code: "EGRESS_DENIED", message: `${host} resolves to ${addr}, which jobs may not reach` },
-      });
+      return refuse(s, 403, "EGRESS_DENIED", `${host} resolves to ${addr}, which jobs may not reach`);
     }
     try {
       await connectUpstream(s.data.out, addr, port, (jobEnd) => {
@@ -211,12 +208,7 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
         if (c.ended) jobEnd.end();
       });
     } catch (err) {
-      respond(s, 502, {
-        error: {
-          code: "EGRESS_CONNECT",
-          message: `cannot connect to ${host}:${port}: ${coerceError(err).message}`,
-        },
-      });
+      refuse(s, 502, "EGRESS_CONNECT", `cannot connect to ${host}:${port}: ${coerceError(err).message}`);
     }
   };
 
@@ -225,8 +217,7 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
     s.data.request = req;
     if (req.method === "CONNECT") {
       const m = /^\[?([A-Za-z0-9.:-]+?)\]?:(\d{1,5})$/.exec(req.target);
-      if (!m)
-        return respond(s, 400, { error: { code: "INVALID_REQUEST", message: "CONNECT needs HOST:PORT" } });
+      if (!m) return refuse(s, 400, "INVALID_REQUEST", "CONNECT needs HOST:PORT");
       s.data.pending = rest.length ? [rest] : [];
       // Not read until the tunnel is open (connectUpstream resumes it), so `pending` stays small.
       s.pause();
@@ -237,10 +228,9 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
       try {
         url = new URL(req.target);
       } catch {
-        return respond(s, 400, { error: { code: "INVALID_REQUEST", message: "bad URL" } });
+        return refuse(s, 400, "INVALID_REQUEST", "bad URL");
       }
-      if (url.protocol !== "http:")
-        return respond(s, 400, { error: { code: "INVALID_REQUEST", message: "use CONNECT for https" } });
+      if (url.protocol !== "http:") return refuse(s, 400, "INVALID_REQUEST", "use CONNECT for https");
       // Rewrite to origin form and close after one exchange, so one connection never spans two hosts.
       const lines = headText
         .split("\r\n")
@@ -255,24 +245,18 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
     try {
       url = new URL(req.target, "http://kiln.invalid");
     } catch {
-      return respond(s, 400, { error: { code: "INVALID_REQUEST", message: "bad request target" } });
+      return refuse(s, 400, "INVALID_REQUEST", "bad request target");
     }
     const length = Number(req.headers.get("content-length") ?? 0);
     if (!Number.isInteger(length) || length < 0)
-      return respond(s, 400, { error: { code: "INVALID_REQUEST", message: "bad content-length" } });
+      return refuse(s, 400, "INVALID_REQUEST", "bad content-length");
     if (req.method === "POST" && url.pathname === "/v1/upload") {
       const name = url.searchParams.get("name") ?? "";
       const problem = artifactNameProblem(name);
       if (problem) {
-        return respond(s, 400, {
-          error: {
-            code: "INVALID_NAME",
-            message: `${JSON.stringify(name)} is not an artifact name: ${problem}`,
-          },
-        });
+        return refuse(s, 400, "INVALID_NAME", `${JSON.stringify(name)} is not an artifact name: ${problem}`);
       }
-      if (length > MAX_UPLOAD)
-        return respond(s, 413, { error: { code: "TOO_LARGE", message: "artifact too large" } });
+      if (length > MAX_UPLOAD) return refuse(s, 413, "TOO_LARGE", "artifact too large");
       // The name was checked part by part, and nothing in outDir is a link: Kiln alone writes there. An
       // earlier upload may still hold a file where this one needs a directory, or the reverse.
       const path = join(h.outDir, name);
@@ -281,12 +265,12 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
         if (statSync(path, { throwIfNoEntry: false })?.isDirectory())
           throw new Error(`${name} is a directory`);
       } catch (err) {
-        return respond(s, 409, {
-          error: {
-            code: "ARTIFACT_EXISTS",
-            message: `artifact ${name} clashes with one uploaded before: ${coerceError(err).message}`,
-          },
-        });
+        return refuse(
+          s,
+          409,
+          "ARTIFACT_EXISTS",
+          `artifact ${name} clashes with one uploaded before: ${coerceError(err).message}`,
+        );
       }
       // Counted on the announced length, before the file exists; the body is cut at that length.
       // A refusal waits for the body: answering while the client still sends would reset its connection
@@ -299,16 +283,13 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
       const file = createWriteStream(path, { mode: 0o600 });
       // Without a listener a failed open or write (a full disk) would throw out of the worker.
       file.on("error", (err) =>
-        respond(s, 500, {
-          error: { code: "UPLOAD_FAILED", message: `cannot store ${name}: ${coerceError(err).message}` },
-        }),
+        refuse(s, 500, "UPLOAD_FAILED", `cannot store ${name}: ${coerceError(err).message}`),
       );
       s.data.body = { need: length, chunks: [], file, got: 0 };
       s.data.request.target = url.pathname + url.search;
       return feedBody(s, rest);
     }
-    if (length > MAX_JSON)
-      return respond(s, 413, { error: { code: "TOO_LARGE", message: "request body too large" } });
+    if (length > MAX_JSON) return refuse(s, 413, "TOO_LARGE", "request body too large");
     s.data.body = { need: length, chunks: [], file: null, got: 0 };
     feedBody(s, rest);
   };
@@ -320,8 +301,7 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
     if (b.file) b.file.write(part);
     else if (b.refused === undefined) b.chunks.push(part);
     if (b.got < b.need) return;
-    if (b.refused !== undefined)
-      return respond(s, 413, { error: { code: "ARTIFACT_BUDGET", message: b.refused } });
+    if (b.refused !== undefined) return refuse(s, 413, "ARTIFACT_BUDGET", b.refused);
     const req = s.data.request!;
     const url = new URL(req.target, "http://kiln.invalid");
     if (b.file) {
@@ -357,8 +337,7 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
         const all = Buffer.concat([c.head, chunk]);
         const end = all.indexOf("\r\n\r\n");
         if (end < 0) {
-          if (all.length > MAX_HEAD)
-            respond(s, 400, { error: { code: "INVALID_REQUEST", message: "request head too large" } });
+          if (all.length > MAX_HEAD) refuse(s, 400, "INVALID_REQUEST", "request head too large");
           else c.head = all;
           return;
         }

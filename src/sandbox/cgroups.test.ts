@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { waitFor } from "../../test/harness.ts";
 import {
   applyLimits,
   attachJobCgroup,
@@ -217,14 +218,6 @@ describe.skipIf(!isRoot)("real cgroups (root)", () => {
       proc.exited,
     ]);
     return { exitCode, stdout, stderr };
-  }
-
-  async function waitFor(what: string, condition: () => boolean, timeoutMs = 3000) {
-    const deadline = performance.now() + timeoutMs;
-    while (!condition()) {
-      if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await Bun.sleep(2);
-    }
   }
 
   test("the host's cgroup mounts are detected and confirmed by statfs", () => {

@@ -1,7 +1,7 @@
 import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
-import { errorFrom } from "../lib/errors.ts";
+import { coerceError, errorFrom } from "../lib/errors.ts";
 import { artifactNameProblem } from "../protocol/artifact-name.ts";
 
 /*
@@ -66,7 +66,9 @@ export async function deliverArtifacts(o: {
         },
       );
     } catch (err) {
-      throw new RetryLater(`cannot reach the master to deliver artifacts: ${(err as Error).message}`);
+      throw new RetryLater(`cannot reach the master to deliver artifacts: ${coerceError(err).message}`, {
+        cause: err,
+      });
     }
     if (res.status >= 500) throw new RetryLater(`the master answered ${res.status} to an artifact upload`);
     if (!res.ok) {

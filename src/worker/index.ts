@@ -98,12 +98,12 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       const requestId = nextRequest++;
       const timer = setTimeout(() => {
         templateRequests.delete(requestId);
-        reject(new Error("the master did not answer in time"));
+        reject(new AppError("TEMPLATE_UNANSWERED", "the master did not answer in time"));
       }, 30_000);
       templateRequests.set(requestId, (t, error) => {
         clearTimeout(timer);
         if (t) resolve(t);
-        else reject(new Error(error ?? `no template ${name}`));
+        else reject(new AppError("TEMPLATE_NOT_FOUND", error ?? `no template ${name}`));
       });
       send({ type: "template.get", requestId, name });
     });
@@ -318,7 +318,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         template: async (name) => {
           const t = await askTemplate(name);
           if (!a.handle?.attachTemplate)
-            throw new Error("this worker's runner cannot attach templates to a job");
+            throw new AppError("NO_TEMPLATE_CACHE", "this worker's runner cannot attach templates to a job");
           await a.handle.attachTemplate(t);
           return `/kiln/templates/${name}`;
         },

@@ -27,6 +27,7 @@ import {
 } from "node:fs";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
+import { waitFor } from "../../../test/harness.ts";
 
 const isRoot = process.getuid?.() === 0;
 const REPO = resolve(import.meta.dir, "../../..");
@@ -137,14 +138,6 @@ async function finish(s: Started) {
 
 const run = (args: string[], script: string, o: { env?: Record<string, string> } = {}) =>
   finish(start(args, ["/bin/sh", "-c", script], o));
-
-async function waitFor<T>(what: string, fn: () => T | undefined, ms = 5000): Promise<T> {
-  for (const end = Date.now() + ms; Date.now() < end; await Bun.sleep(10)) {
-    const v = fn();
-    if (v !== undefined && v !== false) return v;
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 const readyPid = (status: string[]) => Number(status.find((l) => l.startsWith("ready "))?.slice(6));
 
