@@ -128,22 +128,24 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
   }
 }
 
-let wakeTimer: { at: number; timer: Timer } | null = null;
+/** Each master's pending wake-up, so masters in one process (tests) never cancel each other's. */
+const wakeTimers = new WeakMap<MasterContext, { at: number; timer: Timer }>();
 
 /** Asks for a dispatch pass at `at` (the earliest asked for wins). */
 function wakeAt(ctx: MasterContext, at: number) {
-  if (wakeTimer && wakeTimer.at <= at) return;
-  if (wakeTimer) clearTimeout(wakeTimer.timer);
+  const pending = wakeTimers.get(ctx);
+  if (pending && pending.at <= at) return;
+  if (pending) clearTimeout(pending.timer);
   const timer = setTimeout(
     () => {
-      wakeTimer = null;
+      wakeTimers.delete(ctx);
       ctx.dispatch();
     },
     Math.max(0, at - Date.now()),
   );
   // A pending wake-up never keeps the process alive on its own.
   timer.unref?.();
-  wakeTimer = { at, timer };
+  wakeTimers.set(ctx, { at, timer });
 }
 
 /** Wraps dispatchOnce so that calls coalesce: one pass at a time, and one more if asked meanwhile. */

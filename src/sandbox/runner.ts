@@ -54,8 +54,6 @@ interface SlotState {
   uid: number;
 }
 
-export { parseStatus };
-
 export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
   if (process.getuid?.() !== 0) {
     throw new AppError(

@@ -1,5 +1,5 @@
 import { expect, test } from "bun:test";
-import { parseStatus } from "./runner.ts";
+import { parseStatus } from "./status.ts";
 
 test("the launcher's status lines become pid, exit, signal, a set-up failure naming its step, or a warning", () => {
   expect(parseStatus("ready 4242\n")).toEqual({ ready: 4242 });
