@@ -5,6 +5,7 @@ import { renderHelp } from "./cli/help.ts";
 import { job } from "./cli/job-control.ts";
 import { cancel, jobs, logs, retry, show, submit } from "./cli/jobs.ts";
 import { recipe } from "./cli/recipes.ts";
+import { promote, releases } from "./cli/releases.ts";
 import { master, up, worker } from "./cli/roles.ts";
 import { template } from "./cli/templates.ts";
 import { token } from "./cli/tokens.ts";
@@ -26,6 +27,8 @@ const main = defineCommand({
     retry,
     artifacts,
     download,
+    promote,
+    releases,
     workers,
     drain,
     hold,

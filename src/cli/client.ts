@@ -73,9 +73,7 @@ export function createClient(o: ClientOptions): Client {
         throw new AppError(
           e?.code ?? `HTTP_${res.status}`,
           e?.message ?? `the master answered ${res.status} ${res.statusText}`,
-          {
-            status: res.status,
-          },
+          { status: res.status, remote: true },
         );
       }
       return parsed as T;

@@ -7,6 +7,7 @@ import { artifactRoutes } from "./routes/artifacts.ts";
 import { clientRoutes } from "./routes/client.ts";
 import { publicRoutes } from "./routes/public.ts";
 import { recipeRoutes } from "./routes/recipes.ts";
+import { releaseFileRoutes, releaseRoutes } from "./routes/releases.ts";
 import { templateRoutes } from "./routes/templates.ts";
 
 /** A 500 that says nothing about the server's insides; the details go to the master's log. */
@@ -37,11 +38,13 @@ export function createApp(ctx: MasterContext) {
     c.json({ error: { code: "NOT_FOUND", message: `no such endpoint: ${c.req.method} ${c.req.path}` } }, 404),
   );
   app.route("/", publicRoutes(ctx));
+  app.route("/", releaseFileRoutes(ctx));
   app.use("/api/v1/*", authenticate(ctx));
   app.route("/api/v1", clientRoutes(ctx));
   app.route("/api/v1", adminRoutes(ctx));
   app.route("/api/v1", recipeRoutes(ctx));
   app.route("/api/v1", templateRoutes(ctx));
   app.route("/api/v1", artifactRoutes(ctx));
+  app.route("/api/v1", releaseRoutes(ctx));
   return app;
 }

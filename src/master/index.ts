@@ -17,6 +17,7 @@ import { createDispatcher } from "./dispatcher.ts";
 import { reapLeasesOnce } from "./leases.ts";
 import { openLogStore } from "./logs.ts";
 import { createRegistry } from "./registry.ts";
+import { sweepReleases } from "./releases.ts";
 import { createStorageHealth } from "./storage-health.ts";
 import { type SocketData, workerSocketHandlers } from "./worker-socket.ts";
 
@@ -87,6 +88,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
   };
   await ensureAdminToken(ctx);
   await markAllDisconnected(store);
+  sweepReleases(data);
 
   const app = createApp(ctx);
   const ws = workerSocketHandlers(ctx);

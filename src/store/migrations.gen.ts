@@ -31,5 +31,11 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "when": 1796095640277,
     "hash": "70065c608df1acd25e38b035a4c1917d58c6625d8fc7c59e1e80df7cb3dad3df",
     "sql": "DROP INDEX `jobs_queue`;--> statement-breakpoint\nCREATE INDEX `jobs_ready` ON `jobs` (`channel`,`arch`,\"priority\" DESC,`id`) WHERE \"jobs\".\"state\" = 'queued';--> statement-breakpoint\nCREATE INDEX `jobs_state` ON `jobs` (`state`,`id`);"
+  },
+  {
+    "tag": "0005_releases",
+    "when": 1796104389440,
+    "hash": "60cf68524840a94406930aed034dcab3444a478b5a33586084a3f087ff58c918",
+    "sql": "CREATE TABLE `releases` (\n\t`tag` text PRIMARY KEY NOT NULL,\n\t`job_id` integer NOT NULL,\n\t`artifact` text NOT NULL,\n\t`file` text NOT NULL,\n\t`size` integer NOT NULL,\n\t`sha256` text NOT NULL,\n\t`project` text NOT NULL,\n\t`created_at` integer NOT NULL,\n\t`created_by` text\n);\n"
   }
 ];

@@ -169,3 +169,21 @@ export const artifacts = sqliteTable(
 );
 
 export type ArtifactRow = typeof artifacts.$inferSelect;
+
+/**
+ * Releases: one artifact of a job promoted under an immutable tag. The file lives under
+ * DATA/releases/TAG/ next to its SHA256SUMS, and is never removed by retention.
+ */
+export const releases = sqliteTable("releases", {
+  tag: text("tag").primaryKey(),
+  jobId: integer("job_id").notNull(),
+  artifact: text("artifact").notNull(),
+  file: text("file").notNull(),
+  size: integer("size").notNull(),
+  sha256: text("sha256").notNull(),
+  project: text("project").notNull(),
+  createdAt: integer("created_at").notNull(),
+  createdBy: text("created_by"),
+});
+
+export type ReleaseRow = typeof releases.$inferSelect;

@@ -156,9 +156,9 @@ describe("bad input gets a one-line error and a non-zero exit", () => {
     ],
     ["an unknown worker", ["drain", "nosuchworker"], /no worker nosuchworker/],
     ["hold without a reason", ["hold", "x"], /a reason is required/, 2],
-    ["a bad worker name", ["release", "Bad/Name"], /not a valid name/],
+    ["a bad worker name", ["release", "Bad/Name"], /not a valid name/, 2],
     ["a token without a role", ["token", "create"], /--role is required/, 2],
-    ["a token with a bad role", ["token", "create", "--role", "god"], /role/],
+    ["a token with a bad role", ["token", "create", "--role", "god"], /role/, 2],
     [
       "a missing script",
       ["submit", "--script", "/nonexistent/build.sh"],
@@ -186,7 +186,7 @@ describe("bad input gets a one-line error and a non-zero exit", () => {
       /--file \/nonexistent/,
       2,
     ],
-    ["a bad recipe name", ["recipe", "add", "Bad/Name", "--file", "/etc/hostname"], /not a valid name/],
+    ["a bad recipe name", ["recipe", "add", "Bad/Name", "--file", "/etc/hostname"], /not a valid name/, 2],
     [
       "a bad recipe version",
       ["recipe", "show", "r", "--version", "0"],

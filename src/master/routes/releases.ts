@@ -1,0 +1,130 @@
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { Hono } from "hono";
+import { z } from "zod";
+import { AppError, badRequest, notFound } from "../../lib/errors.ts";
+import { artifactNameProblem } from "../../protocol/artifact-name.ts";
+import { getArtifact } from "../../store/artifacts.ts";
+import { getJob } from "../../store/jobs.ts";
+import { getRelease, listReleases } from "../../store/releases.ts";
+import type { ReleaseRow } from "../../store/schema.ts";
+import type { Caller } from "../auth.ts";
+import { requireRole } from "../auth.ts";
+import type { MasterContext } from "../context.ts";
+import { checkTag, promote, releaseDir } from "../releases.ts";
+import { body } from "./client.ts";
+
+type Env = { Variables: { caller: Caller } };
+
+const PROMOTE = z.object({
+  job: z.number().int().positive(),
+  artifact: z.string().min(1).max(1024),
+  tag: z.string().min(1).max(63),
+});
+
+/** A release as the API shows it: what it is, where it came from, and where to fetch it. */
+export const releaseView = (r: ReleaseRow) => ({
+  tag: r.tag,
+  job: r.jobId,
+  artifact: r.artifact,
+  file: r.file,
+  size: r.size,
+  sha256: r.sha256,
+  project: r.project,
+  createdAt: r.createdAt,
+  createdBy: r.createdBy,
+  url: `/releases/${r.tag}/${encodeURIComponent(r.file)}`,
+});
+
+/** The release API: promote a succeeded job's artifact under a new tag, list and show releases. */
+export function releaseRoutes(ctx: MasterContext) {
+  const app = new Hono<Env>();
+
+  app.post("/releases", async (c) => {
+    requireRole(c, "submitter");
+    const req = await body(c.req.raw, PROMOTE);
+    const tag = checkTag(req.tag);
+    const problem = artifactNameProblem(req.artifact);
+    if (problem) throw badRequest(`${JSON.stringify(req.artifact)} is not an artifact name: ${problem}`);
+    const caller = c.get("caller");
+    const job = await getJob(ctx.store.db, req.job);
+    if (!job || (caller.project && job.project !== caller.project)) throw notFound("job", String(req.job));
+    requireRole(c, "submitter", job.project);
+    if (job.state !== "succeeded") {
+      throw new AppError(
+        "JOB_NOT_SUCCEEDED",
+        `job ${job.id} is ${job.state}: only a succeeded job's artifacts can become a release`,
+        { status: 409 },
+      );
+    }
+    const artifact = await getArtifact(ctx.store.db, job.id, req.artifact);
+    if (!artifact) {
+      throw new AppError(
+        "ARTIFACT_NOT_FOUND",
+        `job ${job.id} has no artifact ${req.artifact}: see \`kiln artifacts ${job.id}\``,
+        { status: 404 },
+      );
+    }
+    const row = await promote(ctx, job, artifact, tag, caller.name);
+    return c.json(releaseView(row), 201);
+  });
+
+  app.get("/releases", async (c) => {
+    const caller = requireRole(c, "viewer");
+    const rows = await listReleases(ctx.store.db, { project: caller.project });
+    return c.json(rows.map(releaseView));
+  });
+
+  app.get("/releases/:tag", async (c) => {
+    const caller = requireRole(c, "viewer");
+    const row = await getRelease(ctx.store.db, checkTag(c.req.param("tag")));
+    if (!row || (caller.project && row.project !== caller.project))
+      throw notFound("release", c.req.param("tag"));
+    return c.json(releaseView(row));
+  });
+
+  return app;
+}
+
+/**
+ * The released files themselves, for anyone who can reach the master (like a repository): `/releases/TAG/`
+ * lists a release, `/releases/TAG/FILE` and `/releases/TAG/SHA256SUMS` fetch it.
+ */
+export function releaseFileRoutes(ctx: MasterContext) {
+  const app = new Hono();
+  const load = async (tagText: string) => {
+    const row = await getRelease(ctx.store.db, checkTag(tagText));
+    if (!row) throw notFound("release", tagText);
+    return row;
+  };
+  app.get("/releases/:tag/", async (c) => {
+    const row = await load(c.req.param("tag"));
+    return c.text(`${row.file}\nSHA256SUMS\n`);
+  });
+  app.get("/releases/:tag/:file", async (c) => {
+    const row = await load(c.req.param("tag"));
+    const file = c.req.param("file");
+    // Only the two names a release holds: nothing from the request is joined into a path unchecked.
+    if (file !== row.file && file !== "SHA256SUMS") {
+      throw new AppError("NOT_FOUND", `release ${row.tag} has ${row.file} and SHA256SUMS, not ${file}`, {
+        status: 404,
+      });
+    }
+    const path = join(releaseDir(ctx.dataDir, row.tag), file);
+    if (!existsSync(path)) {
+      ctx.log.error(`release ${row.tag}: ${path} is missing from the data dir; restore it from a backup`);
+      throw new AppError(
+        "RELEASE_MISSING",
+        `release ${row.tag}'s files are missing: the master's log says more`,
+        {
+          status: 410,
+        },
+      );
+    }
+    const headers: Record<string, string> = { "content-type": "application/octet-stream" };
+    if (file === row.file) headers["x-kiln-sha256"] = row.sha256;
+    else headers["content-type"] = "text/plain; charset=utf-8";
+    return new Response(Bun.file(path), { headers });
+  });
+  return app;
+}
