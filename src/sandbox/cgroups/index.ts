@@ -27,7 +27,7 @@ import {
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
-import { AppError, coerceError } from "../lib/errors.ts";
+import { AppError, coerceError } from "../../lib/errors.ts";
 
 export type CgroupMode = "v2" | "hybrid" | "v1";
 

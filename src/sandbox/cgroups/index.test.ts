@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { waitFor } from "../../test/harness.ts";
+import { waitFor } from "../../../test/harness.ts";
 import {
   applyLimits,
   attachJobCgroup,
@@ -17,7 +17,7 @@ import {
   removeCgroup,
   resetCounters,
   sweepCgroups,
-} from "./cgroups.ts";
+} from "./index.ts";
 
 const MiB = 1024 * 1024;
 const isRoot = process.getuid?.() === 0;
