@@ -1,5 +1,5 @@
 import { expect, test } from "bun:test";
-import { repeated, safe, table } from "./common.ts";
+import { intArg, repeated, safe, table } from "./common.ts";
 
 test("a repeatable flag keeps every value in order, in both spellings, and stops at --", () => {
   const argv = [
@@ -25,4 +25,12 @@ test("client-given text is made safe for a terminal: escapes and newlines are sh
   expect(safe("plain name-1.2_3 ünïcode")).toBe("plain name-1.2_3 ünïcode");
   const t = table(["ID", "NAME"], [[1, "a\nb"]]);
   expect(t.split("\n")).toHaveLength(2);
+});
+
+test("a whole-number flag is a number, absent is undefined, and anything else is a usage error naming it", () => {
+  expect(intArg("pids", "100")).toBe(100);
+  expect(intArg("priority", "-5")).toBe(-5);
+  expect(intArg("pids", undefined)).toBeUndefined();
+  for (const bad of ["", "1.5", "1e3", "0x10", " 1", "ten"])
+    expect(() => intArg("pids", bad)).toThrow(`--pids ${bad}: must be a whole number`);
 });

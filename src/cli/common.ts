@@ -49,6 +49,7 @@ export function checkFlags(ctx: { rawArgs: string[]; cmd: { meta?: unknown } }, 
   }
 }
 
+/** A client of the master named by --url, --token and --data, else by the environment and defaults. */
 export function clientOf(args: { url?: string; token?: string; data?: string }): Client {
   return createClient({ url: args.url, token: args.token, data: args.data });
 }
@@ -83,6 +84,13 @@ export function table(head: string[], rows: (string | number | null)[][]): strin
   return cells
     .map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join("  "))
     .join("\n");
+}
+
+/** The whole number a flag was given (`--pids 100`), undefined if it was not, or a usage error naming it. */
+export function intArg(flag: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^-?\d+$/.test(v)) throw new AppError("USAGE", `--${flag} ${v}: must be a whole number`);
+  return Number(v);
 }
 
 /** Parses a positional job id or throws a usage error. */

@@ -21,7 +21,7 @@ import {
   resetCounters,
   setDeviceRules,
   sweepCgroups,
-} from "./cgroups.ts";
+} from "./cgroups/index.ts";
 import { collectArtifacts } from "./collect.ts";
 import { installLauncher } from "./launcher.ts";
 import { destroyScratch, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";

@@ -15,7 +15,7 @@ import {
   readUsage,
   removeCgroup,
   resetCounters,
-} from "./cgroups.ts";
+} from "./cgroups/index.ts";
 import { parseStatus } from "./status.ts";
 
 /*
