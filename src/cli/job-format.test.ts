@@ -86,3 +86,10 @@ test("the end line names the reason and exit code, and a message only when the j
     "succeeded",
   );
 });
+
+test("the end line escapes a message that carries a name the job chose", () => {
+  const line = describeEnd({ ...job, message: "artifact budget passed by out/\x1b[31mred\nx" });
+  expect(line).not.toContain("\x1b");
+  expect(line).not.toContain("\n");
+  expect(line).toContain("red");
+});

@@ -13,7 +13,8 @@ import { safe, table } from "./common.ts";
 export function describeEnd(job: JobView): string {
   let s = job.state as string;
   if (job.reason) s += ` (${job.reason}${job.exitCode !== null ? ` ${job.exitCode}` : ""})`;
-  if (job.message && job.state !== "succeeded") s += `: ${job.message}`;
+  // The message can carry a name the job chose (an artifact, a file): never raw to the terminal.
+  if (job.message && job.state !== "succeeded") s += `: ${safe(job.message)}`;
   return s;
 }
 
