@@ -11,7 +11,7 @@ import { join, relative } from "node:path";
 const MAY_IMPORT: Record<string, string[]> = {
   "main.ts": ["cli", "lib", "version.ts"],
   "version.ts": [".."],
-  cli: ["config", "lib", "protocol", "master", "worker", "sandbox"],
+  cli: ["config", "lib", "protocol", "master", "worker", "sandbox", "tls"],
   config: ["lib"],
   lib: [],
   protocol: ["lib"],
@@ -20,9 +20,10 @@ const MAY_IMPORT: Record<string, string[]> = {
   templates: ["lib", "protocol"],
   runner: ["lib", "protocol", "templates"],
   "job-api": ["lib", "protocol", "runner"],
-  master: ["config", "lib", "protocol", "store", "repo", "version.ts"],
-  worker: ["config", "lib", "protocol", "runner", "job-api", "version.ts"],
+  master: ["config", "lib", "protocol", "store", "repo", "tls", "version.ts"],
+  worker: ["config", "lib", "protocol", "runner", "job-api", "tls", "version.ts"],
   sandbox: ["config", "lib", "protocol", "runner", "job-api", "templates", ".."],
+  tls: ["lib"],
   types: [],
 };
 
@@ -65,7 +66,7 @@ test("the table forbids what the architecture forbids", () => {
     may("sandbox", "worker"),
     may("cli", "store"),
   ]).toEqual([false, false, false, false]);
-  for (const shared of ["protocol", "config", "lib", "store", "runner", "job-api"])
+  for (const shared of ["protocol", "config", "lib", "store", "runner", "job-api", "tls"])
     for (const role of ["master", "worker", "cli"])
       expect([shared, role, may(shared, role)]).toEqual([shared, role, false]);
 });

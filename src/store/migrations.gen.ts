@@ -31,5 +31,11 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "when": 1796095640277,
     "hash": "70065c608df1acd25e38b035a4c1917d58c6625d8fc7c59e1e80df7cb3dad3df",
     "sql": "DROP INDEX `jobs_queue`;--> statement-breakpoint\nCREATE INDEX `jobs_ready` ON `jobs` (`channel`,`arch`,\"priority\" DESC,`id`) WHERE \"jobs\".\"state\" = 'queued';--> statement-breakpoint\nCREATE INDEX `jobs_state` ON `jobs` (`state`,`id`);"
+  },
+  {
+    "tag": "0005_enrollment",
+    "when": 1796104582842,
+    "hash": "47ddf4970e7e7e01b6ffadcd83eeb85340f6441b5ecb2ef613681c995676ee7c",
+    "sql": "CREATE TABLE `join_tokens` (\n\t`id` text PRIMARY KEY NOT NULL,\n\t`secret_hash` text NOT NULL,\n\t`role` text NOT NULL,\n\t`created_at` integer NOT NULL,\n\t`created_by` text,\n\t`expires_at` integer NOT NULL,\n\t`used_at` integer,\n\t`used_by` text,\n\t`revoked_at` integer\n);\n--> statement-breakpoint\nCREATE UNIQUE INDEX `join_tokens_secret_hash_unique` ON `join_tokens` (`secret_hash`);--> statement-breakpoint\nCREATE TABLE `worker_certificates` (\n\t`serial` text PRIMARY KEY NOT NULL,\n\t`worker` text NOT NULL,\n\t`fingerprint` text NOT NULL,\n\t`not_before` integer NOT NULL,\n\t`not_after` integer NOT NULL,\n\t`issued_at` integer NOT NULL,\n\t`join_token` text,\n\t`renewed_from` text,\n\t`revoked_at` integer,\n\t`revoke_reason` text\n);\n--> statement-breakpoint\nCREATE INDEX `worker_certificates_worker` ON `worker_certificates` (`worker`,`not_after`);"
   }
 ];

@@ -1,0 +1,141 @@
+import { webcrypto } from "node:crypto";
+import { AppError } from "../lib/errors.ts";
+import { commonName, EC_P256, ECDSA_SHA256, fingerprint, x509 } from "./x509.ts";
+
+/*
+ * How the master learns which worker is on a connection. Bun.serve (1.4.5) verifies a client certificate
+ * during the handshake but gives the handler no way to read it (no peer certificate on the request or the
+ * server; node:https in Bun says `socket.authorized` but returns an empty peer certificate), and the
+ * master's one port also serves clients without certificates, so the handshake cannot insist on one.
+ * So the worker also presents its certificate in a header and proves it holds the key by signing the
+ * request line and a timestamp. Inside TLS nobody else sees that proof; the master checks the chain,
+ * validity, clientAuth, the proof, and the certificate's serial against the store (revocation) on every
+ * request and websocket upgrade.
+ */
+
+/** The header carrying the worker's certificate (base64 DER). */
+export const CERT_HEADER = "kiln-worker-cert";
+/** The header carrying `v1.<unix ms>.<base64url ECDSA P-256 signature>` over the request. */
+export const PROOF_HEADER = "kiln-worker-proof";
+// Clocks of a master and its workers drift; five minutes is what Kerberos tolerates, and a proof is only
+// ever seen inside TLS, so the window bounds nothing an eavesdropper could use.
+const PROOF_WINDOW_MS = 5 * 60_000;
+// A P-256 certificate from this CA is under 1 KiB; a bound stops a hostile header costing a parse.
+const MAX_CERT_BYTES = 8 * 1024;
+
+/** A worker's enrolled identity: its certificate, its private key, and the certificate it pins the master with. */
+export interface WorkerIdentity {
+  certPem: string;
+  keyPem: string;
+  /** The master's trust anchor from enrollment (its CA), checked against the join token's fingerprint. */
+  caPem: string;
+}
+
+/** Who a verified request came from. */
+export interface VerifiedWorker {
+  worker: string;
+  serial: string;
+}
+
+/** What the verifier needs of the store: the recorded certificate by serial (see store/enrollment.ts). */
+export interface CertificateLookup {
+  find(serial: string): Promise<{ worker: string; revokedAt: number | null } | undefined>;
+}
+
+const message = (ts: string, method: string, path: string) =>
+  new TextEncoder().encode(`kiln-worker-proof/v1\n${ts}\n${method.toUpperCase()}\n${path}`);
+
+/** The two headers that identify `identity` on a request of `method` to `path` (pathname only) at `now`. */
+export async function proofHeaders(
+  identity: { certPem: string; key: CryptoKey },
+  method: string,
+  path: string,
+  now = Date.now(),
+): Promise<Record<string, string>> {
+  const ts = String(now);
+  const sig = await webcrypto.subtle.sign(ECDSA_SHA256, identity.key, message(ts, method, path));
+  const der = Buffer.from(new x509.X509Certificate(identity.certPem).rawData).toString("base64");
+  return { [CERT_HEADER]: der, [PROOF_HEADER]: `v1.${ts}.${Buffer.from(sig).toString("base64url")}` };
+}
+
+const refuse = (code: string, msg: string) => new AppError(code, msg, { status: 401 });
+
+/**
+ * Checks the worker certificate and proof on `req` against the CA `ca` and the store; returns the worker
+ * it identifies, or throws a 401 AppError whose code and message say why (missing, untrusted, expired,
+ * unknown, revoked, stale or forged).
+ */
+export async function verifyWorker(
+  req: Request,
+  ca: x509.X509Certificate,
+  lookup: CertificateLookup,
+  now = Date.now(),
+): Promise<VerifiedWorker> {
+  const certB64 = req.headers.get(CERT_HEADER);
+  const proof = req.headers.get(PROOF_HEADER);
+  if (!certB64 || !proof)
+    throw refuse(
+      "WORKER_CERT_MISSING",
+      "no worker certificate: enroll this worker with `kiln worker --join TOKEN` (a join token from `kiln token create --role worker`)",
+    );
+  if (certB64.length > (MAX_CERT_BYTES * 4) / 3 + 4)
+    throw refuse("WORKER_CERT_INVALID", "the worker certificate header is too large");
+  let cert: x509.X509Certificate;
+  try {
+    cert = new x509.X509Certificate(Buffer.from(certB64, "base64"));
+  } catch (err) {
+    throw new AppError("WORKER_CERT_INVALID", "the worker certificate header is not a DER certificate", {
+      status: 401,
+      cause: err,
+    });
+  }
+  const ok =
+    cert.issuer === ca.subject &&
+    (await cert.verify({ publicKey: ca.publicKey, signatureOnly: true }).catch(() => false));
+  if (!ok)
+    throw refuse(
+      "CERTIFICATE_UNTRUSTED",
+      `certificate ${cert.serialNumber} (${cert.subject}) was not issued by this master's CA: enroll with a join token from this master`,
+    );
+  if (cert.notBefore.getTime() > now || cert.notAfter.getTime() <= now)
+    throw refuse(
+      "CERTIFICATE_EXPIRED",
+      `certificate ${cert.serialNumber} is valid from ${cert.notBefore.toISOString()} to ${cert.notAfter.toISOString()}: the worker must renew before it ends, or join again`,
+    );
+  const eku = cert.getExtension(x509.ExtendedKeyUsageExtension);
+  if (!eku?.usages.includes(x509.ExtendedKeyUsage.clientAuth))
+    throw refuse("CERTIFICATE_UNTRUSTED", `certificate ${cert.serialNumber} is not a client certificate`);
+  const worker = commonName(cert);
+  const row = await lookup.find(cert.serialNumber);
+  if (!row || row.worker !== worker)
+    throw refuse(
+      "CERTIFICATE_UNKNOWN",
+      `certificate ${cert.serialNumber} of ${worker} is not in this master's records (a restored or foreign store?): join again`,
+    );
+  if (row.revokedAt !== null)
+    throw refuse(
+      "CERTIFICATE_REVOKED",
+      `certificate ${cert.serialNumber} of worker ${worker} was revoked at ${new Date(row.revokedAt).toISOString()}: join again with a new token if it should work here`,
+    );
+  const m = /^v1\.(\d{1,16})\.([A-Za-z0-9_-]{1,200})$/.exec(proof);
+  if (!m) throw refuse("WORKER_PROOF_INVALID", "the worker proof header is malformed");
+  if (Math.abs(Number(m[1]) - now) > PROOF_WINDOW_MS)
+    throw refuse(
+      "WORKER_PROOF_STALE",
+      `the worker's proof is dated ${new Date(Number(m[1])).toISOString()}, more than 5 minutes from the master's clock: synchronise the clocks (NTP)`,
+    );
+  const key = await cert.publicKey.export(EC_P256, ["verify"]);
+  const path = new URL(req.url).pathname;
+  const valid = await webcrypto.subtle
+    .verify(ECDSA_SHA256, key, Buffer.from(m[2]!, "base64url"), message(m[1]!, req.method, path))
+    .catch(() => false);
+  if (!valid)
+    throw refuse(
+      "WORKER_PROOF_INVALID",
+      `the proof does not match certificate ${cert.serialNumber}: the sender does not hold its key`,
+    );
+  return { worker, serial: cert.serialNumber };
+}
+
+/** The fingerprint of a PEM certificate (first in the text), for logs and comparisons. */
+export const pemFingerprint = (pem: string) => fingerprint(new x509.X509Certificate(pem));
