@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, expect, test } from "bun:test";
+import { afterEach, beforeEach, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -6,6 +6,9 @@ import type { AppError } from "../lib/errors.ts";
 import { openAuthority, renewalDue, sanOf, serverNames } from "./authority.ts";
 import { newJoinToken, parseJoinToken } from "./join-token.ts";
 import { x509 } from "./x509.ts";
+
+// Key generation, openssl runs and TLS handshakes share two cores with other test runs: 5 s is too tight.
+setDefaultTimeout(30_000);
 
 let dir: string;
 beforeEach(() => {

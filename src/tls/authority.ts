@@ -16,6 +16,7 @@ import {
   randomSerial,
   readCertificates,
   readPrivateKey,
+  type X509Certificate,
   x509,
 } from "./x509.ts";
 
@@ -39,7 +40,7 @@ export interface Authority {
   anchorPem: string;
   anchorFingerprint: string;
   /** Kiln's own CA: signs and verifies workers' client certificates (always generated, even with an operator's server certificate). */
-  ca: x509.X509Certificate;
+  ca: X509Certificate;
   caPem: string;
   caKey: CryptoKey;
 }
@@ -143,7 +144,7 @@ export function serverNames(configured: string[]): string[] {
 
 async function ensureServerCertificate(
   dir: string,
-  ca: x509.X509Certificate,
+  ca: X509Certificate,
   caKey: CryptoKey,
   names: string[],
   now: number,
@@ -195,7 +196,7 @@ async function ensureServerCertificate(
 }
 
 /** The DNS names and IP addresses in a certificate's subjectAltName, in order. */
-export function sanOf(cert: x509.X509Certificate): string[] {
+export function sanOf(cert: X509Certificate): string[] {
   const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
   return san ? san.names.items.map((n) => n.value) : [];
 }
@@ -204,7 +205,7 @@ const isDnsName = (n: string) =>
   /^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i.test(n);
 
 /** True when less than a third of the certificate's lifetime is left at `now` (the renewal rule for every Kiln certificate). */
-export function renewalDue(cert: x509.X509Certificate, now = Date.now()): boolean {
+export function renewalDue(cert: X509Certificate, now = Date.now()): boolean {
   const life = cert.notAfter.getTime() - cert.notBefore.getTime();
   return cert.notAfter.getTime() - now < life / 3;
 }

@@ -1,7 +1,15 @@
 import { AppError } from "../lib/errors.ts";
 import { isName } from "../lib/names.ts";
 import type { Authority } from "./authority.ts";
-import { certificatePem, commonName, ECDSA_SHA256, fingerprint, randomSerial, x509 } from "./x509.ts";
+import {
+  certificatePem,
+  commonName,
+  ECDSA_SHA256,
+  fingerprint,
+  type Pkcs10CertificateRequest,
+  randomSerial,
+  x509,
+} from "./x509.ts";
 
 const DAY = 86_400_000;
 // Short enough that a stolen key stops working within a month even if nobody revokes it, long enough that
@@ -24,11 +32,11 @@ export interface IssuedCertificate {
  * Checks a worker's PKCS#10 request (PEM): well formed, self-signed by its key, a P-256 key, and a valid
  * worker name as its CN; returns the parsed request and the name, or throws CSR_INVALID (400).
  */
-export async function checkCsr(pem: string): Promise<{ csr: x509.Pkcs10CertificateRequest; worker: string }> {
+export async function checkCsr(pem: string): Promise<{ csr: Pkcs10CertificateRequest; worker: string }> {
   const bad = (why: string, cause?: unknown) =>
     new AppError("CSR_INVALID", `the certificate request ${why}`, { status: 400, cause });
   if (pem.length > MAX_CSR_BYTES) throw bad(`is larger than ${MAX_CSR_BYTES} bytes`);
-  let csr: x509.Pkcs10CertificateRequest;
+  let csr: Pkcs10CertificateRequest;
   try {
     csr = new x509.Pkcs10CertificateRequest(pem);
   } catch (err) {
@@ -53,7 +61,7 @@ export async function checkCsr(pem: string): Promise<{ csr: x509.Pkcs10Certifica
  */
 export async function signWorkerCertificate(
   authority: Pick<Authority, "ca" | "caKey">,
-  csr: x509.Pkcs10CertificateRequest,
+  csr: Pkcs10CertificateRequest,
   worker: string,
   now = Date.now(),
   lifetimeMs = WORKER_CERT_LIFETIME_MS,

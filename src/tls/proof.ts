@@ -1,16 +1,23 @@
 import { webcrypto } from "node:crypto";
 import { AppError } from "../lib/errors.ts";
-import { commonName, EC_P256, ECDSA_SHA256, fingerprint, x509 } from "./x509.ts";
+import { commonName, EC_P256, ECDSA_SHA256, fingerprint, type X509Certificate, x509 } from "./x509.ts";
 
 /*
- * How the master learns which worker is on a connection. Bun.serve (1.4.5) verifies a client certificate
- * during the handshake but gives the handler no way to read it (no peer certificate on the request or the
- * server; node:https in Bun says `socket.authorized` but returns an empty peer certificate), and the
- * master's one port also serves clients without certificates, so the handshake cannot insist on one.
- * So the worker also presents its certificate in a header and proves it holds the key by signing the
- * request line and a timestamp. Inside TLS nobody else sees that proof; the master checks the chain,
- * validity, clientAuth, the proof, and the certificate's serial against the store (revocation) on every
- * request and websocket upgrade.
+ * How the master learns which worker is on a connection. Found by experiment on Bun 1.4.5 (a Bun.serve
+ * with `tls: { cert, key, ca, requestCert: true, rejectUnauthorized }` on 127.0.0.1, clients with fetch and
+ * WebSocket passing `tls: { cert, key, ca }`):
+ *   - rejectUnauthorized: true refuses in the handshake a client with no certificate (fetch: EPROTO) and one
+ *     from another CA (ECONNRESET), on fetch and WebSocket alike; a certificate from `ca` gets through;
+ *   - rejectUnauthorized: false lets all three through, with no way to tell them apart afterwards;
+ *   - the handler cannot read the peer certificate: neither the Request nor the Server has one (their
+ *     prototypes list no such member); node:https in Bun gives `req.socket.authorized` but an empty
+ *     `getPeerCertificate()`; only a raw node:tls socket has it, and HTTP and websockets are not on those;
+ *   - a client WebSocket takes `{ headers, tls }` in its second argument, and fetch takes `tls`.
+ * The master's one port also serves clients that have no certificate, so it cannot insist on one in the
+ * handshake. So the worker also presents its certificate in a header and proves it holds the key by
+ * signing the request line and a timestamp. Inside TLS nobody else sees that proof; the master checks the
+ * chain, validity, clientAuth, the proof, and the certificate's serial against the store (revocation) on
+ * every request and websocket upgrade.
  */
 
 /** The header carrying the worker's certificate (base64 DER). */
@@ -67,7 +74,7 @@ const refuse = (code: string, msg: string) => new AppError(code, msg, { status: 
  */
 export async function verifyWorker(
   req: Request,
-  ca: x509.X509Certificate,
+  ca: X509Certificate,
   lookup: CertificateLookup,
   now = Date.now(),
 ): Promise<VerifiedWorker> {
@@ -80,7 +87,7 @@ export async function verifyWorker(
     );
   if (certB64.length > (MAX_CERT_BYTES * 4) / 3 + 4)
     throw refuse("WORKER_CERT_INVALID", "the worker certificate header is too large");
-  let cert: x509.X509Certificate;
+  let cert: X509Certificate;
   try {
     cert = new x509.X509Certificate(Buffer.from(certB64, "base64"));
   } catch (err) {

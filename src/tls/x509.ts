@@ -1,8 +1,20 @@
 import { createHash, createPrivateKey, createPublicKey, type KeyObject, webcrypto } from "node:crypto";
-// @peculiar/x509 resolves its algorithms through tsyringe, which needs the Reflect metadata API first.
-import "reflect-metadata";
-import * as x509 from "@peculiar/x509";
+import "@abraham/reflection";
+import type * as X509 from "@peculiar/x509";
 import { AppError } from "../lib/errors.ts";
+
+/*
+ * @peculiar/x509 resolves its algorithms through tsyringe, which needs the Reflect metadata API before it
+ * loads. Imports do not give that order in both worlds: Bun's runtime evaluates a CommonJS dependency
+ * (x509's build) before its ES siblings, the bundler hoists ES modules (the polyfill) above CommonJS ones.
+ * A require in the body runs after every import in both, so the polyfill always comes first.
+ */
+const x509: typeof X509 = require("@peculiar/x509");
+
+/** A parsed X.509 certificate. */
+export type X509Certificate = X509.X509Certificate;
+/** A parsed PKCS#10 certificate request. */
+export type Pkcs10CertificateRequest = X509.Pkcs10CertificateRequest;
 
 /*
  * The few X.509 operations Kiln needs, on @peculiar/x509 (a maintained X.509 library on WebCrypto) so no
@@ -54,14 +66,14 @@ const describeKey = (k: KeyObject) =>
   `${k.asymmetricKeyType ?? "unknown"}${k.asymmetricKeyDetails?.namedCurve ? ` ${k.asymmetricKeyDetails.namedCurve}` : ""}`;
 
 /** True when `key` is the private half of the public key in `cert`. */
-export function keyMatchesCertificate(key: KeyObject, cert: x509.X509Certificate): boolean {
+export function keyMatchesCertificate(key: KeyObject, cert: X509Certificate): boolean {
   const fromKey = createPublicKey(key).export({ type: "spki", format: "der" });
   return Buffer.from(cert.publicKey.rawData).equals(fromKey);
 }
 
 /** Parses every certificate in a PEM text, in order; throws TLS_CERT_INVALID naming `where` when there is none. */
-export function readCertificates(pem: string, where: string): x509.X509Certificate[] {
-  let certs: x509.X509Certificate[];
+export function readCertificates(pem: string, where: string): X509Certificate[] {
+  let certs: X509Certificate[];
   try {
     certs = x509.PemConverter.decodeWithHeaders(pem)
       .filter((b) => b.type === "CERTIFICATE")
@@ -77,14 +89,14 @@ export function readCertificates(pem: string, where: string): x509.X509Certifica
 }
 
 /** The SHA-256 fingerprint of a certificate's DER, lowercase hex: what `openssl x509 -fingerprint -sha256` shows, without colons. */
-export const fingerprint = (cert: x509.X509Certificate) =>
+export const fingerprint = (cert: X509Certificate) =>
   createHash("sha256").update(Buffer.from(cert.rawData)).digest("hex");
 
 /** The certificate as PEM text ending in a newline. */
-export const certificatePem = (cert: x509.X509Certificate) => `${cert.toString("pem")}\n`;
+export const certificatePem = (cert: X509Certificate) => `${cert.toString("pem")}\n`;
 
 /** The common name (CN) of a certificate's subject, or "" when it has none. */
-export function commonName(cert: x509.X509Certificate | x509.Pkcs10CertificateRequest): string {
+export function commonName(cert: X509Certificate | Pkcs10CertificateRequest): string {
   return cert.subjectName.getField("CN")[0] ?? "";
 }
 
