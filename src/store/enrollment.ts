@@ -1,8 +1,9 @@
 import { randomBytes } from "node:crypto";
-import { and, eq, gt, isNull } from "drizzle-orm";
+import { and, eq, gt, isNull, sql } from "drizzle-orm";
 import { index, integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import { AppError } from "../lib/errors.ts";
 import type { Db, Store } from "./open.ts";
+import { prepared } from "./prepared.ts";
 
 /*
  * Worker enrollment: join tokens (single-use, expiring; only the hash of the secret is kept) and the
@@ -205,7 +206,15 @@ export function recordRenewal<T extends CertificateRecord>(
 
 /** The recorded certificate with this serial, or undefined when this master never issued it. */
 export async function findCertificate(db: Db, serial: string): Promise<WorkerCertificateRow | undefined> {
-  const [row] = await db.select().from(workerCertificates).where(eq(workerCertificates.serial, serial));
+  // Every worker request checks revocation here: prepared once, like findToken.
+  const q = prepared(db, "findCertificate", () =>
+    db
+      .select()
+      .from(workerCertificates)
+      .where(eq(workerCertificates.serial, sql.placeholder("serial")))
+      .prepare(),
+  );
+  const [row] = await q.all({ serial });
   return row;
 }
 

@@ -61,11 +61,85 @@ export async function proofHeaders(
 ): Promise<Record<string, string>> {
   const ts = String(now);
   const sig = await webcrypto.subtle.sign(ECDSA_SHA256, identity.key, message(ts, method, path));
-  const der = Buffer.from(new x509.X509Certificate(identity.certPem).rawData).toString("base64");
+  // A PEM certificate's body is its DER in base64: no need to parse it on every request.
+  const der = identity.certPem.replace(/-----[A-Z ]+-----|\s/g, "");
   return { [CERT_HEADER]: der, [PROOF_HEADER]: `v1.${ts}.${Buffer.from(sig).toString("base64url")}` };
 }
 
 const refuse = (code: string, msg: string) => new AppError(code, msg, { status: 401 });
+
+/** What the chain, validity and purpose checks established about one certificate. */
+interface CheckedCertificate {
+  worker: string;
+  serial: string;
+  notBefore: number;
+  notAfter: number;
+  key: CryptoKey;
+}
+
+/*
+ * Parsing and verifying a certificate with the X.509 library costs milliseconds (its ASN.1 layer), and a
+ * worker presents the same certificate on every request: what does not change (the CA's signature, the
+ * name, the purpose) is remembered per CA by the certificate's exact bytes, in a bounded map. Validity
+ * dates, revocation and the proof are still checked on every call.
+ */
+const checkedByCa = new WeakMap<X509Certificate, Map<string, CheckedCertificate>>();
+// Far more workers than one master serves; each entry is a few hundred bytes.
+const MAX_CHECKED = 4096;
+
+async function checkedCertificate(
+  certB64: string,
+  ca: X509Certificate,
+  now: number,
+): Promise<CheckedCertificate> {
+  let cache = checkedByCa.get(ca);
+  if (!cache) {
+    cache = new Map();
+    checkedByCa.set(ca, cache);
+  }
+  let checked = cache.get(certB64);
+  if (!checked) {
+    checked = await checkCertificate(certB64, ca);
+    if (cache.size >= MAX_CHECKED) cache.delete(cache.keys().next().value!);
+    cache.set(certB64, checked);
+  }
+  if (checked.notBefore > now || checked.notAfter <= now)
+    throw refuse(
+      "CERTIFICATE_EXPIRED",
+      `certificate ${checked.serial} is valid from ${new Date(checked.notBefore).toISOString()} to ${new Date(checked.notAfter).toISOString()}: the worker must renew before it ends, or join again`,
+    );
+  return checked;
+}
+
+async function checkCertificate(certB64: string, ca: X509Certificate): Promise<CheckedCertificate> {
+  let cert: X509Certificate;
+  try {
+    cert = new x509.X509Certificate(Buffer.from(certB64, "base64"));
+  } catch (err) {
+    throw new AppError("WORKER_CERT_INVALID", "the worker certificate header is not a DER certificate", {
+      status: 401,
+      cause: err,
+    });
+  }
+  const ok =
+    cert.issuer === ca.subject &&
+    (await cert.verify({ publicKey: ca.publicKey, signatureOnly: true }).catch(() => false));
+  if (!ok)
+    throw refuse(
+      "CERTIFICATE_UNTRUSTED",
+      `certificate ${cert.serialNumber} (${cert.subject}) was not issued by this master's CA: enroll with a join token from this master`,
+    );
+  const eku = cert.getExtension(x509.ExtendedKeyUsageExtension);
+  if (!eku?.usages.includes(x509.ExtendedKeyUsage.clientAuth))
+    throw refuse("CERTIFICATE_UNTRUSTED", `certificate ${cert.serialNumber} is not a client certificate`);
+  return {
+    worker: commonName(cert),
+    serial: cert.serialNumber,
+    notBefore: cert.notBefore.getTime(),
+    notAfter: cert.notAfter.getTime(),
+    key: await cert.publicKey.export(EC_P256, ["verify"]),
+  };
+}
 
 /**
  * Checks the worker certificate and proof on `req` against the CA `ca` and the store; returns the worker
@@ -87,42 +161,18 @@ export async function verifyWorker(
     );
   if (certB64.length > (MAX_CERT_BYTES * 4) / 3 + 4)
     throw refuse("WORKER_CERT_INVALID", "the worker certificate header is too large");
-  let cert: X509Certificate;
-  try {
-    cert = new x509.X509Certificate(Buffer.from(certB64, "base64"));
-  } catch (err) {
-    throw new AppError("WORKER_CERT_INVALID", "the worker certificate header is not a DER certificate", {
-      status: 401,
-      cause: err,
-    });
-  }
-  const ok =
-    cert.issuer === ca.subject &&
-    (await cert.verify({ publicKey: ca.publicKey, signatureOnly: true }).catch(() => false));
-  if (!ok)
-    throw refuse(
-      "CERTIFICATE_UNTRUSTED",
-      `certificate ${cert.serialNumber} (${cert.subject}) was not issued by this master's CA: enroll with a join token from this master`,
-    );
-  if (cert.notBefore.getTime() > now || cert.notAfter.getTime() <= now)
-    throw refuse(
-      "CERTIFICATE_EXPIRED",
-      `certificate ${cert.serialNumber} is valid from ${cert.notBefore.toISOString()} to ${cert.notAfter.toISOString()}: the worker must renew before it ends, or join again`,
-    );
-  const eku = cert.getExtension(x509.ExtendedKeyUsageExtension);
-  if (!eku?.usages.includes(x509.ExtendedKeyUsage.clientAuth))
-    throw refuse("CERTIFICATE_UNTRUSTED", `certificate ${cert.serialNumber} is not a client certificate`);
-  const worker = commonName(cert);
-  const row = await lookup.find(cert.serialNumber);
+  const cert = await checkedCertificate(certB64, ca, now);
+  const { worker, serial } = cert;
+  const row = await lookup.find(serial);
   if (!row || row.worker !== worker)
     throw refuse(
       "CERTIFICATE_UNKNOWN",
-      `certificate ${cert.serialNumber} of ${worker} is not in this master's records (a restored or foreign store?): join again`,
+      `certificate ${serial} of ${worker} is not in this master's records (a restored or foreign store?): join again`,
     );
   if (row.revokedAt !== null)
     throw refuse(
       "CERTIFICATE_REVOKED",
-      `certificate ${cert.serialNumber} of worker ${worker} was revoked at ${new Date(row.revokedAt).toISOString()}: join again with a new token if it should work here`,
+      `certificate ${serial} of worker ${worker} was revoked at ${new Date(row.revokedAt).toISOString()}: join again with a new token if it should work here`,
     );
   const m = /^v1\.(\d{1,16})\.([A-Za-z0-9_-]{1,200})$/.exec(proof);
   if (!m) throw refuse("WORKER_PROOF_INVALID", "the worker proof header is malformed");
@@ -131,17 +181,16 @@ export async function verifyWorker(
       "WORKER_PROOF_STALE",
       `the worker's proof is dated ${new Date(Number(m[1])).toISOString()}, more than 5 minutes from the master's clock: synchronise the clocks (NTP)`,
     );
-  const key = await cert.publicKey.export(EC_P256, ["verify"]);
   const path = new URL(req.url).pathname;
   const valid = await webcrypto.subtle
-    .verify(ECDSA_SHA256, key, Buffer.from(m[2]!, "base64url"), message(m[1]!, req.method, path))
+    .verify(ECDSA_SHA256, cert.key, Buffer.from(m[2]!, "base64url"), message(m[1]!, req.method, path))
     .catch(() => false);
   if (!valid)
     throw refuse(
       "WORKER_PROOF_INVALID",
-      `the proof does not match certificate ${cert.serialNumber}: the sender does not hold its key`,
+      `the proof does not match certificate ${serial}: the sender does not hold its key`,
     );
-  return { worker, serial: cert.serialNumber };
+  return { worker, serial };
 }
 
 /** The fingerprint of a PEM certificate (first in the text), for logs and comparisons. */
