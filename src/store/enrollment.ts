@@ -12,6 +12,7 @@ import { prepared } from "./prepared.ts";
  * touches them; drizzle.config.ts lists this file too so drizzle-kit generates their migration.
  */
 
+/** Join tokens by the SHA-256 of their secret: each enrolls one worker, once, before expires_at. */
 export const joinTokens = sqliteTable("join_tokens", {
   id: text("id").primaryKey(),
   secretHash: text("secret_hash").notNull().unique(),
@@ -25,6 +26,7 @@ export const joinTokens = sqliteTable("join_tokens", {
   revokedAt: integer("revoked_at"),
 });
 
+/** Every client certificate the master's CA issued, by serial: whose it is, how it came, whether revoked. */
 export const workerCertificates = sqliteTable(
   "worker_certificates",
   {
@@ -43,7 +45,9 @@ export const workerCertificates = sqliteTable(
   (t) => [index("worker_certificates_worker").on(t.worker, t.notAfter)],
 );
 
+/** A join_tokens row as read. */
 export type JoinTokenRow = typeof joinTokens.$inferSelect;
+/** A worker_certificates row as read. */
 export type WorkerCertificateRow = typeof workerCertificates.$inferSelect;
 
 /** What the store records of an issued certificate. */

@@ -9,6 +9,8 @@ import {
   createJoinToken,
   findCertificate,
   listJoinTokens,
+  revokeCertificate,
+  revokeJoinToken,
   revokeWorkerCertificates,
 } from "../store/enrollment.ts";
 import { openStore, type Store } from "../store/open.ts";
@@ -182,6 +184,44 @@ test("a revoked worker is refused on its next request and its next websocket, an
   expect(await codeOf(renewIfDue({ masterUrl: url, dir: workerDir("xa-w2"), now: clock }))).toBe(
     "CERTIFICATE_REVOKED",
   );
+});
+
+test("revoking one certificate by serial refuses that one only, and a revoked join token enrolls nobody", async () => {
+  const a = await join1("xa-w16");
+  const b = await join1("xa-w17");
+  const serial = new x509.X509Certificate(a.certPem).serialNumber;
+  expect((await revokeCertificate(store, serial, "key leaked", clock))?.worker).toBe("xa-w16");
+  expect(await revokeCertificate(store, serial, "again", clock)).toBeNull();
+  expect(await whoami(a)).toEqual({ status: 401, who: "CERTIFICATE_REVOKED" });
+  expect(await whoami(b)).toEqual({ status: 200, who: "xa-w17" });
+  const token = await joinToken();
+  const [row] = (await listJoinTokens(store.db)).filter((r) => r.usedAt === null);
+  expect((await revokeJoinToken(store, row!.id, clock))?.id).toBe(row!.id);
+  expect(await codeOf(join1("xa-w18", token))).toBe("JOIN_TOKEN_REVOKED");
+});
+
+test("an unverified answer to the CA request cannot make the worker read without end", async () => {
+  const token = await joinToken();
+  const huge = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    tls: serverTls(authority),
+    fetch: () =>
+      new Response(
+        new ReadableStream({
+          pull(c) {
+            c.enqueue(new Uint8Array(64 * 1024).fill(65));
+          },
+        }),
+      ),
+  });
+  servers.push(huge as Server<unknown>);
+  const failed = await join1("xa-w19", token, `https://127.0.0.1:${huge.port}`).then(
+    () => "joined",
+    (e: AppError) => `${e.code}: ${e.message}`,
+  );
+  expect(failed).toContain("MASTER_UNREACHABLE");
+  expect(failed).toContain("larger than 65536 bytes");
 });
 
 test("a certificate from another CA is refused, even with a valid proof of its key", async () => {

@@ -44,6 +44,24 @@ function requireHttps(masterUrl: string): URL {
   return url;
 }
 
+// A CA chain of a few certificates is a few KiB; whoever answers before the fingerprint check is not yet
+// trusted, so it does not get to make this worker read without end.
+const MAX_CA_BYTES = 64 * 1024;
+
+async function readBounded(res: Response, max: number): Promise<string> {
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of res.body ?? []) {
+    size += chunk.length;
+    if (size > max) {
+      await res.body?.cancel().catch(() => {});
+      throw new Error(`the answer is larger than ${max} bytes, far more than a CA certificate`);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString("utf8");
+}
+
 /**
  * Fetches the master's CA certificate without verification and returns it only if its SHA-256 equals
  * `expected`; throws TLS_FINGERPRINT_MISMATCH (a man in the middle, or another master) otherwise.
@@ -55,7 +73,7 @@ export async function fetchPinnedCa(masterUrl: string, expected: string): Promis
     // Unverified on purpose: what is fetched is checked against the fingerprint just below.
     const res = await fetch(url, { tls: { rejectUnauthorized: false } });
     if (!res.ok) throw await errorFrom(res);
-    pem = await res.text();
+    pem = await readBounded(res, MAX_CA_BYTES);
   } catch (err) {
     throw new AppError(
       "MASTER_UNREACHABLE",

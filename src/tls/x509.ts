@@ -107,4 +107,5 @@ export function randomSerial(): string {
   return Buffer.from(bytes).toString("hex");
 }
 
+/** The X.509 library itself, loaded after its polyfill, for what the helpers above do not cover. */
 export { x509 };
