@@ -39,6 +39,7 @@ let server: Server<{ worker: string }>;
 let url: string;
 let clock: number;
 let logs: string[];
+let issued: string[];
 const servers: Server<unknown>[] = [];
 
 beforeEach(async () => {
@@ -47,6 +48,7 @@ beforeEach(async () => {
   authority = await openAuthority({ dir: join(dir, "master-tls"), names: ["127.0.0.1"] });
   clock = Date.now();
   logs = [];
+  issued = [];
   const log = { info: (m: string) => logs.push(`info ${m}`), warn: (m: string) => logs.push(`warn ${m}`) };
   const ledger = certificateLedger(store);
   const enroll = enrollmentHandler({ authority, ledger, log, now: () => clock });
@@ -79,6 +81,10 @@ beforeEach(async () => {
 });
 
 afterEach(() => {
+  // Whatever a test did, the master's log never shows a join token's secret or a private key.
+  const text = logs.join("\n");
+  for (const token of issued) expect(text).not.toContain(token.split(".")[2]!);
+  expect(text).not.toContain("PRIVATE KEY");
   server.stop(true);
   for (const s of servers.splice(0)) s.stop(true);
   store.close();
@@ -88,6 +94,7 @@ afterEach(() => {
 async function joinToken(ttlMs = DAY): Promise<string> {
   const { token, secretHash } = newJoinToken(authority.anchorFingerprint);
   await createJoinToken(store, { secretHash, ttlMs }, clock);
+  issued.push(token);
   return token;
 }
 
