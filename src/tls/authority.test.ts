@@ -73,6 +73,24 @@ test("a second start keeps the CA and re-issues the server certificate only when
   expect(later.anchorFingerprint).toBe(first.anchorFingerprint);
 });
 
+test("a start cut short after writing a key, before its certificate, is completed at the next start", async () => {
+  const tlsDir = join(dir, "tls");
+  const first = await openAuthority({ dir: tlsDir, names: ["127.0.0.1"] });
+  rmSync(join(tlsDir, "server.crt"));
+  const again = await openAuthority({ dir: tlsDir, names: ["127.0.0.1"] });
+  expect(again.anchorFingerprint).toBe(first.anchorFingerprint);
+  expect(openssl("verify", "-CAfile", join(tlsDir, "ca.crt"), join(tlsDir, "server.crt")).out).toContain(
+    ": OK",
+  );
+  rmSync(join(tlsDir, "ca.crt"));
+  const fresh = await openAuthority({ dir: tlsDir, names: ["127.0.0.1"] });
+  expect(fresh.anchorFingerprint).not.toBe(first.anchorFingerprint);
+  // The server certificate of the old CA is replaced by one the new CA signed.
+  expect(openssl("verify", "-CAfile", join(tlsDir, "ca.crt"), join(tlsDir, "server.crt")).out).toContain(
+    ": OK",
+  );
+});
+
 test("a CA key that does not match its certificate is refused, not silently replaced", async () => {
   const tlsDir = join(dir, "tls");
   await openAuthority({ dir: tlsDir, names: ["127.0.0.1"] });

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { hostname } from "node:os";
 import { join } from "node:path";
@@ -93,7 +93,9 @@ export async function openAuthority(opts: AuthorityOptions): Promise<Authority> 
 async function ensureCa(dir: string, now: number, log: (msg: string) => void) {
   const certFile = join(dir, "ca.crt");
   const keyFile = join(dir, "ca.key");
-  if (existsPrivate(keyFile)) {
+  // A key without its certificate is a creation cut short (the key is written first): no certificate of
+  // that CA was ever served, so nobody pinned it, and a new CA is as good.
+  if (existsPrivate(keyFile) && existsSync(certFile)) {
     const caPem = readFileSync(certFile, "utf8");
     const [ca] = readCertificates(caPem, certFile);
     const keyPem = readFileSync(keyFile, "utf8");
@@ -119,7 +121,7 @@ async function ensureCa(dir: string, now: number, log: (msg: string) => void) {
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
     ],
   });
-  // The key first: a certificate without its key would be refused at the next start, the reverse is recreated.
+  // The key first: a certificate without its key would be refused at the next start, a key alone is replaced.
   writeAtomic(keyFile, await privateKeyPem(keys.privateKey), 0o600);
   writeAtomic(certFile, certificatePem(ca), 0o644);
   log(`created the certificate authority in ${dir} (fingerprint sha256 ${fingerprint(ca)})`);
@@ -152,7 +154,7 @@ async function ensureServerCertificate(
 ) {
   const certFile = join(dir, "server.crt");
   const keyFile = join(dir, "server.key");
-  if (existsPrivate(keyFile)) {
+  if (existsPrivate(keyFile) && existsSync(certFile)) {
     const certPem = readFileSync(certFile, "utf8");
     const [cert] = readCertificates(certPem, certFile);
     const keyPem = readFileSync(keyFile, "utf8");
@@ -192,6 +194,7 @@ async function ensureServerCertificate(
   const keyPem = await privateKeyPem(keys.privateKey);
   writeAtomic(keyFile, keyPem, 0o600);
   writeAtomic(certFile, certificatePem(cert), 0o644);
+  log(`issued the server certificate for ${names.join(", ")} until ${cert.notAfter.toISOString()}`);
   return { certPem: certificatePem(cert), keyPem };
 }
 
