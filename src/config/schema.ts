@@ -49,6 +49,13 @@ export const SCHEMA = {
     default_retries: { type: "int", default: 2, min: 0, max: 100 },
     // The most of one attempt's output the master keeps; past it the log says it was cut.
     log_max: { type: "size", default: 2 ** 30, min: 64 * 1024 },
+    // Off by default so a loopback-only first start needs no certificates; remote workers need it on.
+    tls: { type: "bool", default: false },
+    // Empty: Kiln issues the server certificate from its own CA in DATA/tls.
+    tls_cert: { type: "string", default: "" },
+    tls_key: { type: "string", default: "" },
+    // Empty: localhost, 127.0.0.1, ::1 and this host's name.
+    tls_names: { type: "list", default: [] },
   },
   worker: {
     master: { type: "string", default: "http://127.0.0.1:7070" },

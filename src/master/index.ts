@@ -8,9 +8,12 @@ import { AppError, coerceError } from "../lib/errors.ts";
 import { holdLock } from "../lib/lock.ts";
 import { logger } from "../lib/log.ts";
 import { type Loop, runLoop } from "../lib/loop.ts";
+import { certificateLedger } from "../store/enrollment.ts";
 import { openStore, storeUrl } from "../store/open.ts";
 import { findToken, hashToken, insertTokenHash } from "../store/tokens.ts";
 import { markAllDisconnected } from "../store/workers.ts";
+import { type Authority, openAuthority, serverTls } from "../tls/authority.ts";
+import { enrollmentHandler } from "../tls/enroll.ts";
 import { createApp, internalError } from "./app.ts";
 import type { MasterContext } from "./context.ts";
 import { createDispatcher } from "./dispatcher.ts";
@@ -65,6 +68,21 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
     "DATA_DIR_IN_USE",
     (other) => `data dir ${data} is in use by ${other}: stop that one first, or give this one another --data`,
   );
+  // The CA before the store: a bad certificate or key is the operator's to fix, said before anything else.
+  let authority: Authority | undefined;
+  if (cfg.master.tls) {
+    const m = cfg.master;
+    authority = await openAuthority({
+      dir: join(data, "tls"),
+      names: m.tls_names,
+      cert: m.tls_cert,
+      key: m.tls_key,
+      log: (msg) => log.info(msg),
+    }).catch((err) => {
+      lock.release();
+      throw err;
+    });
+  }
   const dbUrl = storeUrl(cfg.master.db, data);
   const storage = createStorageHealth(data, log);
   const store = await openStore(dbUrl, process.env.KILN_DB_TOKEN, storage.wrote).catch((err) => {
@@ -91,6 +109,9 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
   sweepReleases(data);
 
   const app = createApp(ctx);
+  const enroll = authority
+    ? enrollmentHandler({ authority, ledger: certificateLedger(store), log: log.withTag("tls") })
+    : undefined;
   const ws = workerSocketHandlers(ctx);
   const [host, port] = splitListen(cfg.master.listen);
   let server: Server<SocketData>;
@@ -104,6 +125,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
       // Production mode also turns SO_REUSEPORT on by default, which lets a second master bind the same
       // port and take half the connections: one port, one master.
       reusePort: false,
+      ...(authority ? { tls: serverTls(authority) } : {}),
       error(err) {
         log.error(`unhandled error serving a request: ${coerceError(err).stack ?? err}`);
         return internalError();
@@ -134,6 +156,8 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
             { status: 426 },
           );
         }
+        const enrolled = enroll && (await enroll(req, srv.requestIP(req)?.address));
+        if (enrolled) return enrolled;
         return app.fetch(req, { ip: srv.requestIP(req) });
       },
       websocket: {
@@ -156,7 +180,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
   }
   const url =
     cfg.master.url ||
-    `http://${server.hostname?.includes(":") ? `[${server.hostname}]` : server.hostname}:${server.port}`;
+    `${authority ? "https" : "http"}://${server.hostname?.includes(":") ? `[${server.hostname}]` : server.hostname}:${server.port}`;
   log.info(`master listening on ${url} (data ${data})`);
 
   const loops: Loop[] = [runLoop({ name: "leases", everyMs: 1000, log }, () => reapLeasesOnce(ctx))];

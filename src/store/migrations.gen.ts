@@ -37,5 +37,11 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "when": 1796104389440,
     "hash": "60cf68524840a94406930aed034dcab3444a478b5a33586084a3f087ff58c918",
     "sql": "CREATE TABLE `releases` (\n\t`tag` text PRIMARY KEY NOT NULL,\n\t`job_id` integer NOT NULL,\n\t`artifact` text NOT NULL,\n\t`file` text NOT NULL,\n\t`size` integer NOT NULL,\n\t`sha256` text NOT NULL,\n\t`project` text NOT NULL,\n\t`created_at` integer NOT NULL,\n\t`created_by` text\n);\n"
+  },
+  {
+    "tag": "0006_enrollment",
+    "when": 1796107276794,
+    "hash": "47ddf4970e7e7e01b6ffadcd83eeb85340f6441b5ecb2ef613681c995676ee7c",
+    "sql": "CREATE TABLE `join_tokens` (\n\t`id` text PRIMARY KEY NOT NULL,\n\t`secret_hash` text NOT NULL,\n\t`role` text NOT NULL,\n\t`created_at` integer NOT NULL,\n\t`created_by` text,\n\t`expires_at` integer NOT NULL,\n\t`used_at` integer,\n\t`used_by` text,\n\t`revoked_at` integer\n);\n--> statement-breakpoint\nCREATE UNIQUE INDEX `join_tokens_secret_hash_unique` ON `join_tokens` (`secret_hash`);--> statement-breakpoint\nCREATE TABLE `worker_certificates` (\n\t`serial` text PRIMARY KEY NOT NULL,\n\t`worker` text NOT NULL,\n\t`fingerprint` text NOT NULL,\n\t`not_before` integer NOT NULL,\n\t`not_after` integer NOT NULL,\n\t`issued_at` integer NOT NULL,\n\t`join_token` text,\n\t`renewed_from` text,\n\t`revoked_at` integer,\n\t`revoke_reason` text\n);\n--> statement-breakpoint\nCREATE INDEX `worker_certificates_worker` ON `worker_certificates` (`worker`,`not_after`);"
   }
 ];
