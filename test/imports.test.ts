@@ -21,9 +21,10 @@ const MAY_IMPORT: Record<string, string[]> = {
   templates: ["lib", "protocol"],
   runner: ["lib", "protocol", "templates"],
   "job-api": ["lib", "protocol", "runner"],
-  master: ["config", "lib", "protocol", "store", "repo", "version.ts"],
-  worker: ["config", "lib", "protocol", "runner", "job-api", "version.ts"],
+  master: ["config", "lib", "protocol", "store", "repo", "tls", "version.ts"],
+  worker: ["config", "lib", "protocol", "runner", "job-api", "tls", "version.ts"],
   sandbox: ["config", "lib", "protocol", "runner", "job-api", "templates"],
+  tls: ["lib"],
   types: [],
 };
 
