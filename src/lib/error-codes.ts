@@ -43,8 +43,9 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
     source: "master",
     meaning: "The request body is larger than the endpoint accepts.",
   },
+  // 400 like the per-field limits the schema refuses: the request is well-formed, the job is too big.
   SPEC_TOO_LARGE: {
-    status: 413,
+    status: 400,
     source: "master",
     meaning: "A job's command and environment are larger than a job may have.",
   },
