@@ -1,5 +1,6 @@
 import { afterAll, afterEach, expect, test } from "bun:test";
 import {
+  checkLeftoversAfterEachTest,
   type JobJson,
   kiln,
   type Master,
@@ -13,6 +14,8 @@ import {
   waitFor,
   waitJob,
 } from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 // Short leases so a silent worker is noticed in a couple of seconds.
 const FAST = { KILN_MASTER_LEASE: "2s", KILN_MASTER_HEARTBEAT: "300ms" };

@@ -2,6 +2,7 @@ import { afterAll, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
+  checkLeftoversAfterEachTest,
   type Master,
   startMaster,
   startWorker,
@@ -11,6 +12,8 @@ import {
   waitFor,
   waitJob,
 } from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * The master's disk fills while a job runs. Nothing may loop or be lost: the finished job waits in the

@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
-import { type Master, startMaster, stopAll, tempDir } from "../harness.ts";
+import { checkLeftoversAfterEachTest, type Master, startMaster, stopAll, tempDir } from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * Requests an attacker or a broken client would send to the master's one port: huge and endless bodies,

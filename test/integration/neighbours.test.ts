@@ -2,6 +2,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { chmodSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import {
+  checkLeftoversAfterEachTest,
   type JobJson,
   KILN,
   type Master,
@@ -15,6 +16,8 @@ import {
   waitFor,
   waitJob,
 } from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * Neighbours and operator mistakes: a second master on a data dir, a second worker with a name in use,

@@ -11,6 +11,7 @@ import {
 import { hostname } from "node:os";
 import { join } from "node:path";
 import {
+  checkLeftoversAfterEachTest,
   type JobJson,
   kiln,
   type Master,
@@ -23,6 +24,8 @@ import {
   waitFor,
   waitJob,
 } from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * The sandbox tier against the compiled binary: `kiln up` with the sandbox runner, real jobs that try to
@@ -635,6 +638,7 @@ try:
 except Exception as e:
     print("other host refused:", e)
 PY`;
+
     const id = await sh(script, { egress: ["deb.debian.org"] });
     const job = await waitJob(m, id, 90_000);
     const out = await log(id);
