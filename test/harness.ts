@@ -207,6 +207,17 @@ export async function waitFor<T>(
   }
 }
 
+/** Collects a stream's text as it arrives: `text()` is what came so far, `done` resolves at its end. */
+export function readAll(stream: ReadableStream<Uint8Array>): { text(): string; done: Promise<string> } {
+  let so = "";
+  const decoder = new TextDecoder();
+  const done = (async () => {
+    for await (const chunk of stream) so += decoder.decode(chunk, { stream: true });
+    return so;
+  })();
+  return { text: () => so, done };
+}
+
 /** Picks a free loopback port by binding port 0 and closing it. */
 export function freePort(): number {
   const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
