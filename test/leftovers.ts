@@ -1,4 +1,4 @@
-import { existsSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, readlinkSync, realpathSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { slotUid } from "../src/sandbox/uids.ts";
@@ -149,9 +149,10 @@ export function leftoversOf(ended: RoleTrace[], running: RoleTrace[]): string[] 
       left.push(`loop device /dev/${dev} on ${backing}`);
   }
 
+  // Where "cpu" and "cpuacct" are links to one "cpu,cpuacct" hierarchy, it is named once.
   const hierarchies = existsSync("/sys/fs/cgroup/cgroup.controllers")
     ? ["/sys/fs/cgroup"]
-    : readdirSync("/sys/fs/cgroup").map((h) => join("/sys/fs/cgroup", h));
+    : [...new Set(readdirSync("/sys/fs/cgroup").map((h) => realpathSync(join("/sys/fs/cgroup", h))))];
   for (const h of hierarchies)
     for (const n of names) {
       const cg = join(h, CGROUP_PARENT, n);
