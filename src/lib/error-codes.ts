@@ -19,7 +19,7 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
   // Requests the master refuses.
   BAD_REQUEST: {
     status: 400,
-    source: "any",
+    source: "master",
     meaning: "The request is malformed (not JSON, a bad query or header).",
   },
   INVALID_REQUEST: {
@@ -163,7 +163,7 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
     source: "any",
     meaning: "A command line or configuration value Kiln cannot use; the CLI exits 2.",
   },
-  CONFIG_INVALID: { status: 400, source: "any", meaning: "A configuration value Kiln cannot use." },
+  CONFIG_INVALID: { status: 400, source: "master", meaning: "--db is not a libSQL URL or an absolute path." },
   LISTEN_FAILED: { status: 500, source: "master", meaning: "The master could not listen on its address." },
   STORE_UNAVAILABLE: { status: 503, source: "master", meaning: "The master could not open its store." },
 
