@@ -1,12 +1,15 @@
+import { afterEach } from "bun:test";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
+import { learnWorkerNames, leftoversOf, type RoleTrace } from "./leftovers.ts";
 
 /*
  * Helpers for the integration tier: every test runs the compiled dist/kiln from a temp dir with no
- * node_modules, with a fixed environment, and everything it starts is stopped at the end (a test that
- * leaves a process behind fails through `assertNoLeftovers`).
+ * node_modules, with a fixed environment, and everything it starts is stopped at the end. A role's
+ * leftovers (processes, mounts, loop devices, cgroups: see leftovers.ts) fail the test that ended it
+ * (`checkLeftoversAfterEachTest`) and `stopAll`, which every integration file calls when it is done.
  */
 
 export const KILN = resolve(import.meta.dir, "..", "dist", "kiln");
@@ -67,6 +70,61 @@ export async function kiln(
 }
 
 const started = new Set<Subprocess>();
+/** Every role spawned and not yet checked for leftovers, running or ended. */
+const traces = new Map<Subprocess, RoleTrace>();
+
+/** The data dir and worker name a role's arguments give (the name is learnt later when they give none). */
+function traceOf(proc: Subprocess, args: string[], cwd: string): RoleTrace {
+  const flag = (f: string) => {
+    const i = args.indexOf(f);
+    return i >= 0 ? args[i + 1] : undefined;
+  };
+  const data = flag("--data");
+  const name = args[0] === "worker" || args[0] === "up" ? flag("--name") : undefined;
+  return { pid: proc.pid, data: data ? resolve(cwd, data) : "", workers: new Set(name ? [name] : []) };
+}
+
+const ended = (p: Subprocess) => p.exitCode !== null || p.signalCode !== null;
+
+/**
+ * Fails, naming each thing, when roles that have ended left anything behind, after giving the kernel a
+ * few seconds to finish tearing down what a dying role held. Checked roles are forgotten.
+ */
+async function checkEnded(): Promise<void> {
+  const done = [...traces].filter(([p]) => ended(p));
+  if (done.length === 0) return;
+  const running = [...traces].filter(([p]) => !ended(p)).map(([, t]) => t);
+  let left: string[] = [];
+  try {
+    await waitFor(
+      "the stopped roles' leftovers to go",
+      () => {
+        left = leftoversOf(
+          done.map(([, t]) => t),
+          running,
+        );
+        return left.length === 0;
+      },
+      5_000,
+      100,
+    );
+  } catch {
+    // The timeout's message says less than the list below.
+  }
+  for (const [p] of done) traces.delete(p);
+  if (left.length > 0)
+    throw new Error(
+      `kiln roles this test stopped (pids ${done.map(([p]) => p.pid).join(", ")}) left behind:\n  ${left.join("\n  ")}`,
+    );
+}
+
+/**
+ * Registers, in the calling test file, a check after every test: what its roles that have ended (killed,
+ * crashed, stopped) left behind fails that test. Every file under test/integration calls it.
+ */
+export function checkLeftoversAfterEachTest(): void {
+  afterEach(checkEnded);
+}
 
 /** A long-running kiln role (master, worker, up) with its output captured to a file. */
 export interface Role {
@@ -89,6 +147,7 @@ export function spawnRole(
     stderr: Bun.file(`${logFile}.err`),
   });
   started.add(proc);
+  traces.set(proc, traceOf(proc, args, opts.cwd));
   return {
     proc,
     logFile,
@@ -107,8 +166,12 @@ export function spawnRole(
   };
 }
 
-/** Stops every role still running; returns how many there were (a test that leaked one fails). */
+/**
+ * Stops every role still running and returns how many there were (a test that leaked one fails); then
+ * throws, naming each, if any role of the file left a process, mount, loop device or cgroup behind.
+ */
 export async function stopAll(): Promise<number> {
+  learnWorkerNames([...traces.values()]);
   const n = started.size;
   // A clean stop first: a worker then removes its cgroups; SIGKILL only for one that hangs.
   for (const p of started) p.kill("SIGTERM");
@@ -118,6 +181,7 @@ export async function stopAll(): Promise<number> {
     ),
   );
   started.clear();
+  await checkEnded();
   return n;
 }
 
@@ -141,6 +205,17 @@ export async function waitFor<T>(
       throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ""}`);
     await Bun.sleep(every);
   }
+}
+
+/** Collects a stream's text as it arrives: `text()` is what came so far, `done` resolves at its end. */
+export function readAll(stream: ReadableStream<Uint8Array>): { text(): string; done: Promise<string> } {
+  let so = "";
+  const decoder = new TextDecoder();
+  const done = (async () => {
+    for await (const chunk of stream) so += decoder.decode(chunk, { stream: true });
+    return so;
+  })();
+  return { text: () => so, done };
 }
 
 /** Picks a free loopback port by binding port 0 and closing it. */

@@ -1,4 +1,9 @@
-/** The one error type Kiln raises on purpose: a stable `code`, a message that says what to do, and an HTTP status. */
+import { statusOf } from "./error-codes.ts";
+
+/**
+ * The one error type Kiln raises on purpose: a stable `code` (registered in error-codes.ts), a message
+ * that says what to do, and an HTTP status (the registry's for the code unless the call site gives one).
+ */
 export class AppError extends Error {
   readonly code: string;
   readonly status: number;
@@ -13,7 +18,7 @@ export class AppError extends Error {
     super(message, { cause: options.cause });
     this.name = "AppError";
     this.code = code;
-    this.status = options.status ?? 400;
+    this.status = options.status ?? statusOf(code);
     this.remote = options.remote ?? false;
   }
 }
@@ -52,11 +57,13 @@ export const storageFull = (dataDir: string, cause?: unknown) =>
     { status: 507, cause },
   );
 
+/** A 404 `WHAT_NOT_FOUND` AppError that tells the caller how to list the `what`s there are. */
 export const notFound = (what: string, id: string | number) =>
   new AppError(`${what.toUpperCase()}_NOT_FOUND`, `no ${what} ${id}: list them with \`kiln ${what}s\``, {
     status: 404,
   });
 
+/** A 400 AppError with `code` (BAD_REQUEST unless given) for a request the master cannot take. */
 export const badRequest = (message: string, code = "BAD_REQUEST") =>
   new AppError(code, message, { status: 400 });
 

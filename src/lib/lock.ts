@@ -18,6 +18,7 @@ const flock = (fd: number, op: number) => {
   return libc.symbols.flock(fd, op);
 };
 
+/** A held lock file: `release` unlocks and closes it (it is also released when the process ends). */
 export interface Lock {
   path: string;
   release(): void;

@@ -12,6 +12,7 @@ import { AppError } from "../lib/errors.ts";
 // One artifact may not exceed this: a disk image fits, a runaway job's output does not fill the master.
 export const MAX_ARTIFACT = 16 * 2 ** 30;
 
+/** Where the artifact content with `sha256` lives in data dir `data` (fanned out by its first two digits). */
 export function artifactPath(data: string, sha256: string) {
   return join(data, "artifacts", "sha256", sha256.slice(0, 2), sha256);
 }

@@ -24,6 +24,7 @@ import { sweepReleases } from "./releases.ts";
 import { createStorageHealth } from "./storage-health.ts";
 import { type SocketData, workerSocketHandlers } from "./worker-socket.ts";
 
+/** A master that is serving: its URL and context, `done` for its loops, and `stop` to end it all. */
 export interface RunningMaster {
   url: string;
   ctx: MasterContext;
@@ -203,6 +204,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
 /** The methods the API uses; anything else (CONNECT, TRACE, inventions) gets a 405 before routing. */
 const METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
 
+/** Splits a `host:port` listen address (an IPv6 host in brackets) into the bare host and the port. */
 export function splitListen(listen: string): [string, number] {
   const i = listen.lastIndexOf(":");
   return [listen.slice(0, i).replace(/^\[|\]$/g, ""), Number(listen.slice(i + 1))];

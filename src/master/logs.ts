@@ -12,6 +12,7 @@ interface OpenLog {
   size: number;
 }
 
+/** Job logs on disk, a file per job, written by byte offset: a resend never duplicates or skips a byte. */
 export interface LogStore {
   path(jobId: number): string;
   /** Current size of the job's log in bytes (0 when none yet). */

@@ -6,6 +6,7 @@ import type { MasterMessage, SlotInfo } from "../protocol/wire.ts";
  * hello after a restart; the store keeps only what must survive (registrations, holds, jobs).
  */
 
+/** A slot of a connected worker as the dispatcher sees it: its resources, hold and the job in it. */
 export interface LiveSlot {
   name: string;
   resources: string[];
@@ -20,6 +21,7 @@ export interface LiveSlot {
   refusedUntil?: number;
 }
 
+/** A connected worker: what it offers (arch, channels, slots), its drain and hold, and how to reach it. */
 export interface LiveWorker {
   name: string;
   arch: string;
@@ -37,6 +39,7 @@ export interface LiveWorker {
   instance: string | null;
 }
 
+/** The connected workers by name; `remove` only removes the entry of the socket given, never a newer one. */
 export interface Registry {
   workers: Map<string, LiveWorker>;
   add(w: LiveWorker): void;
@@ -45,6 +48,7 @@ export interface Registry {
   occupy(worker: string, slot: string, job: string | null): void;
 }
 
+/** An empty registry; it lives as long as the master process and is rebuilt from hellos after a restart. */
 export function createRegistry(): Registry {
   const workers = new Map<string, LiveWorker>();
   return {

@@ -16,6 +16,7 @@ export interface StorageHealth {
   wrote(err: unknown): void;
 }
 
+/** A StorageHealth that starts healthy and logs each change through `log`, naming `dataDir`. */
 export function createStorageHealth(dataDir: string, log: ConsolaInstance): StorageHealth {
   const h: StorageHealth = {
     failingSince: null,

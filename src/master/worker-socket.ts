@@ -29,6 +29,7 @@ import { resolveTemplate } from "./templates.ts";
  * log chunk is always written before the `job.finished` that follows it on the wire.
  */
 
+/** Per-connection state: the worker's name once it said hello, and the chain that orders its messages. */
 export interface SocketData {
   name: string | null;
   chain: Promise<void>;
@@ -37,6 +38,7 @@ export interface SocketData {
 /** Where an active attempt's bytes go: attempt number and the offset of its first byte in the job log. */
 const bases = new Map<number, { attempt: number; base: number }>();
 
+/** Records where job `row`'s current attempt starts in its log, so its log frames land where they belong. */
 export function rememberAttempt(row: Pick<JobRow, "id" | "attempt" | "logBase">) {
   bases.set(row.id, { attempt: row.attempt, base: row.logBase });
 }
@@ -68,6 +70,7 @@ function withdrawAttempt(ctx: MasterContext, row: JobRow) {
   holder?.send({ type: "job.forget", jobId: row.id, attempt: row.attempt });
 }
 
+/** The handlers of the worker websocket: hello, heartbeats, job reports and log frames, each in order. */
 export function workerSocketHandlers(ctx: MasterContext) {
   const send = (ws: ServerWebSocket<SocketData>, msg: MasterMessage) => ws.send(JSON.stringify(msg));
 

@@ -11,8 +11,11 @@ export const JOB_STATES = [
   "cancelled",
   "timed_out",
 ] as const;
+/** One of JOB_STATES. */
 export type JobState = (typeof JOB_STATES)[number];
+/** The states a job never leaves. */
 export const TERMINAL_STATES: readonly JobState[] = ["succeeded", "failed", "cancelled", "timed_out"];
+/** True when state `s` is one a job never leaves. */
 export const isTerminal = (s: string) => (TERMINAL_STATES as readonly string[]).includes(s);
 
 /** Why a job failed; see SPEC.md "Job states". */
@@ -27,6 +30,7 @@ export const REASONS = [
   "sandbox",
   "rejected",
 ] as const;
+/** One of REASONS. */
 export type Reason = (typeof REASONS)[number];
 
 /** What a worker needs to run one attempt of a job. */
@@ -49,6 +53,7 @@ export const JobSpecSchema = z.object({
   needs: z.array(z.string()),
   egress: z.array(z.string()),
 });
+/** A checked JobSpecSchema value. */
 export type JobSpec = z.infer<typeof JobSpecSchema>;
 
 /** How an attempt ended, as the worker saw it. */
@@ -60,6 +65,7 @@ export const OutcomeSchema = z.object({
   peakMemoryBytes: z.number().int().nullable(),
   cpuMs: z.number().int().nullable(),
 });
+/** A checked OutcomeSchema value. */
 export type Outcome = z.infer<typeof OutcomeSchema>;
 
 /** A job as the API and `--json` show it. */
@@ -199,6 +205,7 @@ export const SubmitOptionsSchema = z
     retries: z.number().int().min(0, "must be at least 0").max(100, "must be at most 100").optional(),
   })
   .strict();
+/** A checked SubmitOptionsSchema value. */
 export type SubmitOptions = z.infer<typeof SubmitOptionsSchema>;
 
 /** The `kiln submit` flag behind each field of a submit request, so the CLI speaks of what the user typed. */

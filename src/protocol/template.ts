@@ -19,6 +19,7 @@ const egress = z
   .max(64)
   .optional();
 
+/** How a template is built: debootstrap a suite, run a script on a base, or unpack a job's artifact (tar). */
 export const TemplateRecipeSchema = z.discriminatedUnion("kind", [
   z
     .object({
@@ -53,6 +54,7 @@ export const TemplateRecipeSchema = z.discriminatedUnion("kind", [
     })
     .strict(),
 ]);
+/** A checked TemplateRecipeSchema value. */
 export type TemplateRecipe = z.infer<typeof TemplateRecipeSchema>;
 
 /** What a worker needs to build or find a template: its recipe, hash, and its base's spec. */
@@ -63,6 +65,7 @@ export interface TemplateSpec {
   base: TemplateSpec | null;
 }
 
+/** Validates a TemplateSpec from the wire, its chain of bases included. */
 export const TemplateSpecSchema: z.ZodType<TemplateSpec> = z.lazy(() =>
   z.object({
     name: z.string(),

@@ -8,15 +8,18 @@ import type { TemplateSpec } from "./template.ts";
  * attempt can be recognised and ignored.
  */
 
+/** A worker's slot as it reports it: name, resources and the hold on it, if any. */
 export const SlotInfoSchema = z.object({
   name: z.string(),
   resources: z.array(z.string()),
   held: z.string().nullable(),
 });
+/** A checked SlotInfoSchema value. */
 export type SlotInfo = z.infer<typeof SlotInfoSchema>;
 
 const JobRef = { jobId: z.number().int(), attempt: z.number().int() };
 
+/** Every text message a worker may send; the master drops (and logs) anything this does not accept. */
 export const WorkerMessageSchema = z.discriminatedUnion("type", [
   z.object({
     type: z.literal("worker.hello"),
@@ -54,8 +57,10 @@ export const WorkerMessageSchema = z.discriminatedUnion("type", [
   /** The worker is stopping and has ended these attempts without a result: re-queue them now. */
   z.object({ type: z.literal("worker.stopping"), running: z.array(z.object(JobRef)) }),
 ]);
+/** A checked WorkerMessageSchema value. */
 export type WorkerMessage = z.infer<typeof WorkerMessageSchema>;
 
+/** Every text message the master sends a worker. */
 export type MasterMessage =
   | { type: "worker.welcome"; heartbeatMs: number; leaseMs: number }
   | { type: "worker.refused"; message: string }
@@ -79,6 +84,7 @@ export interface LogFrame {
   data: Uint8Array;
 }
 
+/** Encodes a log chunk as one binary frame (see LogFrame). */
 export function encodeLogFrame(f: LogFrame): Uint8Array {
   const header = new TextEncoder().encode(JSON.stringify({ j: f.jobId, a: f.attempt, o: f.offset }));
   const out = new Uint8Array(4 + header.length + f.data.length);
@@ -88,6 +94,7 @@ export function encodeLogFrame(f: LogFrame): Uint8Array {
   return out;
 }
 
+/** Decodes a binary log frame; throws on a header that is too long, truncated or not whole numbers. */
 export function decodeLogFrame(buf: Uint8Array): LogFrame {
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const len = view.getUint32(0);

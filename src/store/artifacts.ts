@@ -15,10 +15,12 @@ export function putArtifact(store: Store, a: Omit<ArtifactRow, "createdAt">, now
   });
 }
 
+/** The artifacts kept for job `jobId`, by name. */
 export function listArtifacts(db: Db, jobId: number) {
   return db.select().from(artifacts).where(eq(artifacts.jobId, jobId)).orderBy(artifacts.name);
 }
 
+/** The artifact `name` of job `jobId`, or undefined. */
 export async function getArtifact(db: Db, jobId: number, name: string): Promise<ArtifactRow | undefined> {
   return (
     await db

@@ -13,6 +13,7 @@ import { type JobRow, jobEvents, jobs } from "./schema.ts";
 
 const ACTIVE: JobState[] = ["assigned", "running"];
 
+/** What a submit stores: every column but those the store sets itself (id, state, attempt, created_at). */
 export type NewJob = Omit<typeof jobs.$inferInsert, "id" | "state" | "attempt" | "createdAt">;
 
 /**
@@ -70,6 +71,7 @@ export const RUN_STATE = [
   "submittedBy",
 ] as const satisfies readonly (keyof JobRow)[];
 
+/** The columns that define a job (DEFINITION): what a retry copies. */
 export type JobDefinition = Pick<JobRow, (typeof DEFINITION)[number]>;
 
 /** What `row` is as a submitted job: the one mapping a retry (and anything else that copies a job) uses. */
@@ -101,6 +103,7 @@ export function insertJob(store: Store, job: NewJob, now = Date.now()): Promise<
   });
 }
 
+/** Job `id`, or undefined. */
 export async function getJob(db: Db, id: number): Promise<JobRow | undefined> {
   const q = prepared(db, "getJob", () =>
     db

@@ -4,8 +4,10 @@ import { AppError } from "../lib/errors.ts";
 import { MIGRATIONS } from "./migrations.gen.ts";
 import * as schema from "./schema.ts";
 
+/** The drizzle database over Kiln's schema: for reads, and for writes inside Store.write. */
 export type Db = LibSQLDatabase<typeof schema>;
 
+/** An open store: the database, the raw libSQL client, and the one way to write. */
 export interface Store {
   db: Db;
   client: Client;

@@ -8,6 +8,7 @@ import { type RecipeRow, recipes } from "./schema.ts";
  * every job can always be traced to the exact text it ran, whatever happened to the recipe since.
  */
 
+/** A recipe version to store: its name, the TOML source as given and the definition parsed from it. */
 export interface NewRecipe {
   name: string;
   description: string;

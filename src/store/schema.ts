@@ -7,6 +7,7 @@ import { index, integer, primaryKey, real, sqliteTable, text } from "drizzle-orm
  * can be audited and "exactly one terminal state" checked.
  */
 
+/** Jobs: the definition as submitted and the current attempt's state, lease and outcome. */
 export const jobs = sqliteTable(
   "jobs",
   {
@@ -70,6 +71,7 @@ export const jobs = sqliteTable(
   ],
 );
 
+/** Every state change of every job, appended in the same transaction as the change. */
 export const jobEvents = sqliteTable(
   "job_events",
   {
@@ -85,6 +87,7 @@ export const jobEvents = sqliteTable(
   (t) => [index("job_events_job").on(t.jobId, t.id)],
 );
 
+/** Workers that registered: what they offer, when they were seen, and the operator's drain and hold. */
 export const workers = sqliteTable("workers", {
   name: text("name").primaryKey(),
   arch: text("arch").notNull(),
@@ -98,6 +101,7 @@ export const workers = sqliteTable("workers", {
   holdReason: text("hold_reason"),
 });
 
+/** API tokens by id: the sha256 of the secret, the role, an optional project, expiry and revocation. */
 export const tokens = sqliteTable("tokens", {
   id: text("id").primaryKey(),
   hash: text("hash").notNull().unique(),
@@ -130,9 +134,13 @@ export const recipes = sqliteTable(
   (t) => [primaryKey({ columns: [t.name, t.version] })],
 );
 
+/** A jobs row as read back. */
 export type JobRow = typeof jobs.$inferSelect;
+/** A workers row as read back. */
 export type WorkerRow = typeof workers.$inferSelect;
+/** A tokens row as read back. */
 export type TokenRow = typeof tokens.$inferSelect;
+/** A recipes row (one version of a recipe) as read back. */
 export type RecipeRow = typeof recipes.$inferSelect;
 
 /**
@@ -149,6 +157,7 @@ export const templates = sqliteTable("templates", {
   createdBy: text("created_by"),
 });
 
+/** A templates row as read back. */
 export type TemplateRow = typeof templates.$inferSelect;
 
 /**
@@ -168,6 +177,7 @@ export const artifacts = sqliteTable(
   (t) => [primaryKey({ columns: [t.jobId, t.name] })],
 );
 
+/** An artifacts row as read back. */
 export type ArtifactRow = typeof artifacts.$inferSelect;
 
 /**
@@ -186,4 +196,5 @@ export const releases = sqliteTable("releases", {
   createdBy: text("created_by"),
 });
 
+/** One release as stored. */
 export type ReleaseRow = typeof releases.$inferSelect;

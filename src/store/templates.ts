@@ -22,14 +22,17 @@ export function putTemplate(
   });
 }
 
+/** The template named `name`, or undefined. */
 export async function getTemplate(db: Db, name: string): Promise<TemplateRow | undefined> {
   return (await db.select().from(templates).where(eq(templates.name, name)))[0];
 }
 
+/** Every template, by name. */
 export function listTemplates(db: Db) {
   return db.select().from(templates).orderBy(templates.name);
 }
 
+/** Removes template `name` and returns its row, or null when there was none. */
 export function deleteTemplate(store: Store, name: string) {
   return store.write(
     async (tx) => (await tx.delete(templates).where(eq(templates.name, name)).returning())[0] ?? null,

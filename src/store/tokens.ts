@@ -4,7 +4,9 @@ import type { Db, Store } from "./open.ts";
 import { prepared } from "./prepared.ts";
 import { type TokenRow, tokens } from "./schema.ts";
 
+/** The roles a token can have; master/auth.ts ranks them (a worker token only connects workers). */
 export const ROLES = ["admin", "operator", "submitter", "viewer", "worker"] as const;
+/** One of ROLES. */
 export type Role = (typeof ROLES)[number];
 
 /** Only the hash of a token is stored; the secret itself is shown once, at creation. */
@@ -59,10 +61,12 @@ export async function findToken(db: Db, secret: string, now = Date.now()): Promi
   return row;
 }
 
+/** Every token, revoked and expired ones too, oldest first (hashes only: the secrets are never stored). */
 export function listTokens(db: Db) {
   return db.select().from(tokens).orderBy(tokens.createdAt);
 }
 
+/** Revokes token `id` and returns its row; null when it is unknown or was already revoked. */
 export function revokeToken(store: Store, id: string, now = Date.now()) {
   return store.write(async (tx) => {
     const [row] = await tx

@@ -26,6 +26,7 @@ export function upsertWorker(
   });
 }
 
+/** Updates the stored fields `set` of worker `name`; returns the row, or null for an unknown worker. */
 export function setWorker(store: Store, name: string, set: Partial<WorkerRow>) {
   return store.write(async (tx) => {
     const [row] = await tx.update(workers).set(set).where(eq(workers.name, name)).returning();
@@ -33,10 +34,12 @@ export function setWorker(store: Store, name: string, set: Partial<WorkerRow>) {
   });
 }
 
+/** The stored worker `name`, or undefined. */
 export function getWorker(db: Db, name: string) {
   return db.query.workers.findFirst({ where: eq(workers.name, name) });
 }
 
+/** Every worker ever registered and not removed, by name. */
 export function listWorkers(db: Db) {
   return db.select().from(workers).orderBy(workers.name);
 }

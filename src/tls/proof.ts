@@ -66,7 +66,7 @@ export async function proofHeaders(
   return { [CERT_HEADER]: der, [PROOF_HEADER]: `v1.${ts}.${Buffer.from(sig).toString("base64url")}` };
 }
 
-const refuse = (code: string, msg: string) => new AppError(code, msg, { status: 401 });
+const refused = (code: string, msg: string) => new AppError(code, msg, { status: 401 });
 
 /** What the chain, validity and purpose checks established about one certificate. */
 interface CheckedCertificate {
@@ -104,7 +104,7 @@ async function checkedCertificate(
     cache.set(certB64, checked);
   }
   if (checked.notBefore > now || checked.notAfter <= now)
-    throw refuse(
+    throw refused(
       "CERTIFICATE_EXPIRED",
       `certificate ${checked.serial} is valid from ${new Date(checked.notBefore).toISOString()} to ${new Date(checked.notAfter).toISOString()}: the worker must renew before it ends, or join again`,
     );
@@ -125,13 +125,13 @@ async function checkCertificate(certB64: string, ca: X509Certificate): Promise<C
     cert.issuer === ca.subject &&
     (await cert.verify({ publicKey: ca.publicKey, signatureOnly: true }).catch(() => false));
   if (!ok)
-    throw refuse(
+    throw refused(
       "CERTIFICATE_UNTRUSTED",
       `certificate ${cert.serialNumber} (${cert.subject}) was not issued by this master's CA: enroll with a join token from this master`,
     );
   const eku = cert.getExtension(x509.ExtendedKeyUsageExtension);
   if (!eku?.usages.includes(x509.ExtendedKeyUsage.clientAuth))
-    throw refuse("CERTIFICATE_UNTRUSTED", `certificate ${cert.serialNumber} is not a client certificate`);
+    throw refused("CERTIFICATE_UNTRUSTED", `certificate ${cert.serialNumber} is not a client certificate`);
   return {
     worker: commonName(cert),
     serial: cert.serialNumber,
@@ -155,29 +155,29 @@ export async function verifyWorker(
   const certB64 = req.headers.get(CERT_HEADER);
   const proof = req.headers.get(PROOF_HEADER);
   if (!certB64 || !proof)
-    throw refuse(
+    throw refused(
       "WORKER_CERT_MISSING",
       "no worker certificate: enroll this worker with `kiln worker --join TOKEN` (a join token from `kiln token create --role worker`)",
     );
   if (certB64.length > (MAX_CERT_BYTES * 4) / 3 + 4)
-    throw refuse("WORKER_CERT_INVALID", "the worker certificate header is too large");
+    throw refused("WORKER_CERT_INVALID", "the worker certificate header is too large");
   const cert = await checkedCertificate(certB64, ca, now);
   const { worker, serial } = cert;
   const row = await lookup.find(serial);
   if (!row || row.worker !== worker)
-    throw refuse(
+    throw refused(
       "CERTIFICATE_UNKNOWN",
       `certificate ${serial} of ${worker} is not in this master's records (a restored or foreign store?): join again`,
     );
   if (row.revokedAt !== null)
-    throw refuse(
+    throw refused(
       "CERTIFICATE_REVOKED",
       `certificate ${serial} of worker ${worker} was revoked at ${new Date(row.revokedAt).toISOString()}: join again with a new token if it should work here`,
     );
   const m = /^v1\.(\d{1,16})\.([A-Za-z0-9_-]{1,200})$/.exec(proof);
-  if (!m) throw refuse("WORKER_PROOF_INVALID", "the worker proof header is malformed");
+  if (!m) throw refused("WORKER_PROOF_INVALID", "the worker proof header is malformed");
   if (Math.abs(Number(m[1]) - now) > PROOF_WINDOW_MS)
-    throw refuse(
+    throw refused(
       "WORKER_PROOF_STALE",
       `the worker's proof is dated ${new Date(Number(m[1])).toISOString()}, more than 5 minutes from the master's clock: synchronise the clocks (NTP)`,
     );
@@ -186,7 +186,7 @@ export async function verifyWorker(
     .verify(ECDSA_SHA256, cert.key, Buffer.from(m[2]!, "base64url"), message(m[1]!, req.method, path))
     .catch(() => false);
   if (!valid)
-    throw refuse(
+    throw refused(
       "WORKER_PROOF_INVALID",
       `the proof does not match certificate ${serial}: the sender does not hold its key`,
     );

@@ -1,8 +1,18 @@
 import { afterAll, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { type Master, startMaster, startWorker, stopAll, tempDir, waitFor } from "../harness.ts";
+import {
+  checkLeftoversAfterEachTest,
+  type Master,
+  startMaster,
+  startWorker,
+  stopAll,
+  tempDir,
+  waitFor,
+} from "../harness.ts";
 import { seedQueuedJobs } from "../seed.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * A queue that holds a large backlog no worker can serve (an everyday state: an architecture or channel

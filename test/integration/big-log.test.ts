@@ -1,7 +1,18 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { statSync } from "node:fs";
 import { join } from "node:path";
-import { type Master, startMaster, startWorker, stopAll, submitJob, tempDir, waitJob } from "../harness.ts";
+import {
+  checkLeftoversAfterEachTest,
+  type Master,
+  startMaster,
+  startWorker,
+  stopAll,
+  submitJob,
+  tempDir,
+  waitJob,
+} from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * Jobs whose output comes faster than the socket to the master can take: every byte must arrive, in

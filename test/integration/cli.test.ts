@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, copyFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
+  checkLeftoversAfterEachTest,
   freePort,
   KILN,
   kiln,
@@ -12,6 +13,8 @@ import {
   tempDir,
   waitJob,
 } from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 const dir = tempDir();
 let m: Master;

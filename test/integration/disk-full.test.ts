@@ -2,6 +2,7 @@ import { afterAll, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
+  checkLeftoversAfterEachTest,
   type Master,
   startMaster,
   startWorker,
@@ -11,6 +12,8 @@ import {
   waitFor,
   waitJob,
 } from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * The master's disk fills while a job runs. Nothing may loop or be lost: the finished job waits in the
@@ -67,7 +70,9 @@ test.skipIf(!root)(
     });
     expect(refused.error.code).toBe("STORAGE_FULL");
     expect(refused.error.message).toContain("the master's disk is full");
-    // Ten leases long the master cannot write: the job must neither be re-queued nor run again.
+    // Ten leases long the master cannot write: the job must neither be re-queued nor run again. Not a
+    // wait for something: time passing with the disk full is the fault under test, and nothing happening
+    // during it is the result.
     await Bun.sleep(20_000);
     const during = await m.api<{ state: string; attempt: number }>("GET", `/api/v1/jobs/${id}`);
     expect(during.body.attempt).toBe(1);

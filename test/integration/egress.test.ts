@@ -1,8 +1,18 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { type Master, startMaster, stopAll, submitJob, tempDir, waitJob } from "../harness.ts";
+import {
+  checkLeftoversAfterEachTest,
+  type Master,
+  startMaster,
+  stopAll,
+  submitJob,
+  tempDir,
+  waitJob,
+} from "../harness.ts";
 import { type NetnsUpstream, netnsLeftovers, startNetnsUpstream } from "../upstream-netns.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * The egress proxy against real upstreams: an HTTP server of the test's own in a network namespace
@@ -152,6 +162,7 @@ with urllib.request.urlopen("https://deb.debian.org/debian/dists/bookworm/main/b
     d = r.read()
 print("https", len(d), hashlib.sha256(d).hexdigest())
 PY`;
+
     const id = await submitJob(m, {
       command: ["/bin/bash", "-c", script],
       egress: ["deb.debian.org"],

@@ -2,6 +2,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
+  checkLeftoversAfterEachTest,
   type JobJson,
   type Master,
   startMaster,
@@ -11,6 +12,8 @@ import {
   tempDir,
   waitFor,
 } from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * Whose failure is it? A job's own mistake (a command that does not exist, a PATH that finds nothing)

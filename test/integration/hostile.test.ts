@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
-import { type Master, startMaster, stopAll, tempDir } from "../harness.ts";
+import { checkLeftoversAfterEachTest, type Master, startMaster, stopAll, tempDir } from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * Requests an attacker or a broken client would send to the master's one port: huge and endless bodies,
@@ -25,7 +27,20 @@ afterAll(async () => {
   dir[Symbol.dispose]();
 });
 
-/** Sends raw bytes on a fresh connection and returns what came back before the server closed or 2 s passed. */
+/** True once `text` holds a whole HTTP response: its head and as much body as it declares. */
+function wholeResponse(text: string): boolean {
+  const end = text.indexOf("\r\n\r\n");
+  if (end < 0) return false;
+  const head = text.slice(0, end);
+  const body = text.slice(end + 4);
+  if (/^transfer-encoding:\s*chunked/im.test(head)) return body.endsWith("0\r\n\r\n");
+  return body.length >= Number(/^content-length:\s*(\d+)/im.exec(head)?.[1] ?? 0);
+}
+
+/**
+ * Sends raw bytes on a fresh connection and returns what came back once a whole response is in or the
+ * server closed. The 2 s timer only bounds a server that does neither (a request it still waits on).
+ */
 async function raw(bytes: string, closeAfterWrite = false): Promise<string> {
   const port = Number(new URL(m.url).port);
   const got: Buffer[] = [];
@@ -39,8 +54,13 @@ async function raw(bytes: string, closeAfterWrite = false): Promise<string> {
           s.write(bytes);
           if (closeAfterWrite) s.end();
         },
-        data(_s, d) {
+        data(s, d) {
           got.push(Buffer.from(d));
+          if (wholeResponse(Buffer.concat(got).toString("latin1"))) {
+            clearTimeout(timer);
+            s.end();
+            resolve();
+          }
         },
         close() {
           clearTimeout(timer);

@@ -1,5 +1,6 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import {
+  checkLeftoversAfterEachTest,
   type JobJson,
   type Master,
   startMaster,
@@ -10,6 +11,8 @@ import {
   waitFor,
   waitJob,
 } from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 describe("one machine with kiln up", () => {
   const dir = tempDir();

@@ -1,7 +1,16 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { type Master, startMaster, stopAll, tempDir, waitFor } from "../harness.ts";
+import {
+  checkLeftoversAfterEachTest,
+  type Master,
+  startMaster,
+  stopAll,
+  tempDir,
+  waitFor,
+} from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * Recipes end to end through the compiled binary: add, submit with values, the refusals that must queue

@@ -1,7 +1,18 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { type Master, startMaster, stopAll, submitJob, tempDir, waitFor, waitJob } from "../harness.ts";
+import {
+  checkLeftoversAfterEachTest,
+  type Master,
+  startMaster,
+  stopAll,
+  submitJob,
+  tempDir,
+  waitFor,
+  waitJob,
+} from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * Releases end to end through the compiled binary: a succeeded job's artifact promoted under a tag is

@@ -1,7 +1,18 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { type JobJson, type Master, startMaster, stopAll, submitJob, tempDir, waitJob } from "../harness.ts";
+import {
+  checkLeftoversAfterEachTest,
+  type JobJson,
+  type Master,
+  startMaster,
+  stopAll,
+  submitJob,
+  tempDir,
+  waitJob,
+} from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * Build-root templates for real: a bookworm minbase root with build-essential made by debootstrap from

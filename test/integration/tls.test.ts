@@ -1,7 +1,18 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { freePort, kiln, type Role, spawnRole, stopAll, tempDir, waitFor } from "../harness.ts";
+import {
+  checkLeftoversAfterEachTest,
+  freePort,
+  kiln,
+  type Role,
+  spawnRole,
+  stopAll,
+  tempDir,
+  waitFor,
+} from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * `[master] tls = true` on the compiled binary: the master creates its CA and serves HTTPS and WSS on its

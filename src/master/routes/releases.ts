@@ -19,7 +19,8 @@ type Env = { Variables: { caller: Caller } };
 const PROMOTE = z.object({
   job: z.number().int().positive(),
   artifact: z.string().min(1).max(1024),
-  tag: z.string().min(1).max(63),
+  // The name rule (checkTag) says what a tag may be; the schema only bounds it.
+  tag: z.string().max(1024),
 });
 
 /** A release as the API shows it: what it is, where it came from, and where to fetch it. */
