@@ -19,7 +19,8 @@ const MAY_IMPORT: Record<string, string[]> = {
   templates: ["lib", "protocol"],
   runner: ["lib", "protocol", "templates"],
   "job-api": ["lib", "protocol", "runner"],
-  master: ["config", "lib", "protocol", "store", "version.ts"],
+  storage: ["config", "lib"],
+  master: ["config", "lib", "protocol", "store", "storage", "version.ts"],
   worker: ["config", "lib", "protocol", "runner", "job-api", "version.ts"],
   sandbox: ["config", "lib", "protocol", "runner", "job-api", "templates", ".."],
   types: [],
@@ -64,7 +65,7 @@ test("the table forbids what the architecture forbids", () => {
     may("sandbox", "worker"),
     may("cli", "store"),
   ]).toEqual([false, false, false, false]);
-  for (const shared of ["protocol", "config", "lib", "store", "runner", "job-api"])
+  for (const shared of ["protocol", "config", "lib", "store", "storage", "runner", "job-api"])
     for (const role of ["master", "worker", "cli"])
       expect([shared, role, may(shared, role)]).toEqual([shared, role, false]);
 });

@@ -5,6 +5,7 @@ import { AppError, errorFrom } from "../lib/errors.ts";
 import { delay } from "../lib/loop.ts";
 import { formatSize, parseSize } from "../lib/size.ts";
 import { isTerminal, JOB_STATES, type JobView, SUBMIT_FLAGS, SubmitSchema } from "../protocol/job.ts";
+import { artifactsText } from "./artifacts.ts";
 import type { Client } from "./client.ts";
 import { checkFlags, clientArgs, clientOf, jobIdArg, print, repeated, safe, table } from "./common.ts";
 
@@ -337,6 +338,7 @@ export const show = defineCommand({
           j.progress ? `${j.progress.percent}%${j.progress.message ? ` ${j.progress.message}` : ""}` : null,
         ],
         ["log", `${j.logSize} bytes`],
+        ["artifacts", artifactsText(j.artifacts)],
         ["retry of", j.retryOf === null ? null : String(j.retryOf)],
         ["recipe", j.recipe ? recipeText(j.recipe) : null],
         // A recipe job's command is the rendered script; the recipe line above says what it is.

@@ -73,6 +73,18 @@ export const SCHEMA = {
     // Enough for parallel maintainer scripts and apt's helpers; a fork bomb stops here.
     build_pids: { type: "int", default: 4096, min: 16, max: 1 << 22 },
   },
+  storage: {
+    // Where the master keeps artifact blobs: "fs" in its data dir, or "s3" in an S3-compatible bucket.
+    backend: { type: "enum", default: "fs", values: ["fs", "s3"] },
+    s3_endpoint: { type: "string", default: "" },
+    s3_bucket: { type: "string", default: "" },
+    // Most S3-compatible servers accept any region; AWS needs the bucket's own.
+    s3_region: { type: "string", default: "us-east-1" },
+    s3_access_key_id: { type: "string", default: "" },
+    s3_secret_access_key: { type: "string", default: "" },
+    // Before every key, so one bucket can hold several masters' blobs apart.
+    s3_prefix: { type: "string", default: "kiln/" },
+  },
   sandbox: {
     scratch: { type: "enum", default: "loop", values: ["loop", "lvm", "tmpfs"] },
     volume_group: { type: "string", default: "" },

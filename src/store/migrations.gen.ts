@@ -31,5 +31,11 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "when": 1796095640277,
     "hash": "70065c608df1acd25e38b035a4c1917d58c6625d8fc7c59e1e80df7cb3dad3df",
     "sql": "DROP INDEX `jobs_queue`;--> statement-breakpoint\nCREATE INDEX `jobs_ready` ON `jobs` (`channel`,`arch`,\"priority\" DESC,`id`) WHERE \"jobs\".\"state\" = 'queued';--> statement-breakpoint\nCREATE INDEX `jobs_state` ON `jobs` (`state`,`id`);"
+  },
+  {
+    "tag": "0005_artifact_blobs",
+    "when": 1796104374281,
+    "hash": "41d025e02e5ca70ee585b2c54cb2f8bda897d736fdaa343018344e3ed7f82297",
+    "sql": "CREATE TABLE `artifact_blobs` (\n\t`sha256` text PRIMARY KEY NOT NULL,\n\t`size` integer NOT NULL,\n\t`kind` text NOT NULL,\n\t`store` text NOT NULL,\n\t`created_at` integer NOT NULL\n);\n--> statement-breakpoint\nALTER TABLE `artifacts` ADD `mode` integer DEFAULT 420 NOT NULL;--> statement-breakpoint\nCREATE INDEX `artifacts_sha256` ON `artifacts` (`sha256`);--> statement-breakpoint\n-- Artifacts stored before blobs were tracked are all in the data dir; their kind was never read.\nINSERT OR IGNORE INTO `artifact_blobs` (`sha256`, `size`, `kind`, `store`, `created_at`) SELECT `sha256`, `size`, 'other', 'fs', min(`created_at`) FROM `artifacts` GROUP BY `sha256`;\n"
   }
 ];
