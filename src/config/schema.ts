@@ -49,6 +49,8 @@ export const SCHEMA = {
     default_retries: { type: "int", default: 2, min: 0, max: 100 },
     // The most of one attempt's output the master keeps; past it the log says it was cut.
     log_max: { type: "size", default: 2 ** 30, min: 64 * 1024 },
+    // The largest artifact the master takes: a disk image fits, a runaway job does not fill the disk.
+    artifact_max: { type: "size", default: 64 * 2 ** 30, min: 1024 },
   },
   worker: {
     master: { type: "string", default: "http://127.0.0.1:7070" },

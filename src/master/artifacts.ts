@@ -20,8 +20,6 @@ import type { ArtifactBlobRow } from "../store/schema.ts";
  * partial or unverified file. Memory stays bounded: one chunk at most per request, written as it comes.
  */
 
-// One artifact may not exceed this: a disk image fits, a runaway job's output does not fill the master.
-export const MAX_ARTIFACT = 64 * 2 ** 30;
 // The most one upload request may carry. Bun's server reads a request body ahead of its handler, so this
 // bounds what an upload can hold in the master's memory; the worker sends 8 MiB.
 export const MAX_CHUNK = 16 * 2 ** 20;
@@ -179,10 +177,6 @@ export function createArtifactService(o: {
       }),
     receive: (c, offset, body) =>
       lock(partialOf(c), async () => {
-        if (c.size > MAX_ARTIFACT)
-          throw new AppError("TOO_LARGE", `artifact ${c.name} is larger than ${MAX_ARTIFACT} bytes`, {
-            status: 413,
-          });
         const partial = partialOf(c);
         const have = sizeOf(partial);
         // Nothing partial and the content stored already (another job's, or an earlier try whose answer

@@ -1,6 +1,7 @@
 import type { Context } from "hono";
 import { Hono } from "hono";
 import { AppError, badRequest, notFound } from "../../lib/errors.ts";
+import { formatSize } from "../../lib/size.ts";
 import { artifactNameProblem } from "../../protocol/artifact-name.ts";
 import { getArtifact, listArtifacts } from "../../store/artifacts.ts";
 import { getJob } from "../../store/jobs.ts";
@@ -46,6 +47,13 @@ export function artifactRoutes(ctx: MasterContext) {
     const size = sizeOf(c.req.header("x-kiln-size") ?? c.req.query("size"), "x-kiln-size");
     const modeText = c.req.header("x-kiln-mode") ?? "644";
     if (!/^[0-7]{1,4}$/.test(modeText)) throw badRequest("x-kiln-mode must be octal permission bits");
+    const max = ctx.cfg.master.artifact_max ?? 64 * 2 ** 30;
+    if (size > max)
+      throw new AppError(
+        "TOO_LARGE",
+        `artifact ${name} has ${formatSize(size)}, more than this master takes (master.artifact_max, ${formatSize(max)})`,
+        { status: 413 },
+      );
     const job = await getJob(ctx.store.db, id);
     if (!job || job.attempt !== attempt || !["assigned", "running"].includes(job.state)) {
       throw new AppError("JOB_NOT_ACTIVE", `job ${id} attempt ${attempt} is not running`, { status: 409 });
