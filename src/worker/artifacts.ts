@@ -1,4 +1,4 @@
-import { appendFileSync, existsSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
 import { type AppError, coerceError, errorFrom } from "../lib/errors.ts";
@@ -48,6 +48,28 @@ async function sha256(path: string): Promise<string> {
   return h.digest("hex");
 }
 
+/**
+ * The sha256 of an out-dir file, hashed once per delivery however often it resumes: kept in the job dir
+ * (`artifact-hashes.json`) with the size and mtime it was taken at, so a restarted worker does not read
+ * a 2 GiB file again either. A file changed since is hashed anew.
+ */
+async function cachedSha256(jobDir: string, name: string, path: string, fresh = false): Promise<string> {
+  const file = join(jobDir, "artifact-hashes.json");
+  let cache: Record<string, { size: number; mtimeMs: number; sha256: string }> = {};
+  try {
+    cache = JSON.parse(readFileSync(file, "utf8"));
+  } catch {
+    // None yet (or torn by a crash while written): hashing again is always correct.
+  }
+  const st = statSync(path);
+  const hit = cache[name];
+  if (!fresh && hit && hit.size === st.size && hit.mtimeMs === st.mtimeMs) return hit.sha256;
+  const hash = await sha256(path);
+  cache[name] = { size: st.size, mtimeMs: st.mtimeMs, sha256: hash };
+  writeFileSync(file, JSON.stringify(cache));
+  return hash;
+}
+
 interface Target {
   master: string;
   token: string;
@@ -64,7 +86,13 @@ class Withdrawn extends Error {}
  * Sends one file, resuming from the offset the master holds. Resolves when the master has recorded it;
  * throws RetryLater (the master cannot be reached or cannot write), Refused or Withdrawn.
  */
-async function uploadFile(t: Target, name: string, path: string, log: ConsolaInstance): Promise<void> {
+async function uploadFile(
+  t: Target,
+  jobDir: string,
+  name: string,
+  path: string,
+  log: ConsolaInstance,
+): Promise<void> {
   const st = statSync(path);
   const size = st.size;
   const url = `${t.master.replace(/\/$/, "")}/api/v1/worker/artifacts/${t.jobId}/${t.attempt}/${encodeURIComponent(name)}`;
@@ -80,7 +108,7 @@ async function uploadFile(t: Target, name: string, path: string, log: ConsolaIns
       );
     }
   };
-  let hash = await sha256(path);
+  let hash = await cachedSha256(jobDir, name, path);
   let mismatches = 0;
   for (;;) {
     const claim = {
@@ -110,7 +138,7 @@ async function uploadFile(t: Target, name: string, path: string, log: ConsolaIns
       if (e.code === "CHECKSUM_MISMATCH" && ++mismatches < 2) {
         // The file changed under us, or bytes were damaged on the way: hash again and start over once.
         log.warn(`job ${t.jobId}: artifact ${name}: ${e.message}`);
-        hash = await sha256(path);
+        hash = await cachedSha256(jobDir, name, path, true);
         break;
       }
       await refusal(res, name, e);
@@ -156,7 +184,13 @@ export async function deliverArtifacts(o: {
   const refused: string[] = [];
   for (const name of names) {
     try {
-      await uploadFile({ master: o.master, token: o.token, jobId, attempt }, name, join(out, name), o.log);
+      await uploadFile(
+        { master: o.master, token: o.token, jobId, attempt },
+        dir,
+        name,
+        join(out, name),
+        o.log,
+      );
     } catch (err) {
       if (err instanceof RetryLater) throw err;
       if (err instanceof Withdrawn) {

@@ -160,6 +160,18 @@ describe("artifact uploads", () => {
   });
 });
 
+test("partial uploads of attempts that ended are swept; those of running attempts stay", async () => {
+  const [ended, running] = [await newJob(), await newJob()];
+  const content = random(100_000);
+  const ctx = testContext(dir, store);
+  const a = createApp(ctx);
+  expect((await putAt(ended, "p.bin", content, 0, content.slice(0, 40_000), a)).status).toBe(202);
+  expect((await putAt(running, "p.bin", content, 0, content.slice(0, 40_000), a)).status).toBe(202);
+  expect(await ctx.artifacts.sweepIncoming(async (id) => id === running)).toBe(1);
+  expect(await offsetOf(ended, "p.bin", content, a)).toBe(0);
+  expect(await offsetOf(running, "p.bin", content, a)).toBe(40_000);
+});
+
 describe("artifact downloads by range", () => {
   const get = (job: number, headers: Record<string, string>) =>
     app.request(`/api/v1/jobs/${job}/artifacts/r.bin`, {
