@@ -280,7 +280,7 @@ describe("artifacts", () => {
   }, 120_000);
 
   test.skipIf(!root)(
-    "in the sandbox, a collected file keeps its executable bit",
+    "in the sandbox, a collected or uploaded file keeps its executable bit",
     async () => {
       const d = home();
       const m = await startMaster(d);
@@ -289,13 +289,17 @@ describe("artifacts", () => {
         command: [
           "sh",
           "-c",
-          'cp /bin/true "$KILN_OUT/tool" && chmod 750 "$KILN_OUT/tool"; echo x > "$KILN_OUT/plain"',
+          [
+            'cp /bin/true "$KILN_OUT/tool" && chmod 750 "$KILN_OUT/tool" && echo x > "$KILN_OUT/plain"',
+            "cp /bin/true /tmp/up && chmod 755 /tmp/up && /kiln/bin/kiln job upload /tmp/up --name uploaded",
+          ].join(" && "),
         ],
       });
       expect((await waitJob(m, id, 60_000)).state).toBe("succeeded");
       expect((await listed(m, id)).map((a) => [a.name, a.mode.toString(8)])).toEqual([
         ["plain", "644"],
         ["tool", "750"],
+        ["uploaded", "755"],
       ]);
       expect((await m.cli(["download", String(id), "tool", "-o", join(d, "tool")])).code).toBe(0);
       expect(Bun.spawnSync([join(d, "tool")]).exitCode).toBe(0);
