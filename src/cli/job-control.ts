@@ -79,7 +79,10 @@ const upload = defineCommand({
     const name = ctx.args.name ?? basename(file);
     const res = await callApi(`/v1/upload?name=${encodeURIComponent(name)}`, {
       method: "POST",
-      headers: { "content-length": String(f.size) },
+      headers: {
+        "content-length": String(f.size),
+        "x-kiln-mode": ((await f.stat()).mode & 0o777).toString(8),
+      },
       body: f,
     });
     const got = res as { name?: string; size?: number };

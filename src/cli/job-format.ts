@@ -1,6 +1,7 @@
 import { formatDuration } from "../lib/duration.ts";
 import { formatSize } from "../lib/size.ts";
 import { isTerminal, type JobView } from "../protocol/job.ts";
+import { artifactsText } from "./artifacts.ts";
 import { safe, table } from "./common.ts";
 
 /*
@@ -65,6 +66,7 @@ export function showText(j: JobView): string {
       j.progress ? `${j.progress.percent}%${j.progress.message ? ` ${j.progress.message}` : ""}` : null,
     ],
     ["log", `${j.logSize} bytes`],
+    ["artifacts", artifactsText(j.artifacts)],
     ["retry of", j.retryOf === null ? null : String(j.retryOf)],
     ["recipe", j.recipe ? recipeText(j.recipe) : null],
     // A recipe job's command is the rendered script; the recipe line above says what it is.

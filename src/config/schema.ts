@@ -56,6 +56,8 @@ export const SCHEMA = {
     tls_key: { type: "string", default: "" },
     // Empty: localhost, 127.0.0.1, ::1 and this host's name.
     tls_names: { type: "list", default: [] },
+    // The largest artifact the master takes: a disk image fits, a runaway job does not fill the disk.
+    artifact_max: { type: "size", default: 64 * 2 ** 30, min: 1024 },
   },
   worker: {
     master: { type: "string", default: "http://127.0.0.1:7070" },
@@ -79,6 +81,18 @@ export const SCHEMA = {
     build_memory: { type: "size", default: 4 * 2 ** 30, min: 16 << 20 },
     // Enough for parallel maintainer scripts and apt's helpers; a fork bomb stops here.
     build_pids: { type: "int", default: 4096, min: 16, max: 1 << 22 },
+  },
+  storage: {
+    // Where the master keeps artifact blobs: "fs" in its data dir, or "s3" in an S3-compatible bucket.
+    backend: { type: "enum", default: "fs", values: ["fs", "s3"] },
+    s3_endpoint: { type: "string", default: "" },
+    s3_bucket: { type: "string", default: "" },
+    // Most S3-compatible servers accept any region; AWS needs the bucket's own.
+    s3_region: { type: "string", default: "us-east-1" },
+    s3_access_key_id: { type: "string", default: "" },
+    s3_secret_access_key: { type: "string", default: "" },
+    // Before every key, so one bucket can hold several masters' blobs apart.
+    s3_prefix: { type: "string", default: "kiln/" },
   },
   sandbox: {
     scratch: { type: "enum", default: "loop", values: ["loop", "lvm", "tmpfs"] },

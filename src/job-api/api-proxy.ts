@@ -1,4 +1,4 @@
-import { createWriteStream, mkdirSync, statSync, unlinkSync, type WriteStream } from "node:fs";
+import { chmodSync, createWriteStream, mkdirSync, statSync, unlinkSync, type WriteStream } from "node:fs";
 import { dirname, join } from "node:path";
 import type { Socket } from "bun";
 import { coerceError } from "../lib/errors.ts";
@@ -298,15 +298,29 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
     const b = s.data.body!;
     const part = chunk.subarray(0, b.need - b.got);
     b.got += part.length;
-    if (b.file) b.file.write(part);
-    else if (b.refused === undefined) b.chunks.push(part);
+    // A job can send faster than the disk takes it: stop reading its socket until the file drains.
+    if (b.file && !b.file.write(part)) {
+      s.pause();
+      b.file.once("drain", () => s.resume());
+    } else if (b.refused === undefined) b.chunks.push(part);
     if (b.got < b.need) return;
     if (b.refused !== undefined) return refuse(s, 413, "ARTIFACT_BUDGET", b.refused);
     const req = s.data.request!;
     const url = new URL(req.target, "http://kiln.invalid");
     if (b.file) {
       const name = url.searchParams.get("name")!;
-      b.file.end(() => respond(s, 201, { name, size: b.got }));
+      // The file's permission bits as `kiln job upload` read them; never write for others, never set-id.
+      const mode = /^[0-7]{1,4}$/.test(req.headers.get("x-kiln-mode") ?? "")
+        ? Number.parseInt(req.headers.get("x-kiln-mode")!, 8) & 0o755
+        : 0o600;
+      b.file.end(() => {
+        try {
+          chmodSync(b.file!.path as string, mode);
+        } catch (err) {
+          return refuse(s, 500, "UPLOAD_FAILED", `cannot store ${name}: ${coerceError(err).message}`);
+        }
+        respond(s, 201, { name, size: b.got });
+      });
       return;
     }
     api(s, req.method, url, Buffer.concat(b.chunks));

@@ -344,6 +344,24 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
     source: "sandbox",
     meaning: "Cgroups left by an earlier run could not be removed.",
   },
+  // Artifact uploads.
+  UPLOAD_OFFSET: {
+    status: 409,
+    source: "master",
+    meaning:
+      "An artifact chunk does not start where the master's copy ends; the worker asks for the offset and continues from there.",
+  },
+  UPLOAD_TOO_LONG: {
+    status: 400,
+    source: "master",
+    meaning: "An artifact chunk is larger than a chunk may be, or runs past the size the worker claimed.",
+  },
+  ARTIFACT_MISSING: {
+    status: 404,
+    source: "master",
+    meaning:
+      "An artifact's stored content is gone from its blob store; the master's log says where it was kept.",
+  },
   // Releases and worker enrollment.
   RELEASE_EXISTS: {
     status: 409,

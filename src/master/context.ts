@@ -1,6 +1,7 @@
 import type { ConsolaInstance } from "consola";
 import type { Config } from "../config/schema.ts";
 import type { Store } from "../store/open.ts";
+import type { ArtifactService } from "./artifacts.ts";
 import type { LogStore } from "./logs.ts";
 import type { Registry } from "./registry.ts";
 import type { StorageHealth } from "./storage-health.ts";
@@ -11,6 +12,8 @@ export interface MasterContext {
   dataDir: string;
   store: Store;
   logs: LogStore;
+  /** Artifact uploads in progress and the blob stores behind stored ones. */
+  artifacts: ArtifactService;
   registry: Registry;
   log: ConsolaInstance;
   /** Whether the master can write (its disk is not full); the lease reaper heeds it. */

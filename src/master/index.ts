@@ -8,13 +8,16 @@ import { AppError, coerceError } from "../lib/errors.ts";
 import { holdLock } from "../lib/lock.ts";
 import { logger } from "../lib/log.ts";
 import { type Loop, runLoop } from "../lib/loop.ts";
+import { localBlobStore, openBlobStore } from "../storage/open.ts";
 import { certificateLedger } from "../store/enrollment.ts";
+import { getJob } from "../store/jobs.ts";
 import { openStore, storeUrl } from "../store/open.ts";
 import { findToken, hashToken, insertTokenHash } from "../store/tokens.ts";
 import { markAllDisconnected } from "../store/workers.ts";
 import { type Authority, openAuthority, serverTls } from "../tls/authority.ts";
 import { enrollmentHandler } from "../tls/enroll.ts";
 import { createApp, internalError } from "./app.ts";
+import { createArtifactService } from "./artifacts.ts";
 import type { MasterContext } from "./context.ts";
 import { createDispatcher } from "./dispatcher.ts";
 import { reapLeasesOnce } from "./leases.ts";
@@ -92,12 +95,28 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
     lock.release();
     throw new AppError("STORE_UNAVAILABLE", `cannot open the store at ${shown}: ${coerceError(err).message}`);
   });
+  let blobs: ReturnType<typeof openBlobStore>;
+  try {
+    blobs = openBlobStore(cfg, data);
+  } catch (err) {
+    store.close();
+    lock.release();
+    throw err;
+  }
   const dispatcher = createDispatcher(() => ctx);
   const ctx: MasterContext = {
     cfg,
     dataDir: data,
     store,
     logs: openLogStore(join(data, "logs"), storage.wrote),
+    artifacts: createArtifactService({
+      dataDir: data,
+      store,
+      blobs,
+      local: localBlobStore(data),
+      log,
+      wrote: storage.wrote,
+    }),
     storage,
     registry: createRegistry(),
     log,
@@ -184,7 +203,16 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
     `${authority ? "https" : "http"}://${server.hostname?.includes(":") ? `[${server.hostname}]` : server.hostname}:${server.port}`;
   log.info(`master listening on ${url} (data ${data})`);
 
-  const loops: Loop[] = [runLoop({ name: "leases", everyMs: 1000, log }, () => reapLeasesOnce(ctx))];
+  const loops: Loop[] = [
+    runLoop({ name: "leases", everyMs: 1000, log }, () => reapLeasesOnce(ctx)),
+    // Partial uploads of attempts that ended (or went back to the queue) will never be resumed.
+    runLoop({ name: "incoming artifacts", everyMs: 60_000, log }, async () => {
+      await ctx.artifacts.sweepIncoming(async (id, attempt) => {
+        const job = await getJob(store.db, id);
+        return !!job && job.attempt === attempt && ["assigned", "running"].includes(job.state);
+      });
+    }),
+  ];
   ctx.dispatch();
   return {
     url,

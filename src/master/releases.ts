@@ -1,15 +1,15 @@
-import { copyFileSync, existsSync, linkSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { AppError } from "../lib/errors.ts";
 import { checkName } from "../lib/names.ts";
 import { getRelease, insertRelease } from "../store/releases.ts";
 import type { ArtifactRow, JobRow, ReleaseRow } from "../store/schema.ts";
-import { artifactPath } from "./artifacts.ts";
+import { blobKey } from "./artifacts.ts";
 import type { MasterContext } from "./context.ts";
 
 /*
  * Releases: an artifact promoted under a tag becomes DATA/releases/TAG/FILE plus SHA256SUMS, made in a
- * temporary directory and renamed into place, so a reader sees a whole release or none. A tag is never
+ * temporary directory (the artifact's bytes copied out of the blob store) and renamed into place, so a reader sees a whole release or none. A tag is never
  * reused or changed, and retention never touches DATA/releases.
  */
 
@@ -52,13 +52,17 @@ async function promoteNow(ctx: MasterContext, job: JobRow, artifact: ArtifactRow
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true, mode: 0o755 });
   const file = artifact.name.split("/").pop() as string;
-  const source = artifactPath(ctx.dataDir, artifact.sha256);
-  try {
-    // A hard link shares the stored bytes; another file system gets a copy.
-    linkSync(source, join(tmp, file));
-  } catch {
-    copyFileSync(source, join(tmp, file));
+  // A copy, not a reference: the artifact's blob goes when its job's artifacts do; a release stays.
+  const body = await ctx.artifacts.blobs.get(blobKey(artifact.sha256));
+  if (!body) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw new AppError(
+      "RELEASE_MISSING",
+      `the content of ${artifact.name} (sha256 ${artifact.sha256}) is missing from the ${ctx.artifacts.blobs.kind} store`,
+      { status: 410 },
+    );
   }
+  await Bun.write(join(tmp, file), new Response(body));
   writeFileSync(join(tmp, "SHA256SUMS"), `${artifact.sha256}  ${file}\n`, { mode: 0o644 });
   renameSync(tmp, dir);
   const row: ReleaseRow = {

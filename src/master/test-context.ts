@@ -1,7 +1,9 @@
 import { join } from "node:path";
 import { createConsola } from "consola";
 import type { Config } from "../config/schema.ts";
+import { localBlobStore } from "../storage/open.ts";
 import type { Store } from "../store/open.ts";
+import { createArtifactService } from "./artifacts.ts";
 import type { MasterContext } from "./context.ts";
 import { openLogStore } from "./logs.ts";
 import { createRegistry } from "./registry.ts";
@@ -18,6 +20,13 @@ export function testContext(dir: string, store: Store): MasterContext {
     dataDir: dir,
     store,
     logs: openLogStore(join(dir, "logs")),
+    artifacts: createArtifactService({
+      dataDir: dir,
+      store,
+      blobs: localBlobStore(dir),
+      local: localBlobStore(dir),
+      log: quiet,
+    }),
     registry: createRegistry(),
     log: quiet,
     storage: createStorageHealth(dir, quiet),

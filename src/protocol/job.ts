@@ -26,6 +26,7 @@ export const REASONS = [
   "pids",
   "no_space",
   "artifact_budget",
+  "artifact_upload",
   "lost",
   "sandbox",
   "rejected",
@@ -68,6 +69,18 @@ export const OutcomeSchema = z.object({
 /** A checked OutcomeSchema value. */
 export type Outcome = z.infer<typeof OutcomeSchema>;
 
+/**
+ * An artifact as the API and `--json` show it: `kind` read from its content (deb, rpm, image, other),
+ * `mode` the permission bits the file had on the worker.
+ */
+export interface ArtifactInfo {
+  name: string;
+  size: number;
+  sha256: string;
+  kind: string;
+  mode: number;
+}
+
 /** A job as the API and `--json` show it. */
 export interface JobView {
   id: number;
@@ -109,7 +122,7 @@ export interface JobView {
   recipe: { name: string; version: number; vars: Record<string, string> } | null;
   progress: { percent: number; message: string | null } | null;
   waitingFor: string | null;
-  artifacts: { name: string; size: number; sha256: string }[];
+  artifacts: ArtifactInfo[];
 }
 
 const ENV_KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;

@@ -43,5 +43,11 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "when": 1796107276794,
     "hash": "47ddf4970e7e7e01b6ffadcd83eeb85340f6441b5ecb2ef613681c995676ee7c",
     "sql": "CREATE TABLE `join_tokens` (\n\t`id` text PRIMARY KEY NOT NULL,\n\t`secret_hash` text NOT NULL,\n\t`role` text NOT NULL,\n\t`created_at` integer NOT NULL,\n\t`created_by` text,\n\t`expires_at` integer NOT NULL,\n\t`used_at` integer,\n\t`used_by` text,\n\t`revoked_at` integer\n);\n--> statement-breakpoint\nCREATE UNIQUE INDEX `join_tokens_secret_hash_unique` ON `join_tokens` (`secret_hash`);--> statement-breakpoint\nCREATE TABLE `worker_certificates` (\n\t`serial` text PRIMARY KEY NOT NULL,\n\t`worker` text NOT NULL,\n\t`fingerprint` text NOT NULL,\n\t`not_before` integer NOT NULL,\n\t`not_after` integer NOT NULL,\n\t`issued_at` integer NOT NULL,\n\t`join_token` text,\n\t`renewed_from` text,\n\t`revoked_at` integer,\n\t`revoke_reason` text\n);\n--> statement-breakpoint\nCREATE INDEX `worker_certificates_worker` ON `worker_certificates` (`worker`,`not_after`);"
+  },
+  {
+    "tag": "0007_artifact_blobs",
+    "when": 1796108020022,
+    "hash": "41d025e02e5ca70ee585b2c54cb2f8bda897d736fdaa343018344e3ed7f82297",
+    "sql": "CREATE TABLE `artifact_blobs` (\n\t`sha256` text PRIMARY KEY NOT NULL,\n\t`size` integer NOT NULL,\n\t`kind` text NOT NULL,\n\t`store` text NOT NULL,\n\t`created_at` integer NOT NULL\n);\n--> statement-breakpoint\nALTER TABLE `artifacts` ADD `mode` integer DEFAULT 420 NOT NULL;--> statement-breakpoint\nCREATE INDEX `artifacts_sha256` ON `artifacts` (`sha256`);--> statement-breakpoint\n-- Artifacts stored before blobs were tracked are all in the data dir; their kind was never read.\nINSERT OR IGNORE INTO `artifact_blobs` (`sha256`, `size`, `kind`, `store`, `created_at`) SELECT `sha256`, `size`, 'other', 'fs', min(`created_at`) FROM `artifacts` GROUP BY `sha256`;\n"
   }
 ];

@@ -161,8 +161,8 @@ export const templates = sqliteTable("templates", {
 export type TemplateRow = typeof templates.$inferSelect;
 
 /**
- * A job's artifacts: files it left in $KILN_OUT (or uploaded with `kiln job upload`), stored once by
- * content under DATA/artifacts/sha256/ and named per job.
+ * A job's artifacts: files it left in $KILN_OUT (or uploaded with `kiln job upload`), named per job. The
+ * bytes are a blob in artifact_blobs, stored once however many jobs leave the same content.
  */
 export const artifacts = sqliteTable(
   "artifacts",
@@ -173,8 +173,10 @@ export const artifacts = sqliteTable(
     size: integer("size").notNull(),
     sha256: text("sha256").notNull(),
     createdAt: integer("created_at").notNull(),
+    // The permission bits the file had on the worker (0644 for rows from before they were recorded).
+    mode: integer("mode").notNull().default(0o644),
   },
-  (t) => [primaryKey({ columns: [t.jobId, t.name] })],
+  (t) => [primaryKey({ columns: [t.jobId, t.name] }), index("artifacts_sha256").on(t.sha256)],
 );
 
 /** An artifacts row as read back. */
@@ -198,3 +200,20 @@ export const releases = sqliteTable("releases", {
 
 /** One release as stored. */
 export type ReleaseRow = typeof releases.$inferSelect;
+
+/**
+ * The stored content behind artifacts, one row per sha256. Its references are the artifacts rows that
+ * name it: a blob no row names any more is deleted from its store (see src/master/artifacts.ts).
+ */
+export const artifactBlobs = sqliteTable("artifact_blobs", {
+  sha256: text("sha256").primaryKey(),
+  size: integer("size").notNull(),
+  // deb, rpm, image or other, read from the content (src/storage/kind.ts).
+  kind: text("kind").notNull(),
+  // The blob store that holds it: "fs" (the data dir) or "s3".
+  store: text("store").notNull(),
+  createdAt: integer("created_at").notNull(),
+});
+
+/** One stored blob as recorded. */
+export type ArtifactBlobRow = typeof artifactBlobs.$inferSelect;

@@ -177,14 +177,14 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     if (!existsSync(join(o.job.dir, "artifacts-delivered"))) {
       o.delivering = true;
       deliverArtifacts({
-        dir: o.job.dir,
-        jobId: o.job.jobId,
-        attempt: o.job.attempt,
+        job: o.job,
+        outcome: o.outcome,
         master: cfg.worker.master,
         token: opts.token,
         log,
       }).then(
-        () => {
+        (undelivered) => {
+          if (undelivered) Object.assign(o, undelivered);
           o.delivering = false;
           sendFinished(key);
         },

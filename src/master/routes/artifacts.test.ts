@@ -52,7 +52,11 @@ afterEach(() => {
 const put = (name: string, body: string) =>
   app.request(`/api/v1/worker/artifacts/${jobId}/1/${name}`, {
     method: "PUT",
-    headers: { authorization: `Bearer ${worker}` },
+    headers: {
+      authorization: `Bearer ${worker}`,
+      "x-kiln-sha256": new Bun.CryptoHasher("sha256").update(body).digest("hex"),
+      "x-kiln-size": String(Buffer.byteLength(body)),
+    },
     body,
   });
 const get = (path: string) =>

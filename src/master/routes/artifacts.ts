@@ -1,12 +1,15 @@
+import type { Context } from "hono";
 import { Hono } from "hono";
 import { AppError, badRequest, notFound } from "../../lib/errors.ts";
+import { formatSize } from "../../lib/size.ts";
 import { artifactNameProblem } from "../../protocol/artifact-name.ts";
-import { getArtifact, listArtifacts, putArtifact } from "../../store/artifacts.ts";
+import { getArtifact, listArtifacts } from "../../store/artifacts.ts";
 import { getJob } from "../../store/jobs.ts";
-import { artifactPath, storeArtifact } from "../artifacts.ts";
+import { artifactView, type UploadClaim } from "../artifacts.ts";
 import type { Caller } from "../auth.ts";
 import { requireRole } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
+import { parseRange } from "./range.ts";
 
 type Env = { Variables: { caller: Caller } };
 
@@ -21,32 +24,59 @@ const nameOf = (text: string) => {
     throw badRequest(`${JSON.stringify(text)} is not an artifact name: ${problem}`, "INVALID_NAME");
   return text;
 };
+const sizeOf = (text: string | undefined, what: string) => {
+  if (text === undefined || !/^\d{1,15}$/.test(text)) throw badRequest(`${what} must be a byte count`);
+  return Number(text);
+};
 
-/** Artifacts: workers upload a job's files; people (and workers building tarball templates) read them. */
+/**
+ * Artifacts: workers upload a job's files in resumable chunks; people (and workers building tarball
+ * templates) list and read them, whole or by byte range.
+ */
 export function artifactRoutes(ctx: MasterContext) {
   const app = new Hono<Env>();
 
-  // `{.+}`: a `dir/file` name matches whether its "/" arrives as such or encoded as %2F.
-  app.put("/worker/artifacts/:id/:attempt/:name{.+}", async (c) => {
+  /** The upload a worker's request is about; only the attempt that runs (or just ended) may add files. */
+  const claimOf = async (c: Context<Env>): Promise<UploadClaim> => {
     requireRole(c, "worker");
-    const id = idOf(c.req.param("id"));
-    const attempt = idOf(c.req.param("attempt"));
-    const name = nameOf(c.req.param("name"));
+    const id = idOf(c.req.param("id") ?? "");
+    const attempt = idOf(c.req.param("attempt") ?? "");
+    const name = nameOf(c.req.param("name") ?? "");
+    const sha256 = c.req.header("x-kiln-sha256") ?? c.req.query("sha256") ?? "";
+    if (!/^[0-9a-f]{64}$/.test(sha256)) throw badRequest("x-kiln-sha256 must be the file's sha256 in hex");
+    const size = sizeOf(c.req.header("x-kiln-size") ?? c.req.query("size"), "x-kiln-size");
+    const modeText = c.req.header("x-kiln-mode") ?? "644";
+    if (!/^[0-7]{1,4}$/.test(modeText)) throw badRequest("x-kiln-mode must be octal permission bits");
+    const max = ctx.cfg.master.artifact_max ?? 64 * 2 ** 30;
+    if (size > max)
+      throw new AppError(
+        "TOO_LARGE",
+        `artifact ${name} has ${formatSize(size)}, more than this master takes (master.artifact_max, ${formatSize(max)})`,
+        { status: 413 },
+      );
     const job = await getJob(ctx.store.db, id);
-    // Only the attempt that is running (or just ended and is being delivered) may add artifacts.
     if (!job || job.attempt !== attempt || !["assigned", "running"].includes(job.state)) {
       throw new AppError("JOB_NOT_ACTIVE", `job ${id} attempt ${attempt} is not running`, { status: 409 });
     }
-    if (!c.req.raw.body) throw badRequest("an artifact upload needs a body");
-    const claimed = c.req.header("x-kiln-sha256") ?? null;
-    if (claimed !== null && !/^[0-9a-f]{64}$/.test(claimed))
-      throw badRequest("x-kiln-sha256 must be a sha256 in hex");
-    const stored = await storeArtifact(ctx.dataDir, c.req.raw.body, claimed);
-    await putArtifact(ctx.store, { jobId: id, name, attempt, ...stored });
-    return c.json({ name, ...stored }, 201);
+    // Only permission bits: set-id bits from a job's file are not for whoever downloads it.
+    return { jobId: id, attempt, name, sha256, size, mode: Number.parseInt(modeText, 8) & 0o777 };
+  };
+
+  // `{.+}`: a `dir/file` name matches whether its "/" arrives as such or encoded as %2F.
+  app.get("/worker/artifacts/:id/:attempt/:name{.+}", async (c) => {
+    const claim = await claimOf(c);
+    return c.json({ offset: await ctx.artifacts.offset(claim) });
   });
 
-  const readable = async (c: Parameters<typeof requireRole>[0], idText: string) => {
+  app.put("/worker/artifacts/:id/:attempt/:name{.+}", async (c) => {
+    const claim = await claimOf(c);
+    const offset = sizeOf(c.req.header("x-kiln-offset") ?? "0", "x-kiln-offset");
+    const got = await ctx.artifacts.receive(claim, offset, c.req.raw.body);
+    if ("offset" in got) return c.json({ offset: got.offset }, 202);
+    return c.json(artifactView(got.artifact), 201);
+  });
+
+  const readable = async (c: Context<Env>, idText: string) => {
     const caller = c.get("caller");
     if (caller.role !== "worker") requireRole(c, "viewer");
     const job = await getJob(ctx.store.db, idOf(idText));
@@ -56,8 +86,7 @@ export function artifactRoutes(ctx: MasterContext) {
 
   app.get("/jobs/:id/artifacts", async (c) => {
     const job = await readable(c, c.req.param("id"));
-    const rows = await listArtifacts(ctx.store.db, job.id);
-    return c.json(rows.map((r) => ({ name: r.name, size: r.size, sha256: r.sha256 })));
+    return c.json((await listArtifacts(ctx.store.db, job.id)).map(artifactView));
   });
 
   app.get("/jobs/:id/artifacts/:name{.+}", async (c) => {
@@ -70,13 +99,53 @@ export function artifactRoutes(ctx: MasterContext) {
         `job ${job.id} has no artifact ${name}: see \`kiln artifacts ${job.id}\``,
         { status: 404 },
       );
-    return new Response(Bun.file(artifactPath(ctx.dataDir, row.sha256)), {
+    const etag = `"${row.sha256}"`;
+    const headers: Record<string, string> = {
+      "content-type": "application/octet-stream",
+      "accept-ranges": "bytes",
+      etag,
+      "x-kiln-sha256": row.sha256,
+      "x-kiln-size": String(row.size),
+      "x-kiln-mode": row.mode.toString(8),
+      "x-kiln-kind": row.kind,
+      // The last part only: a browser saves one file, and the name's characters need no quoting.
+      "content-disposition": `attachment; filename="${row.name.split("/").pop()}"`,
+    };
+    // If-Range (RFC 9110, 13.1.5): a range of a different version would corrupt the client's file, so a
+    // validator that does not match gets the whole artifact.
+    const ifRange = c.req.header("if-range");
+    const range =
+      ifRange === undefined || ifRange === etag ? parseRange(c.req.header("range"), row.size) : null;
+    if (range === "unsatisfiable") {
+      return c.json(
+        {
+          error: {
+            code: "RANGE_NOT_SATISFIABLE",
+            message: `artifact ${name} has ${row.size} bytes; the range asked for is outside them`,
+          },
+        },
+        416,
+        { "content-range": `bytes */${row.size}` },
+      );
+    }
+    const body = await ctx.artifacts.open(row, range ?? undefined);
+    if (!body) {
+      ctx.log.error(
+        `artifact ${name} of job ${job.id}: blob ${row.sha256} is missing from the ${row.store} store`,
+      );
+      throw new AppError(
+        "ARTIFACT_MISSING",
+        `the stored content of artifact ${name} is missing on the master; the master's log says where it was kept`,
+        { status: 404 },
+      );
+    }
+    if (!range) return new Response(body, { headers: { ...headers, "content-length": String(row.size) } });
+    return new Response(body, {
+      status: 206,
       headers: {
-        "content-type": "application/octet-stream",
-        "content-length": String(row.size),
-        "x-kiln-sha256": row.sha256,
-        // The last part only: a browser saves one file, and the name's characters need no quoting.
-        "content-disposition": `attachment; filename="${row.name.split("/").pop()}"`,
+        ...headers,
+        "content-length": String(range.end - range.start + 1),
+        "content-range": `bytes ${range.start}-${range.end}/${row.size}`,
       },
     });
   });

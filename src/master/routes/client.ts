@@ -6,6 +6,7 @@ import { isTerminal, SubmitSchema } from "../../protocol/job.ts";
 import { listArtifacts } from "../../store/artifacts.ts";
 import { cancelJob, definitionOf, getJob, insertJob, jobHistory, listJobs } from "../../store/jobs.ts";
 import type { JobRow } from "../../store/schema.ts";
+import { artifactView } from "../artifacts.ts";
 import type { Caller } from "../auth.ts";
 import { requireRole } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
@@ -83,11 +84,7 @@ export function clientRoutes(ctx: MasterContext) {
     const caller = requireRole(c, "viewer");
     const row = await loadJob(ctx, caller, c.req.param("id"));
     const waitingFor = row.state === "queued" ? await whyQueued(ctx, row) : null;
-    const artifacts = (await listArtifacts(ctx.store.db, row.id)).map((a) => ({
-      name: a.name,
-      size: a.size,
-      sha256: a.sha256,
-    }));
+    const artifacts = (await listArtifacts(ctx.store.db, row.id)).map(artifactView);
     return c.json(jobView(row, { waitingFor, logSize: ctx.logs.size(row.id), artifacts }));
   });
 

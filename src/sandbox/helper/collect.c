@@ -227,6 +227,10 @@ static bool walk(int src, int dst, const char *prefix, int depth) {
     AS_JOB(); /* sendfile reads through `in`, opened as the job; nothing is resolved from here */
     long long got = copy_bytes(in, out, (long long)size);
     int e = errno;
+    /* The job's permission bits travel with the file (an executable stays one), never write for others.
+     * As root: the copy is root's file, and fchmod(2) checks the file system uid. */
+    AS_ROOT();
+    if (got >= 0 && fchmod(out, now.st_mode & 0755) < 0) got = -1, e = errno;
     close(in);
     if (close(out) < 0 && got >= 0) got = -1, e = errno;
     if (got < 0) {

@@ -159,7 +159,8 @@ describe("kiln-sandbox --collect", () => {
         sh(["stat", "-c", "%U %a", to, join(to, "a.txt")])
           .trim()
           .split("\n"),
-      ).toEqual(["root 700", "root 600"]);
+        // The job's permission bits (umask 022: 644) travel with the file, which stays root's.
+      ).toEqual(["root 700", "root 644"]);
     },
   );
 
