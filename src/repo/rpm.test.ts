@@ -1,0 +1,321 @@
+// The RPM format against rpm itself: packages built by rpmbuild are read by Kiln and by `rpm -qp`, hostile
+// headers are refused with BAD_PACKAGE, and createrepo_c's metadata is regenerated incrementally.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { utimes } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { AppError } from "../lib/errors.ts";
+import type { PublishedPackage } from "./format.ts";
+import { createRpmFormat, readRpm, rpmPoolPath, rpmRepoFile, writeRpmMetadata } from "./rpm.ts";
+import { helloSpec, manySpec, placeRpms, rpmbuild } from "./rpm-bench.ts";
+
+let dir: string;
+let hello: string;
+let helloSrc: string;
+let tilde: string;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "kiln-r-rpm-"));
+  const a = await rpmbuild(
+    join(dir, "a"),
+    helloSpec({ name: "kiln-r-hello", version: "2.10", release: "1", epoch: 3, output: "hi" }),
+  );
+  hello = a.find((f) => f.endsWith(".x86_64.rpm")) as string;
+  helloSrc = a.find((f) => f.endsWith(".src.rpm")) as string;
+  const b = await rpmbuild(
+    join(dir, "b"),
+    helloSpec({ name: "kiln-r-tilde", version: "1.0~rc1", release: "0.1", output: "rc" }),
+    "-bb",
+  );
+  tilde = b[0] as string;
+}, 120_000);
+
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+// What rpm itself reports for a package, one tag per line.
+function rpmQuery(file: string): Record<string, string> {
+  const tags = [
+    "NAME",
+    "EPOCH",
+    "VERSION",
+    "RELEASE",
+    "ARCH",
+    "SOURCERPM",
+    "SUMMARY",
+    "LICENSE",
+    "URL",
+    "BUILDTIME",
+  ];
+  const out = Bun.spawnSync(["rpm", "-qp", "--qf", tags.map((t) => `%{${t}}\\n`).join(""), file]);
+  expect(out.exitCode).toBe(0);
+  const lines = out.stdout.toString().split("\n");
+  return Object.fromEntries(tags.map((t, i) => [t, lines[i] as string]));
+}
+
+describe("reading an RPM", () => {
+  test("every field Kiln reads matches rpm -qp, for binary packages with and without an epoch", async () => {
+    for (const file of [hello, tilde]) {
+      const q = rpmQuery(file);
+      const info = await readRpm(file);
+      const epoch = q.EPOCH === "(none)" ? "" : `${q.EPOCH}:`;
+      expect(info).toEqual({
+        format: "rpm",
+        name: q.NAME as string,
+        version: `${epoch}${q.VERSION}-${q.RELEASE}`,
+        arch: q.ARCH as string,
+        source: q.NAME as string,
+        size: statSync(file).size,
+        sha256: new Bun.CryptoHasher("sha256").update(readFileSync(file)).digest("hex"),
+        meta: {
+          version: q.VERSION as string,
+          release: q.RELEASE as string,
+          buildArch: q.ARCH as string,
+          ...(epoch ? { epoch: q.EPOCH as string } : {}),
+          sourceRpm: q.SOURCERPM as string,
+          summary: q.SUMMARY as string,
+          license: q.LICENSE as string,
+          url: q.URL as string,
+          buildTime: q.BUILDTIME as string,
+        },
+      });
+    }
+  });
+
+  test("a source RPM is recognized: arch src, no source package, rpm's own fields", async () => {
+    const q = rpmQuery(helloSrc);
+    expect(q.SOURCERPM).toBe("(none)");
+    const info = await readRpm(helloSrc);
+    expect(info.arch).toBe("src");
+    expect(info.source).toBeUndefined();
+    expect(info.version).toBe(`${q.EPOCH}:${q.VERSION}-${q.RELEASE}`);
+    expect(info.meta.buildArch).toBe(q.ARCH as string);
+    expect(rpmPoolPath(info)).toBe("Packages/k/kiln-r-hello-2.10-1.src.rpm");
+  });
+
+  test("pool paths follow rpm's file names and the format orders versions as rpm does", async () => {
+    const fmt = createRpmFormat();
+    const settings = { name: "r", format: "rpm" as const, archs: [] };
+    expect(fmt.poolPath(await readRpm(hello), settings)).toBe("Packages/k/kiln-r-hello-2.10-1.x86_64.rpm");
+    expect(fmt.poolPath(await readRpm(tilde), settings)).toBe(
+      "Packages/k/kiln-r-tilde-1.0~rc1-0.1.x86_64.rpm",
+    );
+    expect(fmt.compare("1.0~rc1-0.1", "1.0-0.1")).toBe(-1);
+    expect(fmt.compare("3:2.10-1", "2.11-1")).toBe(1);
+  });
+});
+
+// The byte layout of a real package, so each hostile case changes exactly one thing.
+function layout(bytes: Uint8Array) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const sigCount = view.getUint32(96 + 8);
+  const sigStore = view.getUint32(96 + 12);
+  const mainAt = Math.ceil((96 + 16 + sigCount * 16 + sigStore) / 8) * 8;
+  const mainCount = view.getUint32(mainAt + 8);
+  const mainStore = view.getUint32(mainAt + 12);
+  const storeAt = mainAt + 16 + mainCount * 16;
+  let nameEntry = -1;
+  for (let i = 0; i < mainCount; i++)
+    if (view.getUint32(mainAt + 16 + i * 16) === 1000) nameEntry = mainAt + 16 + i * 16;
+  return { bytes, view, mainAt, mainCount, mainStore, storeAt, nameEntry, end: storeAt + mainStore };
+}
+
+async function expectBad(bytes: Uint8Array, message: RegExp) {
+  const file = join(dir, "hostile.rpm");
+  writeFileSync(file, bytes);
+  const err = await readRpm(file).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(AppError);
+  expect((err as AppError).code).toBe("BAD_PACKAGE");
+  expect((err as AppError).message).toMatch(message);
+}
+
+describe("hostile RPMs are refused with BAD_PACKAGE", () => {
+  const edit = (fn: (l: ReturnType<typeof layout>) => void) => {
+    const l = layout(new Uint8Array(readFileSync(hello)));
+    fn(l);
+    return l.bytes;
+  };
+
+  test("empty, short and foreign files", async () => {
+    await expectBad(new Uint8Array(0), /lead needs 96 bytes .* ends at 0/);
+    await expectBad(new Uint8Array(readFileSync(hello)).subarray(0, 50), /truncated/);
+    await expectBad(new TextEncoder().encode("#!/bin/sh\n".repeat(20)), /lead magic ed ab ee db/);
+  });
+
+  test("a package truncated in each part", async () => {
+    const full = new Uint8Array(readFileSync(hello));
+    const l = layout(full);
+    for (const [cut, part] of [
+      [96 + 8, /signature header needs/],
+      [l.mainAt - 3, /signature header's store|main header needs/],
+      [l.mainAt + 16 + 8, /main header's index needs/],
+      [l.end - 1, /main header's store needs/],
+    ] as const) {
+      await expectBad(full.subarray(0, cut), part);
+    }
+  });
+
+  test("entry counts and store sizes beyond any real header, before anything is allocated", async () => {
+    await expectBad(
+      edit((l) => l.view.setUint32(96 + 8, 0xffffffff)),
+      /signature header claims 4294967295 entries/,
+    );
+    await expectBad(
+      edit((l) => l.view.setUint32(l.mainAt + 8, 70_000)),
+      /main header claims 70000 entries/,
+    );
+    await expectBad(
+      edit((l) => l.view.setUint32(l.mainAt + 8, 0)),
+      /main header claims 0 entries/,
+    );
+    await expectBad(
+      edit((l) => l.view.setUint32(l.mainAt + 12, 0x7fffffff)),
+      /claims a 2147483647-byte store/,
+    );
+    // Under the ceiling but beyond the file: refused from the file's size, not by reading 60 MiB.
+    await expectBad(
+      edit((l) => l.view.setUint32(l.mainAt + 12, 60 << 20)),
+      /store needs 62914560 bytes/,
+    );
+  });
+
+  test("index entries pointing outside the store", async () => {
+    await expectBad(
+      edit((l) => l.view.setUint32(l.nameEntry + 8, l.mainStore + 10)),
+      /tag 1000\) points at \d+, beyond the \d+-byte store/,
+    );
+    await expectBad(
+      edit((l) => l.view.setUint32(l.nameEntry + 12, 0xffffffff)),
+      /is a single string with count|holds 4294967295 values/,
+    );
+    await expectBad(
+      edit((l) => {
+        l.view.setUint32(l.nameEntry + 4, 8);
+        l.view.setUint32(l.nameEntry + 12, l.mainStore - l.view.getUint32(l.nameEntry + 8));
+      }),
+      /text runs past the end of the header store/,
+    );
+    await expectBad(
+      edit((l) => l.view.setUint32(l.nameEntry + 4, 77)),
+      /unknown type 77/,
+    );
+    await expectBad(
+      edit((l) => l.view.setUint32(l.nameEntry + 4, 4)),
+      /NAME|should hold text/,
+    );
+  });
+
+  test("a name that would climb out of the pool", async () => {
+    const hostile = edit((l) => {
+      const at = l.storeAt + l.view.getUint32(l.nameEntry + 8);
+      l.bytes.set(new TextEncoder().encode("../../etc/xx"), at);
+    });
+    await expectBad(hostile, /NAME "\.\.\/\.\.\/etc\/xx" has characters rpm does not allow/);
+  });
+
+  test("500 random corruptions of the headers each read or give BAD_PACKAGE, never another error", async () => {
+    const full = new Uint8Array(readFileSync(hello));
+    const l = layout(full);
+    let seed = 12345;
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const file = join(dir, "fuzz.rpm");
+    const outcomes = new Map<string, number>();
+    for (let i = 0; i < 500; i++) {
+      const b = full.slice(0, rand(8) === 0 ? rand(l.end) : full.length);
+      for (let k = 1 + rand(4); k > 0; k--) if (b.length) b[rand(Math.min(b.length, l.end))] = rand(256);
+      writeFileSync(file, b);
+      const result = await readRpm(file).then(
+        () => "read",
+        (e: unknown) => (e instanceof AppError ? e.code : `unexpected: ${String(e)}`),
+      );
+      outcomes.set(result, (outcomes.get(result) ?? 0) + 1);
+    }
+    expect([...outcomes.keys()].filter((k) => k !== "read" && k !== "BAD_PACKAGE")).toEqual([]);
+    expect(outcomes.get("BAD_PACKAGE") ?? 0).toBeGreaterThan(50);
+  });
+});
+
+describe("repository metadata", () => {
+  const settings = { name: "r-test", format: "rpm" as const, archs: [] };
+
+  // The package names primary.xml lists, read back from the metadata createrepo_c wrote.
+  function listed(root: string): string[] {
+    const repomd = readFileSync(join(root, "repodata", "repomd.xml"), "utf8");
+    const href = /<data type="primary">[\s\S]*?<location href="([^"]+)"/.exec(repomd)?.[1] as string;
+    const xml = new TextDecoder().decode(Bun.gunzipSync(readFileSync(join(root, href))));
+    return [...xml.matchAll(/<name>([^<]+)<\/name>/g)].map((m) => m[1] as string).sort();
+  }
+
+  test("a publish re-reads only new or changed packages, and the metadata lists exactly the given set", async () => {
+    const root = join(dir, "repo");
+    const cacheDir = join(dir, "cache");
+    const built = await rpmbuild(join(dir, "many"), manySpec("kiln-r-m", 12), "-bb");
+    const pkgs = await placeRpms(root, built);
+    const first = await writeRpmMetadata(root, settings, pkgs, undefined, { cacheDir });
+    expect(first.read.length).toBe(12);
+    expect(listed(root)).toEqual(pkgs.map((p) => p.name).sort());
+
+    // One new package: only it is read; one left out of the list disappears though its file is still there.
+    const [added] = await placeRpms(root, [
+      (await rpmbuild(join(dir, "one"), manySpec("kiln-r-n", 1), "-bb"))[0] as string,
+    ]);
+    const next: PublishedPackage[] = [...pkgs.slice(1), added as PublishedPackage];
+    const second = await writeRpmMetadata(root, settings, next, undefined, { cacheDir });
+    expect(second.read).toEqual([(added as PublishedPackage).path]);
+    expect(listed(root)).toEqual(next.map((p) => p.name).sort());
+
+    // A package file that changed under the same name (newer mtime) is read again.
+    const changed = next[0] as PublishedPackage;
+    await utimes(join(root, changed.path), new Date(), new Date(Date.now() + 60_000));
+    const third = await writeRpmMetadata(root, settings, next, undefined, { cacheDir });
+    expect(third.read).toEqual([changed.path]);
+  }, 120_000);
+
+  test("without createrepo_c the error names the Debian package to install", async () => {
+    const root = join(dir, "empty");
+    const saved = process.env.PATH;
+    process.env.PATH = join(dir, "no-such-dir");
+    try {
+      const err = await writeRpmMetadata(root, settings, []).catch((e: unknown) => e);
+      expect((err as AppError).code).toBe("CREATEREPO_MISSING");
+      expect((err as AppError).message).toMatch(/install the Debian package createrepo-c/);
+    } finally {
+      process.env.PATH = saved;
+    }
+  });
+
+  test("a repository name that could leave the cache directory is refused", async () => {
+    const err = await writeRpmMetadata(join(dir, "x"), { ...settings, name: "../x" }, [], undefined, {
+      cacheDir: join(dir, "cache"),
+    }).catch((e: unknown) => e);
+    expect((err as AppError).code).toBe("INVALID_NAME");
+  });
+});
+
+describe(".repo file", () => {
+  test("a signed repository turns on repo_gpgcheck and names its key", () => {
+    expect(
+      rpmRepoFile({ name: "tools", baseurl: "http://m:8080/repos/tools/", keyUrl: "http://m:8080/k.asc" }),
+    ).toBe(`[kiln-tools]
+name=Kiln repository tools
+baseurl=http://m:8080/repos/tools/
+enabled=1
+gpgcheck=0
+repo_gpgcheck=1
+gpgkey=http://m:8080/k.asc
+`);
+  });
+
+  test("an unsigned repository checks nothing and names no key; odd names make a safe section id", () => {
+    const text = rpmRepoFile({ name: "a b]", baseurl: "http://m/repos/x/" });
+    expect(text).toContain("[kiln-a_b_]\n");
+    expect(text).toContain("repo_gpgcheck=0\n");
+    expect(text).not.toContain("gpgkey");
+  });
+});
