@@ -45,6 +45,8 @@ Version: ${o.version}
 Release: ${o.release}
 ${o.epoch !== undefined ? `Epoch: ${o.epoch}\n` : ""}Summary: A greeting from Kiln's tests
 License: MIT
+# The script's /bin/sh is the host's: an installroot holds nothing else, so no automatic dependencies.
+AutoReqProv: no
 URL: https://kiln.invalid/${o.name}
 
 %description
