@@ -82,6 +82,32 @@ describe("reading an RPM", () => {
     }
   });
 
+  test("a package with 3,000 files and an 8 MiB payload (a large header) reads as rpm -qp reports", async () => {
+    const spec = helloSpec({ name: "kiln-r-big", version: "1", release: "1", output: "big" })
+      .replace(
+        "%install\n",
+        "%install\nmkdir -p %{buildroot}/usr/share/kiln-r-big\n" +
+          "for i in $(seq 3000); do echo $i > %{buildroot}/usr/share/kiln-r-big/file-with-a-long-name-$i; done\n" +
+          "head -c 8388608 /dev/urandom > %{buildroot}/usr/share/kiln-r-big/blob\n",
+      )
+      .replace("%files\n", "%files\n/usr/share/kiln-r-big\n")
+      // Random bytes do not compress; store them, so the test spends no time trying.
+      .replace("%description", "%define _binary_payload w0.ufdio\n\n%description");
+    const [big] = await rpmbuild(join(dir, "big"), spec, "-bb");
+    const q = rpmQuery(big as string);
+    const info = await readRpm(big as string);
+    expect([info.name, info.version, info.arch, info.meta.summary]).toEqual([
+      q.NAME as string,
+      `${q.VERSION}-${q.RELEASE}`,
+      q.ARCH as string,
+      q.SUMMARY as string,
+    ]);
+    expect(info.size).toBeGreaterThan(8 << 20);
+    expect(info.sha256).toBe(
+      new Bun.CryptoHasher("sha256").update(readFileSync(big as string)).digest("hex"),
+    );
+  }, 120_000);
+
   test("a source RPM is recognized: arch src, no source package, rpm's own fields", async () => {
     const q = rpmQuery(helloSrc);
     expect(q.SOURCERPM).toBe("(none)");
@@ -115,9 +141,25 @@ function layout(bytes: Uint8Array) {
   const mainStore = view.getUint32(mainAt + 12);
   const storeAt = mainAt + 16 + mainCount * 16;
   let nameEntry = -1;
+  let digestAt = -1;
+  const sigStoreAt = 96 + 16 + sigCount * 16;
+  for (let i = 0; i < sigCount; i++) {
+    if (view.getUint32(96 + 16 + i * 16) === 273)
+      digestAt = sigStoreAt + view.getUint32(96 + 16 + i * 16 + 8);
+  }
   for (let i = 0; i < mainCount; i++)
     if (view.getUint32(mainAt + 16 + i * 16) === 1000) nameEntry = mainAt + 16 + i * 16;
-  return { bytes, view, mainAt, mainCount, mainStore, storeAt, nameEntry, end: storeAt + mainStore };
+  return {
+    bytes,
+    view,
+    digestAt,
+    mainAt,
+    mainCount,
+    mainStore,
+    storeAt,
+    nameEntry,
+    end: storeAt + mainStore,
+  };
 }
 
 async function expectBad(bytes: Uint8Array, message: RegExp) {
@@ -133,9 +175,15 @@ async function expectBad(bytes: Uint8Array, message: RegExp) {
 }
 
 describe("hostile RPMs are refused with BAD_PACKAGE", () => {
-  const edit = (fn: (l: ReturnType<typeof layout>) => void) => {
+  // Changes a real package and, as a hostile builder would, records the new header's digest so the
+  // change reaches the check it is aimed at (unless `keepDigest`, to show the digest check itself).
+  const edit = (fn: (l: ReturnType<typeof layout>) => void, keepDigest = false) => {
     const l = layout(new Uint8Array(readFileSync(hello)));
     fn(l);
+    if (!keepDigest && l.end <= l.bytes.length) {
+      const digest = new Bun.CryptoHasher("sha256").update(l.bytes.subarray(l.mainAt, l.end)).digest("hex");
+      l.bytes.set(new TextEncoder().encode(digest), l.digestAt);
+    }
     return l.bytes;
   };
 
@@ -208,6 +256,15 @@ describe("hostile RPMs are refused with BAD_PACKAGE", () => {
     );
   });
 
+  test("a header changed after the build no longer matches the digest rpm recorded", async () => {
+    const altered = edit(
+      (l) =>
+        l.bytes.set(new TextEncoder().encode("kiln-r-hellp"), l.storeAt + l.view.getUint32(l.nameEntry + 8)),
+      true,
+    );
+    await expectBad(altered, /does not match the SHA-256 digest recorded in its signature/);
+  });
+
   test("a name that would climb out of the pool", async () => {
     const hostile = edit((l) => {
       const at = l.storeAt + l.view.getUint32(l.nameEntry + 8);
@@ -275,6 +332,14 @@ describe("repository metadata", () => {
     await utimes(join(root, changed.path), new Date(), new Date(Date.now() + 60_000));
     const third = await writeRpmMetadata(root, settings, next, undefined, { cacheDir });
     expect(third.read).toEqual([changed.path]);
+  }, 120_000);
+
+  test("an empty package list gives an empty repository even with package files in the directory", async () => {
+    const root = join(dir, "repo-empty");
+    await placeRpms(root, await rpmbuild(join(dir, "stray"), manySpec("kiln-r-s", 2), "-bb"));
+    const { read } = await writeRpmMetadata(root, settings, []);
+    expect(read).toEqual([]);
+    expect(listed(root)).toEqual([]);
   }, 120_000);
 
   test("without createrepo_c the error names the Debian package to install", async () => {

@@ -28,6 +28,8 @@ const MAX_SIGNATURE_STORE = 16 * 1024 * 1024;
 const MAX_MAIN_STORE = 64 * 1024 * 1024;
 // A lead's signature type 5 says a signature header follows, the only kind rpm has written since 1996.
 const SIGNATURE_TYPE_HEADER = 5;
+// RPMSIGTAG_SHA256: the hex SHA-256 of the main header.
+const SIGNATURE_SHA256 = 273;
 
 /** Header tags Kiln reads (rpmtag.h). */
 export const RpmTag = {
@@ -63,6 +65,8 @@ export interface RpmHeader {
   store: Uint8Array;
   /** File offset just past the header (before padding). */
   end: number;
+  /** SHA-256 of the header's bytes (intro, index and store), as rpm's header digest covers them. */
+  sha256: string;
 }
 
 const bad = (file: string, what: string) =>
@@ -135,7 +139,11 @@ async function readHeader(
       throw bad(file, `${where} is a single string with count ${e.count}`);
     entries.set(e.tag, e);
   }
-  return { entries, store, end: storeAt + storeSize };
+  const digest = createHash("sha256");
+  digest.update(new Uint8Array(intro.buffer));
+  digest.update(new Uint8Array(index.buffer));
+  digest.update(store);
+  return { entries, store, end: storeAt + storeSize, sha256: digest.digest("hex") };
 }
 
 // The strings of an entry; every one must end inside the store.
@@ -184,6 +192,15 @@ export async function readRpmHeaders(
     // The main header starts at the next 8-byte boundary after the signature header.
     const mainAt = Math.ceil(signature.end / 8) * 8;
     const main = await readHeader(fd, file, size, mainAt, "main", MAX_MAIN_STORE);
+    // rpm records the main header's SHA-256 in the signature header (since 4.14); a mismatch means the
+    // package was altered or damaged after it was built, and rpm would refuse to install it.
+    const recorded = headerString(file, signature, SIGNATURE_SHA256);
+    if (recorded !== undefined && recorded !== main.sha256) {
+      throw bad(
+        file,
+        "its header does not match the SHA-256 digest recorded in its signature (altered or damaged)",
+      );
+    }
     // rpm's own test for a source package (headerIsSource): a binary package names its source rpm.
     return { size, source: !main.entries.has(RpmTag.SOURCERPM), signature, main };
   } finally {
