@@ -1,6 +1,6 @@
 // Real RPMs for the RPM format's tests and benchmark, built with rpmbuild (Debian package rpm) from specs
 // written here, and the metadata benchmark `scripts/bench repo` runs.
-import { mkdir, mkdtemp, readdir, rename, rm, writeFile } from "node:fs/promises";
+import { link, mkdir, mkdtemp, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { PublishedPackage } from "./format.ts";
@@ -62,12 +62,19 @@ chmod 755 %{buildroot}/usr/bin/${o.name}
 `;
 }
 
-/** A spec whose one rpmbuild run writes `count` small binary packages `PREFIX-00001` and up (subpackages). */
+/**
+ * A spec whose one rpmbuild run writes `count` small binary packages `PREFIX-00001` and up (subpackages),
+ * each installing one small file, `/usr/share/PREFIX/00001` and up.
+ */
 export function manySpec(prefix: string, count: number, version = "1.0"): string {
   let spec = `Name: ${prefix}\nVersion: ${version}\nRelease: 1\nSummary: many\nLicense: MIT\n\n%description\nmany\n`;
+  spec += `\n%install\nmkdir -p %{buildroot}/usr/share/${prefix}\n`;
+  spec += `for i in $(seq ${count}); do echo "file $i" > %{buildroot}/usr/share/${prefix}/$(printf %%05d $i); done\n`;
   for (let i = 1; i <= count; i++) {
-    const n = `${prefix}-${String(i).padStart(5, "0")}`;
-    spec += `\n%package -n ${n}\nSummary: package ${i}\n%description -n ${n}\npackage ${i}\n%files -n ${n}\n`;
+    const id = String(i).padStart(5, "0");
+    const n = `${prefix}-${id}`;
+    spec += `\n%package -n ${n}\nSummary: package ${i}\n%description -n ${n}\npackage ${i}\n`;
+    spec += `%files -n ${n}\n/usr/share/${prefix}/${id}\n`;
   }
   return spec;
 }
@@ -86,8 +93,8 @@ export async function placeRpms(root: string, files: string[]): Promise<Publishe
 }
 
 /**
- * Measures createrepo_c over `count` small packages: a full run, then an incremental one after one new
- * package (with the cache of the first). Returns seconds and how many packages the second run re-read.
+ * Measures createrepo_c over `count` small packages: a full run, then the next publish (a fresh snapshot of
+ * hardlinks plus one new package) with the first run's metadata cached. Returns seconds and how many packages the second run re-read.
  */
 export async function benchRpmMetadata(
   count = 1000,
@@ -100,16 +107,22 @@ export async function benchRpmMetadata(
     const cacheDir = join(dir, "cache");
     const settings = { name: "bench", format: "rpm" as const, archs: [] };
     let t = performance.now();
-    await writeRpmMetadata(root, settings, packages, undefined, { cacheDir });
+    const first = await writeRpmMetadata(root, settings, packages, undefined, { cacheDir });
+    if (first.read.length !== count)
+      throw new Error(`createrepo_c read ${first.read.length} of ${count} packages`);
     const full = (performance.now() - t) / 1000;
+    // The next publish writes a fresh snapshot: hardlinks of the kept packages plus the new one.
+    const next = join(dir, "root-2");
+    for (const p of packages) {
+      await mkdir(join(next, p.path, ".."), { recursive: true });
+      await link(join(root, p.path), join(next, p.path));
+    }
     const extra = await placeRpms(
-      root,
+      next,
       await rpmbuild(join(dir, "extra"), manySpec("kiln-bench-new", 1), "-bb"),
     );
-    // A fresh snapshot keeps the files' mtimes (hardlinks or preserved copies); so does this directory.
-    await rm(join(root, "repodata"), { recursive: true });
     t = performance.now();
-    const { read } = await writeRpmMetadata(root, settings, [...packages, ...extra], undefined, { cacheDir });
+    const { read } = await writeRpmMetadata(next, settings, [...packages, ...extra], undefined, { cacheDir });
     const incremental = (performance.now() - t) / 1000;
     return { full, incremental, reread: read.length };
   } finally {

@@ -1,7 +1,17 @@
 // The RPM format against rpm itself: packages built by rpmbuild are read by Kiln and by `rpm -qp`, hostile
 // headers are refused with BAD_PACKAGE, and createrepo_c's metadata is regenerated incrementally.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  linkSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { utimes } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -309,29 +319,42 @@ describe("repository metadata", () => {
     return [...xml.matchAll(/<name>([^<]+)<\/name>/g)].map((m) => m[1] as string).sort();
   }
 
-  test("a publish re-reads only new or changed packages, and the metadata lists exactly the given set", async () => {
-    const root = join(dir, "repo");
+  // A fresh snapshot directory holding hardlinks of `pkgs` from `from`, as a publish builds one.
+  function snapshot(from: string, to: string, pkgs: PublishedPackage[]): string {
+    for (const p of pkgs) {
+      mkdirSync(join(to, p.path, ".."), { recursive: true });
+      linkSync(join(from, p.path), join(to, p.path));
+    }
+    return to;
+  }
+
+  test("each publish into a fresh snapshot re-reads only new or changed packages and lists exactly the given set", async () => {
     const cacheDir = join(dir, "cache");
-    const built = await rpmbuild(join(dir, "many"), manySpec("kiln-r-m", 12), "-bb");
-    const pkgs = await placeRpms(root, built);
-    const first = await writeRpmMetadata(root, settings, pkgs, undefined, { cacheDir });
+    const one = join(dir, "snap-1");
+    const pkgs = await placeRpms(one, await rpmbuild(join(dir, "many"), manySpec("kiln-r-m", 12), "-bb"));
+    const first = await writeRpmMetadata(one, settings, pkgs, undefined, { cacheDir });
     expect(first.read.length).toBe(12);
-    expect(listed(root)).toEqual(pkgs.map((p) => p.name).sort());
+    expect(listed(one)).toEqual(pkgs.map((p) => p.name).sort());
 
-    // One new package: only it is read; one left out of the list disappears though its file is still there.
-    const [added] = await placeRpms(root, [
-      (await rpmbuild(join(dir, "one"), manySpec("kiln-r-n", 1), "-bb"))[0] as string,
-    ]);
+    // One package added, one dropped: only the new one is read.
+    const two = snapshot(one, join(dir, "snap-2"), pkgs.slice(1));
+    const [added] = await placeRpms(two, await rpmbuild(join(dir, "one"), manySpec("kiln-r-n", 1), "-bb"));
     const next: PublishedPackage[] = [...pkgs.slice(1), added as PublishedPackage];
-    const second = await writeRpmMetadata(root, settings, next, undefined, { cacheDir });
+    const second = await writeRpmMetadata(two, settings, next, undefined, { cacheDir });
     expect(second.read).toEqual([(added as PublishedPackage).path]);
-    expect(listed(root)).toEqual(next.map((p) => p.name).sort());
+    expect(listed(two)).toEqual(next.map((p) => p.name).sort());
 
-    // A package file that changed under the same name (newer mtime) is read again.
+    // A file that changed under the same name (here: a newer mtime) is read again; a stray file the list
+    // does not name stays out of the metadata.
+    const three = snapshot(two, join(dir, "snap-3"), next);
     const changed = next[0] as PublishedPackage;
-    await utimes(join(root, changed.path), new Date(), new Date(Date.now() + 60_000));
-    const third = await writeRpmMetadata(root, settings, next, undefined, { cacheDir });
+    copyFileSync(join(two, changed.path), join(three, "tmp.rpm"));
+    renameSync(join(three, "tmp.rpm"), join(three, changed.path));
+    await utimes(join(three, changed.path), new Date(), new Date(Date.now() + 60_000));
+    copyFileSync(join(one, (pkgs[0] as PublishedPackage).path), join(three, "stray.rpm"));
+    const third = await writeRpmMetadata(three, settings, next, undefined, { cacheDir });
     expect(third.read).toEqual([changed.path]);
+    expect(listed(three)).toEqual(next.map((p) => p.name).sort());
   }, 120_000);
 
   test("an empty package list gives an empty repository even with package files in the directory", async () => {
