@@ -365,6 +365,25 @@ describe("repository metadata", () => {
     expect(listed(root)).toEqual([]);
   }, 120_000);
 
+  test("a listed package createrepo_c cannot read (missing or broken) fails the publish and is named", async () => {
+    const root = join(dir, "repo-broken");
+    const [good] = await placeRpms(root, [
+      (await rpmbuild(join(dir, "g"), manySpec("kiln-r-g", 1), "-bb"))[0] as string,
+    ]);
+    const whole = readFileSync(join(root, (good as PublishedPackage).path));
+    writeFileSync(join(root, "Packages/k/kiln-r-cut-1-1.x86_64.rpm"), whole.subarray(0, 3000));
+    const listed = [
+      good as PublishedPackage,
+      { ...(good as PublishedPackage), name: "kiln-r-cut", path: "Packages/k/kiln-r-cut-1-1.x86_64.rpm" },
+      { ...(good as PublishedPackage), name: "kiln-r-gone", path: "Packages/k/kiln-r-gone-1-1.x86_64.rpm" },
+    ];
+    const err = await writeRpmMetadata(root, settings, listed).catch((e: unknown) => e);
+    expect((err as AppError).code).toBe("METADATA_FAILED");
+    expect((err as AppError).message).toMatch(/listed 1 of 3 packages/);
+    expect((err as AppError).message).toContain("kiln-r-cut-1-1.x86_64.rpm");
+    expect((err as AppError).message).toContain("kiln-r-gone-1-1.x86_64.rpm");
+  }, 120_000);
+
   test("without createrepo_c the error names the Debian package to install", async () => {
     const root = join(dir, "empty");
     const saved = process.env.PATH;

@@ -5,6 +5,7 @@ import { createReadStream } from "node:fs";
 import { cp, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createGunzip } from "node:zlib";
 import { AppError, coerceError } from "../lib/errors.ts";
 import type { PackageInfo, PublishedPackage, RepoFormat, RepoSettings, Signer } from "./format.ts";
 import { bad, headerInt, headerString, RpmTag, readRpmHeaders } from "./rpm-header.ts";
@@ -120,7 +121,9 @@ export async function writeRpmMetadata(
   const list = join(work, "pkglist");
   const readList = join(work, "read");
   await writeFile(list, packages.map((p) => `${p.path}\n`).join(""));
-  const args = [createrepo, "--quiet", "--no-database", `--pkglist=${list}`, `--read-pkgs-list=${readList}`];
+  // Not --quiet: createrepo_c skips a package it cannot read with only a warning (and exit 0), and the
+  // warning is what names it.
+  const args = [createrepo, "--no-database", `--pkglist=${list}`, `--read-pkgs-list=${readList}`];
   // The workers read packages in parallel; two keep one core free for the master on small hosts.
   args.push("--workers=2");
   const cache = options.cacheDir ? join(options.cacheDir, settings.name) : undefined;
@@ -129,11 +132,21 @@ export async function writeRpmMetadata(
     args.push("--update", `--update-md-path=${last}`);
   args.push(root);
   let read: string[];
+  let warnings: string;
   try {
-    await runCreaterepo(args, settings.name);
+    warnings = await runCreaterepo(args, settings.name);
     read = (await readFile(readList, "utf8")).split("\n").filter(Boolean);
   } finally {
     await rm(work, { recursive: true, force: true });
+  }
+  const listed = await primaryCount(root);
+  if (listed !== packages.length) {
+    const skipped = [...warnings.matchAll(/Cannot read package: (.*)$/gm)].map((m) => m[1]).join("; ");
+    throw new AppError(
+      "METADATA_FAILED",
+      `createrepo_c listed ${listed} of ${packages.length} packages in repository ${settings.name}: ${skipped || "see the master's log"}`,
+      { status: 500 },
+    );
   }
   if (signer) {
     const repomd = await readFile(join(root, "repodata", "repomd.xml"));
@@ -154,7 +167,8 @@ export async function writeRpmMetadata(
   return { read };
 }
 
-async function runCreaterepo(args: string[], repo: string): Promise<void> {
+// Runs createrepo_c and returns what it warned on stderr; a non-zero exit is METADATA_FAILED.
+async function runCreaterepo(args: string[], repo: string): Promise<string> {
   const proc = Bun.spawn(args, { stdout: "pipe", stderr: "pipe", env: { ...process.env, LC_ALL: "C" } });
   const [out, err, code] = await Promise.all([
     new Response(proc.stdout).text(),
@@ -170,6 +184,23 @@ async function runCreaterepo(args: string[], repo: string): Promise<void> {
       },
     );
   }
+  return err;
+}
+
+// The package count primary.xml declares on its first line, read without decompressing the whole file.
+async function primaryCount(root: string): Promise<number> {
+  const repomd = await readFile(join(root, "repodata", "repomd.xml"), "utf8");
+  const href = /<data type="primary">[\s\S]*?<location href="([^"]+)"/.exec(repomd)?.[1];
+  if (!href)
+    throw new AppError("METADATA_FAILED", "createrepo_c wrote a repomd.xml without primary metadata");
+  let head = "";
+  for await (const chunk of createReadStream(join(root, href)).pipe(createGunzip())) {
+    head += (chunk as Buffer).toString("utf8");
+    const m = /<metadata [^>]*packages="(\d+)"/.exec(head);
+    if (m) return Number(m[1]);
+    if (head.length > 64 * 1024) break;
+  }
+  throw new AppError("METADATA_FAILED", `createrepo_c's ${href} declares no package count`);
 }
 
 async function exists(path: string): Promise<boolean> {
