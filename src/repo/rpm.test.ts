@@ -357,6 +357,25 @@ describe("repository metadata", () => {
     expect(listed(three)).toEqual(next.map((p) => p.name).sort());
   }, 120_000);
 
+  test("two repositories publish in parallel, each with its own cache and exactly its own packages", async () => {
+    const cacheDir = join(dir, "cache-parallel");
+    const a = await placeRpms(
+      join(dir, "par-a"),
+      await rpmbuild(join(dir, "pa"), manySpec("kiln-r-pa", 5), "-bb"),
+    );
+    const b = await placeRpms(
+      join(dir, "par-b"),
+      await rpmbuild(join(dir, "pb"), manySpec("kiln-r-pb", 7), "-bb"),
+    );
+    const [ra, rb] = await Promise.all([
+      writeRpmMetadata(join(dir, "par-a"), { ...settings, name: "par-a" }, a, undefined, { cacheDir }),
+      writeRpmMetadata(join(dir, "par-b"), { ...settings, name: "par-b" }, b, undefined, { cacheDir }),
+    ]);
+    expect([ra.read.length, rb.read.length]).toEqual([5, 7]);
+    expect(listed(join(dir, "par-a"))).toEqual(a.map((p) => p.name).sort());
+    expect(listed(join(dir, "par-b"))).toEqual(b.map((p) => p.name).sort());
+  }, 120_000);
+
   test("an empty package list gives an empty repository even with package files in the directory", async () => {
     const root = join(dir, "repo-empty");
     await placeRpms(root, await rpmbuild(join(dir, "stray"), manySpec("kiln-r-s", 2), "-bb"));
@@ -415,6 +434,7 @@ baseurl=http://m:8080/repos/tools/
 enabled=1
 gpgcheck=0
 repo_gpgcheck=1
+metadata_expire=300
 gpgkey=http://m:8080/k.asc
 `);
   });

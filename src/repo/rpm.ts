@@ -92,7 +92,8 @@ export interface RpmFormatOptions {
 
 /**
  * Runs createrepo_c over exactly `packages` in `root` and, with a signer, writes `repodata/repomd.xml.asc`.
- * With a cache directory the previous run's metadata is reused for every package whose path, size and mtime
+ * Calls for one repository must not overlap (the publisher serializes them); different repositories may
+ * run in parallel. With a cache directory the previous run's metadata is reused for every package whose path, size and mtime
  * are unchanged, so a publish reads only new packages (keep mtimes: hardlink or copy with times preserved).
  */
 export async function writeRpmMetadata(
@@ -157,9 +158,8 @@ export async function writeRpmMetadata(
   }
   if (cache && last) {
     // Keep this run's metadata for the next one; swapped in by rename so a crash leaves the old or new set.
-    const next = join(cache, "next");
-    await rm(next, { recursive: true, force: true });
-    await mkdir(next, { recursive: true });
+    await mkdir(cache, { recursive: true });
+    const next = await mkdtemp(join(cache, "next-"));
     await cp(join(root, "repodata"), join(next, "repodata"), { recursive: true });
     await rm(last, { recursive: true, force: true });
     await rename(next, last);
@@ -257,6 +257,8 @@ export function rpmRepoFile(o: RpmRepoFileOptions): string {
     "enabled=1",
     `gpgcheck=${o.packagesSigned && o.keyUrl ? 1 : 0}`,
     `repo_gpgcheck=${o.keyUrl ? 1 : 0}`,
+    // dnf's default keeps metadata for 48 hours; a build farm's repository changes with every publish.
+    "metadata_expire=300",
   ];
   if (o.keyUrl) lines.push(`gpgkey=${o.keyUrl}`);
   return `${lines.join("\n")}\n`;
