@@ -2,7 +2,7 @@
 // the real dpkg binary (`dpkg --compare-versions`) or by rpm's library (python3-rpm's `rpm.labelCompare`).
 // The generator is seeded, so a failure names pairs that reproduce; a pair that once disagreed stays below
 // as a fixed row.
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -110,12 +110,16 @@ int main(void) {
 `;
 
 let harness: Promise<string> | undefined;
+let harnessDir: string | undefined;
+afterAll(() => {
+  if (harnessDir) rmSync(harnessDir, { recursive: true, force: true });
+});
 
 // Compiles the harness once per run into a temp directory (gcc and libdpkg-dev, installed by scripts/test).
 function libdpkgHarness(): Promise<string> {
   harness ??= (async () => {
     const dir = mkdtempSync(join(tmpdir(), "kiln-r-dpkg-"));
-    process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+    harnessDir = dir;
     writeFileSync(join(dir, "cmp.c"), LIBDPKG_HARNESS);
     const cc = Bun.spawnSync(["gcc", "-O1", "-o", join(dir, "cmp"), join(dir, "cmp.c"), "-ldpkg", "-lmd"]);
     if (cc.exitCode !== 0) {
