@@ -142,17 +142,20 @@ async function readHeader(
   return { entries, store, end: storeAt + storeSize, sha256: digest.digest("hex") };
 }
 
-// The strings of an entry; every one must end inside the store.
-function strings(file: string, h: RpmHeader, e: Entry): string[] {
+const utf8 = new TextDecoder("utf-8", { fatal: false });
+
+// The first `limit` strings of an entry; each must end inside the store. Decoding stops at the limit, so
+// an array of millions of empty strings costs nothing when only the first is wanted.
+function strings(file: string, h: RpmHeader, e: Entry, limit = e.count): string[] {
   if (e.type !== STRING && e.type !== STRING_ARRAY && e.type !== I18N_STRING) {
     throw bad(file, `tag ${e.tag} should hold text but has type ${e.type}`);
   }
   const out: string[] = [];
   let at = e.offset;
-  for (let i = 0; i < e.count; i++) {
+  for (let i = 0; i < Math.min(e.count, limit); i++) {
     const nul = h.store.indexOf(0, at);
     if (nul < 0) throw bad(file, `tag ${e.tag}'s text runs past the end of the header store`);
-    out.push(new TextDecoder("utf-8", { fatal: false }).decode(h.store.subarray(at, nul)));
+    out.push(utf8.decode(h.store.subarray(at, nul)));
     at = nul + 1;
   }
   return out;
@@ -161,7 +164,7 @@ function strings(file: string, h: RpmHeader, e: Entry): string[] {
 /** A header's first string for `tag` (for I18N strings the C locale's), or undefined when the tag is absent. */
 export function headerString(file: string, h: RpmHeader, tag: number): string | undefined {
   const e = h.entries.get(tag);
-  return e ? strings(file, h, e)[0] : undefined;
+  return e ? strings(file, h, e, 1)[0] : undefined;
 }
 
 /** A header's 32-bit number for `tag`, or undefined when the tag is absent. */

@@ -251,11 +251,19 @@ describe("hostile RPMs are refused with BAD_PACKAGE", () => {
     );
     await expectBad(
       edit((l) => {
-        l.view.setUint32(l.nameEntry + 4, 8);
-        l.view.setUint32(l.nameEntry + 12, l.mainStore - l.view.getUint32(l.nameEntry + 8));
+        // The name starts at the store's last byte, which is no longer a NUL: the text has no end.
+        l.bytes[l.end - 1] = 0x41;
+        l.view.setUint32(l.nameEntry + 8, l.mainStore - 1);
       }),
       /text runs past the end of the header store/,
     );
+    // A string array as long as the store allows is refused only if read: the reader wants one string.
+    const longArray = edit((l) => {
+      l.view.setUint32(l.nameEntry + 4, 8);
+      l.view.setUint32(l.nameEntry + 12, l.mainStore - l.view.getUint32(l.nameEntry + 8));
+    });
+    writeFileSync(join(dir, "long-array.rpm"), longArray);
+    expect((await readRpm(join(dir, "long-array.rpm"))).name).toBe("kiln-r-hello");
     await expectBad(
       edit((l) => l.view.setUint32(l.nameEntry + 4, 77)),
       /unknown type 77/,
