@@ -18,6 +18,11 @@ ensure_bun() {
   fi
 }
 
+# Debian packages the repository formats need and their tests prove against: rpm (rpmbuild, rpm -qp),
+# python3-rpm (rpm's own version order), createrepo-c (RPM metadata), dnf (installs from a Kiln repository),
+# gnupg (signed metadata), libdpkg-dev (dpkg's own version order, linked into a test harness).
+KILN_REPO_DEBS=(rpm python3-rpm createrepo-c dnf gnupg libdpkg-dev)
+
 # ensure_debs PKG... installs the Debian packages that are missing, running apt-get update once.
 ensure_debs() {
   local missing=()

@@ -26,12 +26,22 @@ export function parseDebVersion(text: string): DebVersion {
   return { epoch, upstream: rest.slice(0, dash), revision: rest.slice(dash + 1) };
 }
 
-/** Whether a Debian version is well formed by policy §5.6.12 (upstream starts with a digit, allowed characters). */
+/**
+ * Whether dpkg accepts a Debian version without error or warning (dpkg's parseversion, Policy §5.6.12): a
+ * numeric epoch up to 2^31-1, an upstream part that starts with a digit and holds only letters, digits and
+ * `.+~-:`, and a non-empty revision of letters, digits and `.+~`. A caret is rpm's, not dpkg's.
+ */
 export function validDebVersion(text: string): boolean {
-  const v = parseDebVersion(text);
-  if (!/^[0-9][A-Za-z0-9.+~^-]*$/.test(v.upstream)) return false;
-  if (v.revision && !/^[A-Za-z0-9.+~^]+$/.test(v.revision)) return false;
-  return !(v.revision === "" && text.trim().endsWith("-"));
+  const t = text.trim();
+  if (t === "" || /\s/.test(t)) return false;
+  const colon = t.indexOf(":");
+  if (colon >= 0) {
+    const epoch = t.slice(0, colon);
+    if (!/^\d+$/.test(epoch) || Number(epoch) > 2 ** 31 - 1) return false;
+  }
+  const v = parseDebVersion(t);
+  if (t.includes("-") && v.revision === "") return false;
+  return /^[0-9][A-Za-z0-9.+~:-]*$/.test(v.upstream) && /^[A-Za-z0-9.+~]*$/.test(v.revision);
 }
 
 // dpkg's weight of one character in a non-digit run: `~` before the end, the end before letters, letters
