@@ -17,7 +17,7 @@ const MAY_IMPORT: Record<string, string[]> = {
   protocol: ["lib"],
   store: ["lib", "protocol"],
   templates: ["lib", "protocol"],
-  runner: ["lib", "protocol", "templates"],
+  runner: ["config", "lib", "protocol", "templates"],
   "job-api": ["lib", "protocol", "runner"],
   master: ["config", "lib", "protocol", "store", "version.ts"],
   worker: ["config", "lib", "protocol", "runner", "job-api", "version.ts"],

@@ -11,21 +11,9 @@ import type { Slot } from "../runner/contract.ts";
  * survives a restart, until an operator releases it.
  */
 
-/** The slots of this worker: `[[worker.slots]]` when given, else `capacity` plain ones. */
+/** The slots of this worker: `[[worker.slots]]` when given, else `capacity` plain ones named slot-N. */
 export function slotsFromConfig(cfg: Config): Slot[] {
-  if (cfg.worker.slots.length > 0) {
-    return cfg.worker.slots.map((s, index) => ({
-      name: s.name,
-      index,
-      resources: s.resources,
-      devices: s.devices,
-      groups: s.groups,
-      memory: s.memory,
-      cpus: s.cpus,
-      pids: s.pids,
-      healthCheck: s.health_check,
-    }));
-  }
+  if (cfg.worker.slots.length > 0) return cfg.worker.slots.map((s, index) => ({ ...s, index }));
   return Array.from({ length: cfg.worker.capacity }, (_, index) => ({
     name: `slot-${index}`,
     index,
@@ -35,15 +23,21 @@ export function slotsFromConfig(cfg: Config): Slot[] {
     memory: null,
     cpus: null,
     pids: null,
-    healthCheck: "",
+    health_check: "",
   }));
 }
 
+/** The worker's slots with their holds; every change of what is offered is reported through `changed`. */
 export interface SlotBook {
+  /** Every slot of the worker, held or not, in config order. */
   slots: Slot[];
+  /** What the master is told about each slot: name, resources, and why it is held (null when offered). */
   info(): SlotInfo[];
+  /** Why the slot is not offered, or null when it is. */
   held(name: string): string | null;
+  /** Holds the slot until an operator releases it, on disk so the hold survives a restart. */
   hold(name: string, message: string): void;
+  /** Ends an operator's or a job's hold (a failing health check still holds the slot). */
   release(name: string): void;
   /** Runs the slot's health check (if any); returns true when the slot may be offered. */
   check(slot: Slot): Promise<boolean>;
@@ -52,6 +46,7 @@ export interface SlotBook {
 // A health check that does not answer in this time counts as failed: a hung probe is a broken slot.
 const HEALTH_TIMEOUT_MS = 30_000;
 
+/** Opens the slot book kept in `dir` (one file per held slot, holding the reason). */
 export function createSlotBook(
   dir: string,
   slots: Slot[],
@@ -77,18 +72,18 @@ export function createSlotBook(
       if (!slots.some((s) => s.name === name)) return;
       broken.set(name, message);
       writeFileSync(join(dir, name), `${message}\n`, { mode: 0o600 });
-      log.warn(`slot ${name} held: ${message}`);
+      log.warn(`slot ${name} held: ${message}`, { slot: name });
       changed();
     },
     release(name) {
       if (!broken.delete(name)) return;
       rmSync(join(dir, name), { force: true });
-      log.info(`slot ${name} released`);
+      log.info(`slot ${name} released`, { slot: name });
       changed();
     },
     async check(slot) {
-      if (!slot.healthCheck) return !broken.has(slot.name);
-      const p = Bun.spawn(["/bin/sh", "-c", slot.healthCheck], {
+      if (!slot.health_check) return !broken.has(slot.name);
+      const p = Bun.spawn(["/bin/sh", "-c", slot.health_check], {
         stdout: "pipe",
         stderr: "pipe",
         stdin: "ignore",
@@ -107,7 +102,7 @@ export function createSlotBook(
         unhealthy.set(slot.name, `health check failed (exit ${code}${why ? `: ${why}` : ""})`);
       }
       if (before !== unhealthy.get(slot.name)) {
-        if (code !== 0) log.warn(`slot ${slot.name}: ${unhealthy.get(slot.name)}`);
+        if (code !== 0) log.warn(`slot ${slot.name}: ${unhealthy.get(slot.name)}`, { slot: slot.name });
         changed();
       }
       return code === 0 && !broken.has(slot.name);
