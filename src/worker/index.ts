@@ -5,7 +5,7 @@ import { coerceError } from "../lib/errors.ts";
 import { errorFields, logger, withFields } from "../lib/log.ts";
 import { delay, runLoop } from "../lib/loop.ts";
 import type { MasterMessage } from "../protocol/wire.ts";
-import type { Runner, Slot } from "../runner/contract.ts";
+import type { Runner } from "../runner/contract.ts";
 import { VERSION } from "../version.ts";
 import { deliverArtifacts } from "./artifacts.ts";
 import { createConnection } from "./connection.ts";
@@ -185,28 +185,15 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       case "slot.release": {
         book.release(msg.slot);
         const slot = book.slots.find((s) => s.name === msg.slot);
-        if (slot) void checkSlot(slot);
+        if (slot) void book.check(slot);
         return;
       }
     }
   };
 
-  const checkSlot = (slot: Slot) =>
-    book.check(slot).then(
-      () => undefined,
-      (err) => {
-        // The slot stays as it was; the next periodic check tries again.
-        const e = coerceError(err);
-        log.warn(`slot ${slot.name}: health check could not run: ${e.message}`, {
-          slot: slot.name,
-          code: "HEALTH_CHECK_ERROR",
-          ...errorFields(e),
-        });
-      },
-    );
   // Idle slots only: a running job's slot is checked when the job ends.
   const checkIdleSlots = async () => {
-    for (const s of book.slots) if (!jobs.busy(s.name)) await checkSlot(s);
+    for (const s of book.slots) if (!jobs.busy(s.name)) await book.check(s);
   };
   await checkIdleSlots();
   const loops = [

@@ -4,6 +4,7 @@ import type { ConsolaInstance } from "consola";
 import type { Config } from "../config/schema.ts";
 import { startApiProxy } from "../job-api/api-proxy.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
+import { errorFields } from "../lib/log.ts";
 import type { JobSpec } from "../protocol/job.ts";
 import type { TemplateSpec } from "../protocol/template.ts";
 import { createArtifactBudget } from "../runner/artifact-budget.ts";
@@ -123,20 +124,25 @@ export function createJobs(o: JobsOptions): Jobs {
     }
     if (a.timer) clearTimeout(a.timer);
     a.proxy?.close();
-    const logSize = fstatSync(a.logFd).size;
     const outcome = outcomeOf(result, a);
-    // From here the outbox has the attempt; the pump keeps its log open until the master acks it.
-    outbox.add(a.job, outcome, logSize);
+    try {
+      // From here the outbox has the attempt; the pump keeps its log open until the master acks it.
+      outbox.add(a.job, outcome, fstatSync(a.logFd).size);
+    } catch (err) {
+      // Not recorded, so not reported: with the attempt gone from the heartbeat, its lease runs out
+      // and the master re-queues the job.
+      drop(a);
+      const e = coerceError(err);
+      log.error(
+        `job ${a.spec.id}: cannot record its outcome in ${a.job.dir}: ${e.message}; the master re-queues it when its lease ends (free space there)`,
+        { ...fields(a), code: "OUTCOME_NOT_RECORDED", ...errorFields(e) },
+      );
+      return;
+    }
     attempts.delete(key);
     log.info(`job ${a.spec.id}: ${outcome.state}${outcome.reason ? ` (${outcome.reason})` : ""}`, fields(a));
     // The health check runs before the slot is reported free, so a slot a job broke is never offered.
-    await book.check(a.slot).catch((err) => {
-      // A check that cannot even run leaves the slot as it was; the next periodic check tries again.
-      log.warn(`slot ${a.slot.name}: health check could not run: ${coerceError(err).message}`, {
-        slot: a.slot.name,
-        code: "HEALTH_CHECK_ERROR",
-      });
-    });
+    await book.check(a.slot);
     outbox.report(key);
   };
 
@@ -150,6 +156,28 @@ export function createJobs(o: JobsOptions): Jobs {
     KILN_ATTEMPT: String(spec.attempt),
     ...spec.env,
   });
+
+  /** Gives an assignment back unstarted: the master re-queues it without spending a retry. */
+  const handBack = (spec: JobSpec, message: string) =>
+    conn.send({ type: "job.refused", jobId: spec.id, attempt: spec.attempt, message });
+
+  /** The attempt's directory and log file; null (said, and the job handed back) when the disk refuses. */
+  const prepare = (spec: JobSpec, slotName: string): { job: JobDir; logFd: number } | null => {
+    let job: JobDir | null = null;
+    try {
+      job = createJobDir(o.jobsRoot, spec);
+      return { job, logFd: openSync(logPath(job), "a+", 0o600) };
+    } catch (err) {
+      if (job) removeJobDir(job);
+      const e = coerceError(err);
+      log.error(
+        `job ${spec.id}: cannot make its directory in ${o.jobsRoot}: ${e.message}; handing it back (free space or fix permissions there)`,
+        { jobId: spec.id, attempt: spec.attempt, slot: slotName, code: "JOB_DIR_FAILED", ...errorFields(e) },
+      );
+      handBack(spec, `${o.name} cannot store the job: ${e.message}`);
+      return null;
+    }
+  };
 
   const start = async (spec: JobSpec, slotName: string) => {
     const key = jobKey(spec.id, spec.attempt);
@@ -166,16 +194,12 @@ export function createJobs(o: JobsOptions): Jobs {
         attempt: spec.attempt,
         slot: slotName,
       });
-      conn.send({
-        type: "job.refused",
-        jobId: spec.id,
-        attempt: spec.attempt,
-        message: `slot ${slotName} on ${o.name} is ${why}`,
-      });
+      handBack(spec, `slot ${slotName} on ${o.name} is ${why}`);
       return;
     }
-    const job = createJobDir(o.jobsRoot, spec);
-    const logFd = openSync(logPath(job), "a+", 0o600);
+    const prepared = prepare(spec, slotName);
+    if (!prepared) return;
+    const { job, logFd } = prepared;
     pump.follow(spec.id, spec.attempt, logFd);
     const a: Attempt = {
       job,
@@ -190,29 +214,32 @@ export function createJobs(o: JobsOptions): Jobs {
       proxy: null,
     };
     attempts.set(key, a);
-    let apiSocket: string | null = null;
     const artifacts = createArtifactBudget(o.cfg.worker.artifact_budget);
-    if (o.runner.name === "sandbox") {
-      apiSocket = join(o.runDir, `${slot.name}.sock`);
-      a.proxy = startApiProxy(apiSocket, {
-        jobId: spec.id,
-        attempt: spec.attempt,
-        egress: spec.egress,
-        outDir: join(job.dir, "out"),
-        artifacts,
-        progress: (percent, message) =>
-          conn.send({ type: "job.progress", jobId: spec.id, attempt: spec.attempt, percent, message }),
-        markBroken: (message) => book.hold(slot.name, `marked broken by job ${spec.id}: ${message}`),
-        template: async (name) => {
-          const t = await o.askTemplate(name);
-          if (!a.handle?.attachTemplate)
-            throw new AppError("NO_TEMPLATE_CACHE", "this worker's runner cannot attach templates to a job");
-          await a.handle.attachTemplate(t);
-          return `/kiln/templates/${name}`;
-        },
-      });
-    }
     try {
+      // The job API's socket is part of the slot's set-up: if it cannot be made, the slot is at fault.
+      const apiSocket = o.runner.name === "sandbox" ? join(o.runDir, `${slot.name}.sock`) : null;
+      if (apiSocket) {
+        a.proxy = startApiProxy(apiSocket, {
+          jobId: spec.id,
+          attempt: spec.attempt,
+          egress: spec.egress,
+          outDir: join(job.dir, "out"),
+          artifacts,
+          progress: (percent, message) =>
+            conn.send({ type: "job.progress", jobId: spec.id, attempt: spec.attempt, percent, message }),
+          markBroken: (message) => book.hold(slot.name, `marked broken by job ${spec.id}: ${message}`),
+          template: async (name) => {
+            const t = await o.askTemplate(name);
+            if (!a.handle?.attachTemplate)
+              throw new AppError(
+                "NO_TEMPLATE_CACHE",
+                "this worker's runner cannot attach templates to a job",
+              );
+            await a.handle.attachTemplate(t);
+            return `/kiln/templates/${name}`;
+          },
+        });
+      }
       a.handle = await o.runner.start({
         spec,
         slot,
