@@ -145,6 +145,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         // The connection has taken these: it says a refusal once per change, with its back-off.
         return;
       case "job.assign":
+        // Never rejects: what it cannot run it says in the log and hands back to the master.
         void jobs.start(msg.job, msg.slot);
         return;
       case "job.cancel":
