@@ -19,7 +19,7 @@ const MAY_IMPORT: Record<string, string[]> = {
   store: ["lib", "protocol"],
   repo: ["lib", "protocol"],
   templates: ["lib", "protocol"],
-  runner: ["lib", "protocol", "templates"],
+  runner: ["config", "lib", "protocol", "templates"],
   "job-api": ["lib", "protocol", "runner"],
   storage: ["config", "lib"],
   master: ["config", "lib", "protocol", "store", "storage", "repo", "tls", "version.ts"],

@@ -362,6 +362,24 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
     meaning:
       "An artifact's stored content is gone from its blob store; the master's log says where it was kept.",
   },
+  // Package repositories.
+  BAD_PACKAGE: {
+    status: 422,
+    source: "master",
+    meaning:
+      "A package's own metadata (control data, RPM header) is missing, malformed or unsafe; the message says what.",
+  },
+  CREATEREPO_MISSING: {
+    status: 500,
+    source: "master",
+    meaning:
+      "RPM repository metadata needs createrepo_c: install the Debian package createrepo-c on the master.",
+  },
+  METADATA_FAILED: {
+    status: 500,
+    source: "master",
+    meaning: "Writing a repository's metadata failed or left packages out; the message names the files.",
+  },
   // Releases and worker enrollment.
   RELEASE_EXISTS: {
     status: 409,

@@ -1,6 +1,8 @@
 import type { ConsolaInstance } from "consola";
 import { coerceError } from "./errors.ts";
+import { errorFields } from "./log.ts";
 
+/** A running background duty: stop it, wait for it, or ask for a pass now. */
 export interface Loop {
   stop(): void;
   /** Resolves when the loop has stopped, rejects if it died. */
@@ -11,11 +13,12 @@ export interface Loop {
 
 /**
  * Drives a one-pass function forever: run, sleep `everyMs`, repeat. An error in a pass is logged and the
- * loop goes on; the loop only ends through stop(). Passes never overlap.
+ * loop goes on; the loop only ends through stop(). Passes never overlap. With `waitFirst` the first pass
+ * comes after one interval (for a duty whose first pass the caller has just done itself).
  */
 export function runLoop(
-  opts: { name: string; everyMs: number; log: ConsolaInstance },
-  pass: () => Promise<void>,
+  opts: { name: string; everyMs: number; log: ConsolaInstance; waitFirst?: boolean },
+  pass: () => void | Promise<void>,
 ): Loop {
   let stopped = false;
   let wake: (() => void) | undefined;
@@ -26,11 +29,15 @@ export function runLoop(
       timer = setTimeout(resolve, opts.everyMs);
     });
   const done = (async () => {
+    if (opts.waitFirst) {
+      await sleep();
+      clearTimeout(timer);
+    }
     while (!stopped) {
       try {
         await pass();
       } catch (err) {
-        opts.log.error(`${opts.name}: ${coerceError(err).message}`);
+        opts.log.error(`${opts.name}: ${coerceError(err).message}`, errorFields(err));
       }
       if (stopped) break;
       await sleep();

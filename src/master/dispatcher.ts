@@ -118,7 +118,11 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
         worker.send({ type: "job.assign", job: specOf(row, template), slot: slot.name });
       } catch (err) {
         // The lease rules re-queue it if the worker never got it.
-        ctx.log.warn(`job ${row.id}: could not send to ${worker.name}: ${coerceError(err).message}`);
+        ctx.log.warn(`job ${row.id}: could not send to ${worker.name}: ${coerceError(err).message}`, {
+          jobId: row.id,
+          attempt: row.attempt,
+          worker: worker.name,
+        });
       }
       assigned++;
       round++;

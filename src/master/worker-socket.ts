@@ -52,7 +52,12 @@ export async function loseAttempt(ctx: MasterContext, row: JobRow, why: string) 
   const base = ctx.logs.append(row.id, marker);
   const after = await requeueOrLose(ctx.store, row, why, base);
   withdrawAttempt(ctx, row);
-  if (after) ctx.log.info(`job ${row.id}: attempt ${row.attempt} lost (${why}); now ${after.state}`);
+  if (after)
+    ctx.log.info(`job ${row.id}: attempt ${row.attempt} lost (${why}); now ${after.state}`, {
+      jobId: row.id,
+      attempt: row.attempt,
+      worker: row.worker ?? undefined,
+    });
   ctx.dispatch();
 }
 
@@ -254,7 +259,11 @@ export function workerSocketHandlers(ctx: MasterContext) {
         // job's command never ran, even if the worker had said it started).
         if (row && row.attempt === m.attempt && row.worker === name && !isTerminal(row.state)) {
           await requeueRefused(ctx.store, row, m.message, ctx.logs.size(row.id));
-          ctx.log.info(`job ${row.id}: ${name} handed it back (${m.message}); re-queued`);
+          ctx.log.info(`job ${row.id}: ${name} handed it back (${m.message}); re-queued`, {
+            jobId: row.id,
+            attempt: row.attempt,
+            worker: name,
+          });
         }
         ctx.dispatch();
         return;
@@ -275,7 +284,11 @@ export function workerSocketHandlers(ctx: MasterContext) {
           }
           const done = await finishJob(ctx.store, row.id, row.attempt, m.outcome, ctx.logs.size(row.id));
           if (done)
-            ctx.log.info(`job ${row.id}: ${done.state}${done.reason ? ` (${done.reason})` : ""} on ${name}`);
+            ctx.log.info(`job ${row.id}: ${done.state}${done.reason ? ` (${done.reason})` : ""} on ${name}`, {
+              jobId: row.id,
+              attempt: row.attempt,
+              worker: name,
+            });
           ctx.logs.close(row.id);
           bases.delete(row.id);
         } else if (row && m.attempt < row.attempt && !isTerminal(row.state)) {
@@ -308,7 +321,11 @@ export function workerSocketHandlers(ctx: MasterContext) {
       "running",
     ]);
     if (!done) return;
-    ctx.log.info(`job ${row.id}: ${done.state}: ${note}`);
+    ctx.log.info(`job ${row.id}: ${done.state}: ${note}`, {
+      jobId: row.id,
+      attempt: m.attempt,
+      worker: from,
+    });
     withdrawAttempt(ctx, row);
   }
 
@@ -335,7 +352,10 @@ export function workerSocketHandlers(ctx: MasterContext) {
         frame.jobId,
         `\n--- kiln: log cut at ${max} bytes (master.log_max); the job goes on, its output past this is not kept ---\n`,
       );
-      ctx.log.warn(`job ${frame.jobId}: log cut at ${max} bytes (master.log_max)`);
+      ctx.log.warn(`job ${frame.jobId}: log cut at ${max} bytes (master.log_max)`, {
+        jobId: frame.jobId,
+        attempt: frame.attempt,
+      });
     }
     if (!wrote) {
       send(ws, {

@@ -1,19 +1,15 @@
+import type { SlotConfig } from "../config/schema.ts";
 import type { JobSpec } from "../protocol/job.ts";
 import type { TemplateSpec } from "../protocol/template.ts";
 import type { TemplateCache } from "../templates/cache.ts";
 import type { ArtifactBudget } from "./artifact-budget.ts";
 
-/** A slot as the worker offers it: its name, the resources it holds and its default limits. */
-export interface Slot {
-  name: string;
+/**
+ * A slot as the worker offers it: its `[[worker.slots]]` entry (the one slot type, from the config) and
+ * its position among the worker's slots, which keys its uid on the host.
+ */
+export interface Slot extends SlotConfig {
   index: number;
-  resources: string[];
-  devices: string[];
-  groups: string[];
-  memory: number | null;
-  cpus: number | null;
-  pids: number | null;
-  healthCheck: string;
 }
 
 /**

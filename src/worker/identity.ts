@@ -65,6 +65,7 @@ export function instanceId(data: string): string {
   try {
     return readFileSync(file, "utf8").trim();
   } catch {
+    // No instance file yet: this data dir's first start. A file that cannot be written fails the start.
     const id = randomBytes(12).toString("hex");
     mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
     writeFileSync(file, `${id}\n`, { mode: 0o600 });

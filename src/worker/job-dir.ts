@@ -19,14 +19,17 @@ import { type JobSpec, type Outcome, OutcomeSchema } from "../protocol/job.ts";
  * it, so a result survives a master restart, a dropped connection or a worker restart.
  */
 
+/** The key of an attempt everywhere in the worker, and its directory's name: `ID.ATTEMPT`. */
 export const jobKey = (jobId: number, attempt: number) => `${jobId}.${attempt}`;
 
+/** An attempt's directory on the worker. */
 export interface JobDir {
   jobId: number;
   attempt: number;
   dir: string;
 }
 
+/** Makes the attempt's directory (private to the worker's user) and writes its spec.json. */
 export function createJobDir(root: string, spec: JobSpec): JobDir {
   const dir = join(root, jobKey(spec.id, spec.attempt));
   mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -34,6 +37,7 @@ export function createJobDir(root: string, spec: JobSpec): JobDir {
   return { jobId: spec.id, attempt: spec.attempt, dir };
 }
 
+/** The attempt's log file: stdout and stderr of the job, interleaved as written. */
 export const logPath = (d: JobDir) => join(d.dir, "log");
 
 /** Writes the outcome atomically and durably (temp file, fsync, rename, fsync of the directory). */
@@ -49,6 +53,7 @@ export function writeOutcome(d: JobDir, outcome: Outcome, logSize: number) {
   closeSync(dfd);
 }
 
+/** The recorded outcome of a finished attempt, or null when it has none (it was interrupted). */
 export function readOutcome(d: JobDir): { outcome: Outcome; logSize: number } | null {
   const file = join(d.dir, "outcome.json");
   if (!existsSync(file)) return null;
@@ -56,10 +61,13 @@ export function readOutcome(d: JobDir): { outcome: Outcome; logSize: number } | 
     const raw = JSON.parse(readFileSync(file, "utf8"));
     return { outcome: OutcomeSchema.parse(raw.outcome), logSize: Number(raw.logSize) };
   } catch {
+    // outcome.json is written by rename, so it is whole or absent; one that does not parse (a disk
+    // fault, an edit by hand) makes the attempt an interrupted one, which the master re-queues.
     return null;
   }
 }
 
+/** Removes the attempt's directory and all it holds. */
 export function removeJobDir(d: JobDir) {
   rmSync(d.dir, { recursive: true, force: true });
 }

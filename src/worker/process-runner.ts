@@ -52,6 +52,7 @@ function cannotRun(cmd: string, path: string, cwd: string): string | null {
   return cmd.includes("/") ? `${cmd}: no such executable file` : `${cmd}: not found in PATH (${path})`;
 }
 
+/** The plain-process runner (`worker.runner = "process"`): no isolation, for development and tests. */
 export function createProcessRunner(): Runner {
   return {
     name: "process",

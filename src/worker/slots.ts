@@ -2,6 +2,7 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "nod
 import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
 import type { Config } from "../config/schema.ts";
+import { coerceError } from "../lib/errors.ts";
 import type { SlotInfo } from "../protocol/wire.ts";
 import type { Slot } from "../runner/contract.ts";
 
@@ -11,21 +12,9 @@ import type { Slot } from "../runner/contract.ts";
  * survives a restart, until an operator releases it.
  */
 
-/** The slots of this worker: `[[worker.slots]]` when given, else `capacity` plain ones. */
+/** The slots of this worker: `[[worker.slots]]` when given, else `capacity` plain ones named slot-N. */
 export function slotsFromConfig(cfg: Config): Slot[] {
-  if (cfg.worker.slots.length > 0) {
-    return cfg.worker.slots.map((s, index) => ({
-      name: s.name,
-      index,
-      resources: s.resources,
-      devices: s.devices,
-      groups: s.groups,
-      memory: s.memory,
-      cpus: s.cpus,
-      pids: s.pids,
-      healthCheck: s.health_check,
-    }));
-  }
+  if (cfg.worker.slots.length > 0) return cfg.worker.slots.map((s, index) => ({ ...s, index }));
   return Array.from({ length: cfg.worker.capacity }, (_, index) => ({
     name: `slot-${index}`,
     index,
@@ -35,23 +24,55 @@ export function slotsFromConfig(cfg: Config): Slot[] {
     memory: null,
     cpus: null,
     pids: null,
-    healthCheck: "",
+    health_check: "",
   }));
 }
 
+/** The worker's slots with their holds; every change of what is offered is reported through `changed`. */
 export interface SlotBook {
+  /** Every slot of the worker, held or not, in config order. */
   slots: Slot[];
+  /** What the master is told about each slot: name, resources, and why it is held (null when offered). */
   info(): SlotInfo[];
+  /** Why the slot is not offered, or null when it is. */
   held(name: string): string | null;
+  /** Holds the slot until an operator releases it, on disk so the hold survives a restart. */
   hold(name: string, message: string): void;
+  /** Ends an operator's or a job's hold (a failing health check still holds the slot). */
   release(name: string): void;
-  /** Runs the slot's health check (if any); returns true when the slot may be offered. */
+  /**
+   * Runs the slot's health check (if any); returns true when the slot may be offered. Never rejects: a
+   * check that cannot be run fails like one that exits non-zero.
+   */
   check(slot: Slot): Promise<boolean>;
 }
 
 // A health check that does not answer in this time counts as failed: a hung probe is a broken slot.
 const HEALTH_TIMEOUT_MS = 30_000;
 
+/** Runs a health check command; `why` says how it failed (exit status and first line of output). */
+async function runCheck(command: string): Promise<{ code: number; why: string }> {
+  const spawn = () =>
+    Bun.spawn(["/bin/sh", "-c", command], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  let p: ReturnType<typeof spawn>;
+  try {
+    p = spawn();
+  } catch (err) {
+    // No shell to run it (a broken host, no processes left): the slot cannot be vouched for.
+    return { code: -1, why: `could not run: ${coerceError(err).message}` };
+  }
+  const timer = setTimeout(() => p.kill("SIGKILL"), HEALTH_TIMEOUT_MS);
+  const [out, err, code] = await Promise.all([
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
+    p.exited,
+  ]);
+  clearTimeout(timer);
+  const first = (err.trim() || out.trim()).split("\n")[0]?.slice(0, 200);
+  return { code, why: `exit ${code}${first ? `: ${first}` : ""}` };
+}
+
+/** Opens the slot book kept in `dir` (one file per held slot, holding the reason). */
 export function createSlotBook(
   dir: string,
   slots: Slot[],
@@ -77,37 +98,24 @@ export function createSlotBook(
       if (!slots.some((s) => s.name === name)) return;
       broken.set(name, message);
       writeFileSync(join(dir, name), `${message}\n`, { mode: 0o600 });
-      log.warn(`slot ${name} held: ${message}`);
+      log.warn(`slot ${name} held: ${message}`, { slot: name });
       changed();
     },
     release(name) {
       if (!broken.delete(name)) return;
       rmSync(join(dir, name), { force: true });
-      log.info(`slot ${name} released`);
+      log.info(`slot ${name} released`, { slot: name });
       changed();
     },
     async check(slot) {
-      if (!slot.healthCheck) return !broken.has(slot.name);
-      const p = Bun.spawn(["/bin/sh", "-c", slot.healthCheck], {
-        stdout: "pipe",
-        stderr: "pipe",
-        stdin: "ignore",
-      });
-      const timer = setTimeout(() => p.kill("SIGKILL"), HEALTH_TIMEOUT_MS);
-      const [out, err, code] = await Promise.all([
-        new Response(p.stdout).text(),
-        new Response(p.stderr).text(),
-        p.exited,
-      ]);
-      clearTimeout(timer);
+      if (!slot.health_check) return !broken.has(slot.name);
+      const { code, why } = await runCheck(slot.health_check);
+      // Read after the check: another check of the slot may have changed it meanwhile.
       const before = unhealthy.get(slot.name);
       if (code === 0) unhealthy.delete(slot.name);
-      else {
-        const why = (err.trim() || out.trim()).split("\n")[0]?.slice(0, 200);
-        unhealthy.set(slot.name, `health check failed (exit ${code}${why ? `: ${why}` : ""})`);
-      }
+      else unhealthy.set(slot.name, `health check failed (${why})`);
       if (before !== unhealthy.get(slot.name)) {
-        if (code !== 0) log.warn(`slot ${slot.name}: ${unhealthy.get(slot.name)}`);
+        if (code !== 0) log.warn(`slot ${slot.name}: ${unhealthy.get(slot.name)}`, { slot: slot.name });
         changed();
       }
       return code === 0 && !broken.has(slot.name);

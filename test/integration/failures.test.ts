@@ -31,6 +31,14 @@ afterAll(async () => {
 
 const sub = (name: string) => subDir(dir.path, name);
 
+/** The JSON records of a role's log (its stderr is not a terminal, so `kiln` writes JSON lines). */
+const records = (m: Master) =>
+  m
+    .log()
+    .split("\n")
+    .filter((l) => l.startsWith("{"))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+
 for (const runner of root ? ["sandbox", "process"] : ["process"]) {
   describe(`a job's own mistakes (${runner} runner)`, () => {
     let m: Master;
@@ -45,6 +53,16 @@ for (const runner of root ? ["sandbox", "process"] : ["process"]) {
       expect(r.stdout).toContain("kiln: cannot run the job's command: /nonexistent/cmd");
       const jobs = (await m.api<JobJson[]>("GET", "/api/v1/jobs?limit=1")).body;
       expect(jobs[0]).toMatchObject({ state: "failed", reason: "exit", exitCode: 127 });
+      // The worker's record of the outcome names the job, the attempt, the worker and the slot as keys.
+      const ended = records(m).find(
+        (r) => r.component === "worker" && r.msg === `job ${jobs[0]!.id}: failed (exit)`,
+      );
+      expect(ended).toMatchObject({
+        jobId: jobs[0]!.id,
+        attempt: 1,
+        worker: `e-fail-${runner}`,
+      });
+      expect(String(ended?.slot)).toMatch(/^slot-\d+$/);
     });
 
     test("a PATH that finds nothing ends the same way", async () => {
@@ -87,6 +105,12 @@ describe("a slot that cannot be set up", () => {
       expect(job.attempt).toBe(3);
       expect(job.message).toContain("set-up failed");
       expect(m.log()).toContain("the slot is held and the job re-queued");
+      const setUp = records(m).filter((r) => r.code === "SLOT_SETUP_FAILED");
+      expect(setUp.length).toBeGreaterThan(0);
+      for (const r of setUp) {
+        expect(r).toMatchObject({ level: "error", component: "worker", jobId: id, worker: "e-gone" });
+        expect(["s0", "s1"]).toContain(r.slot as string);
+      }
       await m.kill("SIGTERM");
     },
   );
