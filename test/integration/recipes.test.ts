@@ -85,7 +85,7 @@ describe("recipes", () => {
   test("an invalid recipe file is refused on one line naming the file and the key", async () => {
     const bad = file("bad.toml", `${ECHO_V1}\n[submit]\nmemroy = "1G"\n`);
     const r = await m.cli(["recipe", "add", "echo", "--file", bad]);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2);
     expect(r.stderr).toStartWith(`kiln: ${bad}: unknown key "submit.memroy": [submit] takes `);
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
   });
@@ -137,7 +137,7 @@ describe("recipes", () => {
     ];
     for (const [vars, message] of cases) {
       const r = await m.cli(["submit", "--recipe", "echo", ...vars]);
-      expect(r.code).toBe(1);
+      expect(r.code).toBe(2);
       expect(r.stderr).toStartWith(message);
       expect(r.stderr.trim().split("\n")).toHaveLength(1);
     }
@@ -243,7 +243,7 @@ describe("recipes", () => {
       "--var",
       "ref=--upload-pack=id",
     ]);
-    expect(bad.code).toBe(1);
+    expect(bad.code).toBe(2);
     expect(bad.stderr).toContain("does not match the pattern");
   });
 
