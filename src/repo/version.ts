@@ -14,6 +14,13 @@ export interface DebVersion {
 
 /** Splits a Debian version string; throws nothing, a malformed epoch counts as part of the upstream version. */
 export function parseDebVersion(text: string): DebVersion {
+  const [epoch, upstream, revision] = splitVersion(text);
+  return { epoch, upstream, revision };
+}
+
+// Both formats write `[epoch:]version[-release]`: a numeric epoch before the first ":", the part after the
+// last "-" apart; a malformed epoch stays part of the version.
+function splitVersion(text: string): [number, string, string] {
   let rest = text.trim();
   let epoch = 0;
   const colon = rest.indexOf(":");
@@ -22,8 +29,7 @@ export function parseDebVersion(text: string): DebVersion {
     rest = rest.slice(colon + 1);
   }
   const dash = rest.lastIndexOf("-");
-  if (dash < 0) return { epoch, upstream: rest, revision: "" };
-  return { epoch, upstream: rest.slice(0, dash), revision: rest.slice(dash + 1) };
+  return dash < 0 ? [epoch, rest, ""] : [epoch, rest.slice(0, dash), rest.slice(dash + 1)];
 }
 
 /**
@@ -150,16 +156,8 @@ export interface RpmEvr {
 
 /** Parses `[epoch:]version[-release]` the way rpm prints EVRs. */
 export function parseRpmEvr(text: string): RpmEvr {
-  let rest = text.trim();
-  let epoch = 0;
-  const colon = rest.indexOf(":");
-  if (colon > 0 && /^\d+$/.test(rest.slice(0, colon))) {
-    epoch = Number(rest.slice(0, colon));
-    rest = rest.slice(colon + 1);
-  }
-  const dash = rest.lastIndexOf("-");
-  if (dash < 0) return { epoch, version: rest, release: "" };
-  return { epoch, version: rest.slice(0, dash), release: rest.slice(dash + 1) };
+  const [epoch, version, release] = splitVersion(text);
+  return { epoch, version, release };
 }
 
 /** Compares two RPM EVRs as rpm orders installed packages (epoch, then version, then release): -1, 0 or 1. */
