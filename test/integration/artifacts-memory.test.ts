@@ -1,7 +1,17 @@
 import { afterAll, expect, test } from "bun:test";
 import { join } from "node:path";
-import { startMaster, startWorker, stopAll, submitJob, tempDir, waitJob } from "../harness.ts";
+import {
+  checkLeftoversAfterEachTest,
+  startMaster,
+  startWorker,
+  stopAll,
+  submitJob,
+  tempDir,
+  waitJob,
+} from "../harness.ts";
 import { peakGrowth, startPeak } from "../rss.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * A 2 GiB artifact through the compiled binary, master and worker in processes of their own: the bytes

@@ -2,7 +2,17 @@ import { afterAll, expect, test } from "bun:test";
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import S3rver from "s3rver";
-import { startMaster, startWorker, stopAll, submitJob, tempDir, waitJob } from "../harness.ts";
+import {
+  checkLeftoversAfterEachTest,
+  startMaster,
+  startWorker,
+  stopAll,
+  submitJob,
+  tempDir,
+  waitJob,
+} from "../harness.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * The master with `[storage] backend = "s3"`, against s3rver (a local S3 implementation) on loopback that

@@ -2,6 +2,7 @@ import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
+  checkLeftoversAfterEachTest,
   type Master,
   type Role,
   startMaster,
@@ -13,6 +14,8 @@ import {
   waitJob,
 } from "../harness.ts";
 import { startTcpProxy, type TcpProxy } from "../tcp-proxy.ts";
+
+checkLeftoversAfterEachTest();
 
 /*
  * Artifacts through the compiled binary, at sizes and with faults users meet: a gigabyte in $KILN_OUT,

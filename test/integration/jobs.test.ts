@@ -229,12 +229,17 @@ describe("several workers", () => {
   test("a channel routes jobs only to workers that serve it", async () => {
     using d2 = tempDir();
     const m = await startMaster(d2.path);
-    await startWorker(m, d2.path, "plain", { capacity: 2 });
-    await startWorker(m, d2.path, "builder", { capacity: 1, channels: "default,release" });
+    const roles = [
+      m,
+      await startWorker(m, d2.path, "plain", { capacity: 2 }),
+      await startWorker(m, d2.path, "builder", { capacity: 1, channels: "default,release" }),
+    ];
     const ids = await Promise.all(
       [1, 2, 3].map(() => submitJob(m, { command: ["true"], channel: "release" })),
     );
     for (const id of ids) expect((await waitJob(m, id)).worker).toBe("builder");
+    // Stopped before d2 goes: a worker whose data dir is removed under it could not find its volumes.
+    for (const r of roles.reverse()) await r.kill("SIGTERM");
   }, 60_000);
 
   afterAll(async () => {

@@ -80,7 +80,7 @@ describe.skipIf(!root)("templates", () => {
     expect(again.hash).toBe(t.hash);
     expect((await m.cli(["template", "ls"])).stdout).toContain("bookworm-build");
     const bad = await m.cli(["template", "add", "x", "--debootstrap", "Bookworm"]);
-    expect(bad.code).toBe(1);
+    expect(bad.code).toBe(2);
     expect(bad.stderr).toContain("suite must be a Debian suite name");
     const missing = await m.cli(["submit", "--root", "nosuch", "--", "true"]);
     expect(missing.stderr).toContain("no template nosuch");
