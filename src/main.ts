@@ -4,6 +4,7 @@ import { artifacts, download } from "./cli/artifacts.ts";
 import { renderHelp } from "./cli/help.ts";
 import { job } from "./cli/job-control.ts";
 import { cancel, jobs, logs, retry, show } from "./cli/jobs.ts";
+import { rebuild } from "./cli/rebuild.ts";
 import { recipe } from "./cli/recipes.ts";
 import { promote, releases } from "./cli/releases.ts";
 import { master, up, worker } from "./cli/roles.ts";
@@ -26,6 +27,7 @@ const main = defineCommand({
     logs,
     cancel,
     retry,
+    rebuild,
     artifacts,
     download,
     promote,
