@@ -303,7 +303,7 @@ describe("Debian repository metadata", () => {
     for (const [name, arch] of [
       ["kiln-a", "amd64"],
       ["kiln-b", "all"],
-    ]) {
+    ] as const) {
       const file = write(`${name}.deb`, buildDeb({ control: controlText({ name, version: "1.0-1", arch }) }));
       const info = await readDeb(file);
       const path = debPoolPath(info, settings);

@@ -91,7 +91,7 @@ function paxRecords(data: Uint8Array, fail: (w: string) => Error): Map<string, s
  */
 export async function readTar(stream: ReadableStream<Uint8Array>, o: TarReadOptions): Promise<TarEntry[]> {
   const entries: TarEntry[] = [];
-  let buf = new Uint8Array(0);
+  let buf: Uint8Array = new Uint8Array(0);
   let total = 0;
   // What the parser waits for: a header, or `need` bytes of the current member (kept or skipped).
   let member: { entry: TarEntry; need: number; padded: number; chunks: Uint8Array[] | null } | null = null;
