@@ -228,7 +228,7 @@ export function createRepoService(ctx: RepoDeps, graceMs = DEFAULT_SNAPSHOT_GRAC
     if (kind !== repo.format) {
       throw new AppError(
         "REPO_WRONG_FORMAT",
-        `${file.label} is ${kind === "other" || kind === "image" ? `not a package (${kind})` : `an ${kind} package`}; repository ${repo.name} holds ${repo.format} packages`,
+        `${file.label} is ${kind === "deb" ? "a Debian package" : kind === "rpm" ? "an RPM package" : `not a package (${kind})`}; repository ${repo.name} holds ${repo.format} packages`,
         { status: 422 },
       );
     }

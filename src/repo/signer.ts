@@ -48,6 +48,8 @@ export function openKeyRing(dir: string): KeyRing {
   let queue: Promise<unknown> = Promise.resolve();
   let pending = 0;
   let agentMayRun = false;
+  // Public keys by fingerprint: every publish writes key.asc, and a key never changes.
+  const exported = new Map<string, string>();
 
   const gpgPath = () => {
     const gpg = Bun.which("gpg", { PATH: path });
@@ -166,9 +168,12 @@ export function openKeyRing(dir: string): KeyRing {
         publicKey: () =>
           run(async () => {
             const fpr = fingerprint ?? (await ensureDefault());
+            const known = exported.get(fpr);
+            if (known) return known;
             const r = await gpg(["--armor", "--export", fpr]);
             if (r.code !== 0 || !r.out.includes("BEGIN PGP PUBLIC KEY BLOCK"))
               throw failed(`exporting key ${fpr} failed`, r);
+            exported.set(fpr, r.out);
             return r.out;
           }),
       };
