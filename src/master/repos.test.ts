@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { afterEach, beforeEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import {
   existsSync,
   mkdirSync,
@@ -29,6 +29,9 @@ import { testContext } from "./test-context.ts";
  * repositories publish side by side, that a reader never sees a mixed index, and that a crash at any
  * step leaves the committed snapshot served.
  */
+
+// Every publish signs with gpg and some run createrepo_c: seconds on a busy machine.
+setDefaultTimeout(60_000);
 
 let dir: string;
 let store: Store;
