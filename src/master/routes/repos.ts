@@ -115,14 +115,15 @@ export function repoUsage(r: RepoRow, url: string) {
       dist: r.dist ?? "stable",
       component: r.component ?? "main",
     });
-    const host = url.replace(/^https?:\/\//, "");
+    // apt_auth.conf(5): a machine line matches plain http only when it names the scheme.
+    const machine = url.startsWith("https://") ? url.slice("https://".length) : url;
     const steps = [
       `curl -fsSL${auth} ${keyUrl} -o /etc/apt/keyrings/${r.name}.asc   # or: kiln repo key ${r.name} > /etc/apt/keyrings/${r.name}.asc`,
       `echo '${sourcesLine}' > /etc/apt/sources.list.d/${r.name}.list`,
       ...(r.public
         ? []
         : [
-            `echo 'machine ${host}/repos/${r.name} login kiln password TOKEN' > /etc/apt/auth.conf.d/${r.name}.conf   # TOKEN: a viewer token of its project`,
+            `echo 'machine ${machine}/repos/${r.name} login kiln password TOKEN' > /etc/apt/auth.conf.d/${r.name}.conf   # TOKEN: a viewer token of its project`,
           ]),
       "apt-get update",
     ];
