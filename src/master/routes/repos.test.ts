@@ -177,6 +177,21 @@ describe("adding and reading repositories", () => {
     expect((await call("submitter", "POST", "/jobs", { command: ["true"], repoForce: true })).status).toBe(
       400,
     );
+
+    // A recipe's default repository is checked the same way, and a submit's own --repo wins over it.
+    const recipe = (repo: string) => `description = "build"\nscript = "true"\n[submit]\nrepo = "${repo}"\n`;
+    expect(
+      (await call("operator", "POST", "/recipes", { name: "to-shared", source: recipe("shared") })).status,
+    ).toBe(201);
+    expect(
+      (await call("operator", "POST", "/recipes", { name: "to-nowhere", source: recipe("nowhere") })).status,
+    ).toBe(201);
+    expect((await call("submitter", "POST", "/jobs", { recipe: "to-shared" })).status).toBe(201);
+    const nowhere = await call("submitter", "POST", "/jobs", { recipe: "to-nowhere" });
+    expect([nowhere.status, nowhere.body.error.code]).toEqual([400, "REPO_NOT_FOUND"]);
+    expect((await call("submitter", "POST", "/jobs", { recipe: "to-nowhere", repo: "shared" })).status).toBe(
+      201,
+    );
   });
 });
 
