@@ -8,7 +8,8 @@ import { clientRoutes } from "./routes/client.ts";
 import { publicRoutes } from "./routes/public.ts";
 import { recipeRoutes } from "./routes/recipes.ts";
 import { releaseFileRoutes, releaseRoutes } from "./routes/releases.ts";
-import { repoFileRoutes, repoRoutes } from "./routes/repos.ts";
+import { repoFileRoutes } from "./routes/repo-files.ts";
+import { repoRoutes } from "./routes/repos.ts";
 import { templateRoutes } from "./routes/templates.ts";
 
 /** A 500 that says nothing about the server's insides; the details go to the master's log. */

@@ -44,7 +44,9 @@ export async function publishOutcome(ctx: MasterContext, row: JobRow, outcome: O
     const code = e instanceof AppError ? e.code : "INTERNAL";
     const message = `publishing into repository ${repo} failed: ${e.message}`;
     say(message);
-    ctx.log.warn(`job ${row.id}: ${message}`, { jobId: row.id, attempt: row.attempt, code });
+    // The master's own failures are logged as errors where they happen (src/master/repos.ts).
+    if (e instanceof AppError && e.status < 500)
+      ctx.log.warn(`job ${row.id}: ${message}`, { jobId: row.id, attempt: row.attempt, code });
     return { ...outcome, state: "failed", reason: "publish", message };
   }
 }

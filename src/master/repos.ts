@@ -18,6 +18,7 @@ import { commitPublish, getRepo, listRepoPackages, listRepos, type PackageKey } 
 import type { JobRow, RepoPackageRow, RepoRow } from "../store/schema.ts";
 import { blobKey } from "./artifacts.ts";
 import type { MasterContext } from "./context.ts";
+import { planPublish } from "./repo-plan.ts";
 import {
   beginSnapshot,
   currentGeneration,
@@ -257,74 +258,20 @@ export function createRepoService(ctx: RepoDeps, graceMs = DEFAULT_SNAPSHOT_GRAC
     for (const file of files) infos.push({ info: await check(repo, file), file });
 
     const rows = await listRepoPackages(ctx.store.db, repo.name);
-    const now = Date.now();
-    const added: RepoPackageRow[] = [];
-    const unchanged: PublishedPackage[] = [];
-    const replaced: PackageKey[] = [];
-    let set = [...rows];
-    for (const { info, file } of infos) {
-      const same = set.filter((r) => r.name === info.name && r.arch === info.arch);
-      const existing = same.find((r) => format.compare(r.version, info.version) === 0);
-      if (existing && existing.sha256 === info.sha256) {
-        unchanged.push(published(existing, format.format));
-        continue;
-      }
-      const newest = same.reduce<RepoPackageRow | null>(
-        (a, r) => (!a || format.compare(r.version, a.version) > 0 ? r : a),
-        null,
-      );
-      if (!who.force && newest && format.compare(info.version, newest.version) <= 0) {
-        const how = existing ? "is already published with different content" : "is not newer than";
-        throw new AppError(
-          "REPO_NOT_NEWER",
-          existing
-            ? `${file.label}: ${info.name} ${info.version} (${info.arch}) ${how} in repository ${repo.name}: raise the version, or publish with --force to replace it`
-            : `${file.label}: ${info.name} ${info.version} (${info.arch}) ${how} ${newest.version} in repository ${repo.name}: raise the version, or publish with --force`,
-          { status: 409 },
-        );
-      }
-      if (existing) {
-        replaced.push(existing);
-        set = set.filter((r) => r !== existing);
-      }
-      const row: RepoPackageRow = {
-        repo: repo.name,
-        name: info.name,
-        arch: info.arch,
-        version: info.version,
-        source: info.source ?? null,
-        size: info.size,
-        sha256: info.sha256,
-        path: format.poolPath(info, settings),
-        meta: info.meta,
-        jobId: who.jobId,
-        publishedAt: now,
-        publishedBy: who.by,
-      };
-      // Two packages of one name and version at one path would overwrite each other in the pool.
-      if (set.some((r) => r.path === row.path)) {
-        throw new AppError(
-          "REPO_NOT_NEWER",
-          `${file.label}: ${row.path} is in repository ${repo.name} already, as another package`,
-          { status: 409 },
-        );
-      }
-      set.push(row);
-      added.push(row);
-    }
+    const plan = planPublish(
+      repo,
+      settings,
+      format,
+      rows,
+      infos.map(({ info, file }) => ({ info, label: file.label })),
+      who,
+    );
+    const { added, kept, replaced } = plan;
+    const unchanged = plan.unchanged.map((r) => published(r, format.format));
     if (added.length === 0)
       return { repo: repo.name, generation: repo.generation, added: [], unchanged, removed: [] };
+    const removed = plan.dropped;
 
-    // Keep the newest `keep` versions of each name and arch.
-    const removed: RepoPackageRow[] = [];
-    const groups = new Map<string, RepoPackageRow[]>();
-    for (const r of set)
-      groups.set(`${r.name}\0${r.arch}`, [...(groups.get(`${r.name}\0${r.arch}`) ?? []), r]);
-    for (const group of groups.values()) {
-      group.sort((a, b) => format.compare(b.version, a.version));
-      for (const r of group.slice(repo.keep)) removed.push(r);
-    }
-    const kept = set.filter((r) => !removed.includes(r));
     // The stored copies, named by content: the same file published twice is stored once.
     prepareRepoDirs(dataDir, repo.name);
     const stored: string[] = [];
@@ -346,7 +293,7 @@ export function createRepoService(ctx: RepoDeps, graceMs = DEFAULT_SNAPSHOT_GRAC
     }
     // Stored files no package names any more; the snapshots that list them keep their own links.
     const names = new Set(kept.map((r) => r.sha256));
-    for (const r of [...replaced, ...removed] as RepoPackageRow[])
+    for (const r of [...replaced, ...removed])
       if (!names.has(r.sha256)) await rm(packageFile(dataDir, repo.name, r.sha256), { force: true });
     const result: PublishResult = {
       repo: repo.name,
@@ -375,51 +322,84 @@ export function createRepoService(ctx: RepoDeps, graceMs = DEFAULT_SNAPSHOT_GRAC
     return path;
   };
 
+  // A refusal is the publisher's to read; a failure of the master's own (gpg, createrepo_c, the disk) is
+  // the operator's, said once here with what failed.
+  const said = new WeakSet<Error>();
+  const logged = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
+    try {
+      return await fn();
+    } catch (err) {
+      const e = coerceError(err);
+      if ((!(e instanceof AppError) || e.status >= 500) && !said.has(e)) {
+        said.add(e);
+        ctx.log.error(`${what}: ${e.message}`, { code: e instanceof AppError ? e.code : "INTERNAL" });
+      }
+      throw err;
+    }
+  };
+
+  const publishJobNow = async (
+    job: JobRow,
+    who: PublishBy,
+    name: string | undefined,
+    only: string[] | undefined,
+  ): Promise<PublishResult | null> => {
+    if (!name) return null;
+    const artifacts = (await listArtifacts(ctx.store.db, job.id)).filter(
+      (a) => (a.kind === "deb" || a.kind === "rpm") && (!only || only.includes(a.name)),
+    );
+    if (only) {
+      const missing = only.filter((n) => !artifacts.some((a) => a.name === n));
+      if (missing.length)
+        throw new AppError(
+          "REPO_NO_PACKAGES",
+          `job ${job.id} has no package artifact ${missing.join(", ")}: see \`kiln artifacts ${job.id}\``,
+          { status: 422 },
+        );
+    }
+    if (artifacts.length === 0) return null;
+    const files: PublishFile[] = [];
+    try {
+      for (const a of artifacts)
+        files.push({ path: await fetchArtifact(a.sha256, a.name), label: a.name, sha256: a.sha256 });
+      return await service.publish(name, files, who);
+    } finally {
+      for (const f of files) await rm(f.path, { force: true });
+    }
+  };
+
   const service: RepoService = {
     formats,
     keys,
-    publish: (name, files, who) => serialized(name, () => publishNow(name, files, who)),
-    async publishJob(job, who, name = job.repo ?? undefined, only) {
-      if (!name) return null;
-      const artifacts = (await listArtifacts(ctx.store.db, job.id)).filter(
-        (a) => (a.kind === "deb" || a.kind === "rpm") && (!only || only.includes(a.name)),
-      );
-      if (only) {
-        const missing = only.filter((n) => !artifacts.some((a) => a.name === n));
-        if (missing.length)
-          throw new AppError(
-            "REPO_NO_PACKAGES",
-            `job ${job.id} has no package artifact ${missing.join(", ")}: see \`kiln artifacts ${job.id}\``,
-            { status: 422 },
-          );
-      }
-      if (artifacts.length === 0) return null;
-      const files: PublishFile[] = [];
-      try {
-        for (const a of artifacts)
-          files.push({ path: await fetchArtifact(a.sha256, a.name), label: a.name, sha256: a.sha256 });
-        return await service.publish(name, files, who);
-      } finally {
-        for (const f of files) await rm(f.path, { force: true });
-      }
-    },
+    publish: (name, files, who) =>
+      logged(`repository ${name}: publishing failed`, () =>
+        serialized(name, () => publishNow(name, files, who)),
+      ),
+    publishJob: (job, who, name = job.repo ?? undefined, only) =>
+      logged(`job ${job.id}: publishing its packages into repository ${name} failed`, () =>
+        publishJobNow(job, who, name, only),
+      ),
     create: (name) =>
-      serialized(name, async () => {
-        const repo = await load(name);
-        removeRepoFiles(dataDir, name);
-        rmSync(join(dataDir, "repo-cache", "rpm", name), { recursive: true, force: true });
-        prepareRepoDirs(dataDir, name);
-        const snap = await beginSnapshot(dataDir, name, repo.generation);
-        await buildMetadata(repo, [], snap.dir);
-        await snap.complete();
-        await switchCurrent(dataDir, name, repo.generation);
-      }),
+      logged(`repository ${name}: writing its first snapshot failed`, () =>
+        serialized(name, async () => {
+          const repo = await load(name);
+          removeRepoFiles(dataDir, name);
+          rmSync(join(dataDir, "repo-cache", "rpm", name), { recursive: true, force: true });
+          prepareRepoDirs(dataDir, name);
+          const snap = await beginSnapshot(dataDir, name, repo.generation);
+          await buildMetadata(repo, [], snap.dir);
+          await snap.complete();
+          await switchCurrent(dataDir, name, repo.generation);
+        }),
+      ),
     refresh: (name) =>
-      serialized(name, async () => {
-        const repo = await load(name);
-        const rows = await listRepoPackages(ctx.store.db, name);
-        await writeGeneration(repo, rows, { add: [], remove: [] });
-      }),
+      logged(`repository ${name}: writing its metadata again failed`, () =>
+        serialized(name, async () => {
+          const repo = await load(name);
+          const rows = await listRepoPackages(ctx.store.db, name);
+          await writeGeneration(repo, rows, { add: [], remove: [] });
+        }),
+      ),
     removeFiles: (name) =>
       serialized(name, async () => {
         removeRepoFiles(dataDir, name);

@@ -1,5 +1,6 @@
 // Repository signing keys, kept by gpg in one home directory of the master (DATA/repo-key, mode 0700): the
 // master's own key, generated on first use, and keys operators import for particular repositories.
+import { existsSync } from "node:fs";
 import { chmod, mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join } from "node:path";
@@ -47,7 +48,8 @@ export function openKeyRing(dir: string): KeyRing {
   const path = process.env.PATH ?? "/usr/bin:/bin";
   let queue: Promise<unknown> = Promise.resolve();
   let pending = 0;
-  let agentMayRun = false;
+  // An agent left by a master killed mid-signature is stopped by the first queue that drains.
+  let agentMayRun = existsSync(dir);
   // Public keys by fingerprint: every publish writes key.asc, and a key never changes.
   const exported = new Map<string, string>();
 
