@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, readdirSync, rmSync } from "node:fs";
 import { copyFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { AppError, coerceError } from "../lib/errors.ts";
+import { keyedLock } from "../lib/keyed-lock.ts";
 import type {
   PackageFormat,
   PackageInfo,
@@ -157,18 +158,8 @@ export function createRepoService(ctx: RepoDeps, graceMs = DEFAULT_SNAPSHOT_GRAC
   const formats = createFormats({ rpmCacheDir: join(dataDir, "repo-cache", "rpm") });
   const keys = openKeyRing(join(dataDir, "repo-key"));
   const incoming = join(dataDir, "repos", ".incoming");
-  const tails = new Map<string, Promise<unknown>>();
-
   // One queue per repository name: its publishes, refreshes and removal never overlap.
-  const serialized = <T>(name: string, fn: () => Promise<T>): Promise<T> => {
-    const run = (tails.get(name) ?? Promise.resolve()).then(fn);
-    const tail = run.catch(() => {});
-    tails.set(name, tail);
-    void tail.then(() => {
-      if (tails.get(name) === tail) tails.delete(name);
-    });
-    return run;
-  };
+  const serialized = keyedLock();
 
   const load = async (name: string) => {
     const repo = await getRepo(ctx.store.db, name);
@@ -451,7 +442,7 @@ export function createRepoService(ctx: RepoDeps, graceMs = DEFAULT_SNAPSHOT_GRAC
         });
     },
     async close() {
-      await Promise.all([...tails.values()]);
+      await serialized.idle();
       await keys.close();
     },
   };
