@@ -4,9 +4,11 @@ import { join } from "node:path";
 import type { Server } from "bun";
 import { adminTokenPath } from "../config/paths.ts";
 import type { Config } from "../config/schema.ts";
+import { checkDeclaredLength } from "../lib/body.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { holdLock } from "../lib/lock.ts";
 import { logger } from "../lib/log.ts";
+import { logOnce } from "../lib/log-once.ts";
 import { type Loop, runLoop } from "../lib/loop.ts";
 import { localBlobStore, openBlobStore } from "../storage/open.ts";
 import { certificateLedger } from "../store/enrollment.ts";
@@ -16,10 +18,11 @@ import { findToken, hashToken, insertTokenHash } from "../store/tokens.ts";
 import { markAllDisconnected } from "../store/workers.ts";
 import { type Authority, openAuthority, serverTls } from "../tls/authority.ts";
 import { enrollmentHandler } from "../tls/enroll.ts";
-import { createApp, internalError } from "./app.ts";
-import { createArtifactService } from "./artifacts.ts";
+import { createApp, internalError, refusalResponse } from "./app.ts";
+import { createArtifactService, MAX_CHUNK } from "./artifacts.ts";
 import type { MasterContext } from "./context.ts";
 import { createDispatcher } from "./dispatcher.ts";
+import { IDLE_TIMEOUT_S, type RequestEnv } from "./idle.ts";
 import { reapLeasesOnce } from "./leases.ts";
 import { openLogStore } from "./logs.ts";
 import { createRegistry } from "./registry.ts";
@@ -134,12 +137,19 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
     : undefined;
   const ws = workerSocketHandlers(ctx);
   const [host, port] = splitListen(cfg.master.listen);
+  // Errors past the app (a bug in a handler that escaped it) are told once per minute, then counted.
+  const unhandled = logOnce((msg) => log.error(msg));
   let server: Server<SocketData>;
   try {
     server = Bun.serve<SocketData>({
       hostname: host,
       port,
-      idleTimeout: 0,
+      // Seconds a connection may stay silent; readers and followers re-arm it (see idle.ts for why this
+      // is bounded and what the runtime does on its own before a request's head is in).
+      idleTimeout: IDLE_TIMEOUT_S,
+      // The runtime's own bound, above every route's (an upload chunk is the largest): it answers 413
+      // without our JSON, and only to a body that streams past it on a route that does not read one.
+      maxRequestBodySize: MAX_REQUEST_BODY + (1 << 20),
       // Production mode: Bun's development error page shows source lines and the working directory.
       development: false,
       // Production mode also turns SO_REUSEPORT on by default, which lets a second master bind the same
@@ -147,7 +157,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
       reusePort: false,
       ...(authority ? { tls: serverTls(authority) } : {}),
       error(err) {
-        log.error(`unhandled error serving a request: ${coerceError(err).stack ?? err}`);
+        unhandled("unhandled", `unhandled error serving a request: ${coerceError(err).stack ?? err}`);
         return internalError();
       },
       async fetch(req, srv) {
@@ -157,6 +167,13 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
             { error: { code: "METHOD_NOT_ALLOWED", message: `${req.method} is not served here` } },
             { status: 405, headers: { allow: [...METHODS].join(", ") } },
           );
+        }
+        // A declared body longer than any route takes is refused before anything reads it.
+        try {
+          checkDeclaredLength(req, MAX_REQUEST_BODY);
+        } catch (err) {
+          if (err instanceof AppError) return refusalResponse(err);
+          throw err;
         }
         const url = new URL(req.url);
         if (url.pathname === "/api/v1/worker/connect") {
@@ -170,7 +187,8 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
               { status: 401 },
             );
           }
-          if (srv.upgrade(req, { data: { name: null, chain: Promise.resolve() } })) return undefined;
+          if (srv.upgrade(req, { data: { name: null, chain: Promise.resolve(), refused: false } }))
+            return undefined;
           return Response.json(
             { error: { code: "UPGRADE_REQUIRED", message: "this endpoint takes a websocket" } },
             { status: 426 },
@@ -178,7 +196,8 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
         }
         const enrolled = enroll && (await enroll(req, srv.requestIP(req)?.address));
         if (enrolled) return enrolled;
-        return app.fetch(req, { ip: srv.requestIP(req) });
+        const env: RequestEnv = { ip: srv.requestIP(req), rearm: () => srv.timeout(req, IDLE_TIMEOUT_S) };
+        return app.fetch(req, env);
       },
       websocket: {
         open: ws.open,
@@ -228,6 +247,9 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
     },
   };
 }
+
+/** The largest body any route takes: an artifact upload chunk. */
+const MAX_REQUEST_BODY = MAX_CHUNK;
 
 /** The methods the API uses; anything else (CONNECT, TRACE, inventions) gets a 405 before routing. */
 const METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
