@@ -36,6 +36,8 @@ export interface HttpCase {
   body?: string | Uint8Array;
   /** True when the request is wrong on purpose and must be refused with a 4xx. */
   refuse: boolean;
+  /** The one status it must get, where that is certain. */
+  status?: number;
 }
 
 /** Bytes sent on a raw connection: framing fetch would never produce. */
@@ -125,9 +127,12 @@ function jsonJunk(r: Rng, depth = 0): unknown {
   }
 }
 
-/** A plausible body for each route that takes one, the starting point for mutations. */
+/**
+ * A plausible body for each route that takes a JSON one, the starting point for mutations; null for the
+ * others (a POST such as cancel reads no body, so whatever it is sent is not a refusal of its own).
+ */
 function sampleBody(method: string, path: string): Record<string, unknown> | null {
-  if (method !== "POST" && method !== "PUT") return null;
+  if (method !== "POST") return null;
   if (path === "/api/v1/jobs") return { command: ["true"], env: { A: "1" }, project: "fuzz" };
   if (path.endsWith("/hold")) return { reason: "fuzz" };
   if (path === "/api/v1/admin/tokens") return { role: "viewer", name: "fuzz" };
@@ -137,7 +142,7 @@ function sampleBody(method: string, path: string): Record<string, unknown> | nul
   if (path.endsWith("/build")) return { workers: ["fuzz-w"] };
   if (path === "/api/v1/releases") return { job: 1, artifact: "SHA256SUMS", tag: "fuzz" };
   if (path.startsWith("/api/v1/tls/")) return { secret: "s", csr: "c" };
-  return {};
+  return null;
 }
 
 /** Changes one thing in `body`: a field's type, a missing or unknown field, a wrapper, a scalar. */
@@ -177,18 +182,25 @@ function mutate(r: Rng, body: Record<string, unknown>): { value: unknown; what: 
 }
 
 /** Bytes that are not JSON, or not UTF-8, or JSON only at first sight. */
-function badBytes(r: Rng, sample: string): { bytes: Uint8Array; what: string } {
+function badBytes(r: Rng, sample: string): { bytes: Uint8Array; what: string; bom?: boolean } {
   switch (r.int(7)) {
     case 0:
       return {
         bytes: enc.encode(sample.slice(0, Math.max(1, r.int(sample.length)))),
         what: "truncated JSON",
       };
-    case 1:
+    case 1: {
+      // Inside the first string value of a body that is otherwise right, where a lenient decoder would
+      // pass a replacement character on as data.
+      const at = sample.indexOf(':"') + 2;
+      if (at < 2)
+        return { bytes: new Uint8Array([0x22, 0xc3, 0x28, 0x22]), what: "invalid UTF-8 in a string" };
+      const head = enc.encode(sample.slice(0, at));
       return {
-        bytes: new Uint8Array([0x7b, 0x22, 0x61, 0x22, 0x3a, 0x22, 0xc3, 0x28, 0x22, 0x7d]),
-        what: "invalid UTF-8 in a string",
+        bytes: new Uint8Array([...head, 0xc3, 0x28, 0xff, ...enc.encode(sample.slice(at))]),
+        what: "invalid UTF-8 in a string value",
       };
+    }
     case 2:
       return { bytes: Uint8Array.from({ length: 256 }, () => r.int(256)), what: "random bytes" };
     case 3:
@@ -197,9 +209,11 @@ function badBytes(r: Rng, sample: string): { bytes: Uint8Array; what: string } {
         what: "JSON nested 100000 deep",
       };
     case 4:
+      // RFC 8259 8.1 lets a parser ignore a byte order mark; the master does, so this one may pass.
       return {
         bytes: new Uint8Array([0xef, 0xbb, 0xbf, ...enc.encode(sample)]),
         what: "a byte order mark before JSON",
+        bom: true,
       };
     case 5:
       return { bytes: enc.encode(`${sample}${sample}`), what: "two JSON values" };
@@ -249,11 +263,13 @@ export function httpCases(r: Rng, t: Target, n: number): HttpCase[] {
       const method = r.pick(wrong);
       out.push({
         kind: "http",
-        what: `${method} on ${route.method}-only ${path}`,
+        what: `${method} on ${[...allowed].join("/")}-only ${path}`,
         method,
         path,
         headers: auth,
         refuse: true,
+        // The app's own routes answer 405 with Allow; the websocket and TLS routes are served before it.
+        status: path.startsWith("/api/v1/tls/") || path === "/api/v1/worker/connect" ? undefined : 405,
       });
     } else if (mode <= 3 && sample) {
       const m = mutate(r, sample);
@@ -268,7 +284,6 @@ export function httpCases(r: Rng, t: Target, n: number): HttpCase[] {
       });
     } else if (mode <= 5 && sample) {
       const b = badBytes(r, JSON.stringify(sample));
-      // An upload takes any bytes: there only the JSON routes must refuse them.
       out.push({
         kind: "http",
         what: `${route.method} ${path}: ${b.what}`,
@@ -276,9 +291,11 @@ export function httpCases(r: Rng, t: Target, n: number): HttpCase[] {
         path,
         headers: json,
         body: b.bytes,
-        refuse: route.method !== "PUT",
+        refuse: !b.bom,
       });
-    } else if (mode === 6 && sample) {
+    } else if (mode === 6 && (route.method === "POST" || route.method === "PUT")) {
+      // Past every JSON route's limit (the largest, a template's, is 3 MiB); an upload or a route that
+      // reads no body answers as it likes, but never with a 5xx.
       const size = r.pick([(1 << 20) + 1, 3 << 20, 6 << 20]);
       out.push({
         kind: "http",
@@ -287,7 +304,7 @@ export function httpCases(r: Rng, t: Target, n: number): HttpCase[] {
         path,
         headers: json,
         body: enc.encode(`{"a":"${"x".repeat(size)}"}`),
-        refuse: route.method !== "PUT",
+        refuse: sample !== null && size > 3 << 20,
       });
     } else {
       const q = r.pick([
@@ -434,7 +451,24 @@ export interface WsCase {
   frames: Uint8Array[];
   /** Close our side of the TCP connection after the frames (a truncated frame). */
   end: boolean;
+  /** The close code the master must send, where Kiln (not the runtime) refuses the frame. */
+  code?: number;
 }
+
+// Kiln's own refusals (src/master/worker-socket.ts): 4400 a frame it cannot read, 4000 a bad worker
+// name, 4002 anything before a hello. The runtime's (1002, 1007, 1009) are left free.
+const CLOSE_CODES: Record<string, number> = {
+  "a text frame that is not JSON": 4400,
+  "a message with fields of the wrong type": 4400,
+  "a hello with a traversal name": 4000,
+  "a hello with 10000 channels": 4400,
+  "a binary log frame of two bytes": 4400,
+  "a log frame whose header length lies": 4400,
+  "a log frame with a negative offset": 4400,
+  "a log frame with a huge offset": 4400,
+  "a log frame whose header is not JSON": 4400,
+  "frames before any hello": 4002,
+};
 
 /** `n` attacks on the worker and log sockets: bad messages, bad log frames, truncated and oversized frames. */
 export function wsCases(r: Rng, n: number): WsCase[] {
@@ -541,6 +575,6 @@ export function wsCases(r: Rng, n: number): WsCase[] {
   ];
   return Array.from({ length: n }, () => {
     const [what, hello, frames, end] = r.pick(templates);
-    return { what, hello, frames: frames(), end };
+    return { what, hello, frames: frames(), end, code: CLOSE_CODES[what] };
   });
 }

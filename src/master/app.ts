@@ -137,6 +137,7 @@ export function patternRegex(path: string): RegExp {
   return new RegExp(`^${parts.join("/")}$`);
 }
 
+const ORDER = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 const matchers = new WeakMap<object, { re: RegExp; method: string }[]>();
 
 /** The methods routes take at `path` (GET implies HEAD), or none when no route has that path. */
@@ -147,6 +148,8 @@ function allowedMethods(routes: { method: string; path: string }[], path: string
     matchers.set(routes, list);
   }
   const methods = new Set(list.filter((r) => r.re.test(path)).map((r) => r.method));
+  if (methods.size === 0) return [];
   if (methods.has("GET")) methods.add("HEAD");
-  return methods.size ? [...methods, "OPTIONS"] : [];
+  methods.add("OPTIONS");
+  return ORDER.filter((m) => methods.has(m));
 }

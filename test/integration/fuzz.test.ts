@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { routeTable } from "../../src/master/app.ts";
 import {
   type HttpCase,
@@ -47,6 +47,9 @@ let stalled: Promise<void>[] = [];
 
 /** What a case got that it should not have, with the case, so a failure says what to repeat. */
 const wrong: string[] = [];
+beforeEach(() => {
+  wrong.length = 0;
+});
 
 beforeAll(async () => {
   m = await startMaster(dir.path);
@@ -127,6 +130,7 @@ async function sendHttp(c: HttpCase) {
   const text = await res.text().catch(() => "");
   const what = `${c.what} -> ${res.status} ${text.slice(0, 200)}`;
   if (res.status >= 500) wrong.push(`5xx: ${what}`);
+  else if (c.status !== undefined && res.status !== c.status) wrong.push(`not ${c.status}: ${what}`);
   else if (c.refuse && (res.status < 400 || res.status >= 500)) wrong.push(`not refused: ${what}`);
   else if (internals(text)) wrong.push(`internals shown: ${what}`);
   else if (res.status >= 400 && c.method !== "HEAD") {
@@ -238,6 +242,8 @@ async function sendWs(c: WsCase, n: number) {
   const code = closeCode(s.bytes());
   // 1011 would be the server's own failure; anything else refuses the peer (4xxx ours, 1002/1007/1009 the runtime's).
   if (code === 1011) wrong.push(`ws ${c.what}: closed with 1011 (internal error)`);
+  else if (c.code !== undefined && code !== c.code)
+    wrong.push(`ws ${c.what}: closed with ${code}, not ${c.code}`);
   s.end();
   await s.closed;
 }
