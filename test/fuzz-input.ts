@@ -47,7 +47,16 @@ export interface RawCase {
   bytes: Uint8Array;
   /** Close our side after writing (a truncated request). */
   end: boolean;
+  /** The error code Kiln itself must answer with (JSON), where the runtime must not answer first. */
+  code?: string;
 }
+
+// Lengths Kiln refuses itself, with its JSON, before reading the body (not the runtime's bare 413).
+const KILN_ANSWERS: Record<string, string> = {
+  "a declared 1 GiB body": "BODY_TOO_LARGE",
+  "a declared 1 GiB upload": "BODY_TOO_LARGE",
+  "a chunked body past every limit": "BODY_TOO_LARGE",
+};
 
 /** One generated case. */
 export type FuzzCase = HttpCase | RawCase;
@@ -419,7 +428,7 @@ export function rawCases(r: Rng, t: Target, n: number): RawCase[] {
   return Array.from({ length: n }, () => {
     const [what, make, end] = r.pick(templates);
     // latin1: each char one byte, so \u00ff goes out as the byte 0xff.
-    return { kind: "raw", what, bytes: Buffer.from(make(), "latin1"), end };
+    return { kind: "raw", what, bytes: Buffer.from(make(), "latin1"), end, code: KILN_ANSWERS[what] };
   });
 }
 

@@ -166,6 +166,8 @@ async function sendRaw(c: RawCase) {
   const what = `${c.what} -> ${JSON.stringify(text.slice(0, 200))}`;
   // 505: the runtime's answer to a request line it cannot parse (a NUL in it), before Kiln's code runs.
   if (text !== "" && !(status >= 400 && status < 500) && status !== 505) wrong.push(`raw: ${what}`);
+  else if (c.code && !text.includes(`{"error":{"code":"${c.code}"`))
+    wrong.push(`not Kiln's ${c.code}: ${what}`);
   else if (internals(text)) wrong.push(`internals shown: ${what}`);
 }
 
