@@ -12,24 +12,29 @@ import type { Context } from "hono";
  *     keep-alive connection open without a request, hold a socket for ever.
  *   - `server.timeout(req, s)` re-arms the timer for that request's connection, and a value set for one
  *     request stays on the connection for the next ones.
- * So the server runs with IDLE_TIMEOUT_S, and readers re-arm it as bytes arrive (body uploads of any
+ * So the server runs with a bounded idle timeout, and readers re-arm it as bytes arrive (body uploads of any
  * length work as long as bytes keep coming); a log follower re-arms it each time it looks for more log,
  * and slow work of the master's own (copying a release, hashing an upload) re-arms it while it lasts.
  */
 
 /**
- * Seconds a connection may stay silent: long enough for a client on a slow link and for a job log that
- * is quiet between lines (followers re-arm it), short enough that a thousand stalled sockets are gone
- * within a minute. Bun accepts at most 255.
+ * Seconds a connection may stay silent (`master.idle_timeout`, 60 s by default: long enough for a client
+ * on a slow link, short enough that a thousand stalled sockets are gone within a minute). Bun accepts at
+ * most 255.
  */
-export const IDLE_TIMEOUT_S = 60;
+export const idleSeconds = (ms: number) => Math.min(255, Math.max(1, Math.ceil(ms / 1000)));
 
 /** What the server passes to the app with each request (Hono's `c.env`). */
 export interface RequestEnv {
   ip?: { address: string } | null;
-  /** Counts the request's connection as active now: IDLE_TIMEOUT_S starts again. */
+  /** Counts the request's connection as active now: the idle timeout starts again. */
   rearm?: () => void;
+  /** The idle timeout in force, in seconds. */
+  idleSeconds?: number;
 }
+
+/** How often slow work re-arms its connection: well within the idle timeout. */
+const rearmEveryMs = (c: Context) => (((c.env as RequestEnv | undefined)?.idleSeconds ?? 60) * 1000) / 3;
 
 /** Re-arms the idle timer of `c`'s connection; a no-op outside the real server (tests). */
 export const rearmOf =
@@ -41,7 +46,7 @@ export const rearmOf =
 export async function whileWorking<T>(c: Context, work: () => Promise<T>): Promise<T> {
   const rearm = rearmOf(c);
   rearm();
-  const timer = setInterval(rearm, (IDLE_TIMEOUT_S * 1000) / 3);
+  const timer = setInterval(rearm, rearmEveryMs(c));
   try {
     return await work();
   } finally {
@@ -71,7 +76,7 @@ export async function receiving<T>(
         },
         flush() {
           rearm();
-          timer = setInterval(rearm, (IDLE_TIMEOUT_S * 1000) / 3);
+          timer = setInterval(rearm, rearmEveryMs(c));
         },
       }),
     ) ?? null;

@@ -22,7 +22,7 @@ import { createApp, internalError, refusalResponse } from "./app.ts";
 import { createArtifactService, MAX_CHUNK } from "./artifacts.ts";
 import type { MasterContext } from "./context.ts";
 import { createDispatcher } from "./dispatcher.ts";
-import { IDLE_TIMEOUT_S, type RequestEnv } from "./idle.ts";
+import { idleSeconds, type RequestEnv } from "./idle.ts";
 import { reapLeasesOnce } from "./leases.ts";
 import { openLogStore } from "./logs.ts";
 import { createRegistry } from "./registry.ts";
@@ -139,6 +139,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
   const [host, port] = splitListen(cfg.master.listen);
   // Errors past the app (a bug in a handler that escaped it) are told once per minute, then counted.
   const unhandled = logOnce((msg) => log.error(msg));
+  const idle = idleSeconds(cfg.master.idle_timeout);
   let server: Server<SocketData>;
   try {
     server = Bun.serve<SocketData>({
@@ -146,7 +147,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
       port,
       // Seconds a connection may stay silent; readers and followers re-arm it (see idle.ts for why this
       // is bounded and what the runtime does on its own before a request's head is in).
-      idleTimeout: IDLE_TIMEOUT_S,
+      idleTimeout: idle,
       // No runtime bound: past it Bun answers a bare 413 before our code runs, and we want our JSON.
       // Bodies are bounded by us instead: a declared length past MAX_REQUEST_BODY is refused below,
       // every reader stops at its route's limit, and a body no route reads is discarded as it streams
@@ -199,7 +200,11 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
         }
         const enrolled = enroll && (await enroll(req, srv.requestIP(req)?.address));
         if (enrolled) return enrolled;
-        const env: RequestEnv = { ip: srv.requestIP(req), rearm: () => srv.timeout(req, IDLE_TIMEOUT_S) };
+        const env: RequestEnv = {
+          ip: srv.requestIP(req),
+          rearm: () => srv.timeout(req, idle),
+          idleSeconds: idle,
+        };
         return app.fetch(req, env);
       },
       websocket: {
