@@ -447,8 +447,10 @@ export function wsFrame(
     head.push(m | 127);
     for (let i = 7; i >= 0; i--) head.push(Math.floor(len / 2 ** (8 * i)) & 255);
   }
-  const key = [0x12, 0x34, 0x56, 0x78];
-  const body = o.masked === false ? payload : payload.map((b, i) => b ^ key[i % 4]!);
+  // A zero key is a valid mask (RFC 6455 5.3) and spares masking megabytes byte by byte.
+  const zero = payload.length > 65536;
+  const key = zero ? [0, 0, 0, 0] : [0x12, 0x34, 0x56, 0x78];
+  const body = o.masked === false || zero ? payload : payload.map((b, i) => b ^ key[i % 4]!);
   return Buffer.concat([Buffer.from(head), Buffer.from(o.masked === false ? [] : key), Buffer.from(body)]);
 }
 
