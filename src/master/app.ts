@@ -1,5 +1,7 @@
 import { Hono } from "hono";
 import { AppError, coerceError, isDiskFull, storageFull } from "../lib/errors.ts";
+import { logOnce } from "../lib/log-once.ts";
+import { TLS_ROUTES } from "../tls/enroll.ts";
 import { authenticate, type Caller } from "./auth.ts";
 import type { MasterContext } from "./context.ts";
 import { adminRoutes } from "./routes/admin.ts";
@@ -20,25 +22,65 @@ export function internalError(): Response {
   );
 }
 
+/** The response for a refusal raised before the app runs: the same JSON the app answers with. */
+export const refusalResponse = (err: AppError): Response =>
+  Response.json({ error: { code: err.code, message: err.message } }, { status: err.status });
+
 /**
  * The master's HTTP app. Every error leaves as `{"error":{"code","message"}}`: an AppError with its own
  * status, anything else (a bug) as a 500 that is also logged.
  */
 export function createApp(ctx: MasterContext) {
   const app = new Hono<{ Variables: { caller: Caller } }>();
+  // Refusals are told once per code and route, then counted (lib/log-once.ts): no flood from one client.
+  const noteRefusal = logOnce((msg) => ctx.log.info(msg));
+  const failed = logOnce((msg) => ctx.log.error(msg));
   app.onError((err, c) => {
     if (isDiskFull(err)) err = storageFull(ctx.dataDir, err);
     if (err instanceof AppError) {
+      if (err.status < 500)
+        noteRefusal(
+          `${err.code} ${c.req.method} ${c.req.routePath}`,
+          `refused ${c.req.method} ${c.req.path.slice(0, 200)}: ${err.status} ${err.code}: ${err.message}`,
+        );
       return c.json({ error: { code: err.code, message: err.message } }, err.status as 400);
     }
     // A bug, or a failure below us: the details (paths, SQL) are for the operator's log, not the client.
     const e = coerceError(err);
-    ctx.log.error(`${c.req.method} ${c.req.path}: ${e.stack ?? e.message}`);
+    failed(`${c.req.method} ${c.req.routePath}`, `${c.req.method} ${c.req.path}: ${e.stack ?? e.message}`);
     return internalError();
   });
-  app.notFound((c) =>
-    c.json({ error: { code: "NOT_FOUND", message: `no such endpoint: ${c.req.method} ${c.req.path}` } }, 404),
-  );
+  app.notFound((c) => {
+    // A known path asked with a method it does not take: 405 with the methods it does (RFC 9110, 15.5.6).
+    const allowed = allowedMethods(app.routes, c.req.path);
+    if (allowed.length > 0) {
+      const allow = allowed.join(", ");
+      if (c.req.method === "OPTIONS") return c.body(null, 204, { allow });
+      noteRefusal(
+        `METHOD_NOT_ALLOWED ${c.req.method}`,
+        `refused ${c.req.method} ${c.req.path.slice(0, 200)}: 405, it takes ${allow}`,
+      );
+      return c.json(
+        {
+          error: {
+            code: "METHOD_NOT_ALLOWED",
+            message: `${c.req.method} is not served at ${c.req.path.slice(0, 200)}: it takes ${allow}`,
+          },
+        },
+        405,
+        { allow },
+      );
+    }
+    return c.json(
+      {
+        error: {
+          code: "NOT_FOUND",
+          message: `no such endpoint: ${c.req.method} ${c.req.path.slice(0, 200)}`,
+        },
+      },
+      404,
+    );
+  });
   app.route("/", publicRoutes(ctx));
   app.route("/", releaseFileRoutes(ctx));
   app.route("/", repoFileRoutes(ctx));
@@ -51,4 +93,67 @@ export function createApp(ctx: MasterContext) {
   app.route("/api/v1", releaseRoutes(ctx));
   app.route("/api/v1", repoRoutes(ctx));
   return app;
+}
+
+/** One route the master serves: a method and a path pattern in Hono's syntax (`:name`, `:name{regex}`). */
+export interface Route {
+  method: string;
+  path: string;
+}
+
+// The routes the server answers before the app (src/master/index.ts): the worker websocket and, when the
+// master serves TLS, enrollment.
+const OUTSIDE_APP: Route[] = [
+  { method: "GET", path: "/api/v1/worker/connect" },
+  { method: "GET", path: TLS_ROUTES.ca },
+  { method: "POST", path: TLS_ROUTES.enroll },
+  { method: "POST", path: TLS_ROUTES.renew },
+];
+
+/**
+ * Every route of the master, method and path, read from the app itself so it cannot drift from it:
+ * what the fuzz test aims at, what 405 answers are made from, and the list an OpenAPI document or an
+ * access-rule table can be checked against. The route factories only keep the context for their
+ * handlers, so the table is built without a running master.
+ */
+export function routeTable(): Route[] {
+  const app = createApp({ log: { info() {}, error() {} } } as unknown as MasterContext);
+  return [...OUTSIDE_APP, ...appRoutes(app.routes)];
+}
+
+/** The handlers' routes of a Hono app (middleware, registered for every method, left out), each once. */
+function appRoutes(routes: { method: string; path: string }[]): Route[] {
+  const seen = new Set<string>();
+  return routes
+    .filter((r) => r.method !== "ALL")
+    .filter((r) => !seen.has(`${r.method} ${r.path}`) && seen.add(`${r.method} ${r.path}`))
+    .map((r) => ({ method: r.method, path: r.path }));
+}
+
+/** A regular expression that matches the paths of Hono pattern `path`. */
+export function patternRegex(path: string): RegExp {
+  const parts = path.split("/").map((seg) => {
+    const m = /^:[A-Za-z0-9_]+(?:\{(.+)\})?$/.exec(seg);
+    if (m) return m[1] ? `(?:${m[1]})` : "[^/]+";
+    if (seg === "*") return ".*";
+    return seg.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  });
+  return new RegExp(`^${parts.join("/")}$`);
+}
+
+const ORDER = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+const matchers = new WeakMap<object, { re: RegExp; method: string }[]>();
+
+/** The methods routes take at `path` (GET implies HEAD), or none when no route has that path. */
+function allowedMethods(routes: { method: string; path: string }[], path: string): string[] {
+  let list = matchers.get(routes);
+  if (!list) {
+    list = appRoutes(routes).map((r) => ({ re: patternRegex(r.path), method: r.method }));
+    matchers.set(routes, list);
+  }
+  const methods = new Set(list.filter((r) => r.re.test(path)).map((r) => r.method));
+  if (methods.size === 0) return [];
+  if (methods.has("GET")) methods.add("HEAD");
+  methods.add("OPTIONS");
+  return ORDER.filter((m) => methods.has(m));
 }

@@ -1,15 +1,15 @@
 import { Hono } from "hono";
-import { z } from "zod";
 import { parseDuration } from "../../lib/duration.ts";
-import { AppError, notFound } from "../../lib/errors.ts";
+import { AppError, coerceError, notFound } from "../../lib/errors.ts";
 import { checkName } from "../../lib/names.ts";
+import { AdminApi } from "../../protocol/api.ts";
 import { activeJobsOf } from "../../store/jobs.ts";
-import { createToken, listTokens, ROLES, revokeToken } from "../../store/tokens.ts";
+import { createToken, listTokens, revokeToken } from "../../store/tokens.ts";
 import { getWorker, listWorkers, removeWorker, setWorker } from "../../store/workers.ts";
 import type { Caller } from "../auth.ts";
 import { requireRole } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
-import { body } from "./client.ts";
+import { jsonBody } from "./json-body.ts";
 
 type Env = { Variables: { caller: Caller } };
 
@@ -75,10 +75,7 @@ export function adminRoutes(ctx: MasterContext) {
   });
   app.post("/admin/workers/:name/hold", async (c) => {
     requireRole(c, "operator");
-    const req = await body(
-      c.req.raw,
-      z.object({ reason: z.string().min(1, "a reason is required").max(500) }).strict(),
-    );
+    const req = await jsonBody(c, AdminApi.hold);
     return c.json(await change(c.req.param("name"), { holdReason: req.reason }));
   });
   app.post("/admin/workers/:name/release", async (c) => {
@@ -134,10 +131,7 @@ export function adminRoutes(ctx: MasterContext) {
   };
   app.post("/admin/workers/:name/slots/:slot/hold", async (c) => {
     requireRole(c, "operator");
-    const req = await body(
-      c.req.raw,
-      z.object({ reason: z.string().min(1, "a reason is required").max(500) }).strict(),
-    );
+    const req = await jsonBody(c, AdminApi.hold);
     const slot = c.req.param("slot");
     return c.json(
       await slotAction(c.req.param("name"), slot, { type: "slot.hold", slot, reason: req.reason }),
@@ -151,24 +145,13 @@ export function adminRoutes(ctx: MasterContext) {
 
   app.post("/admin/tokens", async (c) => {
     requireRole(c, "admin");
-    const req = await body(
-      c.req.raw,
-      z
-        .object({
-          role: z.enum(ROLES),
-          name: z.string().max(100).optional(),
-          project: z.string().optional(),
-          ttl: z.string().optional(),
-        })
-        .strict(),
-    );
-    if (req.project) checkName("project", req.project);
+    const req = await jsonBody(c, AdminApi.createToken);
     let ttlMs: number | null = null;
     if (req.ttl) {
       try {
         ttlMs = parseDuration(req.ttl);
       } catch (err) {
-        throw new AppError("INVALID_REQUEST", `ttl: ${(err as Error).message}`);
+        throw new AppError("INVALID_REQUEST", `ttl: ${coerceError(err).message}`);
       }
     }
     const t = await createToken(ctx.store, {

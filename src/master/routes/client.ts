@@ -1,8 +1,8 @@
 import { Hono } from "hono";
-import { z } from "zod";
-import { MAX_JSON_BODY, readLimited } from "../../lib/body.ts";
+import { describeIssue } from "../../lib/body.ts";
 import { AppError, badRequest, notFound } from "../../lib/errors.ts";
-import { isTerminal, SubmitSchema } from "../../protocol/job.ts";
+import { JobsApi } from "../../protocol/api.ts";
+import { isTerminal } from "../../protocol/job.ts";
 import { listArtifacts } from "../../store/artifacts.ts";
 import { cancelJob, definitionOf, getJob, insertJob, jobHistory, listJobs } from "../../store/jobs.ts";
 import type { JobRow } from "../../store/schema.ts";
@@ -10,29 +10,13 @@ import { artifactView } from "../artifacts.ts";
 import type { Caller } from "../auth.ts";
 import { requireRole } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
+import { rearmOf } from "../idle.ts";
 import { queueRebuild, reproducibilityOf } from "../rebuilds.ts";
 import { jobFromRequest } from "../submit.ts";
 import { jobView, whyQueued } from "../views.ts";
+import { jsonBody } from "./json-body.ts";
 
 type Env = { Variables: { caller: Caller } };
-
-/** Parses a request body with a schema, turning the first problem into a 400 that names the field. */
-export async function body<T extends z.ZodType>(req: Request, schema: T): Promise<z.infer<T>> {
-  const bytes = await readLimited(req, MAX_JSON_BODY);
-  let raw: unknown;
-  try {
-    raw = JSON.parse(new TextDecoder().decode(bytes));
-  } catch {
-    throw badRequest("the request body must be JSON");
-  }
-  const parsed = schema.safeParse(raw);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    const field = issue.path.join(".");
-    throw badRequest(field ? `${field}: ${issue.message}` : issue.message, "INVALID_REQUEST");
-  }
-  return parsed.data;
-}
 
 function jobId(text: string): number {
   if (!/^\d{1,15}$/.test(text))
@@ -46,21 +30,12 @@ async function loadJob(ctx: MasterContext, caller: Caller, text: string): Promis
   return row;
 }
 
-const LIST = z.object({
-  state: z
-    .enum(["queued", "assigned", "running", "succeeded", "failed", "cancelled", "timed_out"])
-    .optional(),
-  project: z.string().optional(),
-  limit: z.coerce.number().int().min(1).max(1000).optional(),
-  before: z.coerce.number().int().optional(),
-});
-
 /** Routes for people and their scripts: submit, list, show, logs, cancel, retry, rebuild. */
 export function clientRoutes(ctx: MasterContext) {
   const app = new Hono<Env>();
 
   app.post("/jobs", async (c) => {
-    const req = await body(c.req.raw, SubmitSchema);
+    const req = await jsonBody(c, JobsApi.submit);
     const caller = requireRole(c, "submitter", req.project);
     // A token limited to a project submits to it without saying so (a recipe may still name another,
     // and is refused below).
@@ -75,8 +50,9 @@ export function clientRoutes(ctx: MasterContext) {
 
   app.get("/jobs", async (c) => {
     const caller = requireRole(c, "viewer");
-    const q = LIST.safeParse(c.req.query());
-    if (!q.success) throw badRequest(`${q.error.issues[0]!.path.join(".")}: ${q.error.issues[0]!.message}`);
+    const query = c.req.query();
+    const q = JobsApi.list.safeParse(query);
+    if (!q.success) throw badRequest(describeIssue(q.error.issues[0]!, query));
     const rows = await listJobs(ctx.store.db, { ...q.data, project: caller.project ?? q.data.project });
     return c.json(rows.map((r) => jobView(r)));
   });
@@ -103,7 +79,7 @@ export function clientRoutes(ctx: MasterContext) {
     const offsetText = c.req.query("offset") ?? "0";
     if (!/^\d{1,15}$/.test(offsetText)) throw badRequest("offset must be a byte count");
     const follow = c.req.query("follow") === "1" || c.req.query("follow") === "true";
-    const stream = followLog(ctx, row.id, Number(offsetText), follow, c.req.raw.signal);
+    const stream = followLog(ctx, row.id, Number(offsetText), follow, c.req.raw.signal, rearmOf(c));
     return new Response(stream, {
       headers: {
         "content-type": "application/octet-stream",
@@ -168,7 +144,14 @@ export function clientRoutes(ctx: MasterContext) {
  * as the log grows and ends once the job has ended and every byte was sent. It reads from the file each
  * time it is woken, so followers never hold a copy of the log.
  */
-function followLog(ctx: MasterContext, id: number, offset: number, follow: boolean, signal: AbortSignal) {
+function followLog(
+  ctx: MasterContext,
+  id: number,
+  offset: number,
+  follow: boolean,
+  signal: AbortSignal,
+  rearm: () => void,
+) {
   let pos = offset;
   const CHUNK = 256 * 1024;
   return new ReadableStream<Uint8Array>({
@@ -187,6 +170,9 @@ function followLog(ctx: MasterContext, id: number, offset: number, follow: boole
           return;
         }
         if (!follow) return controller.close();
+        // A quiet job sends nothing for a while: the follower still counts as active (see idle.ts). One
+        // that stops reading is not pulled from, does not re-arm, and is closed when the timer runs out.
+        rearm();
         const row = await getJob(ctx.store.db, id);
         if (!row || (isTerminal(row.state) && pos >= ctx.logs.size(id))) return controller.close();
         await ctx.logs.waitForChange(id, 1000, signal);

@@ -21,7 +21,7 @@ import { requireRole } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
 import { mayPublish, visibleRepo } from "../repo-access.ts";
 import type { PublishResult } from "../repos.ts";
-import { body } from "./client.ts";
+import { jsonBody } from "./json-body.ts";
 
 type Env = { Variables: { caller: Caller } };
 
@@ -162,7 +162,7 @@ export function repoRoutes(ctx: MasterContext) {
 
   app.post("/repos", async (c) => {
     const caller = requireRole(c, "operator");
-    const req = await body(c.req.raw, ADD);
+    const req = await jsonBody(c, ADD);
     const name = checkName("repository", req.name);
     const format = packageFormat(req.format);
     const project = req.project === undefined ? caller.project : checkName("project", req.project);
@@ -265,7 +265,7 @@ export function repoRoutes(ctx: MasterContext) {
   app.post("/repos/:name/publish", async (c) => {
     const caller = requireRole(c, "submitter");
     const repo = await visibleRepo(ctx, c.req.param("name"), caller.project);
-    const req = await body(c.req.raw, PUBLISH);
+    const req = await jsonBody(c, PUBLISH);
     const job = await getJob(ctx.store.db, req.job);
     if (!job || (caller.project && job.project !== caller.project)) throw notFound("job", String(req.job));
     requireRole(c, "submitter", job.project);
