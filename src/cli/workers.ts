@@ -19,7 +19,11 @@ const rmArgs = {
   worker: { type: "positional", description: "Worker name (see kiln workers)", required: false },
 } as const;
 const rm = defineCommand({
-  meta: { name: "rm", description: "Forget an offline worker (its registration, holds and drain state)" },
+  meta: {
+    name: "rm",
+    description:
+      "Forget a worker (its registration, holds and drain state); on a TLS master also revoke its certificate and disconnect it",
+  },
   args: rmArgs,
   async run(ctx) {
     checkFlags(ctx, rmArgs);

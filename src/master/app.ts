@@ -18,6 +18,11 @@ export function internalError(): Response {
   );
 }
 
+/** The answer to a request refused with `err`: its status and `{"error":{"code","message"}}`. */
+export function refusal(err: AppError): Response {
+  return Response.json({ error: { code: err.code, message: err.message } }, { status: err.status });
+}
+
 /**
  * The master's HTTP app. Every error leaves as `{"error":{"code","message"}}`: an AppError with its own
  * status, anything else (a bug) as a 500 that is also logged.

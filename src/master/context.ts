@@ -5,6 +5,7 @@ import type { ArtifactService } from "./artifacts.ts";
 import type { LogStore } from "./logs.ts";
 import type { Registry } from "./registry.ts";
 import type { StorageHealth } from "./storage-health.ts";
+import type { MasterTls } from "./tls.ts";
 
 /** What every part of the master shares: config, store, logs, the live worker registry. */
 export interface MasterContext {
@@ -23,4 +24,6 @@ export interface MasterContext {
   /** Resolves when every dispatch asked for so far has been carried out (tests, bench). */
   dispatched(): Promise<void>;
   startedAt: number;
+  /** The CA, enrollment and worker certificates when the master serves TLS; null over plain HTTP. */
+  tls: MasterTls | null;
 }

@@ -33,6 +33,10 @@ import { resolveTemplate } from "./templates.ts";
 export interface SocketData {
   name: string | null;
   chain: Promise<void>;
+  /** What the upgrade was authenticated with: `token:ID`, or `cert:SERIAL` on a TLS master. */
+  credential: string;
+  /** The worker its certificate names, on a TLS master: its hello must use that name. */
+  certified: string | null;
 }
 
 /** Where an active attempt's bytes go: attempt number and the offset of its first byte in the job log. */
@@ -85,6 +89,14 @@ export function workerSocketHandlers(ctx: MasterContext) {
       ws.close(4000, "invalid name");
       return;
     }
+    if (ws.data.certified !== null && ws.data.certified !== m.name) {
+      // A certificate is one worker's identity: it cannot speak for another name.
+      const message = `this worker's certificate is for ${ws.data.certified}, not ${m.name}: start it with --name ${ws.data.certified}, or join again under the new name`;
+      ctx.log.warn(`refused worker ${ws.data.certified} saying hello as ${m.name}: ${message}`);
+      send(ws, { type: "worker.refused", message });
+      ws.close(4003, "name not in certificate");
+      return;
+    }
     const previous = ctx.registry.workers.get(m.name);
     if (previous?.instance && m.instance && previous.instance !== m.instance) {
       // Another worker (another data dir, maybe another host) under a name in use: two of them would
@@ -121,6 +133,7 @@ export function workerSocketHandlers(ctx: MasterContext) {
       send: (msg) => send(ws, msg),
       ws: ws as ServerWebSocket<unknown>,
       instance: m.instance ?? null,
+      credential: ws.data.credential,
     };
     const reported = new Map<number, number>();
     for (const r of m.running) reported.set(r.jobId, r.attempt);

@@ -178,7 +178,9 @@ test("a worker with no certificate is refused, and the master logs who and why",
   const res = await fetch(`${url}/whoami`, { tls: { ca: authority.caPem } });
   expect(res.status).toBe(401);
   expect(((await res.json()) as { error: { code: string } }).error.code).toBe("WORKER_CERT_MISSING");
-  expect(logs.join("\n")).toContain("warn refused a worker from 127.0.0.1 on /whoami: no worker certificate");
+  expect(logs.join("\n")).toContain(
+    "warn refused a worker from 127.0.0.1 on /whoami: WORKER_CERT_MISSING: no worker certificate",
+  );
 });
 
 test("a revoked worker is refused on its next request and its next websocket, and cannot renew", async () => {
