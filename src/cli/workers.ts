@@ -39,6 +39,8 @@ export const workers = defineCommand({
   args: clientArgs,
   subCommands: { rm },
   async run(ctx) {
+    // citty runs a command's own run after the subcommand it ran: `kiln workers rm W` must not list too.
+    if (ctx.rawArgs.find((a) => !a.startsWith("-")) === "rm") return;
     checkFlags(ctx, clientArgs);
     const rows = await clientOf(ctx.args).request<WorkerView[]>("GET", "/api/v1/workers");
     print(ctx.args.json, rows, () => {

@@ -67,6 +67,8 @@ export function createConnection(o: ConnectionOptions): Connection {
   let stopping = false;
   let draining = false;
   let heartbeat: Loop | null = null;
+  // The socket reconnect() closed, whose close is expected.
+  let replaced: WebSocket | null = null;
   const send = (msg: WorkerMessage) => {
     if (ws) ws.send(JSON.stringify(msg));
   };
@@ -171,7 +173,8 @@ export function createConnection(o: ConnectionOptions): Connection {
       };
       sock.onclose = (ev) => {
         if (ws === sock) ws = null;
-        if (opened && !stopping && !refused && !lastTrouble)
+        if (replaced === sock) replaced = null;
+        else if (opened && !stopping && !refused && !lastTrouble)
           log.warn(`lost the master (${ev.code}${ev.reason ? ` ${ev.reason}` : ""}); reconnecting`);
         resolve({ opened, refused, welcomed });
       };
@@ -230,6 +233,8 @@ export function createConnection(o: ConnectionOptions): Connection {
       heartbeat?.stop();
     },
     reconnect() {
+      // Closed on purpose, so no "lost the master" for it: the loop opens the next one at once.
+      replaced = ws;
       ws?.close(1000, "new credentials");
     },
     async close() {
