@@ -106,7 +106,8 @@ export function createConnection(o: ConnectionOptions): Connection {
         return {
           what: `the master at ${cfg.worker.master} refused this worker's token (${res.status}): pass a worker token from \`kiln token create --role worker\` with --join`,
           code: "WORKER_TOKEN_REFUSED",
-          refused: true,
+          // A token may be created a moment later (an operator setting things up): keep trying briskly.
+          refused: false,
         };
       }
       return {
