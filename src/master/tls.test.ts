@@ -2,6 +2,7 @@ import { afterEach, beforeEach, expect, setDefaultTimeout, test } from "bun:test
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createConsola } from "consola";
 import { waitFor } from "../../test/harness.ts";
 import { loadConfig } from "../config/load.ts";
 import { setupLogging } from "../lib/log.ts";
@@ -10,7 +11,9 @@ import { assignJob, insertJob } from "../store/jobs.ts";
 import { createToken } from "../store/tokens.ts";
 import { clientTls, identityHeaders, joinMaster } from "../tls/join.ts";
 import type { WorkerIdentity } from "../tls/proof.ts";
+import { x509 } from "../tls/x509.ts";
 import { type RunningMaster, startMaster } from "./index.ts";
+import { warnServerCertificateOnce } from "./tls.ts";
 
 /*
  * A master serving TLS, in process: Bun.serve with the master's CA on 127.0.0.1, a real libSQL file,
@@ -181,4 +184,19 @@ test("kiln workers rm on a TLS master revokes, disconnects and puts the worker's
   expect(await w.closed).toBe(4004);
   const job = await api("GET", `/jobs/${submitted.body.id}`);
   expect([job.body.state, job.body.attempt]).toEqual(["queued", 2]);
+});
+
+test("a server certificate past two-thirds of its life is said at warn once a day, with what to do", () => {
+  const said: string[] = [];
+  master.ctx.log = createConsola({
+    level: 3,
+    reporters: [{ log: (o) => said.push(`${o.type} ${o.args.join(" ")}`) }],
+  });
+  const end = new x509.X509Certificate(master.ctx.tls!.authority.serverCertPem).notAfter.getTime();
+  warnServerCertificateOnce(master.ctx, end - 200 * 86_400_000);
+  expect(said).toEqual([]);
+  warnServerCertificateOnce(master.ctx, end - 86_400_000);
+  warnServerCertificateOnce(master.ctx, end - 86_400_000 + 60_000);
+  expect(said.length).toBe(1);
+  expect(said[0]).toMatch(/^warn the server certificate ends at .*: restart the master/);
 });

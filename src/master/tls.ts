@@ -9,7 +9,7 @@ import {
   revokeWorkerCertificates,
 } from "../store/enrollment.ts";
 import type { Store } from "../store/open.ts";
-import type { Authority } from "../tls/authority.ts";
+import { type Authority, renewalDue } from "../tls/authority.ts";
 import { authenticateWorker, enrollmentHandler } from "../tls/enroll.ts";
 import { loadIdentity } from "../tls/join.ts";
 import { newJoinToken } from "../tls/join-token.ts";
@@ -135,13 +135,32 @@ export async function revokeWorker(ctx: MasterContext, name: string): Promise<nu
   return n;
 }
 
+const serverCertificateWarning = firstInWindow(86_400_000);
+
+/**
+ * Says once a day, at warn, that the server certificate being served is past two-thirds of its life:
+ * Bun cannot change a listening port's certificate, so the one issued at the next start (or the
+ * operator's new file) is served only after a restart. A master restarted now and then never sees this.
+ */
+export function warnServerCertificateOnce(ctx: MasterContext, now = Date.now()) {
+  if (!ctx.tls) return;
+  const cert = new x509.X509Certificate(ctx.tls.authority.serverCertPem);
+  if (!renewalDue(cert, now) || !serverCertificateWarning("server", now)) return;
+  const own = ctx.cfg.master.tls_cert === "";
+  ctx.log.warn(
+    `the server certificate ends at ${cert.notAfter.toISOString()}: ${own ? "restart the master to serve a new one (it is issued at start)" : `install a new certificate in ${ctx.cfg.master.tls_cert} and restart the master`}`,
+  );
+}
+
 /**
  * One pass of revocation and expiry for open connections: a worker whose certificate was revoked (by
  * another master process sharing the store, say) or has expired since it connected is disconnected; it
- * connects again with its renewed certificate, or is refused and says why.
+ * connects again with its renewed certificate, or is refused and says why. The server certificate's
+ * daily warning (above) rides on the same pass.
  */
 export async function checkConnectedCertificatesOnce(ctx: MasterContext) {
   const now = Date.now();
+  warnServerCertificateOnce(ctx, now);
   for (const w of [...ctx.registry.workers.values()]) {
     if (!w.credential.startsWith("cert:")) continue;
     const row = await findCertificate(ctx.store.db, w.credential.slice(5));
