@@ -116,8 +116,19 @@ export function createConnection(o: ConnectionOptions): Connection {
         refused: false,
       };
     } catch (err) {
+      const e = coerceError(err);
+      // OpenSSL's names for a certificate that did not verify (verify(1)): not the master this worker joined.
+      if (
+        o.auth.tls() &&
+        /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|ALTNAME/.test(String((e as { code?: unknown }).code))
+      )
+        return {
+          what: `the master at ${cfg.worker.master} presents a certificate the CA this worker joined does not vouch for (${e.message}): if that master's CA was replaced, join again with a new token; else something intercepts the connection`,
+          code: "TLS_UNVERIFIED",
+          refused: true,
+        };
       return {
-        what: `cannot reach the master at ${cfg.worker.master}: ${coerceError(err).message}; is it running, and is --master right?`,
+        what: `cannot reach the master at ${cfg.worker.master}: ${e.message}; is it running, and is --master right?`,
         code: "MASTER_UNREACHABLE",
         refused: false,
       };

@@ -228,7 +228,7 @@ test.skipIf(!root)(
 );
 
 test.skipIf(!root)(
-  "a worker presenting a certificate from another CA is refused, and the master says who and why",
+  "a certificate from another CA is refused by the master, which says who and why, and that CA's worker refuses the master",
   async () => {
     // A certificate the impostor's CA really issued: a worker on the victim's host joins the impostor.
     const x = await kiln(["token", "create", "--role", "worker", "--data", xData], {
@@ -240,9 +240,18 @@ test.skipIf(!root)(
     const foreign = worker(NS.victim, "n-f", ["--join", x.stdout.trim()]);
     await waitFor("the foreign worker to join the impostor", () => foreign.log().includes("connected to"));
     await foreign.kill("SIGTERM");
-    // The same identity, made to trust the real master, presented to it from w1's host.
     const copy = join(dir.path, "n-f2");
     cpSync(join(dir.path, "n-f"), copy, { recursive: true });
+    // Taken as it is to the real master, the worker refuses that master: its CA does not vouch for it.
+    const moved = spawnRole(
+      ["worker", "--master", MASTER, "--name", "n-f", "--runner", "process", "--data", join(dir.path, "n-f")],
+      { cwd: dir.path, name: "n-f-moved", wrap: inNs(NS.w1) },
+    );
+    await waitFor("the worker to refuse the master", () =>
+      moved.log().includes("presents a certificate the CA this worker joined does not vouch for"),
+    );
+    await moved.kill("SIGTERM");
+    // The same identity, made to trust the real master, presented to it from w1's host.
     cpSync(caFile, join(copy, "worker", "tls", "ca.pem"));
     const liar = spawnRole(
       ["worker", "--master", MASTER, "--name", "n-f", "--runner", "process", "--data", copy],
