@@ -208,13 +208,14 @@ describe("workers", () => {
       "--",
       "sh",
       "-c",
-      'echo over-mtls; echo made > "$KILN_OUT/made.txt"',
+      'echo over-mtls; mkdir "$KILN_OUT/sub"; echo made > "$KILN_OUT/sub/made+1.txt"',
     ]);
     expect([job.stdout, job.stderr]).toEqual(["over-mtls\n", expect.stringContaining("succeeded")]);
     expect(job.code).toBe(0);
     const id = /job (\d+) /.exec(job.stderr)![1]!;
     const arts = await cli(["artifacts", id, "--json"]);
-    expect(JSON.parse(arts.stdout).map((a: { name: string }) => a.name)).toEqual(["made.txt"]);
+    // A name with a directory and a "+", both sent encoded: the proof signs the path as it is sent.
+    expect(JSON.parse(arts.stdout).map((a: { name: string }) => a.name)).toEqual(["sub/made+1.txt"]);
     expect(master.log()).toContain("enrolled worker t-tls-1 from 127.0.0.1");
   });
 
