@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { rootCertificates } from "node:tls";
 import { adminTokenPath, dataDir } from "../config/paths.ts";
+import { isUnverifiedCertificate } from "../lib/certificate-error.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { fetchPinnedCa } from "../tls/join.ts";
 
@@ -102,15 +103,12 @@ function trustOf(o: ClientOptions, url: string): () => Promise<Tls | undefined> 
 
 const isFingerprint = (s: string) => /^[0-9a-f]{64}$/i.test(s.replaceAll(":", ""));
 
-// OpenSSL's and Bun's names for a certificate the client could not verify (verify(1), "VERIFY ERROR CODES").
-const UNVERIFIED = /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|ALTNAME/;
-
 /** A one-line error for a failed connection: an untrusted certificate says what to pass, anything else where to look. */
 function unreachable(url: string, err: unknown): AppError {
+  if (err instanceof AppError) return err;
   const e = coerceError(err);
   const code = String((e as { code?: unknown }).code ?? "");
-  if (err instanceof AppError) return err;
-  if (UNVERIFIED.test(code))
+  if (isUnverifiedCertificate(err))
     return new AppError(
       "TLS_UNVERIFIED",
       code.includes("ALTNAME")

@@ -1,5 +1,6 @@
 import type { ConsolaInstance } from "consola";
 import type { Config } from "../config/schema.ts";
+import { isUnverifiedCertificate } from "../lib/certificate-error.ts";
 import { coerceError, errorFrom } from "../lib/errors.ts";
 import { errorFields } from "../lib/log.ts";
 import { delay, type Loop, runLoop } from "../lib/loop.ts";
@@ -84,7 +85,7 @@ export function createConnection(o: ConnectionOptions): Connection {
     log.error(what, { code });
   };
 
-  /** Asks the master over plain HTTP why the websocket did not open (Bun's WebSocket does not say). */
+  /** Asks the master with a plain request why the websocket did not open (Bun's WebSocket does not say). */
   const diagnose = async (): Promise<{ what: string; code: string; refused: boolean }> => {
     try {
       const http = url.replace(/^ws/, "http");
@@ -117,11 +118,8 @@ export function createConnection(o: ConnectionOptions): Connection {
       };
     } catch (err) {
       const e = coerceError(err);
-      // OpenSSL's names for a certificate that did not verify (verify(1)): not the master this worker joined.
-      if (
-        o.auth.tls() &&
-        /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|ALTNAME/.test(String((e as { code?: unknown }).code))
-      )
+      // A certificate that does not verify against the pinned CA: not the master this worker joined.
+      if (o.auth.tls() && isUnverifiedCertificate(err))
         return {
           what: `the master at ${cfg.worker.master} presents a certificate the CA this worker joined does not vouch for (${e.message}): if that master's CA was replaced, join again with a new token; else something intercepts the connection`,
           code: "TLS_UNVERIFIED",
