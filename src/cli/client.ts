@@ -62,16 +62,17 @@ function trustOf(o: ClientOptions, url: string): () => Promise<Tls | undefined> 
     );
     return async () => ({ rejectUnauthorized: false });
   }
-  const env = process.env.KILN_CA?.trim();
+  // A flag beats the environment; KILN_CA is a fingerprint when it looks like one, else a file.
+  const env = o.ca || o.caFingerprint ? undefined : process.env.KILN_CA?.trim() || undefined;
   const fingerprint = o.caFingerprint ?? (env && isFingerprint(env) ? env : undefined);
   if (fingerprint !== undefined) {
+    const what = o.caFingerprint ? "--ca-fingerprint" : "KILN_CA";
     const fp = fingerprint.replaceAll(":", "").toLowerCase();
     if (!isFingerprint(fp))
       throw new AppError(
         "USAGE",
-        `--ca-fingerprint ${fingerprint}: not a SHA-256 fingerprint (64 hex digits, colons allowed)`,
+        `${what} ${fingerprint}: not a SHA-256 fingerprint (64 hex digits, colons allowed)`,
       );
-    const what = o.caFingerprint ? "--ca-fingerprint" : "KILN_CA";
     let pinned: Promise<Tls> | undefined;
     return () => {
       pinned ??= fetchPinnedCa(url, fp, what).then((ca) => ({ ca }));

@@ -180,6 +180,9 @@ describe("client commands", () => {
       const r = await cli(["workers", "--json"], [], { KILN_CA: env });
       expect([env, r.code, r.stderr]).toEqual([env, 0, ""]);
     }
+    // A flag beats the environment.
+    const flagFirst = await cli(["workers", "--json"], ["--ca", caFile], { KILN_CA: "ab".repeat(32) });
+    expect([flagFirst.code, flagFirst.stderr]).toEqual([0, ""]);
     const insecure = await cli(["workers", "--json"], ["--insecure"]);
     expect(insecure.code).toBe(0);
     expect(insecure.stderr).toContain("warning: --insecure");
