@@ -77,7 +77,7 @@ const workerFlags = {
   },
   "join-file": {
     type: "string",
-    description: "Read the worker token from this file, so it does not show in ps",
+    description: "Read the join token from this file, so it does not show in ps",
     valueHint: "FILE",
   },
   ...localWorkerFlags,
