@@ -573,7 +573,17 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
     meaning:
       "The master's CA does not match the join token's fingerprint: a man in the middle, or the wrong master.",
   },
-  TLS_REQUIRED: { status: 400, source: "worker", meaning: "Enrollment needs an https:// master address." },
+  TLS_REQUIRED: {
+    status: 400,
+    source: "any",
+    meaning: "Enrollment needs an https:// master address, and join tokens a master that serves TLS.",
+  },
+  TLS_UNVERIFIED: {
+    status: 502,
+    source: "CLI",
+    meaning:
+      "The master's certificate is not one this client trusts: pass --ca, --ca-fingerprint or KILN_CA (or --insecure, unsafely).",
+  },
   TLS_IDENTITY_INVALID: {
     status: 500,
     source: "worker",

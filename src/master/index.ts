@@ -11,14 +11,12 @@ import { logger } from "../lib/log.ts";
 import { logOnce } from "../lib/log-once.ts";
 import { type Loop, runLoop } from "../lib/loop.ts";
 import { localBlobStore, openBlobStore } from "../storage/open.ts";
-import { certificateLedger } from "../store/enrollment.ts";
 import { getJob } from "../store/jobs.ts";
 import { openStore, storeUrl } from "../store/open.ts";
 import { findToken, hashToken, insertTokenHash } from "../store/tokens.ts";
 import { markAllDisconnected } from "../store/workers.ts";
 import { type Authority, openAuthority, serverTls } from "../tls/authority.ts";
-import { enrollmentHandler } from "../tls/enroll.ts";
-import { createApp, internalError, refusalResponse } from "./app.ts";
+import { createApp, internalError, refusal } from "./app.ts";
 import { createArtifactService, MAX_CHUNK } from "./artifacts.ts";
 import type { MasterContext } from "./context.ts";
 import { createDispatcher } from "./dispatcher.ts";
@@ -29,11 +27,14 @@ import { createRegistry } from "./registry.ts";
 import { sweepReleases } from "./releases.ts";
 import { createRepoService } from "./repos.ts";
 import { createStorageHealth } from "./storage-health.ts";
+import { certCredential, checkConnectedCertificatesOnce, createMasterTls, tokenCredential } from "./tls.ts";
 import { type SocketData, workerSocketHandlers } from "./worker-socket.ts";
 
 /** A master that is serving: its URL and context, `done` for its loops, and `stop` to end it all. */
 export interface RunningMaster {
   url: string;
+  /** The URL a worker on this host reaches it at: the listen address, loopback for a wildcard. */
+  localUrl: string;
   ctx: MasterContext;
   /** Rejects if a background loop dies; the role's main exits non-zero then. */
   done: Promise<void>;
@@ -132,6 +133,9 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
     dispatch: dispatcher.dispatch,
     dispatched: dispatcher.settled,
     startedAt: Date.now(),
+    tls: authority
+      ? createMasterTls(authority, store, cfg.master.tls_worker_lifetime, log.withTag("tls"))
+      : null,
   };
   await ensureAdminToken(ctx);
   await markAllDisconnected(store);
@@ -139,9 +143,8 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
   await ctx.repos.recover();
 
   const app = createApp(ctx);
-  const enroll = authority
-    ? enrollmentHandler({ authority, ledger: certificateLedger(store), log: log.withTag("tls") })
-    : undefined;
+  const tls = ctx.tls;
+  const workerCredential = workerCredentialOf(ctx);
   const ws = workerSocketHandlers(ctx);
   const [host, port] = splitListen(cfg.master.listen);
   // Errors past the app (a bug in a handler that escaped it) are told once per minute, then counted.
@@ -183,29 +186,22 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
         try {
           checkDeclaredLength(req, MAX_REQUEST_BODY);
         } catch (err) {
-          if (err instanceof AppError) return refusalResponse(err);
+          if (err instanceof AppError) return refusal(err);
           throw err;
         }
         const url = new URL(req.url);
+        const ip = srv.requestIP(req)?.address;
         if (url.pathname === "/api/v1/worker/connect") {
-          const m = /^Bearer\s+(\S+)$/i.exec(req.headers.get("authorization") ?? "");
-          const token = m ? await findToken(store.db, m[1]!) : undefined;
-          if (!token || (token.role !== "worker" && token.role !== "admin")) {
-            return Response.json(
-              {
-                error: { code: "UNAUTHENTICATED", message: "workers need a worker or admin token (--join)" },
-              },
-              { status: 401 },
-            );
-          }
-          if (srv.upgrade(req, { data: { name: null, chain: Promise.resolve(), refused: false } }))
+          const who = await workerCredential(req, ip);
+          if (who instanceof Response) return who;
+          if (srv.upgrade(req, { data: { name: null, chain: Promise.resolve(), refused: false, ...who } }))
             return undefined;
           return Response.json(
             { error: { code: "UPGRADE_REQUIRED", message: "this endpoint takes a websocket" } },
             { status: 426 },
           );
         }
-        const enrolled = enroll && (await enroll(req, srv.requestIP(req)?.address));
+        const enrolled = tls && (await tls.enroll(req, ip));
         if (enrolled) return enrolled;
         const env: RequestEnv = {
           ip: srv.requestIP(req),
@@ -232,13 +228,36 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
       `cannot listen on ${cfg.master.listen}: ${(err as Error).message}; is another master running there?`,
     );
   }
-  const url =
-    cfg.master.url ||
-    `${authority ? "https" : "http"}://${server.hostname?.includes(":") ? `[${server.hostname}]` : server.hostname}:${server.port}`;
+  const scheme = authority ? "https" : "http";
+  const hostPort = (h: string) => `${h.includes(":") ? `[${h}]` : h}:${server.port}`;
+  const url = cfg.master.url || `${scheme}://${hostPort(server.hostname ?? host)}`;
+  // A wildcard address is no address to connect to, nor one a certificate can name.
+  const local =
+    server.hostname === "0.0.0.0" ? "127.0.0.1" : server.hostname === "::" ? "::1" : server.hostname;
+  const localUrl = `${scheme}://${hostPort(local ?? host)}`;
   log.info(`master listening on ${url} (data ${data})`);
+  if (authority)
+    log.info(
+      `clients verify this master with --ca ${join(data, "tls", "ca.crt")} or --ca-fingerprint ${authority.anchorFingerprint}`,
+    );
 
   const loops: Loop[] = [
     runLoop({ name: "leases", everyMs: 1000, log }, () => reapLeasesOnce(ctx)),
+    ...(authority
+      ? [
+          // Often enough that an expired certificate does not hold a connection for long, whatever the
+          // configured lifetime: a tenth of it, a minute at most.
+          runLoop(
+            {
+              name: "worker certificates",
+              everyMs: Math.min(60_000, cfg.master.tls_worker_lifetime / 10),
+              log,
+              waitFirst: true,
+            },
+            () => checkConnectedCertificatesOnce(ctx),
+          ),
+        ]
+      : []),
     // Partial uploads of attempts that ended (or went back to the queue) will never be resumed.
     runLoop({ name: "incoming artifacts", everyMs: 60_000, log }, async () => {
       await ctx.artifacts.sweepIncoming(async (id, attempt) => {
@@ -252,6 +271,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
   ctx.dispatch();
   return {
     url,
+    localUrl,
     ctx,
     done: Promise.all(loops.map((l) => l.done)).then(() => {}),
     async stop() {
@@ -268,6 +288,36 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
 
 /** The largest body any route takes: an artifact upload chunk. */
 const MAX_REQUEST_BODY = MAX_CHUNK;
+
+/**
+ * Who opens a worker websocket: on a TLS master its certificate (the hello must then use the name in it),
+ * else a worker or admin bearer token. A refusal is the 401 answer to send.
+ */
+function workerCredentialOf(ctx: MasterContext) {
+  return async (
+    req: Request,
+    ip: string | undefined,
+  ): Promise<{ credential: string; certified: string | null } | Response> => {
+    if (ctx.tls) {
+      try {
+        const w = await ctx.tls.identify(req, ip);
+        return { credential: certCredential(w.serial), certified: w.worker };
+      } catch (err) {
+        if (err instanceof AppError && err.status < 500) return refusal(err);
+        throw err;
+      }
+    }
+    const m = /^Bearer\s+(\S+)$/i.exec(req.headers.get("authorization") ?? "");
+    const token = m ? await findToken(ctx.store.db, m[1]!) : undefined;
+    if (!token || (token.role !== "worker" && token.role !== "admin")) {
+      return Response.json(
+        { error: { code: "UNAUTHENTICATED", message: "workers need a worker or admin token (--join)" } },
+        { status: 401 },
+      );
+    }
+    return { credential: tokenCredential(token.id), certified: null };
+  };
+}
 
 /** The methods the API uses; anything else (CONNECT, TRACE, inventions) gets a 405 before routing. */
 const METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);

@@ -5,6 +5,7 @@ import type { Config } from "../config/schema.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
 import { formatSize } from "../lib/size.ts";
+import type { MasterAuth } from "../protocol/master-auth.ts";
 import type { RawExit, RunHandle, Runner, RunRequest, RunResult, Slot } from "../runner/contract.ts";
 import { type Acquired, createTemplateCache } from "../templates/cache.ts";
 import { fetchArtifact } from "../templates/fetch.ts";
@@ -45,8 +46,8 @@ export interface SandboxOptions {
   worker: string;
   /** Paths on the host root the job must not see (data dirs, keys, tokens). */
   masks: string[];
-  /** The worker's token, to fetch job artifacts that tarball templates are made from. */
-  token: string;
+  /** The worker's credentials, to fetch job artifacts that tarball templates are made from. */
+  auth: MasterAuth;
 }
 
 interface SlotState {
@@ -102,7 +103,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
       memoryBytes: o.cfg.templates.build_memory,
       pids: o.cfg.templates.build_pids,
     }),
-    fetchArtifact: (job, name, dest) => fetchArtifact(o.cfg.worker.master, o.token, job, name, dest),
+    fetchArtifact: (job, name, dest) => fetchArtifact(o.cfg.worker.master, o.auth, job, name, dest),
   });
   const runner: Runner = {
     name: "sandbox",

@@ -5,6 +5,7 @@ import { type AppError, coerceError, errorFrom } from "../lib/errors.ts";
 import { artifactNameProblem } from "../lib/names.ts";
 import { formatSize } from "../lib/size.ts";
 import type { Outcome } from "../protocol/job.ts";
+import type { MasterAuth } from "../protocol/master-auth.ts";
 import { type JobDir, logPath, writeOutcome } from "./job-dir.ts";
 
 /*
@@ -72,7 +73,7 @@ async function cachedSha256(jobDir: string, name: string, path: string, fresh = 
 
 interface Target {
   master: string;
-  token: string;
+  auth: MasterAuth;
   jobId: number;
   attempt: number;
 }
@@ -98,7 +99,9 @@ async function uploadFile(
   const url = `${t.master.replace(/\/$/, "")}/api/v1/worker/artifacts/${t.jobId}/${t.attempt}/${encodeURIComponent(name)}`;
   const call = async (init: RequestInit & { headers: Record<string, string> }) => {
     try {
-      return await fetch(url, init);
+      const method = init.method ?? "GET";
+      const headers = { ...init.headers, ...(await t.auth.headers(method, url)) };
+      return await fetch(url, { ...init, headers, tls: t.auth.tls() });
     } catch (err) {
       throw new RetryLater(
         `cannot reach the master to deliver artifact ${name}: ${coerceError(err).message}`,
@@ -112,7 +115,6 @@ async function uploadFile(
   let mismatches = 0;
   for (;;) {
     const claim = {
-      authorization: `Bearer ${t.token}`,
       "x-kiln-sha256": hash,
       "x-kiln-size": String(size),
       "x-kiln-mode": (st.mode & 0o777).toString(8),
@@ -171,7 +173,7 @@ export async function deliverArtifacts(o: {
   job: JobDir;
   outcome: Outcome;
   master: string;
-  token: string;
+  auth: MasterAuth;
   log: ConsolaInstance;
 }): Promise<Undelivered | null> {
   const { dir, jobId, attempt } = o.job;
@@ -184,13 +186,7 @@ export async function deliverArtifacts(o: {
   const refused: string[] = [];
   for (const name of names) {
     try {
-      await uploadFile(
-        { master: o.master, token: o.token, jobId, attempt },
-        dir,
-        name,
-        join(out, name),
-        o.log,
-      );
+      await uploadFile({ master: o.master, auth: o.auth, jobId, attempt }, dir, name, join(out, name), o.log);
     } catch (err) {
       if (err instanceof RetryLater) throw err;
       if (err instanceof Withdrawn) {
