@@ -4,8 +4,10 @@ import { artifacts, download } from "./cli/artifacts.ts";
 import { renderHelp } from "./cli/help.ts";
 import { job } from "./cli/job-control.ts";
 import { cancel, jobs, logs, retry, show } from "./cli/jobs.ts";
+import { rebuild } from "./cli/rebuild.ts";
 import { recipe } from "./cli/recipes.ts";
 import { promote, releases } from "./cli/releases.ts";
+import { repo } from "./cli/repos.ts";
 import { master, up, worker } from "./cli/roles.ts";
 import { submit } from "./cli/submit.ts";
 import { template } from "./cli/templates.ts";
@@ -26,10 +28,12 @@ const main = defineCommand({
     logs,
     cancel,
     retry,
+    rebuild,
     artifacts,
     download,
     promote,
     releases,
+    repo,
     workers,
     drain,
     hold,

@@ -31,6 +31,7 @@ export const REASONS = [
   "lost",
   "sandbox",
   "rejected",
+  "publish",
 ] as const;
 /** One of REASONS. */
 export type Reason = (typeof REASONS)[number];
@@ -124,6 +125,26 @@ export interface JobView {
   progress: { percent: number; message: string | null } | null;
   waitingFor: string | null;
   artifacts: ArtifactInfo[];
+  /** The job whose inputs this one repeats (`kiln rebuild`), or null. */
+  rebuildOf: number | null;
+  /** How this job and its rebuild compare (shown on both); null when neither is a rebuild. */
+  reproducibility: Reproducibility | null;
+}
+
+/**
+ * A job and its rebuild compared artifact by artifact. `pending` until the rebuild ends; `failed` when it
+ * did not succeed; `reproducible` when both made the same files with the same sha256, else `differs`.
+ */
+export interface Reproducibility {
+  original: number;
+  rebuild: number;
+  state: "pending" | "failed" | "reproducible" | "differs";
+  /** Whether both ran on the same template (by hash; true for the host root on both). */
+  sameTemplate: boolean;
+  /** The workers each ran on. */
+  workers: { original: string | null; rebuild: string | null };
+  /** Every artifact name of either job, with each side's sha256 (null where that job has no such file). */
+  artifacts: { name: string; original: string | null; rebuild: string | null; same: boolean }[];
 }
 
 const ENV_KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -211,6 +232,7 @@ export const SubmitOptionsSchema = z
     needs: z.array(nameSchema()).optional(),
     egress: z.array(z.string().regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, "must be HOST or HOST:PORT")).optional(),
     repo: nameSchema().optional(),
+    repoForce: z.boolean().optional(),
     retries: z.number().int().min(0, "must be at least 0").max(100, "must be at most 100").optional(),
   })
   .strict();
@@ -235,6 +257,7 @@ export const SUBMIT_FLAGS: Record<string, string> = {
   needs: "--needs",
   egress: "--egress",
   repo: "--repo",
+  repoForce: "--force",
   retries: "--retries",
   command: "the command",
   recipe: "--recipe",

@@ -49,5 +49,17 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "when": 1796108020022,
     "hash": "41d025e02e5ca70ee585b2c54cb2f8bda897d736fdaa343018344e3ed7f82297",
     "sql": "CREATE TABLE `artifact_blobs` (\n\t`sha256` text PRIMARY KEY NOT NULL,\n\t`size` integer NOT NULL,\n\t`kind` text NOT NULL,\n\t`store` text NOT NULL,\n\t`created_at` integer NOT NULL\n);\n--> statement-breakpoint\nALTER TABLE `artifacts` ADD `mode` integer DEFAULT 420 NOT NULL;--> statement-breakpoint\nCREATE INDEX `artifacts_sha256` ON `artifacts` (`sha256`);--> statement-breakpoint\n-- Artifacts stored before blobs were tracked are all in the data dir; their kind was never read.\nINSERT OR IGNORE INTO `artifact_blobs` (`sha256`, `size`, `kind`, `store`, `created_at`) SELECT `sha256`, `size`, 'other', 'fs', min(`created_at`) FROM `artifacts` GROUP BY `sha256`;\n"
+  },
+  {
+    "tag": "0008_rebuilds",
+    "when": 1796120704443,
+    "hash": "842b986c5e0ebe22aab86438788c8c05b64b274b529eef0204afd6914d22cba2",
+    "sql": "ALTER TABLE `jobs` ADD `template_hash` text;--> statement-breakpoint\nALTER TABLE `jobs` ADD `rebuild_of` integer;--> statement-breakpoint\nALTER TABLE `jobs` ADD `avoid_worker` text;--> statement-breakpoint\nCREATE INDEX `jobs_rebuild_of` ON `jobs` (`rebuild_of`,`id`) WHERE \"jobs\".\"rebuild_of\" IS NOT NULL;"
+  },
+  {
+    "tag": "0009_repositories",
+    "when": 1796123199743,
+    "hash": "a6e0ea881fd24927f00417a829edd0df5e95a54a1937391ac283b6ced5f41900",
+    "sql": "CREATE TABLE `repo_packages` (\n\t`repo` text NOT NULL,\n\t`name` text NOT NULL,\n\t`arch` text NOT NULL,\n\t`version` text NOT NULL,\n\t`source` text,\n\t`size` integer NOT NULL,\n\t`sha256` text NOT NULL,\n\t`path` text NOT NULL,\n\t`meta` text NOT NULL,\n\t`job_id` integer,\n\t`published_at` integer NOT NULL,\n\t`published_by` text,\n\tPRIMARY KEY(`repo`, `name`, `arch`, `version`)\n);\n--> statement-breakpoint\nCREATE TABLE `repos` (\n\t`name` text PRIMARY KEY NOT NULL,\n\t`format` text NOT NULL,\n\t`project` text,\n\t`public` integer DEFAULT false NOT NULL,\n\t`dist` text,\n\t`component` text,\n\t`archs` text NOT NULL,\n\t`keep` integer NOT NULL,\n\t`key_fingerprint` text,\n\t`generation` integer DEFAULT 0 NOT NULL,\n\t`created_at` integer NOT NULL,\n\t`created_by` text,\n\t`published_at` integer\n);\n--> statement-breakpoint\nALTER TABLE `jobs` ADD `repo_force` integer DEFAULT false NOT NULL;"
   }
 ];

@@ -11,6 +11,7 @@ import type { Caller } from "../auth.ts";
 import { requireRole } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
 import { rearmOf } from "../idle.ts";
+import { queueRebuild, reproducibilityOf } from "../rebuilds.ts";
 import { jobFromRequest } from "../submit.ts";
 import { jobView, whyQueued } from "../views.ts";
 import { jsonBody } from "./json-body.ts";
@@ -29,7 +30,7 @@ async function loadJob(ctx: MasterContext, caller: Caller, text: string): Promis
   return row;
 }
 
-/** Routes for people and their scripts: submit, list, show, logs, cancel, retry. */
+/** Routes for people and their scripts: submit, list, show, logs, cancel, retry, rebuild. */
 export function clientRoutes(ctx: MasterContext) {
   const app = new Hono<Env>();
 
@@ -61,7 +62,8 @@ export function clientRoutes(ctx: MasterContext) {
     const row = await loadJob(ctx, caller, c.req.param("id"));
     const waitingFor = row.state === "queued" ? await whyQueued(ctx, row) : null;
     const artifacts = (await listArtifacts(ctx.store.db, row.id)).map(artifactView);
-    return c.json(jobView(row, { waitingFor, logSize: ctx.logs.size(row.id), artifacts }));
+    const reproducibility = await reproducibilityOf(ctx, row);
+    return c.json(jobView(row, { waitingFor, logSize: ctx.logs.size(row.id), artifacts, reproducibility }));
   });
 
   app.get("/jobs/:id/events", async (c) => {
@@ -124,6 +126,13 @@ export function clientRoutes(ctx: MasterContext) {
       submittedBy: caller.name,
     });
     ctx.dispatch();
+    return c.json({ id: copy.id }, 201);
+  });
+
+  app.post("/jobs/:id/rebuild", async (c) => {
+    const caller = requireRole(c, "submitter");
+    const row = await loadJob(ctx, caller, c.req.param("id"));
+    const copy = await queueRebuild(ctx, row, caller.name);
     return c.json({ id: copy.id }, 201);
   });
 
