@@ -205,7 +205,10 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
         if (enrolled) return enrolled;
         const env: RequestEnv = {
           ip: srv.requestIP(req),
-          rearm: () => srv.timeout(req, idle),
+          // Never for a request whose client is gone: its socket is closed, there is nothing to keep.
+          rearm: () => {
+            if (!req.signal.aborted) srv.timeout(req, idle);
+          },
           idleSeconds: idle,
         };
         return app.fetch(req, env);
