@@ -55,5 +55,11 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "when": 1796120704443,
     "hash": "842b986c5e0ebe22aab86438788c8c05b64b274b529eef0204afd6914d22cba2",
     "sql": "ALTER TABLE `jobs` ADD `template_hash` text;--> statement-breakpoint\nALTER TABLE `jobs` ADD `rebuild_of` integer;--> statement-breakpoint\nALTER TABLE `jobs` ADD `avoid_worker` text;--> statement-breakpoint\nCREATE INDEX `jobs_rebuild_of` ON `jobs` (`rebuild_of`,`id`) WHERE \"jobs\".\"rebuild_of\" IS NOT NULL;"
+  },
+  {
+    "tag": "0009_setup",
+    "when": 1796122644115,
+    "hash": "b3dbe9555f30e3a23b3efa791d80cbb836aca0915ac1ab1906e79cda4c4cba7b",
+    "sql": "ALTER TABLE `jobs` ADD `setup` text;"
   }
 ];

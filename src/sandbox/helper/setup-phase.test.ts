@@ -7,7 +7,16 @@
  * (dist/kiln-sandbox, built by scripts/build).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { join, resolve } from "node:path";
 
 const isRoot = process.getuid?.() === 0;
@@ -39,7 +48,9 @@ function makeTree(name: string): string {
   mkdirSync(join(root, "etc"), { recursive: true });
   mkdirSync(join(root, "opt"));
   writeFileSync(join(root, "etc/marker"), "from-template\n");
-  for (const prog of "sh bash cat touch id ls sleep chmod chown cp grep mount unshare rm tr nohup".split(" ")) {
+  for (const prog of "sh bash cat touch id ls sleep chmod chown cp grep mount unshare rm tr nohup".split(
+    " ",
+  )) {
     const file = sh(["readlink", "-f", Bun.which(prog)!]).trim();
     const libs = sh(["ldd", file]).match(/\/\S+/gm) ?? [];
     sh(["cp", "--parents", "-L", file, ...libs, root]);
@@ -75,11 +86,11 @@ async function run(setup: string, job: string, extra: string[] = []) {
     ],
     // biome-ignore lint/suspicious/noExplicitAny: Bun's stdio typing does not cover extra fds
     { stdio: ["ignore", "pipe", "pipe", fd] as any, env: ENV },
-  );
+  ) as Bun.Subprocess<"ignore", "pipe", "pipe">;
   closeSync(fd);
   const [stdout, stderr, code] = await Promise.all([
-    new Response(p.stdout as ReadableStream).text(),
-    new Response(p.stderr as ReadableStream).text(),
+    new Response(p.stdout).text(),
+    new Response(p.stderr).text(),
     p.exited,
   ]);
   return { stdout, stderr, code, status: readFileSync(status, "utf8").split("\n").filter(Boolean) };
@@ -122,7 +133,11 @@ describe.skipIf(!isRoot)("kiln-sandbox --setup", () => {
     expect(job).toStartWith(`${UID}\ninstalled\n`);
     for (const set of ["CapBnd", "CapEff", "CapPrm"]) expect(job).toContain(`${set}:\t0000000000000000`);
     expect(job).toContain("NoNewPrivs:\t1");
-    expect(r.status).toEqual([expect.stringMatching(/^setup \d+$/), expect.stringMatching(/^ready \d+$/), "exit 0"]);
+    expect(r.status).toEqual([
+      expect.stringMatching(/^setup \d+$/),
+      expect.stringMatching(/^ready \d+$/),
+      "exit 0",
+    ]);
     expect(mounts()).toBe(mountsAtStart);
   });
 
@@ -140,7 +155,13 @@ describe.skipIf(!isRoot)("kiln-sandbox --setup", () => {
       "echo job-ran",
     );
     expect(r.code, r.stderr).toBe(0);
-    for (const s of ["host-dir-hidden", "no-host-root", "init-root-hidden", "init-environ-hidden", "signalled"])
+    for (const s of [
+      "host-dir-hidden",
+      "no-host-root",
+      "init-root-hidden",
+      "init-environ-hidden",
+      "signalled",
+    ])
       expect(r.stdout).toContain(s);
     expect(r.stdout).toContain("--- kiln: job ---\njob-ran\n");
   });
@@ -151,7 +172,11 @@ describe.skipIf(!isRoot)("kiln-sandbox --setup", () => {
       unix: sock,
       socket: { data: (s) => void s.end("via-forwarder\n") },
     });
-    const host = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data: (s) => void s.end("host\n") } });
+    const host = Bun.listen({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: { data: (s) => void s.end("host\n") },
+    });
     try {
       const r = await run(
         [
@@ -230,9 +255,12 @@ describe.skipIf(!isRoot)("kiln-sandbox --setup", () => {
       125,
       "error args: --setup needs --overlay-root and no --build\n",
     ]);
-    const build = Bun.spawnSync([HELPER, "--build", "--root", tree, "--overlay-root", "--setup", "true", "--", "true"], {
-      env: ENV,
-    });
+    const build = Bun.spawnSync(
+      [HELPER, "--build", "--root", tree, "--overlay-root", "--setup", "true", "--", "true"],
+      {
+        env: ENV,
+      },
+    );
     expect(build.stderr.toString()).toBe("error args: --setup needs --overlay-root and no --build\n");
   });
 });
