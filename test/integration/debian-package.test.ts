@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import {
   checkLeftoversAfterEachTest,
@@ -39,6 +39,36 @@ const online = root && (await reachable());
 if (!root) console.error("debian-package tests skipped: they need root (debootstrap, the sandbox)");
 else if (!online)
   console.error(`debian-package tests skipped: ${DSC} cannot be reached (no network to Debian's archive)`);
+
+/**
+ * Whether the CA certificates Debian ships (what the setup installs with ca-certificates) verify
+ * deb.debian.org from here. A network that intercepts TLS with a CA of its own, trusted by this host
+ * only, fails that check: the test then fetches the same .dsc over http (the recipe's pattern allows it,
+ * and dpkg-source still checks every file of the source against the .dsc's checksums), and says so.
+ */
+function debianTrustsArchive(): boolean {
+  const cas = "/usr/share/ca-certificates/mozilla";
+  if (!existsSync(cas) || !Bun.which("curl")) return true;
+  using tmp = tempDir("kiln-debpkg-ca-", "/var/tmp");
+  const bundle = join(tmp.path, "debian-cas.pem");
+  writeFileSync(
+    bundle,
+    readdirSync(cas)
+      .map((f) => readFileSync(join(cas, f), "utf8"))
+      .join("\n"),
+  );
+  // A bare environment: no SSL_CERT_DIR or CURL_CA_BUNDLE adding the host's own CAs to the check.
+  const r = Bun.spawnSync(
+    ["curl", "-sfo", "/dev/null", "--max-time", "20", "--cacert", bundle, "--capath", "/nonexistent", DSC],
+    { env: {} },
+  );
+  return r.exitCode === 0;
+}
+const url = online && !debianTrustsArchive() ? DSC.replace("https://", "http://") : DSC;
+if (online && url !== DSC)
+  console.error(
+    "debian-package: this network intercepts TLS to deb.debian.org with a CA Debian does not ship; the build fetches the .dsc over http",
+  );
 
 const dir = tempDir("kiln-debpkg-test-", "/var/tmp");
 let m: Master;
@@ -91,7 +121,7 @@ describe.skipIf(!online)("the debian-package recipe", () => {
   });
 
   test("a submit of hello_2.10-3 installs its build dependencies in the setup and succeeds with hello_2.10-3_amd64.deb", async () => {
-    const sub = await m.cli(["submit", "--recipe", "debian-package", "--var", `url=${DSC}`, "--wait"]);
+    const sub = await m.cli(["submit", "--recipe", "debian-package", "--var", `url=${url}`, "--wait"]);
     const id = Number(/^job (\d+) queued$/m.exec(sub.stderr)?.[1]);
     const out = await log(id);
     expect(sub.code, `${sub.stderr}\n${out.slice(-4000)}`).toBe(0);
@@ -118,6 +148,34 @@ describe.skipIf(!online)("the debian-package recipe", () => {
     expect(existsSync(join(tree, "usr/bin/dget"))).toBe(false);
     expect(existsSync(join(tree, "usr/bin/dh"))).toBe(false);
   }, 1_800_000);
+
+  test("the job's timeout covers its setup, and the job's limits hold in it", async () => {
+    const file = join(dir.path, "slow.toml");
+    writeFileSync(
+      file,
+      [
+        'setup = """',
+        // More processes than the job's pids limit, then a wait the job's timeout ends.
+        "i=0; while [ $i -lt 40 ]; do sleep 1000 & i=$((i + 1)); done 2>&1 | tail -1",
+        'echo "forks done"',
+        "exec sleep 1000",
+        '"""',
+        'script = "echo the-command-ran"',
+        "[submit]",
+        'root = "bookworm-build"',
+        "pids = 16",
+        'timeout = "20s"',
+      ].join("\n"),
+    );
+    expect((await m.cli(["recipe", "add", "slow", "--file", file])).code).toBe(0);
+    const id = JSON.parse((await m.cli(["submit", "--recipe", "slow", "--json"])).stdout).id;
+    const job = await waitJob(m, id, 120_000);
+    const out = await log(id);
+    expect(job.state, out).toBe("timed_out");
+    expect(out).toContain("Resource temporarily unavailable");
+    expect(out).toContain("forks done");
+    expect(out).not.toContain("the-command-ran");
+  }, 180_000);
 
   test("a failed setup fails the job with reason setup, and its command never runs", async () => {
     const file = join(dir.path, "broken.toml");

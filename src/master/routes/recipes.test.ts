@@ -210,7 +210,7 @@ describe("submitting a recipe", () => {
     });
     expect(res.status).toBe(201);
     const job = await call("viewer", "GET", `/jobs/${res.body.id}`);
-    expect(job.body.setup).toBe('apt-get install -y "${KILN_VAR_WHO}"');
+    expect(job.body.setup).toBe(`apt-get install -y "\${KILN_VAR_WHO}"`);
     expect(job.body.resources).toMatchObject({ root: "bookworm-build", writableRoot: true });
     // A plain submit has no setup field: a submitter cannot make a job that starts as root.
     const plain = await call("submitter", "POST", "/jobs", {
@@ -222,7 +222,7 @@ describe("submitting a recipe", () => {
     const ops = await call("operator", "POST", "/jobs", { command: ["true"], setup: "id" });
     expect(ops.status).toBe(400);
     expect((await listJobs(store.db, {})).map((j) => j.setup)).toEqual([
-      'apt-get install -y "${KILN_VAR_WHO}"',
+      `apt-get install -y "\${KILN_VAR_WHO}"`,
     ]);
   });
 
