@@ -8,6 +8,8 @@ import { clientRoutes } from "./routes/client.ts";
 import { publicRoutes } from "./routes/public.ts";
 import { recipeRoutes } from "./routes/recipes.ts";
 import { releaseFileRoutes, releaseRoutes } from "./routes/releases.ts";
+import { repoFileRoutes } from "./routes/repo-files.ts";
+import { repoRoutes } from "./routes/repos.ts";
 import { templateRoutes } from "./routes/templates.ts";
 
 /** A 500 that says nothing about the server's insides; the details go to the master's log. */
@@ -39,6 +41,7 @@ export function createApp(ctx: MasterContext) {
   );
   app.route("/", publicRoutes(ctx));
   app.route("/", releaseFileRoutes(ctx));
+  app.route("/", repoFileRoutes(ctx));
   app.use("/api/v1/*", authenticate(ctx));
   app.route("/api/v1", clientRoutes(ctx));
   app.route("/api/v1", adminRoutes(ctx));
@@ -46,5 +49,6 @@ export function createApp(ctx: MasterContext) {
   app.route("/api/v1", templateRoutes(ctx));
   app.route("/api/v1", artifactRoutes(ctx));
   app.route("/api/v1", releaseRoutes(ctx));
+  app.route("/api/v1", repoRoutes(ctx));
   return app;
 }

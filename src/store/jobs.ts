@@ -40,6 +40,7 @@ export const DEFINITION = [
   "needs",
   "egress",
   "repo",
+  "repoForce",
   "retries",
   "recipe",
   "recipeVersion",

