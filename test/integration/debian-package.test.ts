@@ -18,7 +18,7 @@ checkLeftoversAfterEachTest();
  * bookworm minbase template with build-essential and fakeroot, the recipe added from the file, one submit
  * of Debian's real hello_2.10-3 source. The recipe's setup installs devscripts and hello's build
  * dependencies from deb.debian.org on the job's own overlay; the build runs as the slot's user and leaves
- * the .deb files as artifacts. Needs root (the sandbox, debootstrap) and Debian's archive: it skips,
+ * the .deb files as artifacts, published into the recipe's repository. Needs root (the sandbox, debootstrap) and Debian's archive: it skips,
  * saying so, when deb.debian.org cannot be reached. The template tree is shared with other runs through
  * test/template-seed.ts.
  */
@@ -105,6 +105,8 @@ describe.skipIf(!online)("the debian-package recipe", () => {
     ]);
     expect(add.code, add.stderr).toBe(0);
     hash = JSON.parse(add.stdout).hash;
+    const repo = await m.cli(["repo", "add", "bookworm", "--type", "deb", "--dist", "bookworm"]);
+    expect(repo.code, repo.stderr).toBe(0);
     if (seedTemplate(m.data, hash))
       console.error(`debian-package: template ${hash.slice(0, 12)} seeded from a saved tree`);
     const recipe = await m.cli([
@@ -147,6 +149,16 @@ describe.skipIf(!online)("the debian-package recipe", () => {
     expect(existsSync(join(tree, "usr/bin/dpkg-buildpackage"))).toBe(true);
     expect(existsSync(join(tree, "usr/bin/dget"))).toBe(false);
     expect(existsSync(join(tree, "usr/bin/dh"))).toBe(false);
+    // Published into the recipe's repository.
+    const listed = JSON.parse((await m.cli(["repo", "packages", "bookworm", "--json"])).stdout) as {
+      name: string;
+      version: string;
+      arch: string;
+    }[];
+    expect(listed).toContainEqual(
+      expect.objectContaining({ name: "hello", version: "2.10-3", arch: "amd64" }),
+    );
+    expect((await m.cli(["repo", "packages", "bookworm"])).stdout).toMatch(/^hello\s+2\.10-3\s+amd64/m);
   }, 1_800_000);
 
   test("the job's timeout covers its setup", async () => {
