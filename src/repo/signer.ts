@@ -36,6 +36,8 @@ export interface KeyRing {
 const DEFAULT_UID = () => `Kiln repository signing key (${hostname()}) <kiln@${hostname()}>`;
 // The file naming the master's own key among those gpg keeps.
 const DEFAULT_FILE = "kiln-default-key";
+// How long a stop waits for the agent to go: it exits within milliseconds; this only bounds a stuck one.
+const AGENT_EXIT_MS = 2_000;
 
 interface Result {
   code: number;
@@ -114,6 +116,16 @@ export function openKeyRing(dir: string): KeyRing {
     }
   };
 
+  // `gpgconf --kill` only asks the agent to go: it may still hold its socket for a moment, and a gpg
+  // started then connects to an agent on its way out and fails with "End of file". So the stop waits
+  // until the socket is gone (the agent removes it as it exits), for at most AGENT_EXIT_MS.
+  const stopAgent = async () => {
+    const socket = (await spawn(["gpgconf", "--homedir", dir, "--list-dirs", "agent-socket"])).out.trim();
+    await spawn(["gpgconf", "--homedir", dir, "--kill", "gpg-agent"]);
+    const deadline = Date.now() + AGENT_EXIT_MS;
+    while (socket && existsSync(socket) && Date.now() < deadline) await Bun.sleep(10);
+  };
+
   /** Runs `fn` in the queue; the agent is stopped once nothing else waits. */
   const run = <T>(fn: () => Promise<T>): Promise<T> => {
     pending++;
@@ -125,7 +137,7 @@ export function openKeyRing(dir: string): KeyRing {
         pending--;
         if (pending === 0 && agentMayRun) {
           agentMayRun = false;
-          await spawn(["gpgconf", "--homedir", dir, "--kill", "gpg-agent"]).catch(() => {});
+          await stopAgent().catch(() => {});
         }
       }
     });
