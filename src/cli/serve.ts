@@ -1,7 +1,7 @@
-import { mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { loadConfig, type Overrides } from "../config/load.ts";
-import { adminTokenPath, dataDir } from "../config/paths.ts";
+import { dataDir } from "../config/paths.ts";
 import type { Config } from "../config/schema.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { logger, setupLogging } from "../lib/log.ts";
@@ -48,15 +48,16 @@ export async function runWorker(options: RoleOptions): Promise<void> {
 /** Runs a master and one local worker joined to it in this process, until SIGINT/SIGTERM. */
 export async function runUp(options: RoleOptions): Promise<void> {
   const { cfg, data } = setup(options);
-  const { startMaster } = await import("../master/index.ts");
+  const { startMaster, localWorkerToken } = await import("../master/index.ts");
   const { startWorker } = await import("../worker/index.ts");
   const m = await startMaster(cfg, data);
   // The local worker joins the URL this master actually listens on (a port of 0 becomes a real port), not
   // worker.master from the config.
   cfg.worker.master = m.url;
-  // The local worker joins with this master's own admin token: a KILN_TOKEN in the environment is for
-  // client commands, and may belong to another master.
-  const token = cfg.worker.join || readFileSync(adminTokenPath(data), "utf8").trim();
+  // The local worker joins with a worker token of this master's own (DATA/worker.token): a KILN_TOKEN in
+  // the environment is for client commands, may belong to another master, and the worker protocol
+  // takes no client token.
+  const token = cfg.worker.join || (await localWorkerToken(m));
   const w = await startWorker({
     cfg,
     data,

@@ -1,9 +1,10 @@
 import { Hono } from "hono";
 import { AppError, coerceError, isDiskFull, storageFull } from "../lib/errors.ts";
-import { authenticate, type Caller } from "./auth.ts";
+import { type ApiEnv, type RouteRule, routesOf } from "./access.ts";
 import type { MasterContext } from "./context.ts";
 import { adminRoutes } from "./routes/admin.ts";
 import { artifactRoutes } from "./routes/artifacts.ts";
+import { auditRoutes } from "./routes/audit.ts";
 import { clientRoutes } from "./routes/client.ts";
 import { publicRoutes } from "./routes/public.ts";
 import { recipeRoutes } from "./routes/recipes.ts";
@@ -19,11 +20,12 @@ export function internalError(): Response {
 }
 
 /**
- * The master's HTTP app. Every error leaves as `{"error":{"code","message"}}`: an AppError with its own
- * status, anything else (a bug) as a 500 that is also logged.
+ * The master's HTTP app. Every route declares who may call it (src/master/access.ts) and its guard
+ * enforces that before the route runs. Every error leaves as `{"error":{"code","message"}}`: an AppError
+ * with its own status, anything else (a bug) as a 500 that is also logged.
  */
 export function createApp(ctx: MasterContext) {
-  const app = new Hono<{ Variables: { caller: Caller } }>();
+  const app = new Hono<ApiEnv>();
   app.onError((err, c) => {
     if (isDiskFull(err)) err = storageFull(ctx.dataDir, err);
     if (err instanceof AppError) {
@@ -39,12 +41,23 @@ export function createApp(ctx: MasterContext) {
   );
   app.route("/", publicRoutes(ctx));
   app.route("/", releaseFileRoutes(ctx));
-  app.use("/api/v1/*", authenticate(ctx));
   app.route("/api/v1", clientRoutes(ctx));
   app.route("/api/v1", adminRoutes(ctx));
   app.route("/api/v1", recipeRoutes(ctx));
   app.route("/api/v1", templateRoutes(ctx));
   app.route("/api/v1", artifactRoutes(ctx));
   app.route("/api/v1", releaseRoutes(ctx));
+  app.route("/api/v1", auditRoutes(ctx));
   return app;
+}
+
+/** The master's app as createApp builds it. */
+export type App = ReturnType<typeof createApp>;
+
+/**
+ * Every route the master serves (the app's, and the worker websocket) with the rule that guards it: what
+ * the access matrix test enumerates and docs/access.md lists. A route without a rule has `access: null`.
+ */
+export function routeTable(app: App): RouteRule[] {
+  return routesOf(app as never);
 }

@@ -4,6 +4,7 @@ import type { Store } from "../store/open.ts";
 import type { ArtifactService } from "./artifacts.ts";
 import type { LogStore } from "./logs.ts";
 import type { Registry } from "./registry.ts";
+import type { Sessions } from "./sessions.ts";
 import type { StorageHealth } from "./storage-health.ts";
 
 /** What every part of the master shares: config, store, logs, the live worker registry. */
@@ -15,6 +16,8 @@ export interface MasterContext {
   /** Artifact uploads in progress and the blob stores behind stored ones. */
   artifacts: ArtifactService;
   registry: Registry;
+  /** Open websockets and followed logs by the token that opened them, so a revocation ends them. */
+  sessions: Sessions;
   log: ConsolaInstance;
   /** Whether the master can write (its disk is not full); the lease reaper heeds it. */
   storage: StorageHealth;

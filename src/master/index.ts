@@ -16,14 +16,17 @@ import { findToken, hashToken, insertTokenHash } from "../store/tokens.ts";
 import { markAllDisconnected } from "../store/workers.ts";
 import { type Authority, openAuthority, serverTls } from "../tls/authority.ts";
 import { enrollmentHandler } from "../tls/enroll.ts";
+import { admitRequest, WORKER_SOCKET } from "./access.ts";
 import { createApp, internalError } from "./app.ts";
 import { createArtifactService } from "./artifacts.ts";
+import type { Caller } from "./auth.ts";
 import type { MasterContext } from "./context.ts";
 import { createDispatcher } from "./dispatcher.ts";
 import { reapLeasesOnce } from "./leases.ts";
 import { openLogStore } from "./logs.ts";
 import { createRegistry } from "./registry.ts";
 import { sweepReleases } from "./releases.ts";
+import { createSessions } from "./sessions.ts";
 import { createStorageHealth } from "./storage-health.ts";
 import { type SocketData, workerSocketHandlers } from "./worker-socket.ts";
 
@@ -37,11 +40,10 @@ export interface RunningMaster {
 }
 
 /**
- * Creates the admin token on first start (mode 0600 in the data dir) and makes sure the store knows its
- * hash, so a store recreated under an existing data dir still accepts it.
+ * Creates the token kept in `file` on first use (mode 0600 in the data dir) and makes sure the store knows
+ * its hash, so a store recreated under an existing data dir still accepts it. Returns the secret.
  */
-async function ensureAdminToken(ctx: MasterContext) {
-  const file = adminTokenPath(ctx.dataDir);
+async function ensureTokenFile(ctx: MasterContext, file: string, role: "admin" | "worker", name: string) {
   let secret: string;
   if (existsSync(file)) {
     secret = readFileSync(file, "utf8").trim();
@@ -49,16 +51,26 @@ async function ensureAdminToken(ctx: MasterContext) {
   } else {
     secret = `kiln_${randomBytes(24).toString("base64url")}`;
     writeFileSync(file, `${secret}\n`, { mode: 0o600, flag: "wx" });
-    ctx.log.info(`created the admin token in ${file}`);
+    ctx.log.info(`created the ${name} token in ${file}`);
   }
   if (!(await findToken(ctx.store.db, secret))) {
     await insertTokenHash(ctx.store, {
       id: hashToken(secret).slice(0, 12),
       hash: hashToken(secret),
-      role: "admin",
-      name: "admin",
+      role,
+      name,
     });
   }
+  return secret;
+}
+
+/**
+ * The worker token of `kiln up`'s own worker, kept in DATA/worker.token: workers never join with the
+ * admin token, the local one included. Revoking it (kiln token revoke) disconnects that worker until a
+ * restart (which, with the file removed, makes a new one).
+ */
+export function localWorkerToken(m: RunningMaster): Promise<string> {
+  return ensureTokenFile(m.ctx, join(m.ctx.dataDir, "worker.token"), "worker", "local-worker");
 }
 
 /** Starts the master: store, admin token, dispatcher, lease reaper, and the HTTP + websocket server. */
@@ -119,12 +131,13 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
     }),
     storage,
     registry: createRegistry(),
+    sessions: createSessions(),
     log,
     dispatch: dispatcher.dispatch,
     dispatched: dispatcher.settled,
     startedAt: Date.now(),
   };
-  await ensureAdminToken(ctx);
+  await ensureTokenFile(ctx, adminTokenPath(ctx.dataDir), "admin", "admin");
   await markAllDisconnected(store);
   sweepReleases(data);
 
@@ -159,18 +172,23 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
           );
         }
         const url = new URL(req.url);
-        if (url.pathname === "/api/v1/worker/connect") {
-          const m = /^Bearer\s+(\S+)$/i.exec(req.headers.get("authorization") ?? "");
-          const token = m ? await findToken(store.db, m[1]!) : undefined;
-          if (!token || (token.role !== "worker" && token.role !== "admin")) {
-            return Response.json(
-              {
-                error: { code: "UNAUTHENTICATED", message: "workers need a worker or admin token (--join)" },
-              },
-              { status: 401 },
-            );
+        if (url.pathname === WORKER_SOCKET) {
+          let caller: Caller;
+          try {
+            caller = await admitRequest(ctx, { who: "worker" }, req);
+          } catch (err) {
+            const e = coerceError(err);
+            if (!(e instanceof AppError)) throw e;
+            return Response.json({ error: { code: e.code, message: e.message } }, { status: e.status });
           }
-          if (srv.upgrade(req, { data: { name: null, chain: Promise.resolve() } })) return undefined;
+          const data: SocketData = {
+            name: null,
+            chain: Promise.resolve(),
+            tokenId: caller.tokenId,
+            expiresAt: caller.expiresAt,
+            end: null,
+          };
+          if (srv.upgrade(req, { data })) return undefined;
           return Response.json(
             { error: { code: "UPGRADE_REQUIRED", message: "this endpoint takes a websocket" } },
             { status: 426 },

@@ -7,6 +7,7 @@ import { createArtifactService } from "./artifacts.ts";
 import type { MasterContext } from "./context.ts";
 import { openLogStore } from "./logs.ts";
 import { createRegistry } from "./registry.ts";
+import { createSessions } from "./sessions.ts";
 import { createStorageHealth } from "./storage-health.ts";
 
 /**
@@ -28,6 +29,7 @@ export function testContext(dir: string, store: Store): MasterContext {
       log: quiet,
     }),
     registry: createRegistry(),
+    sessions: createSessions(),
     log: quiet,
     storage: createStorageHealth(dir, quiet),
     dispatch() {},

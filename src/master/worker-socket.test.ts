@@ -21,6 +21,7 @@ setupLogging("json", "error");
 let dir: string;
 let master: RunningMaster;
 let admin: string;
+let workerToken: string;
 const sockets: Wire[] = [];
 
 beforeEach(async () => {
@@ -30,6 +31,7 @@ beforeEach(async () => {
   });
   master = await startMaster(cfg, dir);
   admin = (await Bun.file(join(dir, "admin.token")).text()).trim();
+  workerToken = (await createToken(master.ctx.store, { role: "worker", name: "w" })).secret;
 });
 afterEach(async () => {
   for (const s of sockets.splice(0)) s.ws.close();
@@ -47,7 +49,7 @@ interface Wire {
   next<T extends MasterMessage["type"]>(type: T): Promise<Extract<MasterMessage, { type: T }>>;
 }
 
-async function connect(token = admin): Promise<Wire> {
+async function connect(token = workerToken): Promise<Wire> {
   const ws = new WebSocket(`${master.url.replace("http", "ws")}/api/v1/worker/connect`, {
     headers: { authorization: `Bearer ${token}` },
   } as unknown as string[]);
@@ -115,7 +117,7 @@ const outcome = (over: Partial<Outcome> = {}): Outcome => ({
 });
 
 describe("connecting", () => {
-  test("the worker endpoint refuses a request without a worker or admin token, and one that is no websocket", async () => {
+  test("the worker endpoint refuses a request without a worker token (401) or with a client token (403), and one that is no websocket", async () => {
     const url = `${master.url}/api/v1/worker/connect`;
     const none = await fetch(url);
     expect([none.status, ((await none.json()) as { error: { code: string } }).error.code]).toEqual([
@@ -123,8 +125,10 @@ describe("connecting", () => {
       "UNAUTHENTICATED",
     ]);
     const viewer = (await createToken(master.ctx.store, { role: "viewer", name: "v" })).secret;
-    expect((await fetch(url, { headers: { authorization: `Bearer ${viewer}` } })).status).toBe(401);
-    const plain = await fetch(url, { headers: { authorization: `Bearer ${admin}` } });
+    expect((await fetch(url, { headers: { authorization: `Bearer ${viewer}` } })).status).toBe(403);
+    // Not even the admin token speaks the worker protocol: workers join with worker tokens.
+    expect((await fetch(url, { headers: { authorization: `Bearer ${admin}` } })).status).toBe(403);
+    const plain = await fetch(url, { headers: { authorization: `Bearer ${workerToken}` } });
     expect([plain.status, ((await plain.json()) as { error: { code: string } }).error.code]).toEqual([
       426,
       "UPGRADE_REQUIRED",

@@ -29,10 +29,17 @@ import { resolveTemplate } from "./templates.ts";
  * log chunk is always written before the `job.finished` that follows it on the wire.
  */
 
-/** Per-connection state: the worker's name once it said hello, and the chain that orders its messages. */
+/**
+ * Per-connection state: the worker's name once it said hello, the chain that orders its messages, and
+ * the token it connected with (revoking it, or its expiry, closes the socket).
+ */
 export interface SocketData {
   name: string | null;
   chain: Promise<void>;
+  tokenId: string;
+  expiresAt: number | null;
+  /** Unregisters the connection from ctx.sessions; set while it is open. */
+  end: (() => void) | null;
 }
 
 /** Where an active attempt's bytes go: attempt number and the offset of its first byte in the job log. */
@@ -370,6 +377,12 @@ export function workerSocketHandlers(ctx: MasterContext) {
   return {
     open(ws: ServerWebSocket<SocketData>) {
       ws.data.chain = Promise.resolve();
+      ws.data.end = ctx.sessions.open(ws.data.tokenId, ws.data.expiresAt, (why) => {
+        ctx.log.warn(
+          `closing the connection of worker ${ws.data.name ?? "?"}: ${why} (token ${ws.data.tokenId}); it needs a new worker token`,
+        );
+        ws.close(4401, why);
+      });
     },
     message(ws: ServerWebSocket<SocketData>, raw: string | Buffer) {
       ws.data.chain = ws.data.chain.then(async () => {
@@ -393,6 +406,7 @@ export function workerSocketHandlers(ctx: MasterContext) {
       });
     },
     close(ws: ServerWebSocket<SocketData>) {
+      ws.data.end?.();
       const name = ws.data.name;
       if (!name) return;
       ws.data.chain = ws.data.chain.then(async () => {

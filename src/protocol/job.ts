@@ -53,6 +53,10 @@ export const JobSpecSchema = z.object({
   writableRoot: z.boolean().default(false),
   needs: z.array(z.string()),
   egress: z.array(z.string()),
+  /** `kiln submit --secret` values for the job's environment: never logged, shown, or given to others. */
+  secrets: z.record(z.string(), z.string()).default({}),
+  /** The attempt's own credential (src/master/job-credential.ts): its worker presents it for uploads. */
+  credential: z.string().nullable().default(null),
 });
 /** A checked JobSpecSchema value. */
 export type JobSpec = z.infer<typeof JobSpecSchema>;

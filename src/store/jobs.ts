@@ -43,6 +43,7 @@ export const DEFINITION = [
   "recipe",
   "recipeVersion",
   "recipeVars",
+  "secrets",
 ] as const satisfies readonly (keyof JobRow)[];
 
 /** The columns that belong to one run of a job (and to its provenance), never copied by a retry. */
@@ -69,6 +70,7 @@ export const RUN_STATE = [
   "progress",
   "progressMessage",
   "submittedBy",
+  "credentialHash",
 ] as const satisfies readonly (keyof JobRow)[];
 
 /** The columns that define a job (DEFINITION): what a retry copies. */
@@ -193,7 +195,10 @@ async function transition(
   });
 }
 
-/** Assigns a queued job to a worker's slot; null if it is no longer queued. */
+/**
+ * Assigns a queued job to a worker's slot; null if it is no longer queued. `credentialHash` is the hash of
+ * the attempt's job credential, replacing any earlier attempt's.
+ */
 export function assignJob(
   store: Store,
   id: number,
@@ -201,11 +206,12 @@ export function assignJob(
   slot: string,
   leaseMs: number,
   now = Date.now(),
+  credentialHash: string | null = null,
 ) {
   return transition(
     store,
     and(eq(jobs.id, id), eq(jobs.state, "queued")),
-    { state: "assigned", worker, slot, assignedAt: now, leaseExpiresAt: now + leaseMs },
+    { state: "assigned", worker, slot, assignedAt: now, leaseExpiresAt: now + leaseMs, credentialHash },
     now,
   );
 }

@@ -5,7 +5,7 @@ import { type AppError, coerceError, errorFrom } from "../lib/errors.ts";
 import { formatSize } from "../lib/size.ts";
 import { artifactNameProblem } from "../protocol/artifact-name.ts";
 import type { Outcome } from "../protocol/job.ts";
-import { type JobDir, logPath, writeOutcome } from "./job-dir.ts";
+import { type JobDir, jobCredential, logPath, writeOutcome } from "./job-dir.ts";
 
 /*
  * Delivers a finished job's artifacts (the files in its out dir, those in subdirectories as `dir/file`) to
@@ -151,7 +151,8 @@ async function refusal(res: Response, name: string, known?: AppError): Promise<n
   const e = known ?? (await errorFrom(res));
   if (res.status >= 500)
     throw new RetryLater(`the master answered ${res.status} to artifact ${name}: ${e.message}`, { cause: e });
-  if (e.code === "JOB_NOT_ACTIVE") throw new Withdrawn(e.message);
+  // The attempt was re-queued or ended meanwhile: its credential ended with it.
+  if (e.code === "JOB_NOT_ACTIVE" || e.code === "JOB_CREDENTIAL_EXPIRED") throw new Withdrawn(e.message);
   throw new Refused(`the master refused it (${res.status} ${e.code}): ${e.message}`);
 }
 
@@ -171,12 +172,13 @@ export async function deliverArtifacts(o: {
   job: JobDir;
   outcome: Outcome;
   master: string;
-  token: string;
   log: ConsolaInstance;
 }): Promise<Undelivered | null> {
   const { dir, jobId, attempt } = o.job;
   const done = join(dir, "artifacts-delivered");
   if (existsSync(done)) return null;
+  // Each attempt's uploads carry its own credential, which the master gave with the assignment.
+  const token = jobCredential(o.job) ?? "";
   const out = join(dir, "out");
   const names = listFiles(out, (name, why) =>
     o.log.warn(`job ${jobId}: ${JSON.stringify(name)} in $KILN_OUT is not kept: ${why}`),
@@ -184,13 +186,7 @@ export async function deliverArtifacts(o: {
   const refused: string[] = [];
   for (const name of names) {
     try {
-      await uploadFile(
-        { master: o.master, token: o.token, jobId, attempt },
-        dir,
-        name,
-        join(out, name),
-        o.log,
-      );
+      await uploadFile({ master: o.master, token, jobId, attempt }, dir, name, join(out, name), o.log);
     } catch (err) {
       if (err instanceof RetryLater) throw err;
       if (err instanceof Withdrawn) {

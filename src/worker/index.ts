@@ -114,7 +114,6 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         job,
         outcome,
         master: cfg.worker.master,
-        token: opts.token,
         log,
       }),
   });

@@ -146,7 +146,11 @@ export function createJobs(o: JobsOptions): Jobs {
     outbox.report(key);
   };
 
-  /** The job's environment: a fixed base, where the job's files are, then what the job asked for. */
+  /**
+   * The job's environment: a fixed base, where the job's files are, then what the job asked for and its
+   * secrets (the master refuses a name that is both). The job's credential is not in it: only the worker
+   * uses that, on the job's behalf.
+   */
   const envOf = (spec: JobSpec, job: JobDir): Record<string, string> => ({
     PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     LANG: "C.UTF-8",
@@ -155,6 +159,7 @@ export function createJobs(o: JobsOptions): Jobs {
     KILN_JOB_ID: String(spec.id),
     KILN_ATTEMPT: String(spec.attempt),
     ...spec.env,
+    ...spec.secrets,
   });
 
   /** Gives an assignment back unstarted: the master re-queues it without spending a retry. */

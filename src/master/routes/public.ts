@@ -1,17 +1,19 @@
 import { Hono } from "hono";
 import { countByState } from "../../store/jobs.ts";
 import { VERSION } from "../../version.ts";
+import { type ApiEnv, guardFor } from "../access.ts";
 import type { MasterContext } from "../context.ts";
 
 /** Unauthenticated endpoints: health, readiness, Prometheus metrics, the OpenAPI document, the UI stub. */
 export function publicRoutes(ctx: MasterContext) {
-  const app = new Hono();
-  app.get("/healthz", (c) => c.text("ok\n"));
-  app.get("/readyz", async (c) => {
+  const app = new Hono<ApiEnv>();
+  const anyone = guardFor(ctx)({ who: "anyone" });
+  app.get("/healthz", anyone, (c) => c.text("ok\n"));
+  app.get("/readyz", anyone, async (c) => {
     await ctx.store.client.execute("SELECT 1");
     return c.text("ready\n");
   });
-  app.get("/metrics", async (c) => {
+  app.get("/metrics", anyone, async (c) => {
     const counts = await countByState(ctx.store.db);
     const lines = [
       "# HELP kiln_jobs Jobs by state.",
@@ -36,8 +38,8 @@ export function publicRoutes(ctx: MasterContext) {
     ];
     return c.text(`${lines.join("\n")}\n`, 200, { "content-type": "text/plain; version=0.0.4" });
   });
-  app.get("/api/v1/openapi.json", (c) => c.json(OPENAPI));
-  app.get("/", (c) =>
+  app.get("/api/v1/openapi.json", anyone, (c) => c.json(OPENAPI));
+  app.get("/", anyone, (c) =>
     c.html(
       `<!doctype html><meta charset="utf-8"><title>Kiln</title><h1>Kiln ${VERSION}</h1><p>The master is running. Use <code>kiln jobs</code> and <code>kiln workers</code>; the API is under <code>/api/v1/</code>.</p>`,
     ),

@@ -1,0 +1,206 @@
+import type { Hono, MiddlewareHandler } from "hono";
+import { AppError, badRequest, notFound } from "../lib/errors.ts";
+import { getJob } from "../store/jobs.ts";
+import { getRelease } from "../store/releases.ts";
+import type { JobRow, ReleaseRow } from "../store/schema.ts";
+import type { Role } from "../store/tokens.ts";
+import { type Caller, forbidden, identify, RANK } from "./auth.ts";
+import type { MasterContext } from "./context.ts";
+import { checkTag } from "./releases.ts";
+
+/*
+ * Every route of the master declares who may call it, as data: the guard built from the declaration is
+ * the route's first handler, so the declaration is what is enforced, and routeTable() lists it for the
+ * tests that try every route with every kind of credential (src/master/access.test.ts) and for the
+ * docs (docs/access.md). A route registered without a guard shows up there with no rule, which fails
+ * that test.
+ */
+
+/** A role a person or script's token can have. */
+export type ClientRole = Exclude<Role, "worker">;
+
+/**
+ * How a route's target relates to projects, which decides what a token limited to one project gets:
+ * - `shared`: the target belongs to no project (workers, recipes, templates); any token with the role.
+ * - `global`: the request changes (or reads) what every project shares: project-limited tokens get 403.
+ * - `job`: the path's `:id` names a job; a token of another project gets 404, as if it did not exist.
+ * - `release`: the path's `:tag` names a release; likewise 404 for another project's.
+ * - `submit`: the body names the project (a submit): another project's gets 403 (checked by the handler).
+ * - `body-job`: the body names a job (a promotion): another project's gets 404 (checked by the handler).
+ * - `list`: the answer is filtered down to the token's project (by the handler).
+ */
+export type Scope = "shared" | "global" | "job" | "release" | "submit" | "body-job" | "list";
+
+/** Who may call a route. */
+export type Access =
+  /** Anyone who can reach the master, with or without a credential (health, metrics, release files). */
+  | { who: "anyone" }
+  /** A client token of at least `role`; `workers` lets worker tokens in too (reads they need). */
+  | { who: "client"; role: ClientRole; scope: Scope; workers?: boolean }
+  /** A worker token: the worker protocol. */
+  | { who: "worker" }
+  /** The credential of the job the path's `:id` names, while its attempt is assigned or running. */
+  | { who: "job" };
+
+/** What a guarded route's handlers can read: the caller, and the job or release its path named. */
+export type ApiEnv = { Variables: { caller: Caller; job: JobRow; release: ReleaseRow } };
+
+const rules = new WeakMap<object, Access>();
+
+/** The rule a guard was built from, or undefined for any other handler. */
+export const ruleOf = (handler: unknown) => (typeof handler === "function" ? rules.get(handler) : undefined);
+
+/** Describes a rule in a few words, for refusals, the route table and the docs. */
+export function describeAccess(a: Access): string {
+  switch (a.who) {
+    case "anyone":
+      return "anyone";
+    case "worker":
+      return "worker token";
+    case "job":
+      return "the job's own credential";
+    case "client":
+      return `${a.role}${a.workers ? " or worker" : ""}, ${a.scope}`;
+  }
+}
+
+/**
+ * The guard of one route: identifies the caller (401), checks the kind of credential and the role (403),
+ * keeps project-limited tokens off what every project shares (403), and loads the job or release the
+ * path names, answering 404 for one of another project. It runs before the route reads its body.
+ */
+export function guardFor(ctx: MasterContext) {
+  return (access: Access): MiddlewareHandler<ApiEnv> => {
+    const guard: MiddlewareHandler<ApiEnv> = async (c, next) => {
+      if (access.who === "anyone") return next();
+      await check(
+        ctx,
+        access,
+        { method: c.req.method, path: c.req.path, authorization: c.req.header("authorization") },
+        c.req.param() as Record<string, string>,
+        (k, v) => c.set(k as never, v as never),
+      );
+      await next();
+    };
+    rules.set(guard, access);
+    return guard;
+  };
+}
+
+/**
+ * Admits the caller of a request the app does not route (the worker websocket) by the same rules as a
+ * guard; throws the 401 or 403 AppError.
+ */
+export function admitRequest(ctx: MasterContext, access: Access, req: Request): Promise<Caller> {
+  return check(
+    ctx,
+    access,
+    { method: req.method, path: new URL(req.url).pathname, authorization: req.headers.get("authorization") },
+    {},
+    () => {},
+  );
+}
+
+async function check(
+  ctx: MasterContext,
+  access: Access,
+  req: { method: string; path: string; authorization: string | null | undefined },
+  params: Record<string, string>,
+  set: (key: "caller" | "job" | "release", value: unknown) => void,
+): Promise<Caller> {
+  let caller: Caller | null = null;
+  try {
+    caller = await identify(ctx, req.authorization);
+    set("caller", caller);
+    await admit(ctx, access, caller, params, set);
+    return caller;
+  } catch (err) {
+    if (err instanceof AppError && (err.status === 401 || err.status === 403)) {
+      // The operator's answer to "why was my script refused": who, what, and why; never the secret.
+      const who = caller ? `token ${caller.name} (${caller.tokenId}, ${caller.role})` : "a caller";
+      ctx.log.warn(`refused ${req.method} ${req.path} for ${who}: ${err.message}`);
+    }
+    throw err;
+  }
+}
+
+async function admit(
+  ctx: MasterContext,
+  a: Access,
+  caller: Caller,
+  params: Record<string, string>,
+  set: (key: "job" | "release", value: unknown) => void,
+) {
+  if (a.who === "anyone") return;
+  if (a.who === "job") {
+    if (caller.role !== "job" || !caller.job)
+      throw forbidden("this endpoint takes the credential of the job it names, which its worker holds");
+    if (String(caller.job.id) !== params.id)
+      throw forbidden(`this credential belongs to job ${caller.job.id}, not to job ${params.id}`);
+    return;
+  }
+  if (a.who === "worker") {
+    if (caller.role !== "worker")
+      throw forbidden(
+        `this endpoint is for workers, which join with a worker token (kiln token create --role worker); this is a ${caller.role} credential`,
+      );
+    return;
+  }
+  if (caller.role === "job")
+    throw forbidden("a job's credential only reaches its own job's uploads, not the client API");
+  if (caller.role === "worker" && !a.workers)
+    throw forbidden(
+      `a worker token only connects workers; this needs a ${a.role} token (kiln token create --role ${a.role})`,
+    );
+  if (caller.role !== "worker" && RANK[caller.role] < RANK[a.role])
+    throw forbidden(`this needs the ${a.role} role; the token has ${caller.role}`);
+  if (a.scope === "global" && caller.project)
+    throw forbidden(
+      `the token is limited to project ${caller.project}; this concerns every project, so it needs a token without --project`,
+    );
+  if (a.scope === "job") {
+    const text = params.id ?? "";
+    if (!/^\d{1,15}$/.test(text))
+      throw badRequest(`"${text}" is not a job id: job ids are numbers, see \`kiln jobs\``, "INVALID_JOB_ID");
+    const row = await getJob(ctx.store.db, Number(text));
+    if (!row || (caller.project && row.project !== caller.project)) throw notFound("job", text);
+    set("job", row);
+  }
+  if (a.scope === "release") {
+    const tag = params.tag ?? "";
+    const row = await getRelease(ctx.store.db, checkTag(tag));
+    if (!row || (caller.project && row.project !== caller.project)) throw notFound("release", tag);
+    set("release", row);
+  }
+}
+
+/** One row of the route table: a method and path, and who may call it (null when nothing says). */
+export interface RouteRule {
+  method: string;
+  path: string;
+  access: Access | null;
+  /** True for the worker websocket, which Bun.serve upgrades before the app sees the request. */
+  websocket?: boolean;
+}
+
+/** The worker websocket's path; it is served by Bun.serve's upgrade, outside the Hono app. */
+export const WORKER_SOCKET = "/api/v1/worker/connect";
+
+/**
+ * Every route of `app` with its rule, in registration order, plus the worker websocket. Middleware that
+ * runs for every path (method ALL) is not a route.
+ */
+export function routesOf(app: Hono<never>): RouteRule[] {
+  const byKey = new Map<string, RouteRule>();
+  for (const r of app.routes) {
+    if (r.method === "ALL") continue;
+    const key = `${r.method} ${r.path}`;
+    const row = byKey.get(key) ?? { method: r.method, path: r.path, access: null };
+    row.access = row.access ?? ruleOf(r.handler) ?? null;
+    byKey.set(key, row);
+  }
+  return [
+    ...byKey.values(),
+    { method: "GET", path: WORKER_SOCKET, access: { who: "worker" }, websocket: true },
+  ];
+}
