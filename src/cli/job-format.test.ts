@@ -39,6 +39,7 @@ const job: JobView = {
   cancelRequested: false,
   retryOf: null,
   recipe: null,
+  secrets: [],
   progress: null,
   waitingFor: null,
   artifacts: [],

@@ -68,6 +68,7 @@ export function showText(j: JobView): string {
     ["log", `${j.logSize} bytes`],
     ["artifacts", artifactsText(j.artifacts)],
     ["retry of", j.retryOf === null ? null : String(j.retryOf)],
+    ["secrets", j.secrets?.length ? `${j.secrets.join(", ")} (values not shown)` : null],
     ["recipe", j.recipe ? recipeText(j.recipe) : null],
     // A recipe job's command is the rendered script; the recipe line above says what it is.
     ["command", j.recipe ? null : brief(j.command.join(" "))],

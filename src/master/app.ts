@@ -19,6 +19,11 @@ export function internalError(): Response {
   );
 }
 
+/** The answer for a refusal raised outside the app (the worker websocket's door): the app's error shape. */
+export function errorResponse(err: AppError): Response {
+  return Response.json({ error: { code: err.code, message: err.message } }, { status: err.status });
+}
+
 /**
  * The master's HTTP app. Every route declares who may call it (src/master/access.ts) and its guard
  * enforces that before the route runs. Every error leaves as `{"error":{"code","message"}}`: an AppError
@@ -28,9 +33,7 @@ export function createApp(ctx: MasterContext) {
   const app = new Hono<ApiEnv>();
   app.onError((err, c) => {
     if (isDiskFull(err)) err = storageFull(ctx.dataDir, err);
-    if (err instanceof AppError) {
-      return c.json({ error: { code: err.code, message: err.message } }, err.status as 400);
-    }
+    if (err instanceof AppError) return errorResponse(err);
     // A bug, or a failure below us: the details (paths, SQL) are for the operator's log, not the client.
     const e = coerceError(err);
     ctx.log.error(`${c.req.method} ${c.req.path}: ${e.stack ?? e.message}`);

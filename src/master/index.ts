@@ -17,7 +17,7 @@ import { markAllDisconnected } from "../store/workers.ts";
 import { type Authority, openAuthority, serverTls } from "../tls/authority.ts";
 import { enrollmentHandler } from "../tls/enroll.ts";
 import { admitRequest, WORKER_SOCKET } from "./access.ts";
-import { createApp, internalError } from "./app.ts";
+import { createApp, errorResponse, internalError } from "./app.ts";
 import { createArtifactService } from "./artifacts.ts";
 import type { Caller } from "./auth.ts";
 import type { MasterContext } from "./context.ts";
@@ -179,7 +179,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
           } catch (err) {
             const e = coerceError(err);
             if (!(e instanceof AppError)) throw e;
-            return Response.json({ error: { code: e.code, message: e.message } }, { status: e.status });
+            return errorResponse(e);
           }
           const data: SocketData = {
             name: null,

@@ -124,6 +124,8 @@ export interface JobView {
   retryOf: number | null;
   /** The recipe version the job was rendered from and the values it got; null for a plain job. */
   recipe: { name: string; version: number; vars: Record<string, string> } | null;
+  /** The names of the job's `--secret` variables; their values are never shown. */
+  secrets: string[];
   progress: { percent: number; message: string | null } | null;
   waitingFor: string | null;
   artifacts: ArtifactInfo[];
@@ -247,6 +249,7 @@ export const SUBMIT_FLAGS: Record<string, string> = {
   command: "the command",
   recipe: "--recipe",
   vars: "--var",
+  secrets: "--secret",
 };
 
 /** What a submit gets for an option that neither the request nor its recipe sets. */
@@ -272,6 +275,24 @@ export const SubmitSchema = SubmitOptionsSchema.extend({
     .max(SPEC_LIMITS.args, `a command may have at most ${SPEC_LIMITS.args} arguments`)
     .optional(),
   recipe: name("recipe").optional(),
+  /*
+   * Values the job gets in its environment like --env, but which Kiln never shows: not in the job's
+   * views, not in any log of Kiln's, not to another job. Not a recipe option, so no recipe file holds one.
+   */
+  secrets: z
+    .record(
+      z.string().regex(ENV_KEY, "names must be letters, digits and _, not starting with a digit").max(256),
+      z.string(),
+    )
+    .refine((e) => Object.keys(e).length <= 64, { message: "at most 64 secrets" })
+    .refine(
+      (e) =>
+        Object.entries(e).every(
+          ([k, v]) => Buffer.byteLength(k) + Buffer.byteLength(v) + 1 <= SPEC_LIMITS.stringBytes,
+        ),
+      { message: `a secret (NAME=value) may hold at most ${SPEC_LIMITS.stringBytes} bytes` },
+    )
+    .optional(),
   vars: z
     .record(
       z.string().max(200),
