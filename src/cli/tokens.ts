@@ -60,16 +60,21 @@ const revokeArgs = {
   id: { type: "positional", description: "Token id (from kiln token ls)", required: false },
 } as const;
 const revoke = defineCommand({
-  meta: { name: "revoke", description: "Revoke a token" },
+  meta: { name: "revoke", description: "Revoke a token; connections it holds open are closed" },
   args: revokeArgs,
   async run(ctx) {
     checkFlags(ctx, revokeArgs);
     if (!ctx.args.id) throw new AppError("USAGE", "a token id is required: see `kiln token ls`");
-    const res = await clientOf(ctx.args).request(
+    const res = await clientOf(ctx.args).request<{ id: string; closed: number }>(
       "DELETE",
       `/api/v1/admin/tokens/${encodeURIComponent(ctx.args.id)}`,
     );
-    print(ctx.args.json, res, () => `revoked ${ctx.args.id}`);
+    // Revocation also ends what the token holds open: a worker's connection, followed logs.
+    print(
+      ctx.args.json,
+      res,
+      () => `revoked ${res.id} (${res.closed} open connection${res.closed === 1 ? "" : "s"} closed)`,
+    );
   },
 });
 

@@ -69,13 +69,16 @@ test("the master serves HTTPS with a certificate from its own CA, keys 0600, and
 
 test("a worker and the client commands that trust the CA run a job over HTTPS and WSS", async () => {
   const env = { NODE_EXTRA_CA_CERTS: join(data, "tls", "ca.crt"), KILN_URL: url, KILN_TOKEN: token };
+  // Workers join with a worker token: the worker protocol takes no client token, the admin's included.
+  const made = await kiln(["token", "create", "--role", "worker"], { cwd: dir.path, env });
+  expect(made.code).toBe(0);
   spawnRole(
     [
       "worker",
       "--master",
       url,
       "--join",
-      token,
+      made.stdout.trim(),
       "--runner",
       "process",
       "--name",
