@@ -1,4 +1,4 @@
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { loadConfig, type Overrides } from "../config/load.ts";
 import { dataDir } from "../config/paths.ts";
@@ -118,19 +118,17 @@ async function serve(
   }
 }
 
-// The token a worker joins with: worker.join, else the one a client command would use (KILN_TOKEN, the
-// data dir's admin.token).
+// The token a worker joins with: worker.join, else KILN_TOKEN, else the worker token `kiln up` keeps in
+// this data dir. Never the admin token: the master takes only worker tokens on the worker socket.
 async function workerToken(cfg: Config, data: string): Promise<string> {
   if (cfg.worker.join) return cfg.worker.join;
-  const { resolveToken } = await import("./client.ts");
-  const t = resolveToken({ data });
-  if (!t) {
-    throw new AppError(
-      "USAGE",
-      `no token to join ${cfg.worker.master}: pass --join TOKEN (from \`kiln token create --role worker\`)`,
-    );
-  }
-  return t;
+  if (process.env.KILN_TOKEN) return process.env.KILN_TOKEN;
+  const file = join(data, "worker.token");
+  if (existsSync(file)) return readFileSync(file, "utf8").trim();
+  throw new AppError(
+    "USAGE",
+    `no token to join ${cfg.worker.master}: pass --join TOKEN (from \`kiln token create --role worker\`)`,
+  );
 }
 
 // The runner the worker's config asks for; the sandbox runner is loaded only when used (it needs root).

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { ServerWebSocket } from "bun";
@@ -15,6 +15,7 @@ import { type App, createApp, routeTable } from "./app.ts";
 import { RANK } from "./auth.ts";
 import { type RunningMaster, startMaster } from "./index.ts";
 import { newJobCredential } from "./job-credential.ts";
+import { OPENAPI } from "./routes/public.ts";
 
 /*
  * The access matrix: every route of the route table, and the worker websocket, tried with every kind of
@@ -400,6 +401,106 @@ describe("the route table", () => {
     extra.get("/api/v1/unguarded", (c) => c.text("anyone at all"));
     const row = routeTable(extra).find((r) => r.path === "/api/v1/unguarded");
     expect(row).toEqual({ method: "GET", path: "/api/v1/unguarded", access: null });
+  });
+});
+
+/** docs/access.md: the rules in words, then every route with its rule, from the route table. */
+function renderAccessDoc(rows: ReturnType<typeof routeTable>): string {
+  const who = (a: Access) => {
+    switch (a.who) {
+      case "anyone":
+        return "anyone, no credential needed";
+      case "worker":
+        return "a worker token";
+      case "job":
+        return "the credential of the job in the path, while its attempt runs";
+      case "client":
+        return `${a.role}${a.workers ? ", or a worker token" : ""}`;
+    }
+  };
+  const scope = (a: Access) => (a.who === "client" ? a.scope : "");
+  const lines = [
+    "# Who may call what",
+    "",
+    "<!-- Generated from the master's route table by src/master/access.test.ts; do not edit. Run",
+    "     `KILN_WRITE_DOCS=1 bun test src/master/access.test.ts` after changing a route's rule. -->",
+    "",
+    "Every route of the master declares who may call it, and that declaration is what its guard enforces",
+    "(src/master/access.ts). A test tries every route below with every kind of credential (none, each role,",
+    "a token of another project, a revoked and an expired token, a worker token, a job's own credential and",
+    "another job's) and checks each answer against the route's rule.",
+    "",
+    "**Credentials.** API tokens (`kiln token create --role R [--project P] [--ttl D]`, `ls`, `revoke`) have",
+    "a role: `admin` > `operator` > `submitter` > `viewer`, each allowed what the ones below it are; and",
+    "`worker`, which only connects workers. The worker websocket takes a worker token and nothing else, the",
+    "admin token included; a worker token reaches no client route but the artifact downloads that template",
+    "builds need. A job's credential is minted by the master for each attempt it assigns, sent to the worker",
+    "with the assignment, and valid only for that job's uploads and only while that attempt is assigned or",
+    "running. An unknown, revoked or expired credential gets 401; one whose role or kind does not fit, 403.",
+    "Revoking a token (or its expiry) also closes what it holds open: a worker's websocket, a followed log.",
+    "",
+    "**Projects.** A token may be limited to one project (`--project`; not an admin or worker token). Such a",
+    "token gets 404 for another project's job or release (as if it did not exist), 403 for a submit to",
+    "another project, only its own project's entries in lists, and 403 for anything that changes (or, for",
+    "the audit log and tokens, reads) what every project shares: workers, tokens, templates, recipes.",
+    "The files of a release (`/releases/TAG/...`) are public downloads, like a package repository's.",
+    "",
+    "| scope | a token of another project gets |",
+    "|---|---|",
+    "| shared | the same as any token: the target belongs to no project |",
+    "| global | 403: it concerns every project, so it needs a token without a project |",
+    "| job | 404 for a job of another project (the path's `:id`) |",
+    "| release | 404 for a release of another project (the path's `:tag`) |",
+    "| submit | 403 for a submit to another project |",
+    "| body-job | 404 when the body names a job of another project |",
+    "| list | 200, with only its own project's entries |",
+    "",
+    "**Secrets.** Token secrets are shown once, by `kiln token create`, and stored only as hashes; `kiln",
+    "submit --secret NAME[=VALUE]` values reach only their job's environment (and a retry's), through its",
+    "assignment; a job's credential stays with its worker. None of them is written to Kiln's logs, the audit",
+    "log, `kiln show` or any API view of a job (which names a job's secrets, never their values), and no",
+    "other job can read them: Kiln's data dirs are masked in the sandbox and private to their owner.",
+    "",
+    "**Audit.** Every change a caller makes (submit, cancel, retry, worker drain/hold/release/rm, slot holds,",
+    "token create/revoke, template and recipe changes, promotions) is recorded with the token's id, name and",
+    "role: `kiln audit [--since 1h|TIME] [--limit N] [--json]`, or `GET /api/v1/audit` (admin; pages newest",
+    "first by id cursor, `before` and `since`).",
+    "",
+    "| method | path | who may call | scope |",
+    "|---|---|---|---|",
+    ...rows.map(
+      (r) =>
+        `| ${r.method} | \`${r.path}\` | ${r.access ? who(r.access) : "NO RULE"} | ${r.access ? scope(r.access) : ""} |`,
+    ),
+  ];
+  return `${lines.join("\n")}\n`;
+}
+
+describe("what the table is shown as", () => {
+  test("docs/access.md is generated from the route table", () => {
+    const doc = join(import.meta.dir, "..", "..", "docs", "access.md");
+    const want = renderAccessDoc(routeTable(app));
+    if (process.env.KILN_WRITE_DOCS) writeFileSync(doc, want);
+    let have = "";
+    try {
+      have = readFileSync(doc, "utf8");
+    } catch {
+      // Missing: the comparison says how to make it.
+    }
+    expect(
+      have === want,
+      "docs/access.md is stale: run `KILN_WRITE_DOCS=1 bun test src/master/access.test.ts`",
+    ).toBe(true);
+  });
+
+  test("the OpenAPI document lists every API route with its method", () => {
+    const paths = OPENAPI.paths as Record<string, Record<string, unknown>>;
+    const missing = routeTable(app)
+      .filter((r) => r.path.startsWith("/api/v1/") && !r.websocket && r.path !== "/api/v1/openapi.json")
+      .map((r) => [r.method.toLowerCase(), r.path.replace(/:(\w+)(\{[^}]*\})?/g, "{$1}")] as const)
+      .filter(([method, path]) => !paths[path]?.[method])
+      .map(([method, path]) => `${method} ${path}`);
+    expect(missing).toEqual([]);
   });
 });
 

@@ -84,7 +84,33 @@ export const OPENAPI = {
     "/api/v1/admin/workers/{name}/drain": { post: op("Stop giving a worker new jobs") },
     "/api/v1/admin/workers/{name}/hold": { post: op("Hold a worker with a reason") },
     "/api/v1/admin/workers/{name}/release": { post: op("Release a held or draining worker") },
+    "/api/v1/admin/workers/{name}": { delete: op("Remove an offline worker that holds no job") },
+    "/api/v1/admin/workers/{name}/slots/{slot}/hold": { post: op("Hold one slot of a connected worker") },
+    "/api/v1/admin/workers/{name}/slots/{slot}/release": { post: op("Release a held slot") },
     "/api/v1/admin/tokens": { get: op("List tokens"), post: op("Create a token (role, project, ttl)") },
-    "/api/v1/admin/tokens/{id}": { delete: op("Revoke a token") },
+    "/api/v1/admin/tokens/{id}": {
+      delete: op("Revoke a token; the connections it holds open (worker socket, followed logs) close"),
+    },
+    "/api/v1/templates": {
+      get: op("List build-root templates"),
+      post: op("Add or replace a template (name, recipe)"),
+    },
+    "/api/v1/templates/{name}": {
+      get: op("Show a template and its resolved spec"),
+      delete: op("Remove one"),
+    },
+    "/api/v1/templates/{name}/build": { post: op("Build a template now on connected workers") },
+    "/api/v1/jobs/{id}/artifacts": { get: op("List a job's artifacts") },
+    "/api/v1/jobs/{id}/artifacts/{name}": { get: op("Download an artifact (Range, If-Range)") },
+    "/api/v1/worker/artifacts/{id}/{attempt}/{name}": {
+      get: op("Worker: how much of an upload the master holds (the job's own credential)"),
+      put: op("Worker: upload a chunk of a job's artifact (the job's own credential)"),
+    },
+    "/api/v1/releases": {
+      get: op("List releases"),
+      post: op("Promote a succeeded job's artifact to a release (job, artifact, tag)"),
+    },
+    "/api/v1/releases/{tag}": { get: op("Show a release") },
+    "/api/v1/audit": { get: op("The audit log, newest first (limit, before, since); admin") },
   },
 };
