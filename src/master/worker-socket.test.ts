@@ -304,6 +304,39 @@ describe("jobs over the socket", () => {
     expect(await w.next("job.cancel")).toEqual({ type: "job.cancel", jobId: id, attempt: 1 });
   });
 
+  test("a worker cannot finish, log into or report progress on another worker's job", async () => {
+    const { w, id } = await assigned("t-owner");
+    w.send({ type: "job.started", jobId: id, attempt: 1 });
+    await waitFor("the job to run", async () => (await api("GET", `/jobs/${id}`)).body.state === "running");
+    w.ws.send(encodeLogFrame({ jobId: id, attempt: 1, offset: 0, data: new TextEncoder().encode("mine\n") }));
+    const rogue = await connect();
+    rogue.send(hello("t-rogue"));
+    await rogue.next("worker.welcome");
+    rogue.ws.send(
+      encodeLogFrame({ jobId: id, attempt: 1, offset: 5, data: new TextEncoder().encode("forged\n") }),
+    );
+    rogue.send({ type: "job.progress", jobId: id, attempt: 1, percent: 99, message: "forged" });
+    rogue.send({
+      type: "job.finished",
+      jobId: id,
+      attempt: 1,
+      outcome: outcome({ state: "failed", reason: "exit", exitCode: 66 }),
+      logSize: 0,
+    });
+    // The rogue is answered as for a job it does not hold (acknowledged, so it forgets it), and nothing
+    // of the job changed.
+    expect(await rogue.next("job.ack")).toEqual({ type: "job.ack", jobId: id, attempt: 1 });
+    const job = (await api("GET", `/jobs/${id}`)).body;
+    expect([job.state, job.progress]).toEqual(["running", null]);
+    const log = await fetch(`${master.url}/api/v1/jobs/${id}/log`, {
+      headers: { authorization: `Bearer ${admin}` },
+    });
+    expect(await log.text()).toBe("mine\n");
+    w.send({ type: "job.finished", jobId: id, attempt: 1, outcome: outcome(), logSize: 5 });
+    await w.next("job.ack");
+    expect((await api("GET", `/jobs/${id}`)).body.state).toBe("succeeded");
+  });
+
   test("a worker that says it is stopping has its jobs re-queued at once and gets no new ones", async () => {
     const { w, id } = await assigned("t-stop");
     w.send({ type: "job.started", jobId: id, attempt: 1 });

@@ -17,6 +17,7 @@ import {
   requeueOrLose,
   requeueRefused,
   setProgress,
+  workerOfAttempt,
 } from "../store/jobs.ts";
 import type { JobRow } from "../store/schema.ts";
 import { getWorker, setWorker, upsertWorker } from "../store/workers.ts";
@@ -42,12 +43,15 @@ export interface SocketData {
   end: (() => void) | null;
 }
 
-/** Where an active attempt's bytes go: attempt number and the offset of its first byte in the job log. */
-const bases = new Map<number, { attempt: number; base: number }>();
+/**
+ * Where an active attempt's bytes go: attempt number, the offset of its first byte in the job log, and
+ * the worker running it (only its frames are written).
+ */
+const bases = new Map<number, { attempt: number; base: number; worker: string | null }>();
 
 /** Records where job `row`'s current attempt starts in its log, so its log frames land where they belong. */
-export function rememberAttempt(row: Pick<JobRow, "id" | "attempt" | "logBase">) {
-  bases.set(row.id, { attempt: row.attempt, base: row.logBase });
+export function rememberAttempt(row: Pick<JobRow, "id" | "attempt" | "logBase" | "worker">) {
+  bases.set(row.id, { attempt: row.attempt, base: row.logBase, worker: row.worker });
 }
 
 /** Ends an attempt: moves the job on to a retry or to `lost`, writing a marker into its log. */
@@ -276,12 +280,25 @@ export function workerSocketHandlers(ctx: MasterContext) {
         return;
       }
       case "job.progress":
-        await setProgress(ctx.store, m.jobId, m.attempt, m.percent, m.message);
+        await setProgress(ctx.store, m.jobId, m.attempt, name, m.percent, m.message);
         ctx.logs.notify(m.jobId);
         return;
       case "job.finished": {
         const row = await getJob(ctx.store.db, m.jobId);
-        if (row && row.attempt === m.attempt && (row.state === "assigned" || row.state === "running")) {
+        // A result counts only from the worker the attempt was given to: another worker's report about
+        // it is acknowledged (so it drops it) and changes nothing.
+        const mine =
+          row !== undefined &&
+          (row.attempt === m.attempt
+            ? row.worker === name
+            : (await workerOfAttempt(ctx.store.db, row.id, m.attempt)) === name);
+        if (!mine) {
+          if (row && !isTerminal(row.state))
+            ctx.log.warn(
+              `worker ${name} reported a result for job ${m.jobId} attempt ${m.attempt}, which it was not given; ignored`,
+              { jobId: m.jobId, attempt: m.attempt, worker: name },
+            );
+        } else if (row.attempt === m.attempt && (row.state === "assigned" || row.state === "running")) {
           const have = ctx.logs.size(row.id) - row.logBase;
           // Bytes past the log cap are dropped on arrival, so they are never missing.
           if (have < Math.min(m.logSize, ctx.cfg.master.log_max)) {
@@ -298,7 +315,7 @@ export function workerSocketHandlers(ctx: MasterContext) {
             });
           ctx.logs.close(row.id);
           bases.delete(row.id);
-        } else if (row && m.attempt < row.attempt && !isTerminal(row.state)) {
+        } else if (m.attempt < row.attempt && !isTerminal(row.state)) {
           await acceptLateResult(row, m, name);
         }
         for (const s of live.slots.values()) if (s.job === `${m.jobId}:${m.attempt}`) s.job = null;
@@ -339,6 +356,8 @@ export function workerSocketHandlers(ctx: MasterContext) {
   async function logChunk(ws: ServerWebSocket<SocketData>, buf: Uint8Array) {
     const frame = decodeLogFrame(buf);
     let b = bases.get(frame.jobId);
+    // Only the worker running the attempt writes its log: another one's frames are dropped unanswered.
+    if (b && b.attempt === frame.attempt && b.worker !== ws.data.name) return;
     if (!b || b.attempt !== frame.attempt) {
       const row = await getJob(ctx.store.db, frame.jobId);
       if (!row || row.attempt !== frame.attempt || row.worker !== ws.data.name) return;

@@ -381,11 +381,12 @@ export function activeJobsOf(db: Db, worker: string) {
     .where(and(eq(jobs.worker, worker), inArray(jobs.state, ACTIVE)));
 }
 
-/** Stores a running job's progress report. */
+/** Stores a running job's progress report, if `worker` is the one running that attempt. */
 export function setProgress(
   store: Store,
   id: number,
   attempt: number,
+  worker: string,
   percent: number,
   message: string | null,
 ) {
@@ -393,8 +394,21 @@ export function setProgress(
     await tx
       .update(jobs)
       .set({ progress: percent, progressMessage: message })
-      .where(and(eq(jobs.id, id), eq(jobs.attempt, attempt), eq(jobs.state, "running")));
+      .where(
+        and(eq(jobs.id, id), eq(jobs.attempt, attempt), eq(jobs.worker, worker), eq(jobs.state, "running")),
+      );
   });
+}
+
+/** The worker attempt `attempt` of job `id` was assigned to, from the job's history; null if none was. */
+export async function workerOfAttempt(db: Db, id: number, attempt: number): Promise<string | null> {
+  const [row] = await db
+    .select({ worker: jobEvents.worker })
+    .from(jobEvents)
+    .where(and(eq(jobEvents.jobId, id), eq(jobEvents.attempt, attempt), eq(jobEvents.state, "assigned")))
+    .orderBy(desc(jobEvents.id))
+    .limit(1);
+  return row?.worker ?? null;
 }
 
 /** The job's state history, oldest first. */
