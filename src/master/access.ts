@@ -118,10 +118,25 @@ async function check(
     if (err instanceof AppError && (err.status === 401 || err.status === 403)) {
       // The operator's answer to "why was my script refused": who, what, and why; never the secret.
       const who = caller ? `token ${caller.name} (${caller.tokenId}, ${caller.role})` : "a caller";
-      ctx.log.warn(`refused ${req.method} ${req.path} for ${who}: ${err.message}`);
+      const line = `refused ${req.method} ${req.path} for ${who}: ${err.message}`;
+      if (firstInAWhile(line)) ctx.log.warn(line);
     }
     throw err;
   }
+}
+
+// A worker with a revoked token retries for as long as it runs, and a script in a loop as often as it
+// likes: the same refusal is logged once a minute, not once per request.
+const REPEAT_MS = 60_000;
+const lastSaid = new Map<string, number>();
+
+function firstInAWhile(line: string, now = Date.now()): boolean {
+  const last = lastSaid.get(line);
+  if (last !== undefined && now - last < REPEAT_MS) return false;
+  // Bounded: a flood of distinct refusals (a scan of paths) cannot grow this without end.
+  if (lastSaid.size >= 1000) lastSaid.clear();
+  lastSaid.set(line, now);
+  return true;
 }
 
 async function admit(

@@ -164,6 +164,12 @@ describe("tokens", () => {
     ).token;
     const refused = await m.cli(["audit"], { KILN_TOKEN: viewer });
     expect([refused.code, refused.stderr]).toEqual([1, expect.stringContaining("needs the admin role")]);
+    // The operator reads who was refused what, and why, in the master's log.
+    await waitFor("the refusal in the master's log", () =>
+      /refused GET \/api\/v1\/audit for token viewer \([0-9a-f]{12}, viewer\): this needs the admin role/.test(
+        m.log(),
+      ),
+    );
     expect((await m.cli(["audit", "--since", "yesterday"])).code).toBe(2);
   });
 });
