@@ -41,6 +41,18 @@ export async function startCluster(
   await until(async () => (await fetch(`${url}/readyz`)).ok);
   const token = readFileSync(join(dir, "m", "admin.token"), "utf8").trim();
   const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
+  // Workers join with a worker token; the master refuses the admin token on the worker socket.
+  const joinToken = o.up
+    ? ""
+    : (
+        (await (
+          await fetch(`${url}/api/v1/admin/tokens`, {
+            method: "POST",
+            headers,
+            body: JSON.stringify({ role: "worker", name: "bench" }),
+          })
+        ).json()) as { token: string }
+      ).token;
   const worker = o.up
     ? master
     : spawn([
@@ -48,7 +60,7 @@ export async function startCluster(
         "--master",
         url,
         "--join",
-        token,
+        joinToken,
         "--name",
         "bench",
         "--capacity",
