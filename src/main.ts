@@ -5,6 +5,7 @@ import { audit } from "./cli/audit.ts";
 import { renderHelp } from "./cli/help.ts";
 import { job } from "./cli/job-control.ts";
 import { cancel, jobs, logs, retry, show } from "./cli/jobs.ts";
+import { rebuild } from "./cli/rebuild.ts";
 import { recipe } from "./cli/recipes.ts";
 import { promote, releases } from "./cli/releases.ts";
 import { master, up, worker } from "./cli/roles.ts";
@@ -27,6 +28,7 @@ const main = defineCommand({
     logs,
     cancel,
     retry,
+    rebuild,
     artifacts,
     download,
     promote,

@@ -38,6 +38,8 @@ const job: JobView = {
   logSize: 1234,
   cancelRequested: false,
   retryOf: null,
+  rebuildOf: null,
+  reproducibility: null,
   recipe: null,
   secrets: [],
   progress: null,

@@ -1,6 +1,6 @@
 import { formatDuration } from "../lib/duration.ts";
 import { formatSize } from "../lib/size.ts";
-import { isTerminal, type JobView } from "../protocol/job.ts";
+import { isTerminal, type JobView, type Reproducibility } from "../protocol/job.ts";
 import { artifactsText } from "./artifacts.ts";
 import { safe, table } from "./common.ts";
 
@@ -69,6 +69,8 @@ export function showText(j: JobView): string {
     ["artifacts", artifactsText(j.artifacts)],
     ["retry of", j.retryOf === null ? null : String(j.retryOf)],
     ["secrets", j.secrets?.length ? `${j.secrets.join(", ")} (values not shown)` : null],
+    ["rebuild of", j.rebuildOf === null ? null : String(j.rebuildOf)],
+    ["rebuilt", j.reproducibility ? reproducibleText(j.reproducibility) : null],
     ["recipe", j.recipe ? recipeText(j.recipe) : null],
     // A recipe job's command is the rendered script; the recipe line above says what it is.
     ["command", j.recipe ? null : brief(j.command.join(" "))],
@@ -104,4 +106,22 @@ function limitsText(j: JobView) {
   if (r.needs.length) parts.push(`needs ${r.needs.join(",")}`);
   if (r.egress.length) parts.push(`egress ${r.egress.join(",")}`);
   return parts.join(", ");
+}
+
+/** One line on how a job and its rebuild compare: the verdict, and the files that differ. */
+function reproducibleText(r: Reproducibility): string {
+  const pair = `job ${r.original} and rebuild ${r.rebuild}`;
+  switch (r.state) {
+    case "pending":
+      return `not compared yet: rebuild ${r.rebuild} has not ended`;
+    case "failed":
+      return `not compared: rebuild ${r.rebuild} did not succeed`;
+    case "reproducible":
+      return `reproducible (${pair} made the same files)`;
+    case "differs":
+      return `not reproducible (${pair}): ${r.artifacts
+        .filter((x) => !x.same)
+        .map((x) => x.name)
+        .join(", ")} differ`;
+  }
 }

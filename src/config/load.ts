@@ -8,9 +8,13 @@ import { type Config, type KeySpec, SCHEMA, type SlotConfig } from "./schema.ts"
 
 export type Overrides = Partial<{ [S in keyof Config]: Partial<Config[S]> }>;
 
+/** Where a value typed on the command line comes from, as error messages name it. */
+const COMMAND_LINE = "command line";
+
 class ConfigError extends AppError {
   constructor(message: string) {
-    super("CONFIG_INVALID", message);
+    // A bad flag is a usage error (exit 2) like any other; a bad file or environment is a config error.
+    super(message.startsWith(`${COMMAND_LINE}:`) ? "USAGE" : "CONFIG_INVALID", message);
   }
 }
 
@@ -217,7 +221,7 @@ export function loadConfig(
       const spec = (SCHEMA as Record<string, Record<string, KeySpec>>)[section]![key]!;
       // The flag as the user typed it: the log keys are --log-format and --log-level.
       const flag = `--${section === "log" ? "log-" : ""}${key.replaceAll("_", "-")}`;
-      target[section]![key] = coerce("command line", flag, spec, raw);
+      target[section]![key] = coerce(COMMAND_LINE, flag, spec, raw);
     }
   }
   return cfg;

@@ -104,6 +104,16 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
   REPO_NOT_FOUND: { status: 404, source: "job API", meaning: "The job API has no repository of that name." },
 
   // Conflicts with the current state.
+  JOB_NOT_REBUILDABLE: {
+    status: 409,
+    source: "master",
+    meaning: "Only a succeeded job can be rebuilt for comparison; retry a failed one instead.",
+  },
+  TEMPLATE_CHANGED: {
+    status: 409,
+    source: "master",
+    meaning: "The template a job ran on has changed since, so a rebuild would not repeat its inputs.",
+  },
   JOB_ACTIVE: {
     status: 409,
     source: "master",

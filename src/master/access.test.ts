@@ -205,6 +205,10 @@ const FIXTURES: Record<string, () => Promise<Case>> = {
     path: `/api/v1/jobs/${(await job("succeeded")).id}/retry`,
     ok: 201,
   }),
+  "POST /api/v1/jobs/:id/rebuild": async () => ({
+    path: `/api/v1/jobs/${(await job("succeeded")).id}/rebuild`,
+    ok: 201,
+  }),
   "GET /api/v1/workers": async () => ({ path: "/api/v1/workers", ok: 200 }),
   "POST /api/v1/admin/workers/:name/drain": async () => ({
     path: `/api/v1/admin/workers/${await offlineWorker()}/drain`,

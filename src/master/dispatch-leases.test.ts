@@ -147,6 +147,26 @@ describe("dispatchOnce", () => {
     for (const w of [...ws, busy]) expect(w.got).toEqual([]);
   });
 
+  test("a rebuild passes over its original's worker while another could run it, and blocks no job behind it", async () => {
+    const rebuild = await insertJob(store, job({ avoidWorker: "a" }));
+    const behind = await insertJob(store, job());
+    const a = worker("a");
+    const b = worker("b", {}, [{ name: "slot-0" }]);
+    b.slots.get("slot-0")!.job = "999:1";
+    // b could run the rebuild but is busy: the rebuild waits for it, and the job behind takes a's slot.
+    expect(await dispatchOnce(ctx)).toBe(1);
+    expect(assigns(a)).toEqual([[behind.id, "slot-0"]]);
+    b.slots.get("slot-0")!.job = null;
+    expect(await dispatchOnce(ctx)).toBe(1);
+    expect(assigns(b)).toEqual([[rebuild.id, "slot-0"]]);
+    // With no other worker that could run it, a rebuild runs on its original's worker after all.
+    const alone = await insertJob(store, job({ avoidWorker: "a", channel: "only-a" }));
+    a.channels.push("only-a");
+    a.slots.get("slot-0")!.job = null;
+    expect(await dispatchOnce(ctx)).toBe(1);
+    expect(assigns(a).at(-1)).toEqual([alone.id, "slot-0"]);
+  });
+
   test("a cancelled job is never handed out", async () => {
     const a = await insertJob(store, job());
     const b = await insertJob(store, job());

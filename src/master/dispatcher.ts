@@ -1,6 +1,6 @@
 import { coerceError } from "../lib/errors.ts";
 import { type JobSpec, JobSpecSchema } from "../protocol/job.ts";
-import { assignJob, dispatchOrder, type QueuedJob, readyJobs } from "../store/jobs.ts";
+import { assignJob, dispatchOrder, type QueuedJob, readyJobs, recordTemplateHash } from "../store/jobs.ts";
 import type { JobRow } from "../store/schema.ts";
 import type { MasterContext } from "./context.ts";
 import { newJobCredential } from "./job-credential.ts";
@@ -44,6 +44,10 @@ export function specOf(
   };
 }
 
+// A few more jobs than free slots are read per kind, so a rebuild that passes over the worker of its
+// original (see anotherCouldRun) does not keep the jobs behind it from that worker's free slot.
+const REBUILD_SLACK = 4;
+
 /** Free slots that can run the same jobs: same channel, arch and resources. */
 interface SlotKind {
   channel: string;
@@ -73,7 +77,7 @@ function kindsOf(free: { worker: LiveWorker; slot: LiveSlot }[]): SlotKind[] {
  * runs; a pass runs whenever a job is queued or a slot frees up, never on a polling interval.
  *
  * A pass costs what the free slots can take, not what the queue holds: for each kind of free slot it
- * reads at most as many jobs as there are free slots of that kind (readyJobs), so thousands of jobs
+ * reads at most as many jobs as there are free slots of that kind, plus a few (readyJobs), so thousands of jobs
  * waiting for a channel or an architecture no free slot serves are never read. The candidates of all
  * kinds are merged into one order; a round that assigned something is followed by another, since a job
  * taken by one kind's slot can let the next candidate of another kind in.
@@ -100,8 +104,9 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
     // Whether some kind may have more ready jobs than it was given: only then can another round help.
     let more = false;
     for (const kind of kindsOf(free)) {
-      const ready = await readyJobs(ctx.store.db, kind, kind.free);
-      if (ready.length === kind.free) more = true;
+      const limit = kind.free + REBUILD_SLACK;
+      const ready = await readyJobs(ctx.store.db, kind, limit);
+      if (ready.length === limit) more = true;
       for (const job of ready) {
         if (!seen.has(job.id)) candidates.push(job);
         seen.add(job.id);
@@ -110,7 +115,8 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
     candidates.sort(dispatchOrder);
     let round = 0;
     for (const job of candidates) {
-      const i = free.findIndex((f) => slotFits(job, f.worker, f.slot));
+      const avoid = job.avoidWorker !== null && anotherCouldRun(ctx, job) ? job.avoidWorker : null;
+      const i = free.findIndex((f) => f.worker.name !== avoid && slotFits(job, f.worker, f.slot));
       if (i < 0) continue;
       const { worker, slot } = free[i]!;
       // Claim the slot before the await so a concurrent report cannot hand it out twice.
@@ -138,6 +144,7 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
         // Resolved now, not at submit: a template changed meanwhile means its current tree. A template
         // removed meanwhile leaves null, and the worker fails the job with reason sandbox, saying so.
         template = await resolveTemplate(ctx.store.db, row.root).catch(() => null);
+        if (template) await recordTemplateHash(ctx.store, row.id, row.attempt, template.hash);
       }
       try {
         worker.send({ type: "job.assign", job: specOf(row, template, credential.secret), slot: slot.name });
@@ -155,6 +162,19 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
     }
     if (round === 0 || !more) return assigned;
   }
+}
+
+/**
+ * Whether a live worker other than the job's avoided one (a rebuild passes over the worker of the job it
+ * repeats) offers a slot that fits it, busy or not: only then is the avoided worker passed over, so a
+ * rebuild on a one-worker farm still runs.
+ */
+function anotherCouldRun(ctx: MasterContext, job: QueuedJob): boolean {
+  for (const w of ctx.registry.workers.values()) {
+    if (w.name === job.avoidWorker || w.draining || w.holdReason || w.stopping) continue;
+    for (const s of w.slots.values()) if (!s.held && slotFits(job, w, s)) return true;
+  }
+  return false;
 }
 
 /** Each master's pending wake-up, so masters in one process (tests) never cancel each other's. */

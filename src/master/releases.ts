@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, linkSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { AppError } from "../lib/errors.ts";
 import { checkName } from "../lib/names.ts";
@@ -52,19 +52,15 @@ async function promoteNow(ctx: MasterContext, job: JobRow, artifact: ArtifactRow
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true, mode: 0o755 });
   const file = artifact.name.split("/").pop() as string;
-  // A copy, not a reference: the artifact's blob goes when its job's artifacts do; a release stays.
-  const body = await ctx.artifacts.blobs.get(blobKey(artifact.sha256));
-  if (!body) {
+  try {
+    await placeFile(ctx, artifact, join(tmp, file));
+    writeFileSync(join(tmp, "SHA256SUMS"), `${artifact.sha256}  ${file}\n`, { mode: 0o644 });
+    renameSync(tmp, dir);
+  } catch (err) {
+    // A full disk, most likely: what was copied so far must not hold on to the space until a restart.
     rmSync(tmp, { recursive: true, force: true });
-    throw new AppError(
-      "RELEASE_MISSING",
-      `the content of ${artifact.name} (sha256 ${artifact.sha256}) is missing from the ${ctx.artifacts.blobs.kind} store`,
-      { status: 410 },
-    );
+    throw err;
   }
-  await Bun.write(join(tmp, file), new Response(body));
-  writeFileSync(join(tmp, "SHA256SUMS"), `${artifact.sha256}  ${file}\n`, { mode: 0o644 });
-  renameSync(tmp, dir);
   const row: ReleaseRow = {
     tag,
     jobId: job.id,
@@ -76,11 +72,45 @@ async function promoteNow(ctx: MasterContext, job: JobRow, artifact: ArtifactRow
     createdAt: Date.now(),
     createdBy: by,
   };
-  if (!(await insertRelease(ctx.store, row))) {
+  const inserted = await insertRelease(ctx.store, row).catch((err) => {
+    // Not recorded (the database could not write): the files are no release, and take no space.
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  });
+  if (!inserted) {
     throw new AppError("RELEASE_EXISTS", `release ${tag} already exists: choose a new tag`, { status: 409 });
   }
   ctx.log.info(`release ${tag}: ${file} of job ${job.id} (sha256 ${artifact.sha256}) promoted by ${by}`);
   return row;
+}
+
+/**
+ * Puts the artifact's content at `dest`: a hard link to the stored blob where the store keeps it on this
+ * filesystem (blobs never change in place, and the link outlives the blob's removal), else a copy. A
+ * release is never a reference: the artifact's blob goes when its job's artifacts do; a release stays.
+ */
+async function placeFile(ctx: MasterContext, artifact: ArtifactRow, dest: string) {
+  const key = blobKey(artifact.sha256);
+  const local = ctx.artifacts.blobs.localPath?.(key);
+  if (local) {
+    try {
+      linkSync(local, dest);
+      return;
+    } catch (err) {
+      // EXDEV (the releases on another filesystem) or a filesystem without hard links: copy instead.
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== "EXDEV" && code !== "EPERM" && code !== "EMLINK") throw err;
+    }
+  }
+  const body = await ctx.artifacts.blobs.get(key);
+  if (!body) {
+    throw new AppError(
+      "RELEASE_MISSING",
+      `the content of ${artifact.name} (sha256 ${artifact.sha256}) is missing from the ${ctx.artifacts.blobs.kind} store`,
+      { status: 410 },
+    );
+  }
+  await Bun.write(dest, new Response(body));
 }
 
 /** Removes leftovers of promotions a crash interrupted (temporary directories); call at start-up. */

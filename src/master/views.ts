@@ -9,7 +9,12 @@ const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOStrin
 /** The API shape of a job row; `waitingFor` explains a queued job when asked to. */
 export function jobView(
   row: JobRow,
-  extra: { waitingFor?: string | null; logSize?: number; artifacts?: JobView["artifacts"] } = {},
+  extra: {
+    waitingFor?: string | null;
+    logSize?: number;
+    artifacts?: JobView["artifacts"];
+    reproducibility?: JobView["reproducibility"];
+  } = {},
 ): JobView {
   return {
     id: row.id,
@@ -56,6 +61,8 @@ export function jobView(
     progress: row.progress === null ? null : { percent: row.progress, message: row.progressMessage },
     waitingFor: extra.waitingFor ?? null,
     artifacts: extra.artifacts ?? [],
+    rebuildOf: row.rebuildOf,
+    reproducibility: extra.reproducibility ?? null,
   };
 }
 

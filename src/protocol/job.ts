@@ -129,6 +129,26 @@ export interface JobView {
   progress: { percent: number; message: string | null } | null;
   waitingFor: string | null;
   artifacts: ArtifactInfo[];
+  /** The job whose inputs this one repeats (`kiln rebuild`), or null. */
+  rebuildOf: number | null;
+  /** How this job and its rebuild compare (shown on both); null when neither is a rebuild. */
+  reproducibility: Reproducibility | null;
+}
+
+/**
+ * A job and its rebuild compared artifact by artifact. `pending` until the rebuild ends; `failed` when it
+ * did not succeed; `reproducible` when both made the same files with the same sha256, else `differs`.
+ */
+export interface Reproducibility {
+  original: number;
+  rebuild: number;
+  state: "pending" | "failed" | "reproducible" | "differs";
+  /** Whether both ran on the same template (by hash; true for the host root on both). */
+  sameTemplate: boolean;
+  /** The workers each ran on. */
+  workers: { original: string | null; rebuild: string | null };
+  /** Every artifact name of either job, with each side's sha256 (null where that job has no such file). */
+  artifacts: { name: string; original: string | null; rebuild: string | null; same: boolean }[];
 }
 
 const ENV_KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;

@@ -227,6 +227,22 @@ describe.skipIf(!isRoot)("loop scratch volumes (root)", () => {
     rmSync(join(cfg.dir, "notes.txt"));
   });
 
+  test("an image deleted while attached still has its loop device detached, by destroy and by the sweep", async () => {
+    const a = await createScratch(cfg, "gone-a", 8 * MiB);
+    const b = await createScratch(cfg, "gone-b", 8 * MiB);
+    if (a.backend !== "loop" || b.backend !== "loop") throw new Error("expected loop volumes");
+    shOk(["losetup", "--find", a.file]);
+    shOk(["losetup", "--find", b.file]);
+    // Someone removes the files under a running worker: the devices stay, naming the files as deleted.
+    rmSync(a.file);
+    rmSync(b.file);
+    expect(loopsUnder(base).length).toBe(2);
+    await destroyScratch(cfg, a);
+    expect(loopsUnder(base).map((l) => l.includes("gone-a"))).toEqual([false]);
+    expect((await sweepScratch(cfg)).length).toBe(1);
+    expect(loopsUnder(base)).toEqual([]);
+  });
+
   test("sweepScratch of a directory that does not exist finds nothing", async () => {
     expect(await sweepScratch({ backend: "loop", dir: join(base, "never-made") })).toEqual([]);
   });

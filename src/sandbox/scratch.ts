@@ -280,13 +280,23 @@ async function destroyLoopImage(file: string): Promise<void> {
 // Loop devices backed by this very file, read from sysfs (where losetup(8) reads them too) rather than by
 // running losetup: this runs after every job, and a process per call cost more than the rest of the
 // clean-up. A device matches by path, or by device and inode for a file attached through another path.
+// A file deleted while attached (its data dir removed under a running worker) still pins its device: the
+// kernel then reports the path with " (deleted)", which matches too, or the device would be lost for good.
 async function loopDevicesOf(file: string): Promise<string[]> {
-  let self: { dev: number; ino: number };
+  let self: { dev: number; ino: number } | null = null;
   try {
     self = statSync(file);
   } catch {
-    return [];
+    // Gone: only a device that still names it as deleted can be ours.
   }
+  return loopDevicesWhere(
+    (back) => back === file || back === `${file}${DELETED}` || (self !== null && sameFile(back, self)),
+  );
+}
+
+const DELETED = " (deleted)";
+
+function loopDevicesWhere(match: (backingFile: string) => boolean): string[] {
   const found: string[] = [];
   for (const name of readdirSync("/sys/block").filter((n) => /^loop\d+$/.test(n))) {
     let back: string;
@@ -295,7 +305,7 @@ async function loopDevicesOf(file: string): Promise<string[]> {
     } catch {
       continue; // Not attached: only a bound loop device has the loop/ directory.
     }
-    if (back === file || sameFile(back, self)) found.push(`/dev/${name}`);
+    if (match(back)) found.push(`/dev/${name}`);
   }
   return found;
 }
@@ -336,6 +346,13 @@ export async function sweepScratch(cfg: ScratchConfig): Promise<string[]> {
     const dir = realpathSync(cfg.dir);
     const images = readdirSync(dir).filter((n) => IMAGE.test(n));
     for (const name of images.sort()) await attempt(join(dir, name), () => destroyLoopImage(join(dir, name)));
+    // Images deleted while attached are not in the directory any more, but their devices still are.
+    const orphans = loopDevicesWhere((back) => back.startsWith(`${dir}/`) && back.endsWith(DELETED));
+    for (const device of orphans) {
+      await attempt(device, async () => {
+        await runOk(["losetup", "--detach", device]);
+      });
+    }
   }
   const vg = cfg.volumeGroup;
   if (vg !== undefined && vg !== "") {

@@ -30,6 +30,11 @@ export interface BlobStore {
   stat(key: string): Promise<{ size: number } | null>;
   /** Removes the blob; removing one that is not there is no error. */
   delete(key: string): Promise<void>;
+  /**
+   * A file on this host that holds the blob, which a caller may hard-link but never write, or null where
+   * the backend keeps none (a bucket) or the blob is absent. Blobs are never changed in place.
+   */
+  localPath?(key: string): string | null;
 }
 
 /** Checks a key before it reaches a path or a URL: Kiln builds keys, but a mistake must not climb. */

@@ -50,5 +50,9 @@ export function createFsBlobStore(root: string): BlobStore {
     async delete(key) {
       rmSync(pathOf(key), { force: true });
     },
+    localPath(key) {
+      const path = pathOf(key);
+      return statSync(path, { throwIfNoEntry: false })?.isFile() ? path : null;
+    },
   };
 }

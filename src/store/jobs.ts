@@ -70,6 +70,9 @@ export const RUN_STATE = [
   "progress",
   "progressMessage",
   "submittedBy",
+  "templateHash",
+  "rebuildOf",
+  "avoidWorker",
   "credentialHash",
 ] as const satisfies readonly (keyof JobRow)[];
 
@@ -117,6 +120,30 @@ export async function getJob(db: Db, id: number): Promise<JobRow | undefined> {
   return (await q.all({ id }))[0];
 }
 
+/** The newest rebuild of job `id` (`kiln rebuild`), or undefined when it has none. */
+export async function latestRebuildOf(db: Db, id: number): Promise<JobRow | undefined> {
+  const [row] = await db
+    .select()
+    .from(jobs)
+    .where(and(eq(jobs.rebuildOf, id), sql`${jobs.rebuildOf} IS NOT NULL`))
+    .orderBy(desc(jobs.id))
+    .limit(1);
+  return row;
+}
+
+/**
+ * Records the hash of the template attempt `attempt` of job `id` was given. Not a state change: no event,
+ * and a newer attempt's hash is never overwritten by an older one's.
+ */
+export async function recordTemplateHash(store: Store, id: number, attempt: number, hash: string) {
+  await store.write(async (tx) => {
+    await tx
+      .update(jobs)
+      .set({ templateHash: hash })
+      .where(and(eq(jobs.id, id), eq(jobs.attempt, attempt)));
+  });
+}
+
 /** Lists jobs newest first, optionally filtered. */
 export function listJobs(db: Db, f: { state?: string; project?: string; limit?: number; before?: number }) {
   const conds = [];
@@ -132,7 +159,7 @@ export function listJobs(db: Db, f: { state?: string; project?: string; limit?: 
 }
 
 /** The columns the dispatcher reads of a queued job. */
-export type QueuedJob = Pick<JobRow, "id" | "priority" | "channel" | "arch" | "needs">;
+export type QueuedJob = Pick<JobRow, "id" | "priority" | "channel" | "arch" | "needs" | "avoidWorker">;
 
 /**
  * The first `limit` queued jobs, in dispatch order (higher priority first, FIFO within), that a slot
@@ -159,6 +186,7 @@ export async function readyJobs(
         channel: jobs.channel,
         arch: jobs.arch,
         needs: jobs.needs,
+        avoidWorker: jobs.avoidWorker,
       })
       .from(jobs)
       .where(

@@ -51,8 +51,14 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "sql": "CREATE TABLE `artifact_blobs` (\n\t`sha256` text PRIMARY KEY NOT NULL,\n\t`size` integer NOT NULL,\n\t`kind` text NOT NULL,\n\t`store` text NOT NULL,\n\t`created_at` integer NOT NULL\n);\n--> statement-breakpoint\nALTER TABLE `artifacts` ADD `mode` integer DEFAULT 420 NOT NULL;--> statement-breakpoint\nCREATE INDEX `artifacts_sha256` ON `artifacts` (`sha256`);--> statement-breakpoint\n-- Artifacts stored before blobs were tracked are all in the data dir; their kind was never read.\nINSERT OR IGNORE INTO `artifact_blobs` (`sha256`, `size`, `kind`, `store`, `created_at`) SELECT `sha256`, `size`, 'other', 'fs', min(`created_at`) FROM `artifacts` GROUP BY `sha256`;\n"
   },
   {
+    "tag": "0008_rebuilds",
+    "when": 1796120704443,
+    "hash": "842b986c5e0ebe22aab86438788c8c05b64b274b529eef0204afd6914d22cba2",
+    "sql": "ALTER TABLE `jobs` ADD `template_hash` text;--> statement-breakpoint\nALTER TABLE `jobs` ADD `rebuild_of` integer;--> statement-breakpoint\nALTER TABLE `jobs` ADD `avoid_worker` text;--> statement-breakpoint\nCREATE INDEX `jobs_rebuild_of` ON `jobs` (`rebuild_of`,`id`) WHERE \"jobs\".\"rebuild_of\" IS NOT NULL;"
+  },
+  {
     "tag": "0009_audit",
-    "when": 1796120066176,
+    "when": 1796123028986,
     "hash": "6fd750a40bb664cc3a0d0006d0267d16704ec11663e1178195b033749142fd00",
     "sql": "CREATE TABLE `audit_log` (\n\t`id` integer PRIMARY KEY AUTOINCREMENT NOT NULL,\n\t`at` integer NOT NULL,\n\t`token_id` text NOT NULL,\n\t`token_name` text NOT NULL,\n\t`role` text NOT NULL,\n\t`action` text NOT NULL,\n\t`target` text NOT NULL,\n\t`detail` text\n);\n--> statement-breakpoint\nCREATE INDEX `audit_log_at` ON `audit_log` (`at`);--> statement-breakpoint\nALTER TABLE `jobs` ADD `secrets` text;--> statement-breakpoint\nALTER TABLE `jobs` ADD `credential_hash` text;"
   }

@@ -58,6 +58,13 @@ export const jobs = sqliteTable(
     recipe: text("recipe"),
     recipeVersion: integer("recipe_version"),
     recipeVars: text("recipe_vars", { mode: "json" }).$type<Record<string, string>>(),
+    // The hash of the template the current attempt was given (null on the host root): what a rebuild
+    // must run on again for its comparison to mean anything.
+    templateHash: text("template_hash"),
+    // A rebuild (`kiln rebuild`) names the job whose inputs it repeats, and the worker that job ran on,
+    // which the dispatcher passes over while another worker could take it.
+    rebuildOf: integer("rebuild_of"),
+    avoidWorker: text("avoid_worker"),
     // Values given with `kiln submit --secret`: put into the job's environment, never shown by the API,
     // copied by a retry. Null for a job without any.
     secrets: text("secrets", { mode: "json" }).$type<Record<string, string>>(),
@@ -74,6 +81,8 @@ export const jobs = sqliteTable(
     index("jobs_state").on(t.state, t.id),
     index("jobs_worker").on(t.worker, t.state),
     index("jobs_project").on(t.project, t.id),
+    // The rebuilds of a job, for its comparison; partial, as most jobs are no rebuild.
+    index("jobs_rebuild_of").on(t.rebuildOf, t.id).where(sql`${t.rebuildOf} IS NOT NULL`),
   ],
 );
 

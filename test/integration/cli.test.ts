@@ -315,6 +315,15 @@ describe("config", () => {
       cwd: dir.path,
     });
     expect(r3.stderr).toContain("--listen must be HOST:PORT");
+    // A bad flag value is a usage error; a bad file is a configuration error.
+    expect([r3.code, r.code, r2.code]).toEqual([2, 1, 1]);
+    const r5 = await kiln(["master", "--data", join(dir.path, "d3"), "--log-level", "bogus"], {
+      cwd: dir.path,
+    });
+    expect([r5.code, r5.stderr]).toEqual([
+      2,
+      expect.stringContaining("--log-level must be one of error, warn"),
+    ]);
     const r4 = await kiln(["master", "--data", join(dir.path, "d3")], {
       cwd: dir.path,
       env: { KILN_MASTER_LISTN: "x" },

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import {
   checkLeftoversAfterEachTest,
@@ -148,4 +148,54 @@ describe("releases", () => {
     ])
       expect((await fetch(`${m.url}${path}`)).status).toBeGreaterThanOrEqual(400);
   });
+});
+
+describe.skipIf(process.getuid?.() !== 0)("a release on a full disk", () => {
+  const dir = tempDir("kiln-rel-full-", "/var/tmp");
+  const mnt = join(dir.path, "small");
+
+  afterAll(async () => {
+    await stopAll();
+    if (existsSync(mnt)) Bun.spawnSync(["umount", "-l", mnt]);
+    dir[Symbol.dispose]();
+  });
+
+  test("is a hard link to the stored blob, and a full disk refuses it with 507 and leaves nothing", async () => {
+    mkdirSync(mnt);
+    const mount = Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", mnt]);
+    expect(mount.exitCode).toBe(0);
+    const m = await startMaster(mnt, {
+      role: "up",
+      name: "up",
+      env: { KILN_WORKER_RUNNER: "process", KILN_WORKER_NAME: "rel-full" },
+    });
+    const id = await submitJob(m, {
+      command: ["sh", "-c", 'head -c 4000000 /dev/urandom > "$KILN_OUT/big.bin"'],
+    });
+    expect((await waitJob(m, id)).state).toBe("succeeded");
+    expect((await m.cli(["promote", String(id), "big.bin", "--release", "r1"])).code).toBe(0);
+    // No copy: the release's file is the blob's inode (a 2 GiB image costs no second 2 GiB).
+    const file = join(m.data, "releases", "r1", "big.bin");
+    const sha = readFileSync(join(m.data, "releases", "r1", "SHA256SUMS"), "utf8").split(" ")[0]!;
+    const blob = join(m.data, "artifacts", "sha256", sha.slice(0, 2), sha);
+    expect(statSync(file).ino).toBe(statSync(blob).ino);
+
+    // Fill the disk to the last block.
+    const fill = join(mnt, "fill");
+    Bun.spawnSync(["dd", "if=/dev/zero", `of=${fill}`, "bs=1M"], { stderr: "ignore" });
+    Bun.spawnSync([
+      "sh",
+      "-c",
+      `i=0; while dd if=/dev/zero of=${fill}.$i bs=4k count=1 2>/dev/null; do i=$((i+1)); done`,
+    ]);
+    const full = await m.cli(["promote", String(id), "big.bin", "--release", "r2"]);
+    expect([full.code, full.stderr]).toEqual([1, expect.stringContaining("disk is full")]);
+    expect(readdirSync(join(m.data, "releases")).sort()).toEqual(["r1"]);
+    expect((await fetch(`${m.url}/releases/r2/big.bin`)).status).toBe(404);
+
+    // Space returns: the same promotion works.
+    Bun.spawnSync(["sh", "-c", `rm -f ${fill} ${fill}.*`]);
+    expect((await m.cli(["promote", String(id), "big.bin", "--release", "r2"])).code).toBe(0);
+    expect((await fetch(`${m.url}/releases/r2/big.bin`)).status).toBe(200);
+  }, 120_000);
 });

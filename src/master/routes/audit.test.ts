@@ -136,6 +136,7 @@ describe("what is recorded", () => {
       0,
     );
     await ok(admin, "POST", "/releases", { job: row.id, artifact: "a.bin", tag: "v1" });
+    const { id: rebuilt } = await ok(ops, "POST", `/jobs/${row.id}/rebuild`);
 
     const { entries, next } = await ok(admin, "GET", "/audit");
     expect(next).toBeNull();
@@ -158,6 +159,7 @@ describe("what is recorded", () => {
       ["template.build", "template/t1", "ops-bot", "operator"],
       ["template.rm", "template/t1", "ops-bot", "operator"],
       ["release.promote", "release/v1", "root", "admin"],
+      ["job.rebuild", `job/${rebuilt}`, "ops-bot", "operator"],
     ]);
     const byAction = Object.fromEntries(entries.map((e: Json) => [e.action, e]));
     expect(byAction["worker.hold"].detail).toEqual({ reason: "disk smells" });

@@ -2,8 +2,12 @@ import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { eq } from "drizzle-orm";
+import { putArtifact } from "../../store/artifacts.ts";
 import { assignJob, finishJob, getJob, markRunning } from "../../store/jobs.ts";
 import { openStore, type Store } from "../../store/open.ts";
+import { jobs } from "../../store/schema.ts";
+import { putTemplate } from "../../store/templates.ts";
 import { createToken, type Role } from "../../store/tokens.ts";
 import { createApp } from "../app.ts";
 import type { MasterContext } from "../context.ts";
@@ -253,5 +257,86 @@ describe("cancel and retry", () => {
       ["echo", "hi"],
       "operator",
     ]);
+  });
+});
+
+describe("rebuild", () => {
+  /** Runs job `id` to `state` on worker `w`, as a worker's reports would. */
+  async function finish(id: number, w: string, state: "succeeded" | "failed" = "succeeded") {
+    await assignJob(store, id, w, "slot-0", 60_000);
+    await markRunning(store, id, 1, w, 60_000);
+    const outcome = {
+      state,
+      reason: state === "failed" ? ("exit" as const) : null,
+      exitCode: state === "failed" ? 1 : 0,
+    };
+    await finishJob(store, id, 1, { ...outcome, message: null, peakMemoryBytes: null, cpuMs: null }, 0);
+  }
+
+  test("only a succeeded job is rebuilt, by a submitter of its project, and never into its repository", async () => {
+    const failed = await submit();
+    await finish(failed, "w1", "failed");
+    expect(refusal(await call("submitter", "POST", `/jobs/${failed}/rebuild`))).toEqual([
+      409,
+      "JOB_NOT_REBUILDABLE",
+    ]);
+    const queued = await submit();
+    expect(refusal(await call("submitter", "POST", `/jobs/${queued}/rebuild`))).toEqual([
+      409,
+      "JOB_NOT_REBUILDABLE",
+    ]);
+    const ok = await submit();
+    await finish(ok, "w1");
+    expect(refusal(await call("viewer", "POST", `/jobs/${ok}/rebuild`))).toEqual([403, "FORBIDDEN"]);
+    expect(refusal(await call("scoped", "POST", `/jobs/${ok}/rebuild`))).toEqual([404, "JOB_NOT_FOUND"]);
+    const r = await call("submitter", "POST", `/jobs/${ok}/rebuild`);
+    expect(r.status).toBe(201);
+    const copy = (await getJob(store.db, r.body.id))!;
+    expect([copy.rebuildOf, copy.avoidWorker, copy.repo, copy.command]).toEqual([
+      ok,
+      "w1",
+      null,
+      ["echo", "hi"],
+    ]);
+  });
+
+  test("a rebuild is refused when the template its job ran on has changed since", async () => {
+    const recipe = { kind: "debootstrap", suite: "bookworm", variant: "minbase", include: [] } as never;
+    await putTemplate(store, { name: "t", hash: "x", recipe, base: null, createdBy: "admin" });
+    const id = await submit("submitter", { command: ["true"], root: "t" });
+    await finish(id, "w1");
+    await store.write(async (tx) => {
+      await tx.update(jobs).set({ templateHash: "0123456789abcdef-then" }).where(eq(jobs.id, id));
+    });
+    const r = await call("submitter", "POST", `/jobs/${id}/rebuild`);
+    expect(refusal(r)).toEqual([409, "TEMPLATE_CHANGED"]);
+    expect(r.body.error.message).toContain("template t changed since job");
+  });
+
+  test("show compares a job and its rebuild artifact by artifact, on both jobs", async () => {
+    const id = await submit();
+    await finish(id, "w1");
+    const rebuild = (await call("submitter", "POST", `/jobs/${id}/rebuild`)).body.id as number;
+    expect((await call("viewer", "GET", `/jobs/${id}`)).body.reproducibility.state).toBe("pending");
+    await finish(rebuild, "w2");
+    const blob = (sha: string) => ({ kind: "other", store: "fs", size: 1, sha256: sha, mode: 0o644 });
+    await putArtifact(store, { jobId: id, name: "same.txt", attempt: 1, ...blob("a".repeat(64)) });
+    await putArtifact(store, { jobId: rebuild, name: "same.txt", attempt: 1, ...blob("a".repeat(64)) });
+    await putArtifact(store, { jobId: id, name: "stamp", attempt: 1, ...blob("b".repeat(64)) });
+    await putArtifact(store, { jobId: rebuild, name: "stamp", attempt: 1, ...blob("c".repeat(64)) });
+    for (const job of [id, rebuild]) {
+      const r = (await call("viewer", "GET", `/jobs/${job}`)).body.reproducibility;
+      expect([r.state, r.original, r.rebuild, r.workers]).toEqual([
+        "differs",
+        id,
+        rebuild,
+        { original: "w1", rebuild: "w2" },
+      ]);
+      expect(r.artifacts.map((x: Json) => [x.name, x.same])).toEqual([
+        ["same.txt", true],
+        ["stamp", false],
+      ]);
+    }
+    expect((await call("viewer", "GET", `/jobs/${rebuild}`)).body.rebuildOf).toBe(id);
   });
 });

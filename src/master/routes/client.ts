@@ -10,6 +10,7 @@ import { artifactView } from "../artifacts.ts";
 import { audit } from "../audit.ts";
 import { requireProject } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
+import { queueRebuild, reproducibilityOf } from "../rebuilds.ts";
 import { jobFromRequest } from "../submit.ts";
 import { jobView, whyQueued } from "../views.ts";
 
@@ -40,7 +41,7 @@ const LIST = z.object({
   before: z.coerce.number().int().optional(),
 });
 
-/** Routes for people and their scripts: submit, list, show, logs, cancel, retry. */
+/** Routes for people and their scripts: submit, list, show, logs, cancel, retry, rebuild. */
 export function clientRoutes(ctx: MasterContext) {
   const app = new Hono<ApiEnv>();
   const guard = guardFor(ctx);
@@ -78,7 +79,8 @@ export function clientRoutes(ctx: MasterContext) {
     const row = c.var.job;
     const waitingFor = row.state === "queued" ? await whyQueued(ctx, row) : null;
     const artifacts = (await listArtifacts(ctx.store.db, row.id)).map(artifactView);
-    return c.json(jobView(row, { waitingFor, logSize: ctx.logs.size(row.id), artifacts }));
+    const reproducibility = await reproducibilityOf(ctx, row);
+    return c.json(jobView(row, { waitingFor, logSize: ctx.logs.size(row.id), artifacts, reproducibility }));
   });
 
   app.get("/jobs/:id/events", guard({ who: "client", role: "viewer", scope: "job" }), async (c) => {
@@ -146,6 +148,14 @@ export function clientRoutes(ctx: MasterContext) {
     });
     await audit(ctx, caller, "job.retry", `job/${copy.id}`, { project: copy.project, retryOf: row.id });
     ctx.dispatch();
+    return c.json({ id: copy.id }, 201);
+  });
+
+  app.post("/jobs/:id/rebuild", guard({ who: "client", role: "submitter", scope: "job" }), async (c) => {
+    const caller = c.var.caller;
+    const row = c.var.job;
+    const copy = await queueRebuild(ctx, row, caller.name);
+    await audit(ctx, caller, "job.rebuild", `job/${copy.id}`, { project: copy.project, rebuildOf: row.id });
     return c.json({ id: copy.id }, 201);
   });
 

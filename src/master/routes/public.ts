@@ -72,6 +72,9 @@ export const OPENAPI = {
     "/api/v1/jobs/{id}/events": { get: op("A job's state history") },
     "/api/v1/jobs/{id}/cancel": { post: op("Cancel a job") },
     "/api/v1/jobs/{id}/retry": { post: op("Queue a copy of an ended job") },
+    "/api/v1/jobs/{id}/rebuild": {
+      post: op("Run a succeeded job's inputs again, on another worker where one can, to compare artifacts"),
+    },
     "/api/v1/recipes": {
       get: op("List recipes in use (name, latest version, description)"),
       post: op("Add a recipe, or a new version of one (name, source: the TOML text)"),
