@@ -8,6 +8,7 @@ import { cancel, jobs, logs, retry, show } from "./cli/jobs.ts";
 import { rebuild } from "./cli/rebuild.ts";
 import { recipe } from "./cli/recipes.ts";
 import { promote, releases } from "./cli/releases.ts";
+import { repo } from "./cli/repos.ts";
 import { master, up, worker } from "./cli/roles.ts";
 import { submit } from "./cli/submit.ts";
 import { template } from "./cli/templates.ts";
@@ -33,6 +34,7 @@ const main = defineCommand({
     download,
     promote,
     releases,
+    repo,
     workers,
     drain,
     hold,

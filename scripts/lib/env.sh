@@ -20,8 +20,10 @@ ensure_bun() {
 
 # Debian packages the repository formats need and their tests prove against: rpm (rpmbuild, rpm -qp),
 # python3-rpm (rpm's own version order), createrepo-c (RPM metadata), dnf (installs from a Kiln repository),
-# gnupg (signed metadata), libdpkg-dev (dpkg's own version order, linked into a test harness).
-KILN_REPO_DEBS=(rpm python3-rpm createrepo-c dnf gnupg libdpkg-dev)
+# gnupg (signed metadata), libdpkg-dev (dpkg's own version order, linked into a test harness), dpkg-dev
+# (dpkg-scanpackages, the Debian index a test and the benchmark compare with), xz-utils (xz-compressed
+# test packages).
+KILN_REPO_DEBS=(rpm python3-rpm createrepo-c dnf gnupg libdpkg-dev dpkg-dev xz-utils)
 
 # ensure_debs PKG... installs the Debian packages that are missing, running apt-get update once.
 ensure_debs() {

@@ -9,7 +9,11 @@ import { checkFlags } from "./common.ts";
  * job's own API proxy, never to the master.
  */
 
-async function callApi(path: string, init: RequestInit = {}): Promise<unknown> {
+/** The job API's answer to one request, its JSON body parsed (null when it has none). */
+async function apiFetch(
+  path: string,
+  init: RequestInit = {},
+): Promise<{ res: Response; body: { error?: { code?: string; message: string } } | null }> {
   const api = process.env.KILN_API;
   if (!api) throw new AppError("USAGE", "kiln job works only inside a Kiln job: $KILN_API is not set");
   let res: Response;
@@ -18,7 +22,11 @@ async function callApi(path: string, init: RequestInit = {}): Promise<unknown> {
   } catch (err) {
     throw new AppError("API_UNREACHABLE", `cannot reach the job API at ${api}: ${(err as Error).message}`);
   }
-  const body = (await res.json().catch(() => null)) as { error?: { message: string } } | null;
+  return { res, body: (await res.json().catch(() => null)) as { error?: { message: string } } | null };
+}
+
+async function callApi(path: string, init: RequestInit = {}): Promise<unknown> {
+  const { res, body } = await apiFetch(path, init);
   if (!res.ok) throw new AppError("API_ERROR", body?.error?.message ?? `the job API answered ${res.status}`);
   return body;
 }
@@ -108,15 +116,26 @@ const versionArgs = {
   repo: { type: "string", description: "Repository to look in", valueHint: "R" },
 } as const;
 const version = defineCommand({
-  meta: { name: "version", description: "The version of PKG published in repository R" },
+  meta: {
+    name: "version",
+    description: "Print the newest version of PKG in repository R (exit 3 when it has none)",
+  },
   args: versionArgs,
   async run(ctx) {
     checkFlags(ctx, versionArgs);
     if (!ctx.args.pkg || !ctx.args.repo) throw new AppError("USAGE", "kiln job version PKG --repo R");
-    const res = (await callApi(
+    const { res, body } = await apiFetch(
       `/v1/version?pkg=${encodeURIComponent(ctx.args.pkg)}&repo=${encodeURIComponent(ctx.args.repo)}`,
-    )) as { version: string };
-    process.stdout.write(`${res.version}\n`);
+    );
+    // Absent is an answer, not a failure: exit 3 so a build script can tell it from an error.
+    if (res.status === 404 && body?.error?.code === "PACKAGE_NOT_FOUND") {
+      process.stderr.write(`kiln: ${body.error.message}\n`);
+      process.exitCode = 3;
+      return;
+    }
+    if (!res.ok)
+      throw new AppError("API_ERROR", body?.error?.message ?? `the job API answered ${res.status}`);
+    process.stdout.write(`${(body as unknown as { version: string }).version}\n`);
   },
 });
 

@@ -52,7 +52,12 @@ const submitArgs = {
     description: "Re-runs after infrastructure failures (default: the master's)",
     valueHint: "N",
   },
-  repo: { type: "string", description: "Publish package artifacts to this repository", valueHint: "NAME" },
+  repo: {
+    type: "string",
+    description: "Publish the job's deb/rpm artifacts into this repository when it succeeds",
+    valueHint: "NAME",
+  },
+  force: { type: "boolean", description: "With --repo: publish even packages that are not newer" },
   env: { type: "string", description: "Environment variable for the job (repeatable)", valueHint: "K=V" },
   secret: {
     type: "string",
@@ -154,6 +159,7 @@ export const submit = defineCommand({
       needs: a.needs === undefined ? undefined : repeated(ctx.rawArgs, "needs"),
       egress: a.egress === undefined ? undefined : repeated(ctx.rawArgs, "egress"),
       repo: a.repo,
+      repoForce: a.force ? true : undefined,
       retries: intArg("retries", a.retries),
     };
     const request = JSON.parse(JSON.stringify(body));

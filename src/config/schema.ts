@@ -94,6 +94,10 @@ export const SCHEMA = {
     // Before every key, so one bucket can hold several masters' blobs apart.
     s3_prefix: { type: "string", default: "kiln/" },
   },
+  repos: {
+    // A replaced snapshot stays readable this long for clients that read its index before the switch.
+    snapshot_grace: { type: "duration", default: 600_000, min: 1_000 },
+  },
   sandbox: {
     scratch: { type: "enum", default: "loop", values: ["loop", "lvm", "tmpfs"] },
     volume_group: { type: "string", default: "" },

@@ -26,6 +26,7 @@ beforeEach(() => {
     progress() {},
     markBroken() {},
     template: async () => "",
+    repoVersion: async () => ({ version: "" }),
   });
 });
 afterEach(() => {

@@ -25,6 +25,8 @@ export interface ApiHandlers {
   artifacts: ArtifactBudget;
   progress(percent: number, message: string | null): void;
   markBroken(message: string): void;
+  /** The newest version of package `pkg` in repository `repo`, from the master (`kiln job version`). */
+  repoVersion(repo: string, pkg: string): Promise<{ version: string }>;
   /** Builds or fetches template NAME and attaches it read-only in the job; resolves to where. */
   template(name: string): Promise<string>;
 }
@@ -131,13 +133,23 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
       return respond(s, 200, { id: h.jobId, attempt: h.attempt });
     if (method === "GET" && url.pathname === "/v1/version") {
       const repo = url.searchParams.get("repo") ?? "";
-      // Package repositories are not kept by the master yet, so no repository can answer.
-      return refuse(
-        s,
-        404,
-        "REPO_NOT_FOUND",
-        `no repository ${repo}: the master keeps no package repositories yet`,
+      const pkg = url.searchParams.get("pkg") ?? "";
+      if (!/^[a-z0-9][a-z0-9._-]{0,62}$/.test(repo) || repo.includes("..")) {
+        return refuse(s, 400, "INVALID_NAME", `"${repo}" is not a repository name`);
+      }
+      if (!/^[A-Za-z0-9_+][A-Za-z0-9._+-]{0,199}$/.test(pkg)) {
+        return refuse(s, 400, "INVALID_NAME", `"${pkg}" is not a package name`);
+      }
+      h.repoVersion(repo, pkg).then(
+        (v) => respond(s, 200, v),
+        (err) => {
+          // The master's own answer (PACKAGE_NOT_FOUND, REPO_NOT_FOUND, ...) passes through as it was.
+          const e = coerceError(err) as Error & { code?: string; status?: number };
+          const status = e.status && e.status >= 400 && e.status < 500 ? e.status : 502;
+          respond(s, status, { error: { code: e.code ?? "MASTER_UNREACHABLE", message: e.message } });
+        },
       );
+      return;
     }
     const tm = /^\/v1\/templates\/([^/]+)$/.exec(url.pathname);
     if (method === "GET" && tm) {

@@ -101,7 +101,17 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
   RECIPE_NOT_FOUND: { status: 404, source: "master", meaning: "No recipe (or recipe version) of that name." },
   TEMPLATE_NOT_FOUND: { status: 404, source: "any", meaning: "No template of that name." },
   ARTIFACT_NOT_FOUND: { status: 404, source: "master", meaning: "The job has no artifact of that name." },
-  REPO_NOT_FOUND: { status: 404, source: "job API", meaning: "The job API has no repository of that name." },
+  REPO_NOT_FOUND: {
+    status: 404,
+    source: "any",
+    meaning:
+      "No repository of that name that the caller (or the job's project) may read; at submit (--repo) it is a 400.",
+  },
+  PACKAGE_NOT_FOUND: {
+    status: 404,
+    source: "job API",
+    meaning: "The repository holds no package of that name; `kiln job version` exits 3.",
+  },
 
   // Conflicts with the current state.
   JOB_NOT_REBUILDABLE: {
@@ -189,7 +199,11 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
 
   // The client talking to the master or the job API.
   BAD_URL: { status: 400, source: "CLI", meaning: "--url is not an http(s) URL." },
-  MASTER_UNREACHABLE: { status: 503, source: "CLI", meaning: "The CLI could not connect to the master." },
+  MASTER_UNREACHABLE: {
+    status: 503,
+    source: "any",
+    meaning: "The CLI (or a worker asking for a job) could not connect to the master.",
+  },
   API_UNREACHABLE: { status: 503, source: "CLI", meaning: "`kiln job` could not reach the job API." },
   API_ERROR: {
     status: 502,
@@ -399,6 +413,64 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
     status: 500,
     source: "master",
     meaning: "Writing a repository's metadata failed or left packages out; the message names the files.",
+  },
+  REPO_EXISTS: {
+    status: 409,
+    source: "master",
+    meaning: "A repository with that name exists already.",
+  },
+  REPO_NOT_NEWER: {
+    status: 409,
+    source: "master",
+    meaning:
+      "A package is not newer than the repository's version of it (or that version is there with other content); raise its version, or publish with --force.",
+  },
+  REPO_WRONG_FORMAT: {
+    status: 422,
+    source: "master",
+    meaning:
+      "A file is not a package of the repository's format (an rpm into a deb repository, or no package).",
+  },
+  REPO_WRONG_ARCH: {
+    status: 422,
+    source: "master",
+    meaning: "A package's architecture is not one the repository takes (kiln repo add --arch).",
+  },
+  REPO_NO_PACKAGES: {
+    status: 422,
+    source: "master",
+    meaning: "`kiln repo publish` found no deb or rpm artifact (of those named) on the job.",
+  },
+  REPO_CHANGED: {
+    status: 409,
+    source: "master",
+    meaning: "The repository was removed or changed by someone else during a publish; publish again.",
+  },
+  INVALID_PATH: {
+    status: 400,
+    source: "master",
+    meaning: "A path under /repos/NAME/ with an empty, '.', '..' or otherwise unsafe part.",
+  },
+  KEY_INVALID: {
+    status: 400,
+    source: "master",
+    meaning:
+      "A key given to `kiln repo key --import` is not one secret OpenPGP key gpg can sign with unattended.",
+  },
+  SIGNING_FAILED: {
+    status: 500,
+    source: "master",
+    meaning: "gpg could not make or use a repository signing key; the message has gpg's own words.",
+  },
+  GPG_MISSING: {
+    status: 500,
+    source: "master",
+    meaning: "Signing repository metadata needs gpg: install the Debian package gnupg on the master.",
+  },
+  DPKG_MISSING: {
+    status: 500,
+    source: "master",
+    meaning: "Reading Debian packages needs dpkg-deb: install the Debian package dpkg on the master.",
   },
   // Releases and worker enrollment.
   RELEASE_EXISTS: {

@@ -92,6 +92,7 @@ const DYNAMIC = [
   "src/store/enrollment.ts: new AppError(code, message, { status }",
   "src/tls/proof.ts: new AppError(code, msg, { status: 401 }",
   "src/tls/enroll.ts: error: { code:e.code",
+  'src/job-api/api-proxy.ts: error: { code:e.code ?? "MASTER_UNREACHABLE"',
 ];
 
 /** The arguments of the call whose "(" is at `open`, split at top-level commas; strings and brackets skipped. */

@@ -7,6 +7,7 @@ import { waitFor } from "../../test/harness.ts";
 import { loadConfig } from "../config/load.ts";
 import { setupLogging } from "../lib/log.ts";
 import type { Outcome } from "../protocol/job.ts";
+import { buildDeb, controlText } from "../repo/deb-build.ts";
 import { assignJob, finishJob, getJob, insertJob, markRunning, requeueOrLose } from "../store/jobs.ts";
 import { createToken, revokeToken } from "../store/tokens.ts";
 import { upsertWorker } from "../store/workers.ts";
@@ -62,6 +63,8 @@ const CREDS: Cred[] = [
 function expected(a: Access, c: Cred): "ok" | 401 | 403 | 404 {
   if (a.who === "anyone") return "ok";
   if (c.kind === "none" || c.kind === "revoked" || c.kind === "expired" || c.kind === "ended job") return 401;
+  // The fixtures' repository is private to project alpha: whoever may not read it is told there is none.
+  if (a.who === "repo-reader") return c.kind === "role" && c.project !== "beta" ? "ok" : 404;
   if (a.who === "job") return c.kind === "own job" ? "ok" : 403;
   if (a.who === "worker") return c.kind === "worker" ? "ok" : 403;
   if (c.kind === "own job" || c.kind === "other job") return 403;
@@ -71,8 +74,8 @@ function expected(a: Access, c: Cred): "ok" | 401 | 403 | 404 {
   if (c.project === null) return "ok";
   if (a.scope === "global") return 403;
   if (c.project === "alpha") return "ok";
-  if (a.scope === "job" || a.scope === "release" || a.scope === "body-job") return 404;
-  if (a.scope === "submit") return 403;
+  if (a.scope === "job" || a.scope === "release" || a.scope === "repo" || a.scope === "body-job") return 404;
+  if (a.scope === "body-project") return 403;
   return "ok";
 }
 
@@ -183,7 +186,7 @@ let shipped = 0;
 let release = "";
 
 /** How to call each route so that it succeeds for a caller it admits; state is made fresh per case. */
-const FIXTURES: Record<string, () => Promise<Case>> = {
+const FIXTURES: Record<string, (admitted: boolean) => Promise<Case>> = {
   "GET /healthz": async () => ({ path: "/healthz", ok: 200 }),
   "GET /readyz": async () => ({ path: "/readyz", ok: 200 }),
   "GET /metrics": async () => ({ path: "/metrics", ok: 200 }),
@@ -299,7 +302,45 @@ const FIXTURES: Record<string, () => Promise<Case>> = {
   "GET /api/v1/releases": async () => ({ path: "/api/v1/releases", ok: 200, projects: projectsOf }),
   "GET /api/v1/releases/:tag": async () => ({ path: `/api/v1/releases/${release}`, ok: 200 }),
   "GET /api/v1/audit": async () => ({ path: "/api/v1/audit", ok: 200 }),
+  "GET /repos/:name": async () => ({ path: "/repos/ra", ok: 301 }),
+  "GET /repos/:name/*": async () => ({ path: "/repos/ra/", ok: 200 }),
+  "GET /api/v1/repos": async () => ({ path: "/api/v1/repos", ok: 200, projects: projectsOf }),
+  "POST /api/v1/repos": async () => ({
+    path: "/api/v1/repos",
+    body: { name: `r${++n}`, format: "deb", project: "alpha" },
+    ok: 201,
+  }),
+  "GET /api/v1/repos/:name": async () => ({ path: "/api/v1/repos/ra", ok: 200 }),
+  // Each repository signs its metadata with gpg (seconds): a fresh one only for a caller that may delete.
+  "DELETE /api/v1/repos/:name": async (admitted) => ({
+    path: `/api/v1/repos/${admitted ? await repo() : "ra"}`,
+    ok: 200,
+  }),
+  "GET /api/v1/repos/:name/packages": async () => ({ path: "/api/v1/repos/ra/packages", ok: 200 }),
+  "GET /api/v1/repos/:name/key": async () => ({ path: "/api/v1/repos/ra/key", ok: 200 }),
+  // Past the guard, the key is read and refused as no key (400): the answer of an admitted caller.
+  "PUT /api/v1/repos/:name/key": async () => ({ path: "/api/v1/repos/ra/key", raw: CONTENT, ok: 400 }),
+  // A succeeded job without packages: past the guard and the checks, there is nothing to publish (422).
+  "POST /api/v1/repos/:name/publish": async () => ({
+    path: "/api/v1/repos/ra/publish",
+    body: { job: shipped },
+    ok: 422,
+  }),
+  "GET /api/v1/worker/jobs/:id/:attempt/repo-version": async () => {
+    const j = await job("running");
+    return {
+      path: `/api/v1/worker/jobs/${j.id}/1/repo-version?repo=ra&pkg=kiln-hello`,
+      ok: 200,
+      credential: j.credential,
+    };
+  },
 };
+
+async function repo() {
+  const name = `r${++n}`;
+  await admin("POST", "/api/v1/repos", { name, format: "deb", project: "alpha" });
+  return name;
+}
 
 async function offlineWorker() {
   const name = `off-${++n}`;
@@ -374,6 +415,20 @@ beforeAll(async () => {
   await admin("POST", "/api/v1/releases", { job: shipped, artifact: "out.bin", tag: release });
   // Something of project beta, so a list answer of beta's tokens has something to show.
   await job("queued", "beta");
+  // Repository ra, private to project alpha, holding one package published from an alpha job.
+  await admin("POST", "/api/v1/repos", { name: "ra", format: "deb", project: "alpha" });
+  const deb = buildDeb({ control: controlText({ name: "kiln-hello", version: "1.0-1", arch: "amd64" }) });
+  const built = await job("running");
+  const put = await call(built.credential, "PUT", `/api/v1/worker/artifacts/${built.id}/1/kiln-hello.deb`, {
+    raw: deb,
+    headers: {
+      "x-kiln-sha256": new Bun.CryptoHasher("sha256").update(deb).digest("hex"),
+      "x-kiln-size": String(deb.length),
+    },
+  });
+  if (put.status !== 201) throw new Error(`upload of the package: ${put.status}`);
+  await finishJob(master.ctx.store, built.id, 1, OUTCOME, 0);
+  await admin("POST", "/api/v1/repos/ra/publish", { job: built.id });
 });
 
 afterAll(async () => {
@@ -418,6 +473,8 @@ function renderAccessDoc(rows: ReturnType<typeof routeTable>): string {
         return "a worker token";
       case "job":
         return "the credential of the job in the path, while its attempt runs";
+      case "repo-reader":
+        return "anyone for a public repository; else a token that may read it (Bearer, or Basic with the token as password)";
       case "client":
         return `${a.role}${a.workers ? ", or a worker token" : ""}`;
     }
@@ -447,7 +504,9 @@ function renderAccessDoc(rows: ReturnType<typeof routeTable>): string {
     "token gets 404 for another project's job or release (as if it did not exist), 403 for a submit to",
     "another project, only its own project's entries in lists, and 403 for anything that changes (or, for",
     "the audit log and tokens, reads) what every project shares: workers, tokens, templates, recipes.",
-    "The files of a release (`/releases/TAG/...`) are public downloads, like a package repository's.",
+    "The files of a release (`/releases/TAG/...`) are public downloads. A package repository belongs to a",
+    "project or to none; its files (`/repos/NAME/...`) are read by anyone when it is public, else with a",
+    "token that may read it, given as Bearer or as the password of Basic auth (apt's auth.conf, dnf).",
     "",
     "| scope | a token of another project gets |",
     "|---|---|",
@@ -455,7 +514,8 @@ function renderAccessDoc(rows: ReturnType<typeof routeTable>): string {
     "| global | 403: it concerns every project, so it needs a token without a project |",
     "| job | 404 for a job of another project (the path's `:id`) |",
     "| release | 404 for a release of another project (the path's `:tag`) |",
-    "| submit | 403 for a submit to another project |",
+    "| repo | 404 for a repository it may not read (another project's, unless public); a change to one that is not its own project's, 403 |",
+    "| body-project | 403 when the body names another project (a submit, a new repository) |",
     "| body-job | 404 when the body names a job of another project |",
     "| list | 200, with only its own project's entries |",
     "",
@@ -518,9 +578,9 @@ describe("every route with every credential", () => {
       const got: string[] = [];
       const want: string[] = [];
       for (const cred of CREDS) {
-        const k = await FIXTURES[`${row.method} ${row.path}`]!();
-        const res = await call(secretOf(cred, k), row.method, k.path, k);
         const e = expected(row.access!, cred);
+        const k = await FIXTURES[`${row.method} ${row.path}`]!(e === "ok");
+        const res = await call(secretOf(cred, k), row.method, k.path, k);
         const status = e === "ok" ? k.ok : e;
         want.push(`${cred.name}: ${status}`);
         got.push(`${cred.name}: ${res.status}${res.status === status ? "" : ` ${json(res.body)}`}`);

@@ -2,11 +2,12 @@ import type { Hono, MiddlewareHandler } from "hono";
 import { AppError, badRequest, notFound } from "../lib/errors.ts";
 import { getJob } from "../store/jobs.ts";
 import { getRelease } from "../store/releases.ts";
-import type { JobRow, ReleaseRow } from "../store/schema.ts";
+import type { JobRow, ReleaseRow, RepoRow } from "../store/schema.ts";
 import type { Role } from "../store/tokens.ts";
 import { type Caller, forbidden, identify, RANK } from "./auth.ts";
 import type { MasterContext } from "./context.ts";
 import { checkTag } from "./releases.ts";
+import { mayRead, visibleRepo } from "./repo-access.ts";
 
 /*
  * Every route of the master declares who may call it, as data: the guard built from the declaration is
@@ -25,11 +26,13 @@ export type ClientRole = Exclude<Role, "worker">;
  * - `global`: the request changes (or reads) what every project shares: project-limited tokens get 403.
  * - `job`: the path's `:id` names a job; a token of another project gets 404, as if it did not exist.
  * - `release`: the path's `:tag` names a release; likewise 404 for another project's.
- * - `submit`: the body names the project (a submit): another project's gets 403 (checked by the handler).
+ * - `repo`: the path's `:name` names a package repository; one the token may not read gets 404.
+ * - `body-project`: the body names the project (a submit, a new repository): another project's gets 403
+ *   (checked by the handler).
  * - `body-job`: the body names a job (a promotion): another project's gets 404 (checked by the handler).
  * - `list`: the answer is filtered down to the token's project (by the handler).
  */
-export type Scope = "shared" | "global" | "job" | "release" | "submit" | "body-job" | "list";
+export type Scope = "shared" | "global" | "job" | "release" | "repo" | "body-project" | "body-job" | "list";
 
 /** Who may call a route. */
 export type Access =
@@ -40,10 +43,16 @@ export type Access =
   /** A worker token: the worker protocol. */
   | { who: "worker" }
   /** The credential of the job the path's `:id` names, while its attempt is assigned or running. */
-  | { who: "job" };
+  | { who: "job" }
+  /**
+   * A package repository's files (the path's `:name`): anyone for a public repository; for another, a
+   * client token that may read it, as Bearer or as the password of Basic (apt's auth.conf, dnf's
+   * password=). A token that may not read it gets 404, as for a repository that does not exist.
+   */
+  | { who: "repo-reader" };
 
-/** What a guarded route's handlers can read: the caller, and the job or release its path named. */
-export type ApiEnv = { Variables: { caller: Caller; job: JobRow; release: ReleaseRow } };
+/** What a guarded route's handlers can read: the caller, and the job, release or repository its path named. */
+export type ApiEnv = { Variables: { caller: Caller; job: JobRow; release: ReleaseRow; repo: RepoRow } };
 
 const rules = new WeakMap<object, Access>();
 
@@ -59,6 +68,8 @@ export function describeAccess(a: Access): string {
       return "worker token";
     case "job":
       return "the job's own credential";
+    case "repo-reader":
+      return "anyone for a public repository, else a token that may read it";
     case "client":
       return `${a.role}${a.workers ? " or worker" : ""}, ${a.scope}`;
   }
@@ -73,13 +84,12 @@ export function guardFor(ctx: MasterContext) {
   return (access: Access): MiddlewareHandler<ApiEnv> => {
     const guard: MiddlewareHandler<ApiEnv> = async (c, next) => {
       if (access.who === "anyone") return next();
-      await check(
-        ctx,
-        access,
-        { method: c.req.method, path: c.req.path, authorization: c.req.header("authorization") },
-        c.req.param() as Record<string, string>,
-        (k, v) => c.set(k as never, v as never),
-      );
+      const set = (k: string, v: unknown) => c.set(k as never, v as never);
+      const req = { method: c.req.method, path: c.req.path, authorization: c.req.header("authorization") };
+      if (access.who === "repo-reader") {
+        const refusal = await readRepo(ctx, req, c.req.param("name") ?? "", set);
+        if (refusal) return refusal;
+      } else await check(ctx, access, req, c.req.param() as Record<string, string>, set);
       await next();
     };
     rules.set(guard, access);
@@ -101,12 +111,61 @@ export function admitRequest(ctx: MasterContext, access: Access, req: Request): 
   );
 }
 
+/**
+ * The guard of a repository's files: a public repository needs nothing; another needs a token (Bearer, or
+ * Basic with the token as password) of a client role that may read it. Anything else is told the
+ * repository does not exist, as the API does. Returns the 401 answer, which asks for Basic credentials.
+ */
+async function readRepo(
+  ctx: MasterContext,
+  req: { method: string; path: string; authorization: string | null | undefined },
+  name: string,
+  set: (key: "caller" | "repo", value: unknown) => void,
+): Promise<Response | null> {
+  const unreadable = () =>
+    new AppError("NOT_FOUND", `no repository ${name} here (or it needs a token that may read it)`, {
+      status: 404,
+    });
+  const repo = await visibleRepo(ctx, name, null).catch(() => {
+    throw unreadable();
+  });
+  set("repo", repo);
+  if (repo.public) return null;
+  const basic = /^Basic\s+([A-Za-z0-9+/=]+)$/i.exec(req.authorization ?? "");
+  let authorization = req.authorization;
+  if (basic) {
+    // apt and dnf send the token as the password of Basic auth; the user name is not looked at.
+    const text = Buffer.from(basic[1]!, "base64").toString("utf8");
+    authorization = `Bearer ${text.slice(text.indexOf(":") + 1)}`;
+  }
+  let caller: Caller;
+  try {
+    caller = await identify(ctx, authorization);
+  } catch (err) {
+    if (!(err instanceof AppError) || err.status !== 401) throw err;
+    const message = `repository ${repo.name} is not public: send a viewer token (Bearer, or Basic with the token as password)`;
+    return Response.json(
+      { error: { code: "UNAUTHENTICATED", message } },
+      { status: 401, headers: { "www-authenticate": `Basic realm="kiln repository ${repo.name}"` } },
+    );
+  }
+  set("caller", caller);
+  if (caller.role === "worker" || caller.role === "job" || !mayRead(caller.project, repo)) {
+    if (firstInAWhile(`${req.path} ${caller.tokenId}`))
+      ctx.log.warn(
+        `refused ${req.method} ${req.path} for token ${caller.name} (${caller.tokenId}, ${caller.role}): it may not read repository ${repo.name}`,
+      );
+    throw unreadable();
+  }
+  return null;
+}
+
 async function check(
   ctx: MasterContext,
   access: Access,
   req: { method: string; path: string; authorization: string | null | undefined },
   params: Record<string, string>,
-  set: (key: "caller" | "job" | "release", value: unknown) => void,
+  set: (key: "caller" | "job" | "release" | "repo", value: unknown) => void,
 ): Promise<Caller> {
   let caller: Caller | null = null;
   try {
@@ -144,9 +203,9 @@ async function admit(
   a: Access,
   caller: Caller,
   params: Record<string, string>,
-  set: (key: "job" | "release", value: unknown) => void,
+  set: (key: "job" | "release" | "repo", value: unknown) => void,
 ) {
-  if (a.who === "anyone") return;
+  if (a.who === "anyone" || a.who === "repo-reader") return;
   if (a.who === "job") {
     if (caller.role !== "job" || !caller.job)
       throw forbidden("this endpoint takes the credential of the job it names, which its worker holds");
@@ -181,6 +240,7 @@ async function admit(
     if (!row || (caller.project && row.project !== caller.project)) throw notFound("job", text);
     set("job", row);
   }
+  if (a.scope === "repo") set("repo", await visibleRepo(ctx, params.name ?? "", caller.project));
   if (a.scope === "release") {
     const tag = params.tag ?? "";
     const row = await getRelease(ctx.store.db, checkTag(tag));

@@ -9,6 +9,8 @@ import { clientRoutes } from "./routes/client.ts";
 import { publicRoutes } from "./routes/public.ts";
 import { recipeRoutes } from "./routes/recipes.ts";
 import { releaseFileRoutes, releaseRoutes } from "./routes/releases.ts";
+import { repoFileRoutes } from "./routes/repo-files.ts";
+import { repoRoutes } from "./routes/repos.ts";
 import { templateRoutes } from "./routes/templates.ts";
 
 /** A 500 that says nothing about the server's insides; the details go to the master's log. */
@@ -44,6 +46,7 @@ export function createApp(ctx: MasterContext) {
   );
   app.route("/", publicRoutes(ctx));
   app.route("/", releaseFileRoutes(ctx));
+  app.route("/", repoFileRoutes(ctx));
   app.route("/api/v1", clientRoutes(ctx));
   app.route("/api/v1", adminRoutes(ctx));
   app.route("/api/v1", recipeRoutes(ctx));
@@ -51,6 +54,7 @@ export function createApp(ctx: MasterContext) {
   app.route("/api/v1", artifactRoutes(ctx));
   app.route("/api/v1", releaseRoutes(ctx));
   app.route("/api/v1", auditRoutes(ctx));
+  app.route("/api/v1", repoRoutes(ctx));
   return app;
 }
 

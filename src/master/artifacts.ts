@@ -3,6 +3,7 @@ import { open } from "node:fs/promises";
 import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
 import { AppError, badRequest, coerceError, isDiskFull, storageFull } from "../lib/errors.ts";
+import { keyedLock } from "../lib/keyed-lock.ts";
 import type { ArtifactInfo } from "../protocol/job.ts";
 import type { BlobStore } from "../storage/blob-store.ts";
 import { kindOfFile } from "../storage/kind.ts";
@@ -71,21 +72,6 @@ export const artifactView = (a: ArtifactView): ArtifactInfo => ({
 
 /** The blob store key of the content with this sha256. */
 export const blobKey = (sha256: string) => `sha256/${sha256.slice(0, 2)}/${sha256}`;
-
-/** Serialises async work per key: two requests for one upload never write it at once. */
-function keyedLock() {
-  const tails = new Map<string, Promise<unknown>>();
-  return <T>(key: string, fn: () => Promise<T>): Promise<T> => {
-    const prev = tails.get(key) ?? Promise.resolve();
-    const run = prev.then(fn, fn);
-    const tail = run.catch(() => {});
-    tails.set(key, tail);
-    void tail.then(() => {
-      if (tails.get(key) === tail) tails.delete(key);
-    });
-    return run;
-  };
-}
 
 /** The master's artifact service over its blob store(s): uploads, reads, and deleting what no row names. */
 export function createArtifactService(o: {

@@ -4,6 +4,7 @@ import type { Store } from "../store/open.ts";
 import type { ArtifactService } from "./artifacts.ts";
 import type { LogStore } from "./logs.ts";
 import type { Registry } from "./registry.ts";
+import type { RepoService } from "./repos.ts";
 import type { Sessions } from "./sessions.ts";
 import type { StorageHealth } from "./storage-health.ts";
 
@@ -16,6 +17,8 @@ export interface MasterContext {
   /** Artifact uploads in progress and the blob stores behind stored ones. */
   artifacts: ArtifactService;
   registry: Registry;
+  /** The package repositories' builder: publishes, snapshots, signing keys. */
+  repos: RepoService;
   /** Open websockets and followed logs by the token that opened them, so a revocation ends them. */
   sessions: Sessions;
   log: ConsolaInstance;

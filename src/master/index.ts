@@ -26,6 +26,7 @@ import { reapLeasesOnce } from "./leases.ts";
 import { openLogStore } from "./logs.ts";
 import { createRegistry } from "./registry.ts";
 import { sweepReleases } from "./releases.ts";
+import { createRepoService } from "./repos.ts";
 import { createSessions } from "./sessions.ts";
 import { createStorageHealth } from "./storage-health.ts";
 import { type SocketData, workerSocketHandlers } from "./worker-socket.ts";
@@ -116,19 +117,24 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
     throw err;
   }
   const dispatcher = createDispatcher(() => ctx);
+  const artifacts = createArtifactService({
+    dataDir: data,
+    store,
+    blobs,
+    local: localBlobStore(data),
+    log,
+    wrote: storage.wrote,
+  });
   const ctx: MasterContext = {
     cfg,
     dataDir: data,
     store,
     logs: openLogStore(join(data, "logs"), storage.wrote),
-    artifacts: createArtifactService({
-      dataDir: data,
-      store,
-      blobs,
-      local: localBlobStore(data),
-      log,
-      wrote: storage.wrote,
-    }),
+    artifacts,
+    repos: createRepoService(
+      { dataDir: data, store, artifacts, log: log.withTag("repos") },
+      cfg.repos.snapshot_grace,
+    ),
     storage,
     registry: createRegistry(),
     sessions: createSessions(),
@@ -140,6 +146,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
   await ensureTokenFile(ctx, adminTokenPath(ctx.dataDir), "admin", "admin");
   await markAllDisconnected(store);
   sweepReleases(data);
+  await ctx.repos.recover();
 
   const app = createApp(ctx);
   const enroll = authority
@@ -230,6 +237,8 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
         return !!job && job.attempt === attempt && ["assigned", "running"].includes(job.state);
       });
     }),
+    // Snapshots replaced longer ago than repos.snapshot_grace: no client still reads them.
+    runLoop({ name: "repository snapshots", everyMs: 60_000, log }, () => ctx.repos.sweepOnce()),
   ];
   ctx.dispatch();
   return {
@@ -241,6 +250,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
       server.stop(true);
       await Promise.all(loops.map((l) => l.done));
       await dispatcher.settled();
+      await ctx.repos.close();
       store.close();
       lock.release();
     },

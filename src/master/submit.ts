@@ -12,6 +12,7 @@ import { currentRecipe } from "../store/recipes.ts";
 import type { MasterContext } from "./context.ts";
 import type { RecipeDefinition } from "./recipes/definition.ts";
 import { renderRecipe } from "./recipes/render.ts";
+import { checkPublishable } from "./repo-access.ts";
 import { resolveTemplate } from "./templates.ts";
 
 type SubmitBody = z.infer<typeof SubmitSchema>;
@@ -74,9 +75,13 @@ export async function jobFromRequest(
       "--writable-root needs --root TEMPLATE: the host root is never writable",
     );
   }
+  const project = options.project ?? SUBMIT_DEFAULTS.project;
+  if (options.repo) await checkPublishable(ctx, options.repo, project);
+  else if (options.repoForce)
+    throw new AppError("INVALID_REQUEST", "--force is for publishing: give it with --repo NAME");
   return {
     name,
-    project: options.project ?? SUBMIT_DEFAULTS.project,
+    project,
     channel: options.channel ?? SUBMIT_DEFAULTS.channel,
     arch: options.arch ?? null,
     priority: options.priority ?? SUBMIT_DEFAULTS.priority,
@@ -92,6 +97,7 @@ export async function jobFromRequest(
     needs: options.needs ?? [],
     egress: options.egress ?? [],
     repo: options.repo ?? null,
+    repoForce: options.repoForce ?? false,
     retries: options.retries ?? ctx.cfg.master.default_retries,
     submittedBy,
     ...recipe,

@@ -7,6 +7,7 @@ import { createArtifactService } from "./artifacts.ts";
 import type { MasterContext } from "./context.ts";
 import { openLogStore } from "./logs.ts";
 import { createRegistry } from "./registry.ts";
+import { createRepoService } from "./repos.ts";
 import { createSessions } from "./sessions.ts";
 import { createStorageHealth } from "./storage-health.ts";
 
@@ -16,18 +17,20 @@ import { createStorageHealth } from "./storage-health.ts";
  */
 export function testContext(dir: string, store: Store): MasterContext {
   const quiet = createConsola({ level: -999 });
+  const artifacts = createArtifactService({
+    dataDir: dir,
+    store,
+    blobs: localBlobStore(dir),
+    local: localBlobStore(dir),
+    log: quiet,
+  });
   return {
     cfg: { master: { default_timeout: 60_000, default_retries: 2, log_max: 2 ** 30 } } as Config,
     dataDir: dir,
     store,
     logs: openLogStore(join(dir, "logs")),
-    artifacts: createArtifactService({
-      dataDir: dir,
-      store,
-      blobs: localBlobStore(dir),
-      local: localBlobStore(dir),
-      log: quiet,
-    }),
+    artifacts,
+    repos: createRepoService({ dataDir: dir, store, artifacts, log: quiet }),
     registry: createRegistry(),
     sessions: createSessions(),
     log: quiet,

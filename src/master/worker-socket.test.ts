@@ -7,6 +7,7 @@ import { loadConfig } from "../config/load.ts";
 import { setupLogging } from "../lib/log.ts";
 import type { Outcome } from "../protocol/job.ts";
 import { encodeLogFrame, type MasterMessage, type WorkerMessage } from "../protocol/wire.ts";
+import { buildDeb, controlText } from "../repo/deb-build.ts";
 import { createToken } from "../store/tokens.ts";
 import { type RunningMaster, startMaster } from "./index.ts";
 
@@ -247,6 +248,47 @@ describe("jobs over the socket", () => {
     await api("POST", "/jobs", { command: ["true"] });
     expect((await w.next("job.assign")).job.id).toBe(id + 1);
   });
+
+  test("a job with --repo ends only once its packages are published; a refused publish ends it failed with reason publish", async () => {
+    expect((await api("POST", "/repos", { name: "tools", format: "deb" })).status).toBe(201);
+    const w = await connect();
+    w.send(hello("t-publish"));
+    await w.next("worker.welcome");
+    const run = async (version: string) => {
+      const { body } = await api("POST", "/jobs", { command: ["true"], repo: "tools" });
+      const id = body.id as number;
+      const assigned = await w.next("job.assign");
+      w.send({ type: "job.started", jobId: id, attempt: 1 });
+      // The worker delivers the artifacts before it reports the result, with the job's own credential.
+      const deb = buildDeb({ control: controlText({ name: "kiln-w", version, arch: "amd64" }) });
+      const put = await fetch(`${master.url}/api/v1/worker/artifacts/${id}/1/kiln-w.deb`, {
+        method: "PUT",
+        headers: {
+          authorization: `Bearer ${assigned.job.credential}`,
+          "x-kiln-sha256": new Bun.CryptoHasher("sha256").update(deb).digest("hex"),
+          "x-kiln-size": String(deb.length),
+        },
+        body: deb,
+      });
+      expect(put.status).toBe(201);
+      w.send({ type: "job.finished", jobId: id, attempt: 1, outcome: outcome(), logSize: 0 });
+      expect(await w.next("job.ack")).toEqual({ type: "job.ack", jobId: id, attempt: 1 });
+      const log = await fetch(`${master.url}/api/v1/jobs/${id}/log`, {
+        headers: { authorization: `Bearer ${admin}` },
+      });
+      return { job: (await api("GET", `/jobs/${id}`)).body, log: await log.text() };
+    };
+    const first = await run("2.0");
+    expect([first.job.state, first.job.reason]).toEqual(["succeeded", null]);
+    expect(first.log).toContain("--- kiln: published into repository tools: kiln-w 2.0 (amd64) ---");
+    const older = await run("1.0");
+    expect([older.job.state, older.job.reason, older.job.exitCode]).toEqual(["failed", "publish", 0]);
+    expect(older.job.message).toContain("kiln-w 1.0 (amd64) is not newer than 2.0 in repository tools");
+    expect(older.log).toContain("--- kiln: publishing into repository tools failed:");
+    expect(
+      (await api("GET", "/repos/tools/packages")).body.map((p: { version: string }) => p.version),
+    ).toEqual(["2.0"]);
+  }, 60_000);
 
   test("a result whose log bytes did not all arrive is held back, and the master asks from what it has", async () => {
     const { w, id } = await assigned("t-gap");

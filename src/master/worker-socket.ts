@@ -1,7 +1,7 @@
 import type { ServerWebSocket } from "bun";
 import { coerceError, isDiskFull } from "../lib/errors.ts";
 import { isName } from "../lib/names.ts";
-import { isTerminal } from "../protocol/job.ts";
+import { isTerminal, type Outcome } from "../protocol/job.ts";
 import {
   decodeLogFrame,
   type MasterMessage,
@@ -22,6 +22,7 @@ import {
 import type { JobRow } from "../store/schema.ts";
 import { getWorker, setWorker, upsertWorker } from "../store/workers.ts";
 import type { MasterContext } from "./context.ts";
+import { publishes, publishOutcome } from "./job-publish.ts";
 import type { LiveWorker } from "./registry.ts";
 import { resolveTemplate } from "./templates.ts";
 
@@ -306,15 +307,15 @@ export function workerSocketHandlers(ctx: MasterContext) {
             send(ws, { type: "job.log.from", jobId: row.id, attempt: row.attempt, offset: have });
             return;
           }
-          const done = await finishJob(ctx.store, row.id, row.attempt, m.outcome, ctx.logs.size(row.id));
-          if (done)
-            ctx.log.info(`job ${row.id}: ${done.state}${done.reason ? ` (${done.reason})` : ""} on ${name}`, {
-              jobId: row.id,
-              attempt: row.attempt,
-              worker: name,
-            });
-          ctx.logs.close(row.id);
-          bases.delete(row.id);
+          if (publishes(row, m.outcome)) {
+            // The job's end waits for its packages to be published, off this connection's message
+            // chain; the worker keeps the result (and its lease) until the ack that follows.
+            for (const s of live.slots.values()) if (s.job === `${m.jobId}:${m.attempt}`) s.job = null;
+            publishThenFinish(row, m, name);
+            ctx.dispatch();
+            return;
+          }
+          await finishAttempt(row, m.outcome, name);
         } else if (m.attempt < row.attempt && !isTerminal(row.state)) {
           await acceptLateResult(row, m, name);
         }
@@ -326,6 +327,49 @@ export function workerSocketHandlers(ctx: MasterContext) {
     }
   }
 
+  /** Records the active attempt `row`'s outcome as the job's end, and closes its log. */
+  async function finishAttempt(row: JobRow, outcome: Outcome, from: string) {
+    const done = await finishJob(ctx.store, row.id, row.attempt, outcome, ctx.logs.size(row.id));
+    if (done)
+      ctx.log.info(`job ${row.id}: ${done.state}${done.reason ? ` (${done.reason})` : ""} on ${from}`, {
+        jobId: row.id,
+        attempt: row.attempt,
+        worker: from,
+      });
+    ctx.logs.close(row.id);
+    bases.delete(row.id);
+  }
+
+  /** Attempts whose packages are being published; a result the worker sends again meanwhile waits for it. */
+  const publishing = new Set<string>();
+
+  /**
+   * Publishes the packages of a succeeded attempt, then records the job's end (failed with reason
+   * `publish` when the publish was refused) and acks the worker. A master that stops before the end is
+   * recorded publishes again when the worker sends the result again: an unchanged package is no change.
+   */
+  function publishThenFinish(row: JobRow, m: Extract<WorkerMessage, { type: "job.finished" }>, from: string) {
+    const key = `${row.id}:${row.attempt}`;
+    if (publishing.has(key)) return;
+    publishing.add(key);
+    (async () => {
+      const outcome = await publishOutcome(ctx, row, m.outcome);
+      const now = await getJob(ctx.store.db, row.id);
+      if (now && now.attempt === row.attempt && (now.state === "assigned" || now.state === "running"))
+        await finishAttempt(now, outcome, from);
+      else if (now && now.attempt > row.attempt && !isTerminal(now.state))
+        // Re-queued while the publish ran (its worker went silent past the lease): the work is done.
+        await acceptLateResult(now, { ...m, outcome }, from, true);
+      ctx.registry.workers.get(from)?.send({ type: "job.ack", jobId: m.jobId, attempt: m.attempt });
+      ctx.dispatch();
+    })()
+      .catch((err) => {
+        if (isDiskFull(err)) ctx.storage.wrote(err);
+        else ctx.log.error(`job ${row.id}: recording its end after publishing: ${coerceError(err).message}`);
+      })
+      .finally(() => publishing.delete(key));
+  }
+
   /*
    * The result of an earlier attempt that the master re-queued before it could record it (its lease ran
    * out while the master could not write, or the connection dropped): the work was done, so the job ends
@@ -335,11 +379,14 @@ export function workerSocketHandlers(ctx: MasterContext) {
     row: JobRow,
     m: Extract<WorkerMessage, { type: "job.finished" }>,
     from: string,
+    published = false,
   ) {
     const note = `the result of attempt ${m.attempt} (from ${from}) arrived after the job was re-queued; the job ends with it`;
-    const size = ctx.logs.append(row.id, `\n--- kiln: ${note} ---\n`);
-    const outcome = { ...m.outcome, message: `${m.outcome.message ?? m.outcome.state} (${note})` };
-    const done = await finishJob(ctx.store, row.id, row.attempt, outcome, size, Date.now(), [
+    ctx.logs.append(row.id, `\n--- kiln: ${note} ---\n`);
+    const result =
+      !published && publishes(row, m.outcome) ? await publishOutcome(ctx, row, m.outcome) : m.outcome;
+    const outcome = { ...result, message: `${result.message ?? result.state} (${note})` };
+    const done = await finishJob(ctx.store, row.id, row.attempt, outcome, ctx.logs.size(row.id), Date.now(), [
       "queued",
       "assigned",
       "running",

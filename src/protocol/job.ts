@@ -30,6 +30,7 @@ export const REASONS = [
   "lost",
   "sandbox",
   "rejected",
+  "publish",
 ] as const;
 /** One of REASONS. */
 export type Reason = (typeof REASONS)[number];
@@ -241,6 +242,7 @@ export const SubmitOptionsSchema = z
     needs: z.array(name("needs")).optional(),
     egress: z.array(z.string().regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, "must be HOST or HOST:PORT")).optional(),
     repo: name("repo").optional(),
+    repoForce: z.boolean().optional(),
     retries: z.number().int().min(0, "must be at least 0").max(100, "must be at most 100").optional(),
   })
   .strict();
@@ -265,6 +267,7 @@ export const SUBMIT_FLAGS: Record<string, string> = {
   needs: "--needs",
   egress: "--egress",
   repo: "--repo",
+  repoForce: "--force",
   retries: "--retries",
   command: "the command",
   recipe: "--recipe",

@@ -79,6 +79,8 @@ export function buildSandboxOpener(o: BuildSandboxOptions): OpenBuildSandbox {
             sink(`--- kiln: a template build cannot mark a slot broken (${message}) ---\n`),
           template: () =>
             Promise.reject(new AppError("NOT_A_JOB", "a template build cannot attach templates")),
+          repoVersion: () =>
+            Promise.reject(new AppError("NOT_A_JOB", "a template build has no repositories to ask")),
         });
         let failure: unknown = null;
         try {

@@ -191,6 +191,7 @@ test("a copied definition keeps every field, so a retry repeats the job exactly"
     needs: ["kvm"],
     egress: ["deb.debian.org"],
     repo: "main",
+    repoForce: true,
     retries: 5,
     recipe: "deb",
     recipeVersion: 3,

@@ -39,6 +39,7 @@ export const DEFINITION = [
   "needs",
   "egress",
   "repo",
+  "repoForce",
   "retries",
   "recipe",
   "recipeVersion",

@@ -57,8 +57,14 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "sql": "ALTER TABLE `jobs` ADD `template_hash` text;--> statement-breakpoint\nALTER TABLE `jobs` ADD `rebuild_of` integer;--> statement-breakpoint\nALTER TABLE `jobs` ADD `avoid_worker` text;--> statement-breakpoint\nCREATE INDEX `jobs_rebuild_of` ON `jobs` (`rebuild_of`,`id`) WHERE \"jobs\".\"rebuild_of\" IS NOT NULL;"
   },
   {
-    "tag": "0009_audit",
-    "when": 1796123028986,
+    "tag": "0009_repositories",
+    "when": 1796123199743,
+    "hash": "a6e0ea881fd24927f00417a829edd0df5e95a54a1937391ac283b6ced5f41900",
+    "sql": "CREATE TABLE `repo_packages` (\n\t`repo` text NOT NULL,\n\t`name` text NOT NULL,\n\t`arch` text NOT NULL,\n\t`version` text NOT NULL,\n\t`source` text,\n\t`size` integer NOT NULL,\n\t`sha256` text NOT NULL,\n\t`path` text NOT NULL,\n\t`meta` text NOT NULL,\n\t`job_id` integer,\n\t`published_at` integer NOT NULL,\n\t`published_by` text,\n\tPRIMARY KEY(`repo`, `name`, `arch`, `version`)\n);\n--> statement-breakpoint\nCREATE TABLE `repos` (\n\t`name` text PRIMARY KEY NOT NULL,\n\t`format` text NOT NULL,\n\t`project` text,\n\t`public` integer DEFAULT false NOT NULL,\n\t`dist` text,\n\t`component` text,\n\t`archs` text NOT NULL,\n\t`keep` integer NOT NULL,\n\t`key_fingerprint` text,\n\t`generation` integer DEFAULT 0 NOT NULL,\n\t`created_at` integer NOT NULL,\n\t`created_by` text,\n\t`published_at` integer\n);\n--> statement-breakpoint\nALTER TABLE `jobs` ADD `repo_force` integer DEFAULT false NOT NULL;"
+  },
+  {
+    "tag": "0010_audit",
+    "when": 1796123746031,
     "hash": "6fd750a40bb664cc3a0d0006d0267d16704ec11663e1178195b033749142fd00",
     "sql": "CREATE TABLE `audit_log` (\n\t`id` integer PRIMARY KEY AUTOINCREMENT NOT NULL,\n\t`at` integer NOT NULL,\n\t`token_id` text NOT NULL,\n\t`token_name` text NOT NULL,\n\t`role` text NOT NULL,\n\t`action` text NOT NULL,\n\t`target` text NOT NULL,\n\t`detail` text\n);\n--> statement-breakpoint\nCREATE INDEX `audit_log_at` ON `audit_log` (`at`);--> statement-breakpoint\nALTER TABLE `jobs` ADD `secrets` text;--> statement-breakpoint\nALTER TABLE `jobs` ADD `credential_hash` text;"
   }

@@ -28,6 +28,8 @@ export const jobs = sqliteTable(
     needs: text("needs", { mode: "json" }).$type<string[]>().notNull(),
     egress: text("egress", { mode: "json" }).$type<string[]>().notNull(),
     repo: text("repo"),
+    // Publish into `repo` even a package that is not newer than the repository's (`submit --force`).
+    repoForce: integer("repo_force", { mode: "boolean" }).notNull().default(false),
     retries: integer("retries").notNull(),
     attempt: integer("attempt").notNull().default(1),
     state: text("state").notNull(),
@@ -232,6 +234,64 @@ export const artifactBlobs = sqliteTable("artifact_blobs", {
 
 /** One stored blob as recorded. */
 export type ArtifactBlobRow = typeof artifactBlobs.$inferSelect;
+
+/**
+ * Package repositories: one row per repository, with what its metadata depends on. `generation` counts
+ * its published snapshots: DATA/repos/NAME/snapshots/GENERATION is the one `current` points at, and a
+ * publish moves it on by exactly one in the same transaction that changes its packages.
+ */
+export const repos = sqliteTable("repos", {
+  name: text("name").primaryKey(),
+  // "deb" or "rpm" (src/repo/format.ts).
+  format: text("format").notNull(),
+  // The project that owns it (its submitters publish, its viewers read); null: every project's.
+  project: text("project"),
+  // Readable by anyone who reaches the master, without a token.
+  public: integer("public", { mode: "boolean" }).notNull().default(false),
+  // Debian: the suite and component of the sources.list line.
+  dist: text("dist"),
+  component: text("component"),
+  archs: text("archs", { mode: "json" }).$type<string[]>().notNull(),
+  // How many versions of each package (name and arch) it keeps, newest first.
+  keep: integer("keep").notNull(),
+  // The fingerprint of an operator's imported signing key; null: the master's own key.
+  keyFingerprint: text("key_fingerprint"),
+  generation: integer("generation").notNull().default(0),
+  createdAt: integer("created_at").notNull(),
+  createdBy: text("created_by"),
+  publishedAt: integer("published_at"),
+});
+
+/** A repos row as read back. */
+export type RepoRow = typeof repos.$inferSelect;
+
+/**
+ * The packages of each repository's current snapshot, read from each package's own metadata when it was
+ * published. `meta` is what the format's metadata writer needs, so a publish never reads old packages.
+ */
+export const repoPackages = sqliteTable(
+  "repo_packages",
+  {
+    repo: text("repo").notNull(),
+    name: text("name").notNull(),
+    arch: text("arch").notNull(),
+    version: text("version").notNull(),
+    source: text("source"),
+    size: integer("size").notNull(),
+    sha256: text("sha256").notNull(),
+    // Below the repository root, e.g. pool/main/h/hello/hello_1.0-1_amd64.deb.
+    path: text("path").notNull(),
+    meta: text("meta", { mode: "json" }).$type<Record<string, string>>().notNull(),
+    // The job whose artifact it was (null for packages published otherwise).
+    jobId: integer("job_id"),
+    publishedAt: integer("published_at").notNull(),
+    publishedBy: text("published_by"),
+  },
+  (t) => [primaryKey({ columns: [t.repo, t.name, t.arch, t.version] })],
+);
+
+/** A repo_packages row as read back. */
+export type RepoPackageRow = typeof repoPackages.$inferSelect;
 
 /**
  * Who did what: one row per change a caller made (submit, cancel, token create, ...), appended after the

@@ -14,6 +14,7 @@ import { jobKey, removeJobDir, scanJobDirs } from "./job-dir.ts";
 import { createJobs } from "./jobs.ts";
 import { createLogPump, pumpOnce } from "./log-pump.ts";
 import { createOutbox } from "./outbox.ts";
+import { repoVersionAsker } from "./repo-version.ts";
 import { createSlotBook, slotsFromConfig } from "./slots.ts";
 import { createTemplateRequests } from "./template-requests.ts";
 
@@ -130,6 +131,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     pump,
     outbox,
     askTemplate: templates.ask,
+    askRepoVersion: repoVersionAsker(cfg.worker.master),
     log,
   });
 

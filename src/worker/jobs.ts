@@ -14,6 +14,7 @@ import { createJobDir, type JobDir, jobKey, logPath, removeJobDir } from "./job-
 import type { LogPump } from "./log-pump.ts";
 import type { Outbox } from "./outbox.ts";
 import { JOB_FAULTS, outcomeOf } from "./outcome.ts";
+import type { RepoVersion } from "./repo-version.ts";
 import type { SlotBook } from "./slots.ts";
 
 /*
@@ -71,6 +72,17 @@ export interface JobsOptions {
   outbox: Outbox;
   /** Resolves a template name for a running job (`kiln job template NAME`). */
   askTemplate(name: string): Promise<TemplateSpec>;
+  /**
+   * The newest version of `pkg` in repository `repo` that the job may read (`kiln job version`), asked
+   * with the attempt's own credential.
+   */
+  askRepoVersion(
+    jobId: number,
+    attempt: number,
+    credential: string,
+    repo: string,
+    pkg: string,
+  ): Promise<RepoVersion>;
   log: ConsolaInstance;
 }
 
@@ -233,6 +245,8 @@ export function createJobs(o: JobsOptions): Jobs {
           progress: (percent, message) =>
             conn.send({ type: "job.progress", jobId: spec.id, attempt: spec.attempt, percent, message }),
           markBroken: (message) => book.hold(slot.name, `marked broken by job ${spec.id}: ${message}`),
+          repoVersion: (repo, pkg) =>
+            o.askRepoVersion(spec.id, spec.attempt, spec.credential ?? "", repo, pkg),
           template: async (name) => {
             const t = await o.askTemplate(name);
             if (!a.handle?.attachTemplate)

@@ -35,7 +35,8 @@ beforeEach(async () => {
   admin = (await createToken(store, { role: "admin", name: "root" })).secret;
   ops = (await createToken(store, { role: "operator", name: "ops-bot" })).secret;
 });
-afterEach(() => {
+afterEach(async () => {
+  await ctx.repos.close();
   store.close();
   rmSync(dir, { recursive: true, force: true });
 });
@@ -166,6 +167,16 @@ describe("what is recorded", () => {
     expect(byAction["job.retry"].detail).toEqual({ project: "default", retryOf: job });
     expect(byAction["token.create"].detail).toEqual({ name: "ci", role: "viewer", project: null, ttl: "1h" });
     expect(Date.parse(entries[0].at)).toBeGreaterThan(0);
+  });
+
+  test("repository changes are recorded: add and remove", async () => {
+    await ok(ops, "POST", "/repos", { name: "tools", format: "deb" });
+    await ok(ops, "DELETE", "/repos/tools");
+    const { entries } = await ok(admin, "GET", "/audit");
+    expect(entries.map((e: Json) => [e.action, e.target, e.tokenName]).reverse()).toEqual([
+      ["repo.add", "repo/tools", "ops-bot"],
+      ["repo.rm", "repo/tools", "ops-bot"],
+    ]);
   });
 
   test("no secret is written: not a token's, not a job's --secret values, not a job credential", async () => {

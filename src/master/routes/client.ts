@@ -46,7 +46,7 @@ export function clientRoutes(ctx: MasterContext) {
   const app = new Hono<ApiEnv>();
   const guard = guardFor(ctx);
 
-  app.post("/jobs", guard({ who: "client", role: "submitter", scope: "submit" }), async (c) => {
+  app.post("/jobs", guard({ who: "client", role: "submitter", scope: "body-project" }), async (c) => {
     const caller = c.var.caller;
     const req = await body(c.req.raw, SubmitSchema);
     if (req.project !== undefined) requireProject(caller, req.project);

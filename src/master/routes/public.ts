@@ -83,6 +83,29 @@ export const OPENAPI = {
       get: op("Show a recipe's current version, or any version with ?version=N"),
       delete: op("Remove a recipe from use; the versions old jobs ran are kept"),
     },
+    "/api/v1/repos": {
+      get: op("List package repositories the caller may read"),
+      post: op(
+        "Add a repository (operator): name, format deb|rpm, dist, component, archs, keep, project, public",
+      ),
+    },
+    "/api/v1/repos/{name}": {
+      get: op("Show a repository, with how clients use it (sources.list line or .repo file)"),
+      delete: op("Remove a repository and its files (operator)"),
+    },
+    "/api/v1/repos/{name}/packages": { get: op("The packages a repository holds (name=PKG for one)") },
+    "/api/v1/repos/{name}/key": {
+      get: op("The repository's public signing key"),
+      put: op("Import the secret key the repository signs with (operator; the key as the body)"),
+    },
+    "/api/v1/repos/{name}/publish": {
+      post: op("Publish a succeeded job's deb/rpm artifacts (job, artifacts, force)"),
+    },
+    "/api/v1/worker/jobs/{id}/{attempt}/repo-version": {
+      get: op(
+        "Worker: the newest version of a package the job may read (repo, pkg; the job's own credential)",
+      ),
+    },
     "/api/v1/workers": { get: op("List workers and their slots") },
     "/api/v1/admin/workers/{name}/drain": { post: op("Stop giving a worker new jobs") },
     "/api/v1/admin/workers/{name}/hold": { post: op("Hold a worker with a reason") },
