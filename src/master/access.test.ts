@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -27,6 +27,8 @@ import { OPENAPI } from "./routes/public.ts";
  */
 
 setupLogging("json", "error");
+// The repository fixtures sign their metadata with gpg: seconds each, more on a busy machine.
+setDefaultTimeout(120_000);
 
 let dir: string;
 let master: RunningMaster;
