@@ -58,6 +58,9 @@ export const SCHEMA = {
     tls_names: { type: "list", default: [] },
     // The largest artifact the master takes: a disk image fits, a runaway job does not fill the disk.
     artifact_max: { type: "size", default: 64 * 2 ** 30, min: 1024 },
+    // How long a connection may stay silent (src/master/idle.ts). Bun counts it in ticks of 4 s, so a
+    // shorter one could fire before a once-a-second re-arm; it takes at most 255 s.
+    idle_timeout: { type: "duration", default: 60_000, min: 5_000, max: 255_000 },
   },
   worker: {
     master: { type: "string", default: "http://127.0.0.1:7070" },

@@ -2,7 +2,7 @@ import { chmodSync, createWriteStream, mkdirSync, statSync, unlinkSync, type Wri
 import { dirname, join } from "node:path";
 import type { Socket } from "bun";
 import { coerceError } from "../lib/errors.ts";
-import { artifactNameProblem } from "../protocol/artifact-name.ts";
+import { artifactNameProblem, isName } from "../lib/names.ts";
 import type { ArtifactBudget } from "../runner/artifact-budget.ts";
 import { connectUpstream, type RelayEnd } from "./egress.ts";
 import { Outgoing } from "./outgoing.ts";
@@ -154,7 +154,7 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
     const tm = /^\/v1\/templates\/([^/]+)$/.exec(url.pathname);
     if (method === "GET" && tm) {
       const name = decodeURIComponent(tm[1]!);
-      if (!/^[a-z0-9][a-z0-9._-]{0,62}$/.test(name) || name.includes("..")) {
+      if (!isName(name)) {
         return refuse(s, 400, "INVALID_NAME", `"${name}" is not a template name`);
       }
       // A first use builds the template, which takes minutes: the job's request simply waits for it.

@@ -20,7 +20,7 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
   BAD_REQUEST: {
     status: 400,
     source: "master",
-    meaning: "The request is malformed (not JSON, a bad query or header).",
+    meaning: "The request is malformed (not JSON, not UTF-8, a bad query or header).",
   },
   INVALID_REQUEST: {
     status: 400,
@@ -31,7 +31,8 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
   INVALID_NAME: {
     status: 400,
     source: "any",
-    meaning: "A worker, template, channel or artifact name is not a valid name.",
+    meaning:
+      "A name (worker, template, recipe, release tag, project, channel, token...) or an artifact name breaks the name rules of src/lib/names.ts; or a release would hold a file named SHA256SUMS.",
   },
   BODY_INCOMPLETE: {
     status: 400,
@@ -75,7 +76,8 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
   METHOD_NOT_ALLOWED: {
     status: 405,
     source: "master",
-    meaning: "An HTTP method the master does not serve (CONNECT, TRACE).",
+    meaning:
+      "An HTTP method the master does not serve (CONNECT, TRACE), or one a known path does not take; the Allow header lists those it does.",
   },
   UPGRADE_REQUIRED: {
     status: 426,

@@ -70,8 +70,8 @@ function expected(a: Access, c: Cred): "ok" | 401 | 403 | 404 {
   if (a.who === "job") return c.kind === "own job" ? "ok" : 403;
   if (a.who === "worker") return c.kind === "worker" ? "ok" : 403;
   if (c.kind === "own job" || c.kind === "other job") return 403;
-  if (c.kind === "worker") return a.workers ? "ok" : 403;
-  if (c.kind !== "role") throw new Error(`no rule for ${c.kind}`);
+  if (c.kind === "worker") return a.who === "client" && a.workers ? "ok" : 403;
+  if (c.kind !== "role" || a.who !== "client") throw new Error(`no rule for ${c.kind} on ${a.who}`);
   if (RANK[c.role] < RANK[a.role]) return 403;
   if (c.project === null) return "ok";
   if (a.scope === "global") return 403;
@@ -443,7 +443,7 @@ describe("the route table", () => {
     const rows = routeTable(app);
     expect(rows.length).toBeGreaterThan(40);
     const problems = rows
-      .filter((r) => !r.websocket)
+      .filter((r) => !r.outside)
       .flatMap((r) => {
         const key = `${r.method} ${r.path}`;
         const out: string[] = [];
@@ -455,6 +455,13 @@ describe("the route table", () => {
     const served = new Set(rows.map((r) => `${r.method} ${r.path}`));
     expect(Object.keys(FIXTURES).filter((k) => !served.has(k))).toEqual([]);
     expect(rows.find((r) => r.path === WORKER_SOCKET)?.access).toEqual({ who: "worker" });
+    // Enrollment is served before the app, with TLS only, and checks its own credentials (a join token, a
+    // worker certificate with proof of its key): src/tls/enroll.test.ts tries them over real mutual TLS.
+    expect(rows.filter((r) => r.outside === "tls").map((r) => [r.path, r.access?.who])).toEqual([
+      ["/api/v1/tls/ca", "anyone"],
+      ["/api/v1/tls/enroll", "join-token"],
+      ["/api/v1/tls/renew", "worker-certificate"],
+    ]);
   });
 
   test("a route registered without a guard is listed with no rule, which the test above refuses", () => {
@@ -477,6 +484,10 @@ function renderAccessDoc(rows: ReturnType<typeof routeTable>): string {
         return "the credential of the job in the path, while its attempt runs";
       case "repo-reader":
         return "anyone for a public repository; else a token that may read it (Bearer, or Basic with the token as password)";
+      case "join-token":
+        return "a join token (TLS enrollment, checked before the app)";
+      case "worker-certificate":
+        return "a worker certificate with proof of its key (TLS, checked before the app)";
       case "client":
         return `${a.role}${a.workers ? ", or a worker token" : ""}`;
     }
@@ -565,7 +576,7 @@ describe("what the table is shown as", () => {
   test("the OpenAPI document lists every API route with its method", () => {
     const paths = OPENAPI.paths as Record<string, Record<string, unknown>>;
     const missing = routeTable(app)
-      .filter((r) => r.path.startsWith("/api/v1/") && !r.websocket && r.path !== "/api/v1/openapi.json")
+      .filter((r) => r.path.startsWith("/api/v1/") && !r.outside && r.path !== "/api/v1/openapi.json")
       .map((r) => [r.method.toLowerCase(), r.path.replace(/:(\w+)(\{[^}]*\})?/g, "{$1}")] as const)
       .filter(([method, path]) => !paths[path]?.[method])
       .map(([method, path]) => `${method} ${path}`);
@@ -575,7 +586,7 @@ describe("what the table is shown as", () => {
 
 describe("every route with every credential", () => {
   // The table is read from an app built the same way as the one the cases run against.
-  const rows = routeTable(createApp({} as never)).filter((r) => !r.websocket && r.access);
+  const rows = routeTable().filter((r) => !r.outside && r.access);
   for (const row of rows) {
     test(`${row.method} ${row.path} (${describeAccess(row.access!)}) answers each credential as its rule says`, async () => {
       const got: string[] = [];

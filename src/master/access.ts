@@ -1,5 +1,6 @@
 import type { Hono, MiddlewareHandler } from "hono";
 import { AppError, badRequest, notFound } from "../lib/errors.ts";
+import { type LogOnce, logOnce } from "../lib/log-once.ts";
 import { getJob } from "../store/jobs.ts";
 import { getRelease } from "../store/releases.ts";
 import type { JobRow, ReleaseRow, RepoRow } from "../store/schema.ts";
@@ -49,7 +50,11 @@ export type Access =
    * client token that may read it, as Bearer or as the password of Basic (apt's auth.conf, dnf's
    * password=). A token that may not read it gets 404, as for a repository that does not exist.
    */
-  | { who: "repo-reader" };
+  | { who: "repo-reader" }
+  /** TLS enrollment: a single-use join token (src/tls/enroll.ts checks it, before the app). */
+  | { who: "join-token" }
+  /** TLS renewal: the worker's own certificate and proof of its key (src/tls/enroll.ts, before the app). */
+  | { who: "worker-certificate" };
 
 /** What a guarded route's handlers can read: the caller, and the job, release or repository its path named. */
 export type ApiEnv = { Variables: { caller: Caller; job: JobRow; release: ReleaseRow; repo: RepoRow } };
@@ -70,6 +75,10 @@ export function describeAccess(a: Access): string {
       return "the job's own credential";
     case "repo-reader":
       return "anyone for a public repository, else a token that may read it";
+    case "join-token":
+      return "a join token";
+    case "worker-certificate":
+      return "a worker certificate";
     case "client":
       return `${a.role}${a.workers ? " or worker" : ""}, ${a.scope}`;
   }
@@ -101,14 +110,35 @@ export function guardFor(ctx: MasterContext) {
  * Admits the caller of a request the app does not route (the worker websocket) by the same rules as a
  * guard; throws the 401 or 403 AppError.
  */
-export function admitRequest(ctx: MasterContext, access: Access, req: Request): Promise<Caller> {
-  return check(
-    ctx,
-    access,
-    { method: req.method, path: new URL(req.url).pathname, authorization: req.headers.get("authorization") },
-    {},
-    () => {},
-  );
+export async function admitRequest(ctx: MasterContext, access: Access, req: Request): Promise<Caller> {
+  const path = new URL(req.url).pathname;
+  let caller: Caller | null = null;
+  try {
+    return await check(
+      ctx,
+      access,
+      { method: req.method, path, authorization: req.headers.get("authorization") },
+      {},
+      (k, v) => {
+        if (k === "caller") caller = v as Caller;
+      },
+    );
+  } catch (err) {
+    if (err instanceof AppError) {
+      let log = doorLogs.get(ctx);
+      if (!log) {
+        log = logOnce((msg) => ctx.log.warn(msg));
+        doorLogs.set(ctx, log);
+      }
+      const c = caller as Caller | null;
+      const who = c ? ` for token ${c.name} (${c.tokenId}, ${c.role})` : "";
+      log(
+        `${err.code} ${req.method} ${path}`,
+        `refused ${req.method} ${path}${who}: ${err.status} ${err.code}: ${err.message}`,
+      );
+    }
+    throw err;
+  }
 }
 
 /**
@@ -150,13 +180,7 @@ async function readRepo(
     );
   }
   set("caller", caller);
-  if (caller.role === "worker" || caller.role === "job" || !mayRead(caller.project, repo)) {
-    if (firstInAWhile(`${req.path} ${caller.tokenId}`))
-      ctx.log.warn(
-        `refused ${req.method} ${req.path} for token ${caller.name} (${caller.tokenId}, ${caller.role}): it may not read repository ${repo.name}`,
-      );
-    throw unreadable();
-  }
+  if (caller.role === "worker" || caller.role === "job" || !mayRead(caller.project, repo)) throw unreadable();
   return null;
 }
 
@@ -167,36 +191,15 @@ async function check(
   params: Record<string, string>,
   set: (key: "caller" | "job" | "release" | "repo", value: unknown) => void,
 ): Promise<Caller> {
-  let caller: Caller | null = null;
-  try {
-    caller = await identify(ctx, req.authorization);
-    set("caller", caller);
-    await admit(ctx, access, caller, params, set);
-    return caller;
-  } catch (err) {
-    if (err instanceof AppError && (err.status === 401 || err.status === 403)) {
-      // The operator's answer to "why was my script refused": who, what, and why; never the secret.
-      const who = caller ? `token ${caller.name} (${caller.tokenId}, ${caller.role})` : "a caller";
-      const line = `refused ${req.method} ${req.path} for ${who}: ${err.message}`;
-      if (firstInAWhile(line)) ctx.log.warn(line);
-    }
-    throw err;
-  }
+  const caller = await identify(ctx, req.authorization);
+  set("caller", caller);
+  await admit(ctx, access, caller, params, set);
+  return caller;
 }
 
-// A worker with a revoked token retries for as long as it runs, and a script in a loop as often as it
-// likes: the same refusal is logged once a minute, not once per request.
-const REPEAT_MS = 60_000;
-const lastSaid = new Map<string, number>();
-
-function firstInAWhile(line: string, now = Date.now()): boolean {
-  const last = lastSaid.get(line);
-  if (last !== undefined && now - last < REPEAT_MS) return false;
-  // Bounded: a flood of distinct refusals (a scan of paths) cannot grow this without end.
-  if (lastSaid.size >= 1000) lastSaid.clear();
-  lastSaid.set(line, now);
-  return true;
-}
+// Refusals at the doors outside the app, by master: a worker with a revoked token retries for as long as
+// it runs, so each kind is told once, then counted (lib/log-once.ts), as the app does for its routes.
+const doorLogs = new WeakMap<MasterContext, LogOnce>();
 
 async function admit(
   ctx: MasterContext,
@@ -206,6 +209,8 @@ async function admit(
   set: (key: "job" | "release" | "repo", value: unknown) => void,
 ) {
   if (a.who === "anyone" || a.who === "repo-reader") return;
+  if (a.who === "join-token" || a.who === "worker-certificate")
+    throw new Error(`${a.who} is checked by src/tls/enroll.ts before the app, never by a guard`);
   if (a.who === "job") {
     if (caller.role !== "job" || !caller.job)
       throw forbidden("this endpoint takes the credential of the job it names, which its worker holds");
@@ -254,16 +259,19 @@ export interface RouteRule {
   method: string;
   path: string;
   access: Access | null;
-  /** True for the worker websocket, which Bun.serve upgrades before the app sees the request. */
-  websocket?: boolean;
+  /**
+   * Served before the app sees the request: the worker websocket (Bun.serve upgrades it) and, with TLS,
+   * enrollment.
+   */
+  outside?: "websocket" | "tls";
 }
 
 /** The worker websocket's path; it is served by Bun.serve's upgrade, outside the Hono app. */
 export const WORKER_SOCKET = "/api/v1/worker/connect";
 
 /**
- * Every route of `app` with its rule, in registration order, plus the worker websocket. Middleware that
- * runs for every path (method ALL) is not a route.
+ * Every route of `app` with its rule, in registration order. Middleware that runs for every path
+ * (method ALL) is not a route.
  */
 export function routesOf(app: Hono<never>): RouteRule[] {
   const byKey = new Map<string, RouteRule>();
@@ -274,8 +282,5 @@ export function routesOf(app: Hono<never>): RouteRule[] {
     row.access = row.access ?? ruleOf(r.handler) ?? null;
     byKey.set(key, row);
   }
-  return [
-    ...byKey.values(),
-    { method: "GET", path: WORKER_SOCKET, access: { who: "worker" }, websocket: true },
-  ];
+  return [...byKey.values()];
 }

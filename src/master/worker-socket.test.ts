@@ -202,12 +202,11 @@ describe("connecting", () => {
     expect(body.map((x: { connected: boolean }) => x.connected)).toEqual([true]);
   });
 
-  test("a message that is not in the protocol is ignored and the connection keeps working", async () => {
+  test("a message of a type the master does not know is skipped and the connection keeps working", async () => {
     const w = await connect();
     w.send(hello("t-odd"));
     await w.next("worker.welcome");
     w.ws.send(JSON.stringify({ type: "worker.nonsense" }));
-    w.ws.send(JSON.stringify({ type: "job.progress", jobId: 1, attempt: 1, percent: 400, message: null }));
     w.send({ type: "template.get", requestId: 7, name: "nope" });
     const answer = await w.next("template.spec");
     expect([answer.requestId, answer.template, answer.error]).toEqual([
@@ -216,6 +215,45 @@ describe("connecting", () => {
       expect.stringContaining("nope"),
     ]);
   });
+});
+
+describe("frames the master cannot read", () => {
+  const header = (h: unknown) => {
+    const json = new TextEncoder().encode(JSON.stringify(h));
+    const out = new Uint8Array(4 + json.length + 3);
+    new DataView(out.buffer).setUint32(0, json.length);
+    out.set(json, 4);
+    return out;
+  };
+  const bad: [string, string | Uint8Array][] = [
+    ["a text frame that is not JSON", "{not json"],
+    [
+      "a known message with a field of the wrong kind",
+      JSON.stringify({ type: "worker.heartbeat", running: 5 }),
+    ],
+    [
+      "a progress report out of range",
+      JSON.stringify({ type: "job.progress", jobId: 1, attempt: 1, percent: 400, message: null }),
+    ],
+    ["a binary frame shorter than its length prefix", new Uint8Array([0, 0])],
+    ["a log frame whose header length passes the frame", new Uint8Array([0, 0, 0, 200, 1, 2])],
+    ["a log frame whose header is not JSON", new Uint8Array([0, 0, 0, 2, 0x7b, 0xff])],
+    ["a log frame with a negative offset", header({ j: 1, a: 1, o: -5 })],
+    ["a log frame with a fractional job id", header({ j: 1.5, a: 1, o: 0 })],
+  ];
+  for (const [what, frame] of bad) {
+    test(`${what} closes the connection with 4400, once`, async () => {
+      const w = await connect();
+      w.send(hello(`t-bad-${bad.findIndex(([x]) => x === what)}`));
+      await w.next("worker.welcome");
+      w.ws.send(frame);
+      // More of the same after the first is not handled (nor logged) again.
+      w.ws.send(frame);
+      expect((await w.closed).code).toBe(4400);
+      // The master goes on serving.
+      expect((await api("GET", "/workers")).status).toBe(200);
+    });
+  }
 });
 
 describe("jobs over the socket", () => {

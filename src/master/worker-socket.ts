@@ -1,6 +1,7 @@
 import type { ServerWebSocket } from "bun";
 import { coerceError, isDiskFull } from "../lib/errors.ts";
-import { isName } from "../lib/names.ts";
+import { logOnce, printable } from "../lib/log-once.ts";
+import { nameProblem } from "../lib/names.ts";
 import { isTerminal, type Outcome } from "../protocol/job.ts";
 import {
   decodeLogFrame,
@@ -33,16 +34,23 @@ import { resolveTemplate } from "./templates.ts";
 
 /**
  * Per-connection state: the worker's name once it said hello, the chain that orders its messages, and
- * the token it connected with (revoking it, or its expiry, closes the socket).
+ * whether the master has refused the connection (a bad frame): nothing it sent after is handled; and the
+ * token it connected with (revoking it, or its expiry, closes the socket).
  */
 export interface SocketData {
   name: string | null;
   chain: Promise<void>;
+  refused: boolean;
   tokenId: string;
   expiresAt: number | null;
   /** Unregisters the connection from ctx.sessions; set while it is open. */
   end: (() => void) | null;
 }
+
+const KNOWN_TYPES = new Set<string>(WorkerMessageSchema.options.map((o) => o.shape.type.value));
+
+/** The close code for a frame the master cannot read (a 4xxx code: the application's own, RFC 6455 7.4.2). */
+export const BAD_FRAME = 4400;
 
 /**
  * Where an active attempt's bytes go: attempt number, the offset of its first byte in the job log, and
@@ -90,10 +98,26 @@ function withdrawAttempt(ctx: MasterContext, row: JobRow) {
 /** The handlers of the worker websocket: hello, heartbeats, job reports and log frames, each in order. */
 export function workerSocketHandlers(ctx: MasterContext) {
   const send = (ws: ServerWebSocket<SocketData>, msg: MasterMessage) => ws.send(JSON.stringify(msg));
+  // One record per kind of refusal, then a count: a broken or hostile worker cannot flood the log.
+  const refusal = logOnce((msg) => ctx.log.warn(msg));
+
+  /** Refuses the connection for a frame it cannot read: one close, one log line per kind. */
+  function badFrame(ws: ServerWebSocket<SocketData>, kind: string, why: string) {
+    if (ws.data.refused) return;
+    ws.data.refused = true;
+    refusal(
+      `bad frame: ${kind}`,
+      `closed the connection of worker ${ws.data.name ?? "(before hello)"} (${BAD_FRAME}): ${why}; a worker of another Kiln version, or not a Kiln worker, sends these: upgrade it to this master's version`,
+    );
+    // A close reason is at most 123 bytes (RFC 6455 5.5).
+    ws.close(BAD_FRAME, `bad ${kind}: ${why}`.slice(0, 120));
+  }
 
   async function hello(ws: ServerWebSocket<SocketData>, m: Extract<WorkerMessage, { type: "worker.hello" }>) {
-    if (!isName(m.name)) {
-      send(ws, { type: "worker.refused", message: `worker name "${m.name}" is not a valid name` });
+    const problem = nameProblem(m.name);
+    if (problem) {
+      refusal("worker name", `refused a worker: its name ${problem} (its --name or [worker] name)`);
+      send(ws, { type: "worker.refused", message: `worker name ${problem}` });
       ws.close(4000, "invalid name");
       return;
     }
@@ -401,7 +425,12 @@ export function workerSocketHandlers(ctx: MasterContext) {
   }
 
   async function logChunk(ws: ServerWebSocket<SocketData>, buf: Uint8Array) {
-    const frame = decodeLogFrame(buf);
+    let frame: ReturnType<typeof decodeLogFrame>;
+    try {
+      frame = decodeLogFrame(buf);
+    } catch (err) {
+      return badFrame(ws, "log frame", coerceError(err).message);
+    }
     let b = bases.get(frame.jobId);
     // Only the worker running the attempt writes its log: another one's frames are dropped unanswered.
     if (b && b.attempt === frame.attempt && b.worker !== ws.data.name) return;
@@ -443,6 +472,7 @@ export function workerSocketHandlers(ctx: MasterContext) {
   return {
     open(ws: ServerWebSocket<SocketData>) {
       ws.data.chain = Promise.resolve();
+      ws.data.refused = false;
       ws.data.end = ctx.sessions.open(ws.data.tokenId, ws.data.expiresAt, (why) => {
         ctx.log.warn(
           `closing the connection of worker ${ws.data.name ?? "?"}: ${why} (token ${ws.data.tokenId}); it needs a new worker token`,
@@ -452,12 +482,29 @@ export function workerSocketHandlers(ctx: MasterContext) {
     },
     message(ws: ServerWebSocket<SocketData>, raw: string | Buffer) {
       ws.data.chain = ws.data.chain.then(async () => {
+        if (ws.data.refused) return;
         try {
           if (typeof raw !== "string") return await logChunk(ws, new Uint8Array(raw));
-          const parsed = WorkerMessageSchema.safeParse(JSON.parse(raw));
-          if (!parsed.success) {
-            ctx.log.warn(`worker ${ws.data.name ?? "?"}: bad message: ${parsed.error.issues[0]?.message}`);
+          let json: unknown;
+          try {
+            json = JSON.parse(raw);
+          } catch {
+            return badFrame(ws, "message", "a text frame that is not JSON");
+          }
+          const type = (json as { type?: unknown } | null)?.type;
+          if (typeof type === "string" && !KNOWN_TYPES.has(type)) {
+            // A newer worker may say things this master does not know yet: skipped, the rest goes on.
+            refusal(
+              "unknown message",
+              `ignored a message of unknown type ${JSON.stringify(printable(type.slice(0, 40)))} from worker ${ws.data.name ?? "(before hello)"}: is it newer than this master?`,
+            );
             return;
+          }
+          const parsed = WorkerMessageSchema.safeParse(json);
+          if (!parsed.success) {
+            const issue = parsed.error.issues[0]!;
+            const what = `${typeof type === "string" ? printable(type.slice(0, 40)) : "a message"} ${issue.path.join(".")}: ${issue.message}`;
+            return badFrame(ws, "message", what);
           }
           await handle(ws, parsed.data);
         } catch (err) {

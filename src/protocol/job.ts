@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { isName, nameSchema } from "../lib/names.ts";
 import { TemplateSpecSchema } from "./template.ts";
 
 /** Job states exactly as SPEC.md names them. */
@@ -181,11 +182,6 @@ export function execBytes(command: string[], env: Record<string, string>): numbe
   for (const [k, v] of Object.entries(env)) n += Buffer.byteLength(k) + Buffer.byteLength(v) + 2;
   return n;
 }
-const NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
-const name = (_what: string) =>
-  z
-    .string()
-    .regex(NAME, `must be 1-63 lowercase letters, digits, ".", "_" or "-", starting with a letter or digit`);
 
 /**
  * The options of a submit that a recipe's `[submit]` table may also set. None has a default here, so the
@@ -194,9 +190,9 @@ const name = (_what: string) =>
 export const SubmitOptionsSchema = z
   .object({
     name: z.string().max(200).optional(),
-    project: name("project").optional(),
-    channel: name("channel").optional(),
-    arch: name("arch").optional(),
+    project: nameSchema().optional(),
+    channel: nameSchema().optional(),
+    arch: nameSchema().optional(),
     priority: z
       .number()
       .int()
@@ -236,12 +232,12 @@ export const SubmitOptionsSchema = z
       .optional(),
     root: z
       .string()
-      .regex(/^(host|[a-z0-9][a-z0-9._-]{0,62})$/, "must be host or a template name")
+      .refine((r) => r === "host" || isName(r), "must be host or a template name")
       .optional(),
     writableRoot: z.boolean().optional(),
-    needs: z.array(name("needs")).optional(),
+    needs: z.array(nameSchema()).optional(),
     egress: z.array(z.string().regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, "must be HOST or HOST:PORT")).optional(),
-    repo: name("repo").optional(),
+    repo: nameSchema().optional(),
     repoForce: z.boolean().optional(),
     retries: z.number().int().min(0, "must be at least 0").max(100, "must be at most 100").optional(),
   })
@@ -297,7 +293,7 @@ export const SubmitSchema = SubmitOptionsSchema.extend({
     .min(1, "command must not be empty")
     .max(SPEC_LIMITS.args, `a command may have at most ${SPEC_LIMITS.args} arguments`)
     .optional(),
-  recipe: name("recipe").optional(),
+  recipe: nameSchema().optional(),
   /*
    * Values the job gets in its environment like --env, but which Kiln never shows: not in the job's
    * views, not in any log of Kiln's, not to another job. Not a recipe option, so no recipe file holds one.

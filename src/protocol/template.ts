@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { isArtifactName } from "./artifact-name.ts";
+import { isArtifactName, isName } from "../lib/names.ts";
 
 /*
  * Build-root templates: a recipe that makes a root filesystem tree, identified by the hash of its recipe
@@ -35,7 +35,7 @@ export const TemplateRecipeSchema = z.discriminatedUnion("kind", [
   z
     .object({
       kind: z.literal("script"),
-      base: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, "base must be a template name"),
+      base: z.string().refine(isName, "base must be a template name"),
       script: z
         .string()
         .min(1)

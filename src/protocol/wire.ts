@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { nameSchema } from "../lib/names.ts";
 import { type JobSpecSchema, OutcomeSchema } from "./job.ts";
 import type { TemplateSpec } from "./template.ts";
 
@@ -10,25 +11,30 @@ import type { TemplateSpec } from "./template.ts";
 
 /** A worker's slot as it reports it: name, resources and the hold on it, if any. */
 export const SlotInfoSchema = z.object({
-  name: z.string(),
-  resources: z.array(z.string()),
-  held: z.string().nullable(),
+  name: nameSchema(),
+  resources: z.array(nameSchema()).max(256),
+  held: z.string().max(1000).nullable(),
 });
 /** A checked SlotInfoSchema value. */
 export type SlotInfo = z.infer<typeof SlotInfoSchema>;
 
-const JobRef = { jobId: z.number().int(), attempt: z.number().int() };
+// Ids and attempts are row numbers: whole, not negative, and within what the store holds exactly.
+const JobRef = {
+  jobId: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+  attempt: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+};
 
 /** Every text message a worker may send; the master drops (and logs) anything this does not accept. */
 export const WorkerMessageSchema = z.discriminatedUnion("type", [
   z.object({
     type: z.literal("worker.hello"),
-    name: z.string(),
-    arch: z.string(),
-    channels: z.array(z.string()),
-    version: z.string(),
-    slots: z.array(SlotInfoSchema),
-    running: z.array(z.object({ ...JobRef, slot: z.string() })),
+    // Checked by the master itself, which answers a bad name with worker.refused.
+    name: z.string().max(200),
+    arch: nameSchema(),
+    channels: z.array(nameSchema()).max(256),
+    version: z.string().max(100),
+    slots: z.array(SlotInfoSchema).max(4096),
+    running: z.array(z.object({ ...JobRef, slot: z.string().max(200) })),
     /** Attempts that ended and wait in the worker's outbox for the master's ack. */
     finished: z.array(z.object(JobRef)),
     /**
@@ -96,15 +102,17 @@ export function encodeLogFrame(f: LogFrame): Uint8Array {
 
 /** Decodes a binary log frame; throws on a header that is too long, truncated or not whole numbers. */
 export function decodeLogFrame(buf: Uint8Array): LogFrame {
+  if (buf.length < 4) throw new Error("bad log frame header");
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const len = view.getUint32(0);
   if (len > 256 || 4 + len > buf.length) throw new Error("bad log frame header");
-  const h = JSON.parse(new TextDecoder().decode(buf.subarray(4, 4 + len))) as {
-    j: number;
-    a: number;
-    o: number;
-  };
-  if (!Number.isInteger(h.j) || !Number.isInteger(h.a) || !Number.isInteger(h.o))
+  let h: { j: number; a: number; o: number } | null;
+  try {
+    h = JSON.parse(new TextDecoder().decode(buf.subarray(4, 4 + len)));
+  } catch {
+    throw new Error("bad log frame header");
+  }
+  if (!h || ![h.j, h.a, h.o].every((n) => Number.isSafeInteger(n) && n >= 0))
     throw new Error("bad log frame header");
   return { jobId: h.j, attempt: h.a, offset: h.o, data: buf.subarray(4 + len) };
 }

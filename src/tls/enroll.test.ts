@@ -318,7 +318,7 @@ test("a bad certificate request or a hostile name is refused before the join tok
     }),
   ).toEqual([400, "CSR_INVALID"]);
   expect(await post({ secret, csr: "x".repeat(64 * 1024) })).toEqual([413, "BODY_TOO_LARGE"]);
-  expect(await post({ secret: 5, csr: await csrFor("xa-w12") })).toEqual([400, "BAD_REQUEST"]);
+  expect(await post({ secret: 5, csr: await csrFor("xa-w12") })).toEqual([400, "INVALID_REQUEST"]);
   expect(await post({ secret: "nope", csr: await csrFor("xa-w12") })).toEqual([401, "JOIN_TOKEN_UNKNOWN"]);
   // None of that spent the token.
   await join1("xa-w12", token);

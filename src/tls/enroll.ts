@@ -1,5 +1,7 @@
-import { readLimited } from "../lib/body.ts";
+import { z } from "zod";
+import { readJson } from "../lib/body.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
+import { logOnce } from "../lib/log-once.ts";
 import type { Authority } from "./authority.ts";
 import { checkCsr, type IssuedCertificate, MAX_CSR_BYTES, signWorkerCertificate } from "./issue.ts";
 import { hashJoinSecret } from "./join-token.ts";
@@ -43,29 +45,28 @@ export interface EnrollmentLog {
   warn(msg: string): void;
 }
 
-// A CSR and a 43-character secret in JSON; twice the CSR bound leaves room for escaping.
-const MAX_BODY = 2 * MAX_CSR_BYTES + 1024;
+/*
+ * The bodies of the enrollment routes, this route family's schemas (the master's other families keep
+ * theirs in src/protocol/api.ts). checkCsr then reads the CSR itself and says what is wrong with it.
+ */
+// The CSR bound, plus room for JSON escaping of its line breaks; checkCsr refuses a longer PEM.
+const csr = z
+  .string()
+  .min(1, "csr is required: a PEM certificate request")
+  .max(2 * MAX_CSR_BYTES, `csr is larger than ${MAX_CSR_BYTES} bytes`);
+/** POST /api/v1/tls/enroll and /api/v1/tls/renew. */
+export const TlsApi = {
+  // A CSR and a 43-character secret in JSON; twice the CSR bound leaves room for escaping.
+  maxBytes: 2 * MAX_CSR_BYTES + 1024,
+  enroll: z.strictObject({
+    secret: z.string().min(1, "secret is required: the join token's secret").max(200),
+    csr,
+  }),
+  renew: z.strictObject({ csr }),
+};
 
 const errorResponse = (e: AppError) =>
   Response.json({ error: { code: e.code, message: e.message } }, { status: e.status });
-
-async function jsonBody(req: Request): Promise<Record<string, unknown>> {
-  const bytes = await readLimited(req, MAX_BODY);
-  try {
-    const v = JSON.parse(new TextDecoder().decode(bytes));
-    if (v && typeof v === "object" && !Array.isArray(v)) return v as Record<string, unknown>;
-  } catch {
-    // Falls through to the one message below: the body is not a JSON object.
-  }
-  throw new AppError("BAD_REQUEST", "the body must be a JSON object", { status: 400 });
-}
-
-const field = (body: Record<string, unknown>, name: string): string => {
-  const v = body[name];
-  if (typeof v !== "string" || v === "")
-    throw new AppError("BAD_REQUEST", `the body needs "${name}" as a string`, { status: 400 });
-  return v;
-};
 
 /**
  * Builds the handler for the enrollment routes: it answers those paths (errors as
@@ -80,6 +81,9 @@ export function enrollmentHandler(opts: {
 }): (req: Request, ip?: string) => Promise<Response | undefined> {
   const now = opts.now ?? Date.now;
   const { authority, ledger, log } = opts;
+  // One record per path and code, then a count: a client hammering enrollment cannot flood the log.
+  const noteRefusal = logOnce((msg) => log.warn(msg));
+  const failed = logOnce((msg) => log.warn(msg));
   return async (req, ip = "?") => {
     const path = new URL(req.url).pathname;
     if (path !== TLS_ROUTES.ca && path !== TLS_ROUTES.enroll && path !== TLS_ROUTES.renew) return undefined;
@@ -93,9 +97,9 @@ export function enrollmentHandler(opts: {
       if (req.method !== "POST")
         throw new AppError("METHOD_NOT_ALLOWED", `${path} takes POST`, { status: 405 });
       if (path === TLS_ROUTES.enroll) {
-        const body = await jsonBody(req);
-        const secret = field(body, "secret");
-        const { csr, worker } = await checkCsr(field(body, "csr"));
+        const body = await readJson(req, TlsApi.enroll, { max: TlsApi.maxBytes });
+        const secret = body.secret;
+        const { csr, worker } = await checkCsr(body.csr);
         who = `worker ${worker} from ${ip}`;
         const at = now();
         const cert = await ledger.redeem(
@@ -112,7 +116,9 @@ export function enrollmentHandler(opts: {
       const at = now();
       const current: VerifiedWorker = await verifyWorker(req, authority.ca, ledger, at);
       who = `worker ${current.worker} from ${ip}`;
-      const { csr, worker } = await checkCsr(field(await jsonBody(req), "csr"));
+      const { csr, worker } = await checkCsr(
+        (await readJson(req, TlsApi.renew, { max: TlsApi.maxBytes })).csr,
+      );
       if (worker !== current.worker)
         throw new AppError(
           "CSR_INVALID",
@@ -129,11 +135,11 @@ export function enrollmentHandler(opts: {
       return Response.json({ certificate: cert.pem, notAfter: cert.notAfter });
     } catch (err) {
       if (err instanceof AppError && err.status < 500) {
-        log.warn(`refused ${path} for ${who}: ${err.code}: ${err.message}`);
+        noteRefusal(`${path} ${err.code}`, `refused ${path} for ${who}: ${err.code}: ${err.message}`);
         return errorResponse(err);
       }
       const e = coerceError(err);
-      log.warn(`failed ${path} for ${who}: ${e.stack ?? e.message}`);
+      failed(path, `failed ${path} for ${who}: ${e.stack ?? e.message}`);
       return errorResponse(
         new AppError("INTERNAL", "the master failed to answer; see its log", { status: 500, cause: e }),
       );

@@ -2,8 +2,8 @@ import { appendFileSync, existsSync, readdirSync, readFileSync, statSync, writeF
 import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
 import { type AppError, coerceError, errorFrom } from "../lib/errors.ts";
+import { artifactNameProblem } from "../lib/names.ts";
 import { formatSize } from "../lib/size.ts";
-import { artifactNameProblem } from "../protocol/artifact-name.ts";
 import type { Outcome } from "../protocol/job.ts";
 import { type JobDir, jobCredential, logPath, writeOutcome } from "./job-dir.ts";
 

@@ -1,16 +1,16 @@
 import { Hono } from "hono";
-import { z } from "zod";
 import { parseDuration } from "../../lib/duration.ts";
 import { AppError, coerceError, notFound } from "../../lib/errors.ts";
 import { checkName } from "../../lib/names.ts";
+import { AdminApi } from "../../protocol/api.ts";
 import { activeJobsOf, getJob } from "../../store/jobs.ts";
-import { createToken, listTokens, ROLES, revokeToken } from "../../store/tokens.ts";
+import { createToken, listTokens, revokeToken } from "../../store/tokens.ts";
 import { getWorker, listWorkers, removeWorker, setWorker } from "../../store/workers.ts";
 import { type ApiEnv, guardFor } from "../access.ts";
 import { audit } from "../audit.ts";
 import type { Caller } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
-import { body } from "./client.ts";
+import { jsonBody } from "./json-body.ts";
 
 /**
  * The API shape of a worker: its registration joined with what the live connection says. For a caller
@@ -101,10 +101,7 @@ export function adminRoutes(ctx: MasterContext) {
     return c.json(await change(c.var.caller, "worker.drain", c.req.param("name"), { draining: true }));
   });
   app.post("/admin/workers/:name/hold", guard(operator), async (c) => {
-    const req = await body(
-      c.req.raw,
-      z.object({ reason: z.string().min(1, "a reason is required").max(500) }).strict(),
-    );
+    const req = await jsonBody(c, AdminApi.hold);
     return c.json(await change(c.var.caller, "worker.hold", c.req.param("name"), { holdReason: req.reason }));
   });
   app.post("/admin/workers/:name/release", guard(operator), async (c) => {
@@ -171,10 +168,7 @@ export function adminRoutes(ctx: MasterContext) {
     return { worker: name, slot, held: msg.type === "slot.hold" ? msg.reason : null };
   };
   app.post("/admin/workers/:name/slots/:slot/hold", guard(operator), async (c) => {
-    const req = await body(
-      c.req.raw,
-      z.object({ reason: z.string().min(1, "a reason is required").max(500) }).strict(),
-    );
+    const req = await jsonBody(c, AdminApi.hold);
     const slot = c.req.param("slot");
     return c.json(
       await slotAction(c.var.caller, c.req.param("name"), slot, {
@@ -191,18 +185,7 @@ export function adminRoutes(ctx: MasterContext) {
 
   const admin = { who: "client", role: "admin", scope: "global" } as const;
   app.post("/admin/tokens", guard(admin), async (c) => {
-    const req = await body(
-      c.req.raw,
-      z
-        .object({
-          role: z.enum(ROLES),
-          name: z.string().max(100).optional(),
-          project: z.string().optional(),
-          ttl: z.string().optional(),
-        })
-        .strict(),
-    );
-    if (req.project) checkName("project", req.project);
+    const req = await jsonBody(c, AdminApi.createToken);
     if (req.project && (req.role === "admin" || req.role === "worker")) {
       // An admin token manages the whole master and a worker runs every project's jobs: a project on
       // either would suggest a limit nothing enforces.

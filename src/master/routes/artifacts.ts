@@ -1,13 +1,14 @@
 import type { Context } from "hono";
 import { Hono } from "hono";
 import { AppError, badRequest } from "../../lib/errors.ts";
+import { checkArtifactName } from "../../lib/names.ts";
 import { formatSize } from "../../lib/size.ts";
-import { artifactNameProblem } from "../../protocol/artifact-name.ts";
 import { getArtifact, listArtifacts } from "../../store/artifacts.ts";
 import { getJob } from "../../store/jobs.ts";
 import { type ApiEnv, guardFor } from "../access.ts";
 import { artifactView, type UploadClaim } from "../artifacts.ts";
 import type { MasterContext } from "../context.ts";
+import { receiving } from "../idle.ts";
 import { parseRange } from "./range.ts";
 
 const idOf = (text: string) => {
@@ -15,12 +16,7 @@ const idOf = (text: string) => {
   return Number(text);
 };
 // Names may be `dir/file`: each part is checked on its own, so none is empty, "." or "..".
-const nameOf = (text: string) => {
-  const problem = artifactNameProblem(text);
-  if (problem)
-    throw badRequest(`${JSON.stringify(text)} is not an artifact name: ${problem}`, "INVALID_NAME");
-  return text;
-};
+const nameOf = checkArtifactName;
 const sizeOf = (text: string | undefined, what: string) => {
   if (text === undefined || !/^\d{1,15}$/.test(text)) throw badRequest(`${what} must be a byte count`);
   return Number(text);
@@ -77,7 +73,7 @@ export function artifactRoutes(ctx: MasterContext) {
   app.put("/worker/artifacts/:id/:attempt/:name{.+}", upload, async (c) => {
     const claim = await claimOf(c);
     const offset = sizeOf(c.req.header("x-kiln-offset") ?? "0", "x-kiln-offset");
-    const got = await ctx.artifacts.receive(claim, offset, c.req.raw.body);
+    const got = await receiving(c, c.req.raw.body, (body) => ctx.artifacts.receive(claim, offset, body));
     if ("offset" in got) return c.json({ offset: got.offset }, 202);
     return c.json(artifactView(got.artifact), 201);
   });

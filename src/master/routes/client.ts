@@ -1,8 +1,8 @@
 import { Hono } from "hono";
-import { z } from "zod";
-import { MAX_JSON_BODY, readLimited } from "../../lib/body.ts";
+import { describeIssue } from "../../lib/body.ts";
 import { AppError, badRequest } from "../../lib/errors.ts";
-import { isTerminal, SubmitSchema } from "../../protocol/job.ts";
+import { JobsApi } from "../../protocol/api.ts";
+import { isTerminal } from "../../protocol/job.ts";
 import { listArtifacts } from "../../store/artifacts.ts";
 import { cancelJob, definitionOf, getJob, insertJob, jobHistory, listJobs } from "../../store/jobs.ts";
 import { type ApiEnv, guardFor } from "../access.ts";
@@ -10,36 +10,11 @@ import { artifactView } from "../artifacts.ts";
 import { audit } from "../audit.ts";
 import { requireProject } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
+import { rearmOf } from "../idle.ts";
 import { queueRebuild, reproducibilityOf } from "../rebuilds.ts";
 import { jobFromRequest } from "../submit.ts";
 import { jobView, whyQueued } from "../views.ts";
-
-/** Parses a request body with a schema, turning the first problem into a 400 that names the field. */
-export async function body<T extends z.ZodType>(req: Request, schema: T): Promise<z.infer<T>> {
-  const bytes = await readLimited(req, MAX_JSON_BODY);
-  let raw: unknown;
-  try {
-    raw = JSON.parse(new TextDecoder().decode(bytes));
-  } catch {
-    throw badRequest("the request body must be JSON");
-  }
-  const parsed = schema.safeParse(raw);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    const field = issue.path.join(".");
-    throw badRequest(field ? `${field}: ${issue.message}` : issue.message, "INVALID_REQUEST");
-  }
-  return parsed.data;
-}
-
-const LIST = z.object({
-  state: z
-    .enum(["queued", "assigned", "running", "succeeded", "failed", "cancelled", "timed_out"])
-    .optional(),
-  project: z.string().optional(),
-  limit: z.coerce.number().int().min(1).max(1000).optional(),
-  before: z.coerce.number().int().optional(),
-});
+import { jsonBody } from "./json-body.ts";
 
 /** Routes for people and their scripts: submit, list, show, logs, cancel, retry, rebuild. */
 export function clientRoutes(ctx: MasterContext) {
@@ -48,7 +23,7 @@ export function clientRoutes(ctx: MasterContext) {
 
   app.post("/jobs", guard({ who: "client", role: "submitter", scope: "body-project" }), async (c) => {
     const caller = c.var.caller;
-    const req = await body(c.req.raw, SubmitSchema);
+    const req = await jsonBody(c, JobsApi.submit);
     if (req.project !== undefined) requireProject(caller, req.project);
     // A token limited to a project submits to it without saying so (a recipe may still name another,
     // and is refused below).
@@ -69,8 +44,9 @@ export function clientRoutes(ctx: MasterContext) {
 
   app.get("/jobs", guard({ who: "client", role: "viewer", scope: "list" }), async (c) => {
     const caller = c.var.caller;
-    const q = LIST.safeParse(c.req.query());
-    if (!q.success) throw badRequest(`${q.error.issues[0]!.path.join(".")}: ${q.error.issues[0]!.message}`);
+    const query = c.req.query();
+    const q = JobsApi.list.safeParse(query);
+    if (!q.success) throw badRequest(describeIssue(q.error.issues[0]!, query));
     const rows = await listJobs(ctx.store.db, { ...q.data, project: caller.project ?? q.data.project });
     return c.json(rows.map((r) => jobView(r)));
   });
@@ -100,7 +76,7 @@ export function clientRoutes(ctx: MasterContext) {
     const caller = c.var.caller;
     const close = follow ? ctx.sessions.open(caller.tokenId, caller.expiresAt, () => stop.abort()) : () => {};
     const signal = AbortSignal.any([c.req.raw.signal, stop.signal]);
-    const stream = followLog(ctx, row.id, Number(offsetText), follow, signal, close);
+    const stream = followLog(ctx, row.id, Number(offsetText), follow, signal, rearmOf(c), close);
     return new Response(stream, {
       headers: {
         "content-type": "application/octet-stream",
@@ -173,6 +149,7 @@ function followLog(
   offset: number,
   follow: boolean,
   signal: AbortSignal,
+  rearm: () => void,
   ended: () => void,
 ) {
   let pos = offset;
@@ -198,6 +175,9 @@ function followLog(
           return;
         }
         if (!follow) return close(controller);
+        // A quiet job sends nothing for a while: the follower still counts as active (see idle.ts). One
+        // that stops reading is not pulled from, does not re-arm, and is closed when the timer runs out.
+        rearm();
         const row = await getJob(ctx.store.db, id);
         if (!row || (isTerminal(row.state) && pos >= ctx.logs.size(id))) return close(controller);
         await ctx.logs.waitForChange(id, 1000, signal);

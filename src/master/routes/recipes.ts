@@ -1,14 +1,14 @@
 import { Hono } from "hono";
-import { z } from "zod";
 import { AppError, badRequest } from "../../lib/errors.ts";
 import { checkName } from "../../lib/names.ts";
+import { RecipesApi } from "../../protocol/api.ts";
 import { addRecipe, currentRecipe, listRecipes, recipeVersion, removeRecipe } from "../../store/recipes.ts";
 import type { RecipeRow } from "../../store/schema.ts";
 import { type ApiEnv, guardFor } from "../access.ts";
 import { audit } from "../audit.ts";
 import type { MasterContext } from "../context.ts";
 import { parseRecipe, type RecipeDefinition } from "../recipes/definition.ts";
-import { body } from "./client.ts";
+import { jsonBody } from "./json-body.ts";
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
@@ -28,13 +28,6 @@ export function recipeView(row: RecipeRow) {
     deletedAt: iso(row.deletedAt),
   };
 }
-
-const ADD = z.strictObject({
-  name: z.string().max(200),
-  source: z.string().max(2 << 20, "a recipe file is at most 2 MiB"),
-  // Only for error messages: the file the CLI read, so "unknown key" can name it.
-  file: z.string().max(500).optional(),
-});
 
 const noRecipe = (name: string) =>
   new AppError("RECIPE_NOT_FOUND", `no recipe ${name}: list them with \`kiln recipe ls\``, { status: 404 });
@@ -61,8 +54,8 @@ export function recipeRoutes(ctx: MasterContext) {
 
   app.post("/recipes", operator, async (c) => {
     const caller = c.var.caller;
-    const req = await body(c.req.raw, ADD);
-    const name = checkName("recipe", req.name);
+    const req = await jsonBody(c, RecipesApi.add, RecipesApi.maxBytes);
+    const name = req.name;
     const def = parseRecipe(req.source, req.file ?? `recipe ${name}`);
     const row = await addRecipe(ctx.store, {
       name,

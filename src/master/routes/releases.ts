@@ -1,9 +1,9 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Hono } from "hono";
-import { z } from "zod";
-import { AppError, badRequest, notFound } from "../../lib/errors.ts";
-import { artifactNameProblem } from "../../protocol/artifact-name.ts";
+import { AppError, notFound } from "../../lib/errors.ts";
+import { checkReleaseArtifact } from "../../lib/names.ts";
+import { ReleasesApi } from "../../protocol/api.ts";
 import { getArtifact } from "../../store/artifacts.ts";
 import { getJob } from "../../store/jobs.ts";
 import { getRelease, listReleases } from "../../store/releases.ts";
@@ -11,15 +11,9 @@ import type { ReleaseRow } from "../../store/schema.ts";
 import { type ApiEnv, guardFor } from "../access.ts";
 import { audit } from "../audit.ts";
 import type { MasterContext } from "../context.ts";
+import { whileWorking } from "../idle.ts";
 import { checkTag, promote, releaseDir } from "../releases.ts";
-import { body } from "./client.ts";
-
-const PROMOTE = z.object({
-  job: z.number().int().positive(),
-  artifact: z.string().min(1).max(1024),
-  // The name rule (checkTag) says what a tag may be; the schema only bounds it.
-  tag: z.string().max(1024),
-});
+import { jsonBody } from "./json-body.ts";
 
 /** A release as the API shows it: what it is, where it came from, and where to fetch it. */
 export const releaseView = (r: ReleaseRow) => ({
@@ -41,10 +35,9 @@ export function releaseRoutes(ctx: MasterContext) {
   const guard = guardFor(ctx);
 
   app.post("/releases", guard({ who: "client", role: "submitter", scope: "body-job" }), async (c) => {
-    const req = await body(c.req.raw, PROMOTE);
-    const tag = checkTag(req.tag);
-    const problem = artifactNameProblem(req.artifact);
-    if (problem) throw badRequest(`${JSON.stringify(req.artifact)} is not an artifact name: ${problem}`);
+    const req = await jsonBody(c, ReleasesApi.promote);
+    const tag = req.tag;
+    checkReleaseArtifact(req.artifact);
     const caller = c.var.caller;
     const job = await getJob(ctx.store.db, req.job);
     if (!job || (caller.project && job.project !== caller.project)) throw notFound("job", String(req.job));
@@ -63,7 +56,8 @@ export function releaseRoutes(ctx: MasterContext) {
         { status: 404 },
       );
     }
-    const row = await promote(ctx, job, artifact, tag, caller.name);
+    // Copying a large image out of the blob store takes a while: the client waits on us, not idle.
+    const row = await whileWorking(c, () => promote(ctx, job, artifact, tag, caller.name));
     await audit(ctx, caller, "release.promote", `release/${row.tag}`, {
       job: job.id,
       artifact: row.artifact,

@@ -22,7 +22,7 @@ import { requireProject } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
 import { mayPublish, visibleRepo } from "../repo-access.ts";
 import type { PublishResult } from "../repos.ts";
-import { body } from "./client.ts";
+import { jsonBody } from "./json-body.ts";
 
 // A Debian architecture, or an RPM one (x86_64, noarch, src).
 const ARCH = /^[a-z0-9][a-z0-9_-]{0,31}$/i;
@@ -173,7 +173,7 @@ export function repoRoutes(ctx: MasterContext) {
 
   app.post("/repos", guard({ who: "client", role: "operator", scope: "body-project" }), async (c) => {
     const caller = c.var.caller;
-    const req = await body(c.req.raw, ADD);
+    const req = await jsonBody(c, ADD);
     const name = checkName("repository", req.name);
     const format = packageFormat(req.format);
     const project = req.project === undefined ? caller.project : checkName("project", req.project);
@@ -270,7 +270,7 @@ export function repoRoutes(ctx: MasterContext) {
   app.post("/repos/:name/publish", guard({ who: "client", role: "submitter", scope: "repo" }), async (c) => {
     const caller = c.var.caller;
     const repo = c.var.repo;
-    const req = await body(c.req.raw, PUBLISH);
+    const req = await jsonBody(c, PUBLISH);
     const job = await getJob(ctx.store.db, req.job);
     if (!job || (caller.project && job.project !== caller.project)) throw notFound("job", String(req.job));
     requireProject(caller, job.project);

@@ -1,8 +1,8 @@
 import { Hono } from "hono";
-import { z } from "zod";
 import { AppError } from "../../lib/errors.ts";
 import { checkName } from "../../lib/names.ts";
-import { TemplateRecipeSchema, templateHash } from "../../protocol/template.ts";
+import { TemplatesApi } from "../../protocol/api.ts";
+import { templateHash } from "../../protocol/template.ts";
 import type { TemplateRow } from "../../store/schema.ts";
 import {
   deleteTemplate,
@@ -15,7 +15,7 @@ import { type ApiEnv, guardFor } from "../access.ts";
 import { audit } from "../audit.ts";
 import type { MasterContext } from "../context.ts";
 import { baseOf, resolveTemplate } from "../templates.ts";
-import { body } from "./client.ts";
+import { jsonBody } from "./json-body.ts";
 
 /** A template as the API shows it, with the workers that have its current tree cached. */
 function templateView(ctx: MasterContext, row: TemplateRow, hash = row.hash) {
@@ -42,8 +42,8 @@ export function templateRoutes(ctx: MasterContext) {
 
   app.post("/templates", operator, async (c) => {
     const caller = c.var.caller;
-    const req = await body(c.req.raw, z.strictObject({ name: z.string(), recipe: TemplateRecipeSchema }));
-    const name = checkName("template", req.name);
+    const req = await jsonBody(c, TemplatesApi.add, TemplatesApi.maxBytes);
+    const name = req.name;
     if (name === "host")
       throw new AppError("INVALID_NAME", '"host" means the host root; pick another template name');
     const baseName = baseOf(req.recipe);
@@ -77,11 +77,11 @@ export function templateRoutes(ctx: MasterContext) {
 
   app.post("/templates/:name/build", operator, async (c) => {
     const name = checkName("template", c.req.param("name"));
-    const req = await body(c.req.raw, z.strictObject({ workers: z.array(z.string()).optional() }));
+    const req = await jsonBody(c, TemplatesApi.build);
     const spec = await resolveTemplate(ctx.store.db, name);
     const targets = req.workers?.length
       ? req.workers.map((w) => {
-          const live = ctx.registry.workers.get(checkName("worker", w));
+          const live = ctx.registry.workers.get(w);
           if (!live)
             throw new AppError("WORKER_OFFLINE", `worker ${w} is not connected: see \`kiln workers\``, {
               status: 409,
