@@ -166,7 +166,7 @@ describe("tokens", () => {
     expect([refused.code, refused.stderr]).toEqual([1, expect.stringContaining("needs the admin role")]);
     // The operator reads who was refused what, and why, in the master's log.
     await waitFor("the refusal in the master's log", () =>
-      /refused GET \/api\/v1\/audit for token viewer \([0-9a-f]{12}, viewer\): this needs the admin role/.test(
+      /refused GET \/api\/v1\/audit for token viewer \([0-9a-f]{12}, viewer\): 403 FORBIDDEN: this needs the admin role/.test(
         m.log(),
       ),
     );
