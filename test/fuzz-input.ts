@@ -151,6 +151,8 @@ function sampleBody(method: string, path: string): Record<string, unknown> | nul
   if (path.endsWith("/build")) return { workers: ["fuzz-w"] };
   if (path === "/api/v1/releases") return { job: 1, artifact: "SHA256SUMS", tag: "fuzz" };
   if (path.startsWith("/api/v1/tls/")) return { secret: "s", csr: "c" };
+  if (path === "/api/v1/repos") return { name: "fuzz", format: "deb", archs: ["amd64"], keep: 2 };
+  if (path.endsWith("/publish")) return { job: 1, artifacts: ["a.deb"], force: false };
   return null;
 }
 

@@ -49,12 +49,15 @@ export interface Result {
   stderr: string;
 }
 
-/** Runs a client command to completion. */
+/**
+ * Runs a client command to completion. `wrap` goes before the binary: `["ip", "netns", "exec", NS]` runs
+ * it on another host of a test's own network.
+ */
 export async function kiln(
   args: string[],
-  opts: { cwd: string; env?: Record<string, string>; stdin?: string } = { cwd: tmpdir() },
+  opts: { cwd: string; env?: Record<string, string>; stdin?: string; wrap?: string[] } = { cwd: tmpdir() },
 ): Promise<Result> {
-  const p = Bun.spawn([KILN, ...args], {
+  const p = Bun.spawn([...(opts.wrap ?? []), KILN, ...args], {
     cwd: opts.cwd,
     env: baseEnv(opts.env),
     stdin: opts.stdin === undefined ? "ignore" : new TextEncoder().encode(opts.stdin),
@@ -134,12 +137,13 @@ export interface Role {
   log(): string;
 }
 
+/** Starts a role; `wrap` goes before the binary, as for kiln(). */
 export function spawnRole(
   args: string[],
-  opts: { cwd: string; env?: Record<string, string>; name: string },
+  opts: { cwd: string; env?: Record<string, string>; name: string; wrap?: string[] },
 ): Role {
   const logFile = join(opts.cwd, `${opts.name}.log`);
-  const proc = Bun.spawn([KILN, ...args], {
+  const proc = Bun.spawn([...(opts.wrap ?? []), KILN, ...args], {
     cwd: opts.cwd,
     env: baseEnv(opts.env),
     stdin: "ignore",

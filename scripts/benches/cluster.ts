@@ -1,5 +1,7 @@
 // Starts the compiled kiln for a benchmark: `kiln up`, or a master and a separate worker (so each has
-// its own RSS), on a random loopback port, and waits until the worker is connected.
+// its own RSS), on a random loopback port, and waits until the worker is connected. With `tls` the master
+// serves HTTPS and WSS, the worker joins with a join token and connects with its certificate, and the
+// benchmark's own requests verify the master against its CA, as a user's would.
 import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 
@@ -25,10 +27,10 @@ export function rss(pid: number): { total: number; anon: number } {
 
 export async function startCluster(
   dir: string,
-  o: { up?: boolean; capacity: number; runner?: "process" | "sandbox" },
+  o: { up?: boolean; capacity: number; runner?: "process" | "sandbox"; tls?: boolean },
 ): Promise<Cluster> {
   const port = 17000 + Math.floor(Math.random() * 5000);
-  const url = `http://127.0.0.1:${port}`;
+  const url = `${o.tls ? "https" : "http"}://127.0.0.1:${port}`;
   const env = {
     PATH: process.env.PATH!,
     KILN_LOG_FORMAT: "json",
@@ -36,23 +38,24 @@ export async function startCluster(
     KILN_WORKER_RUNNER: o.runner ?? "sandbox",
   };
   const spawn = (args: string[]) => Bun.spawn([KILN, ...args], { env, stdout: "ignore", stderr: "inherit" });
-  const listen = ["--data", join(dir, "m"), "--listen", `127.0.0.1:${port}`];
+  const listen = ["--data", join(dir, "m"), "--listen", `127.0.0.1:${port}`, ...(o.tls ? ["--tls"] : [])];
   const master = spawn(o.up ? ["up", ...listen, "--capacity", String(o.capacity)] : ["master", ...listen]);
-  await until(async () => (await fetch(`${url}/readyz`)).ok);
+  let tls: { ca: string } | undefined;
+  await until(async () => {
+    if (o.tls) tls = { ca: readFileSync(join(dir, "m", "tls", "ca.crt"), "utf8") };
+    return (await fetch(`${url}/readyz`, { tls })).ok;
+  });
   const token = readFileSync(join(dir, "m", "admin.token"), "utf8").trim();
   const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
-  // Workers join with a worker token; the master refuses the admin token on the worker socket.
-  const joinToken = o.up
+  const api = async <T>(method: string, path: string, body?: unknown) =>
+    (await (
+      await fetch(`${url}${path}`, { method, headers, body: body ? JSON.stringify(body) : undefined, tls })
+    ).json()) as T;
+  // Over TLS the worker joins with a join token; over plain HTTP with a worker token (the master takes
+  // no client token on the worker socket).
+  const joinWith = o.up
     ? ""
-    : (
-        (await (
-          await fetch(`${url}/api/v1/admin/tokens`, {
-            method: "POST",
-            headers,
-            body: JSON.stringify({ role: "worker", name: "bench" }),
-          })
-        ).json()) as { token: string }
-      ).token;
+    : (await api<{ token: string }>("POST", "/api/v1/admin/tokens", { role: "worker" })).token;
   const worker = o.up
     ? master
     : spawn([
@@ -60,7 +63,7 @@ export async function startCluster(
         "--master",
         url,
         "--join",
-        joinToken,
+        joinWith,
         "--name",
         "bench",
         "--capacity",
@@ -68,10 +71,6 @@ export async function startCluster(
         "--data",
         join(dir, "w"),
       ]);
-  const api = async <T>(method: string, path: string, body?: unknown) =>
-    (await (
-      await fetch(`${url}${path}`, { method, headers, body: body ? JSON.stringify(body) : undefined })
-    ).json()) as T;
   await until(
     async () => (await api<{ connected: boolean }[]>("GET", "/api/v1/workers"))[0]?.connected === true,
   );

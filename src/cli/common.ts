@@ -14,7 +14,22 @@ export const clientArgs = {
     description: "API token (env KILN_TOKEN; default DATA/admin.token on the master's host)",
     valueHint: "TOKEN",
   },
-  data: { type: "string", description: "Data dir whose admin.token to use", valueHint: "DIR" },
+  data: {
+    type: "string",
+    description: "Data dir whose admin.token (and tls/ca.crt) to use",
+    valueHint: "DIR",
+  },
+  ca: {
+    type: "string",
+    description: "Verify an https:// master against this CA certificate (env KILN_CA)",
+    valueHint: "FILE",
+  },
+  "ca-fingerprint": {
+    type: "string",
+    description: "Verify an https:// master's CA by its SHA-256 (env KILN_CA)",
+    valueHint: "SHA256",
+  },
+  insecure: { type: "boolean", description: "Do not verify an https:// master's certificate (unsafe)" },
   json: { type: "boolean", description: "Print one JSON value instead of text" },
 } as const satisfies ArgsDef;
 
@@ -50,8 +65,22 @@ export function checkFlags(ctx: { rawArgs: string[]; cmd: { meta?: unknown } }, 
 }
 
 /** A client of the master named by --url, --token and --data, else by the environment and defaults. */
-export function clientOf(args: { url?: string; token?: string; data?: string }): Client {
-  return createClient({ url: args.url, token: args.token, data: args.data });
+export function clientOf(args: {
+  url?: string;
+  token?: string;
+  data?: string;
+  ca?: string;
+  "ca-fingerprint"?: string;
+  insecure?: boolean;
+}): Client {
+  return createClient({
+    url: args.url,
+    token: args.token,
+    data: args.data,
+    ca: args.ca,
+    caFingerprint: args["ca-fingerprint"],
+    insecure: args.insecure,
+  });
 }
 
 /** Prints `value` as JSON when --json was given, else the human text. */

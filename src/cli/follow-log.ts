@@ -1,4 +1,4 @@
-import { errorFrom } from "../lib/errors.ts";
+import { AppError, errorFrom } from "../lib/errors.ts";
 import { delay } from "../lib/loop.ts";
 import { isTerminal, type JobView } from "../protocol/job.ts";
 import type { Client } from "./client.ts";
@@ -16,6 +16,8 @@ export async function followLog(client: Client, id: number, out: NodeJS.Writable
     try {
       res = await client.raw(`/api/v1/jobs/${id}/log?offset=${offset}&follow=${follow ? 1 : 0}`);
     } catch (err) {
+      // Only a lost connection is worth waiting out; a certificate this client does not trust stays so.
+      if (err instanceof AppError && err.code !== "MASTER_UNREACHABLE") throw err;
       if (++failures > 600) throw err;
       if (failures === 1) process.stderr.write("kiln: lost the master; reconnecting...\n");
       await delay(Math.min(100 * failures, 1000));

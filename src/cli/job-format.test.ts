@@ -10,6 +10,7 @@ const job: JobView = {
   arch: null,
   priority: 0,
   command: ["make", "all"],
+  setup: null,
   state: "failed",
   reason: "exit",
   message: "exited with status 2",

@@ -98,7 +98,9 @@ function brief(command: string): string {
 
 function limitsText(j: JobView) {
   const r = j.resources;
-  const parts = [`root ${r.root}${r.writableRoot ? " (writable)" : ""}`];
+  const parts = [
+    `root ${r.root}${r.writableRoot ? ` (writable${j.setup !== null ? ", with the recipe's setup" : ""})` : ""}`,
+  ];
   if (r.memoryBytes) parts.push(`memory ${formatSize(r.memoryBytes)}`);
   if (r.cpus) parts.push(`cpus ${r.cpus}`);
   if (r.pids) parts.push(`pids ${r.pids}`);

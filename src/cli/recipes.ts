@@ -16,6 +16,7 @@ interface RecipeJson {
   >;
   submit: Record<string, unknown>;
   script: string;
+  setup: string | null;
   createdAt: string;
   createdBy: string | null;
   deletedAt: string | null;
@@ -111,14 +112,16 @@ function describe(r: RecipeJson): string {
   }
   const submit = submitText(r.submit);
   if (submit.length) out.push("", "submit defaults:", ...submit.map((s) => `  ${s}`));
-  out.push(
+  const block = (title: string, text: string) => [
     "",
-    "script:",
-    ...r.script
+    title,
+    ...text
       .replace(/\n$/, "")
       .split("\n")
       .map((l) => `  ${l}`),
-  );
+  ];
+  if (r.setup) out.push(...block("setup (as root on the job's writable root, before the script):", r.setup));
+  out.push(...block("script:", r.script));
   return out.join("\n");
 }
 

@@ -36,6 +36,10 @@ const masterFlags = {
     description: "libSQL URL (default: an embedded file in the data dir)",
     valueHint: "URL",
   },
+  tls: {
+    type: "boolean",
+    description: "Serve HTTPS and WSS, with Kiln's own CA in DATA/tls unless tls_cert/tls_key are set",
+  },
 } as const;
 const NAME_RULE = "1-63 lowercase letters, digits, . _ -";
 /** Flags of the local worker, which `up` runs beside its master too. */
@@ -68,12 +72,12 @@ const workerFlags = {
   join: {
     type: "string",
     description:
-      "Worker token from `kiln token create --role worker` (or env KILN_WORKER_JOIN, or --join-file)",
+      "Join token from `kiln token create --role worker` (or --join-file, or env KILN_JOIN); used once, then the certificate it got is kept in DATA",
     valueHint: "TOKEN",
   },
   "join-file": {
     type: "string",
-    description: "Read the worker token from this file, so it does not show in ps",
+    description: "Read the join token from this file, so it does not show in ps",
     valueHint: "FILE",
   },
   ...localWorkerFlags,
@@ -98,7 +102,12 @@ function roleOptions(a: Args): RoleOptions {
   const flags: Overrides = {
     node: { data: a.data as string | undefined },
     log: { format: a["log-format"] as never, level: (a.n ? "debug" : a["log-level"]) as never },
-    master: { listen: a.listen as string | undefined, db: a.db as string | undefined },
+    // Only a --tls given turns TLS on here; its absence leaves the file's and the environment's word.
+    master: {
+      listen: a.listen as string | undefined,
+      db: a.db as string | undefined,
+      tls: a.tls ? true : undefined,
+    },
     worker: {
       master: a.master as string | undefined,
       name: a.name as string | undefined,
@@ -106,7 +115,11 @@ function roleOptions(a: Args): RoleOptions {
       capacity: a.capacity as never,
       arch: a.arch as string | undefined,
       runner: a.runner as never,
-      join: (a.join as string | undefined) ?? joinFromFile(a["join-file"] as string | undefined),
+      // KILN_JOIN, like --join-file, keeps the token out of `ps`; it counts as a flag, after them.
+      join:
+        (a.join as string | undefined) ??
+        joinFromFile(a["join-file"] as string | undefined) ??
+        (process.env.KILN_JOIN || undefined),
     },
   };
   return { configFile: a.config as string | undefined, flags, echo: Boolean(a.n) };

@@ -6,6 +6,7 @@ import type { Config } from "../config/schema.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { logger, setupLogging } from "../lib/log.ts";
 import { reexecWith } from "../lib/reexec.ts";
+import { bearerAuth, type MasterAuth } from "../protocol/master-auth.ts";
 
 /*
  * The life of a role process (`kiln master`, `worker`, `up`): load the config once, set up logging and
@@ -34,12 +35,12 @@ export async function runMaster(options: RoleOptions): Promise<void> {
 export async function runWorker(options: RoleOptions): Promise<void> {
   const { cfg, data } = setup(options);
   const { startWorker } = await import("../worker/index.ts");
-  const token = await workerToken(cfg, data);
+  const auth = await workerAuth(cfg, data, cfg.worker.join || undefined);
   const w = await startWorker({
     cfg,
     data,
-    token,
-    runner: await runner(cfg, data, token),
+    auth,
+    runner: await runner(cfg, data, auth),
     echo: options.echo,
   });
   await serve("worker", [w]);
@@ -51,18 +52,28 @@ export async function runUp(options: RoleOptions): Promise<void> {
   const { startMaster, localWorkerToken } = await import("../master/index.ts");
   const { startWorker } = await import("../worker/index.ts");
   const m = await startMaster(cfg, data);
-  // The local worker joins the URL this master actually listens on (a port of 0 becomes a real port), not
-  // worker.master from the config.
-  cfg.worker.master = m.url;
-  // The local worker joins with a worker token of this master's own (DATA/worker.token): a KILN_TOKEN in
-  // the environment is for client commands, may belong to another master, and the worker protocol
-  // takes no client token.
-  const token = cfg.worker.join || (await localWorkerToken(m));
+  // The local worker joins the address this master actually listens on (a port of 0 becomes a real port;
+  // a wildcard becomes loopback), not worker.master from the config.
+  cfg.worker.master = m.localUrl;
+  let auth: MasterAuth;
+  if (m.ctx.tls) {
+    // Its own worker enrolls like any other, with a join token this process makes when it needs one.
+    const { localWorkerJoinToken } = await import("../master/tls.ts");
+    const { identityDir } = await import("../worker/certificate.ts");
+    const { workerName } = await import("../worker/identity.ts");
+    const join = await localWorkerJoinToken(m.ctx, workerName(cfg, data), identityDir(data));
+    auth = await workerAuth(cfg, data, join);
+  } else {
+    // The local worker joins with a worker token of this master's own (DATA/worker.token): a KILN_TOKEN in
+    // the environment is for client commands, may belong to another master, and the worker protocol
+    // takes no client token.
+    auth = bearerAuth(cfg.worker.join || (await localWorkerToken(m)));
+  }
   const w = await startWorker({
     cfg,
     data,
-    token,
-    runner: await runner(cfg, data, token),
+    auth,
+    runner: await runner(cfg, data, auth),
     echo: options.echo,
   });
   await serve("up", [w, m]);
@@ -118,6 +129,30 @@ async function serve(
   }
 }
 
+/**
+ * The worker's credentials: towards an https:// master its certificate (kept in the data dir, or joined
+ * with `join`), else a bearer token.
+ */
+async function workerAuth(cfg: Config, data: string, join: string | undefined): Promise<MasterAuth> {
+  if (cfg.worker.master.startsWith("https://")) {
+    const { certificateAuth, identityDir } = await import("../worker/certificate.ts");
+    const { workerName } = await import("../worker/identity.ts");
+    return certificateAuth({
+      masterUrl: cfg.worker.master,
+      dir: identityDir(data),
+      name: workerName(cfg, data),
+      join,
+      log: logger("worker"),
+    });
+  }
+  if (join?.startsWith("kiln1."))
+    throw new AppError(
+      "USAGE",
+      `a join token enrolls over TLS only: give the master's https:// URL with --master (not ${cfg.worker.master})`,
+    );
+  return bearerAuth(await workerToken(cfg, data));
+}
+
 // The token a worker joins with: worker.join, else KILN_TOKEN, else the worker token `kiln up` keeps in
 // this data dir. Never the admin token: the master takes only worker tokens on the worker socket.
 async function workerToken(cfg: Config, data: string): Promise<string> {
@@ -132,7 +167,7 @@ async function workerToken(cfg: Config, data: string): Promise<string> {
 }
 
 // The runner the worker's config asks for; the sandbox runner is loaded only when used (it needs root).
-async function runner(cfg: Config, data: string, token: string) {
+async function runner(cfg: Config, data: string, auth: MasterAuth) {
   if (cfg.worker.runner === "process") {
     const { createProcessRunner } = await import("../worker/process-runner.ts");
     return createProcessRunner();
@@ -141,5 +176,5 @@ async function runner(cfg: Config, data: string, token: string) {
   const { workerName } = await import("../worker/identity.ts");
   // What a job on the host root must never see: every Kiln data dir and config, whatever this node uses.
   const masks = [...new Set([resolve(data), "/var/lib/kiln", "/etc/kiln", ...cfg.sandbox.mask])];
-  return createSandboxRunner({ cfg, data, worker: workerName(cfg, data), masks, token });
+  return createSandboxRunner({ cfg, data, worker: workerName(cfg, data), masks, auth });
 }

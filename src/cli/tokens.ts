@@ -4,9 +4,18 @@ import { checkFlags, clientArgs, clientOf, print, table } from "./common.ts";
 
 const createArgs = {
   ...clientArgs,
-  role: { type: "string", description: "admin, operator, submitter, viewer or worker", valueHint: "ROLE" },
+  role: {
+    type: "string",
+    description:
+      "admin, operator, submitter, viewer or worker (on a TLS master, worker gives a single-use join token)",
+    valueHint: "ROLE",
+  },
   project: { type: "string", description: "Limit the token to one project", valueHint: "P" },
-  ttl: { type: "string", description: "Expire after this long, e.g. 30d", valueHint: "DURATION" },
+  ttl: {
+    type: "string",
+    description: "Expire after this long, e.g. 30d (a join token: 24h unless given)",
+    valueHint: "DURATION",
+  },
   name: { type: "string", description: "A label for kiln token ls", valueHint: "NAME" },
 } as const;
 
@@ -39,17 +48,28 @@ const ls = defineCommand({
     const rows = await clientOf(ctx.args).request<
       {
         id: string;
+        kind: string;
         name: string;
         role: string;
         project: string | null;
         expiresAt: string | null;
         revoked: boolean;
+        usedBy: string | null;
       }[]
     >("GET", "/api/v1/admin/tokens");
     print(ctx.args.json, rows, () =>
       table(
-        ["ID", "NAME", "ROLE", "PROJECT", "EXPIRES", "REVOKED"],
-        rows.map((t) => [t.id, t.name, t.role, t.project, t.expiresAt, t.revoked ? "yes" : "no"]),
+        ["ID", "KIND", "NAME", "ROLE", "PROJECT", "EXPIRES", "REVOKED", "USED BY"],
+        rows.map((t) => [
+          t.id,
+          t.kind,
+          t.name,
+          t.role,
+          t.project,
+          t.expiresAt,
+          t.revoked ? "yes" : "no",
+          t.usedBy,
+        ]),
       ),
     );
   },
@@ -60,7 +80,11 @@ const revokeArgs = {
   id: { type: "positional", description: "Token id (from kiln token ls)", required: false },
 } as const;
 const revoke = defineCommand({
-  meta: { name: "revoke", description: "Revoke a token; connections it holds open are closed" },
+  meta: {
+    name: "revoke",
+    description:
+      "Revoke a token; what it holds open (a worker's connection, a followed log) is closed, and a used join token takes the certificates it gave",
+  },
   args: revokeArgs,
   async run(ctx) {
     checkFlags(ctx, revokeArgs);

@@ -19,7 +19,11 @@ const rmArgs = {
   worker: { type: "positional", description: "Worker name (see kiln workers)", required: false },
 } as const;
 const rm = defineCommand({
-  meta: { name: "rm", description: "Forget an offline worker (its registration, holds and drain state)" },
+  meta: {
+    name: "rm",
+    description:
+      "Forget a worker (its registration, holds and drain state); on a TLS master also revoke its certificate and disconnect it",
+  },
   args: rmArgs,
   async run(ctx) {
     checkFlags(ctx, rmArgs);
@@ -35,6 +39,8 @@ export const workers = defineCommand({
   args: clientArgs,
   subCommands: { rm },
   async run(ctx) {
+    // citty runs a command's own run after the subcommand it ran: `kiln workers rm W` must not list too.
+    if (ctx.rawArgs.find((a) => !a.startsWith("-")) === "rm") return;
     checkFlags(ctx, clientArgs);
     const rows = await clientOf(ctx.args).request<WorkerView[]>("GET", "/api/v1/workers");
     print(ctx.args.json, rows, () => {

@@ -56,6 +56,9 @@ export const SCHEMA = {
     tls_key: { type: "string", default: "" },
     // Empty: localhost, 127.0.0.1, ::1 and this host's name.
     tls_names: { type: "list", default: [] },
+    // How long a worker's client certificate lives. A stolen key stops working within a month even if
+    // nobody revokes it; a worker renews by itself once a third is left, so ten days offline are fine.
+    tls_worker_lifetime: { type: "duration", default: 30 * 86_400_000, min: 10_000 },
     // The largest artifact the master takes: a disk image fits, a runaway job does not fill the disk.
     artifact_max: { type: "size", default: 64 * 2 ** 30, min: 1024 },
     // How long a connection may stay silent (src/master/idle.ts). Bun counts it in ticks of 4 s, so a

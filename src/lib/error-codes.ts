@@ -188,6 +188,11 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
     source: "master",
     meaning: "A recipe variable's value does not match its pattern.",
   },
+  RECIPE_SETUP_ROOT: {
+    status: 400,
+    source: "master",
+    meaning: "A recipe with a setup was submitted on the host root; its setup needs a template (--root).",
+  },
 
   // Start-up and configuration.
   USAGE: {
@@ -294,6 +299,17 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
   },
   NOT_RUNNING: { status: 409, source: "sandbox", meaning: "The job's sandbox is not running." },
   UNKNOWN_GROUP: { status: 400, source: "sandbox", meaning: "A slot's group does not exist on this host." },
+  SETUP_NEEDS_SANDBOX: {
+    status: 400,
+    source: "worker",
+    meaning:
+      'A job with a setup reached a worker whose runner is not the sandbox (worker.runner = "process"), which cannot run one.',
+  },
+  SETUP_NEEDS_TEMPLATE: {
+    status: 400,
+    source: "sandbox",
+    meaning: "A job with a setup has no writable template root to install into.",
+  },
   SCRATCH_TOO_BIG: {
     status: 400,
     source: "sandbox",
@@ -583,7 +599,17 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
     meaning:
       "The master's CA does not match the join token's fingerprint: a man in the middle, or the wrong master.",
   },
-  TLS_REQUIRED: { status: 400, source: "worker", meaning: "Enrollment needs an https:// master address." },
+  TLS_REQUIRED: {
+    status: 400,
+    source: "any",
+    meaning: "Enrollment needs an https:// master address, and join tokens a master that serves TLS.",
+  },
+  TLS_UNVERIFIED: {
+    status: 502,
+    source: "CLI",
+    meaning:
+      "The master's certificate is not one this client trusts: pass --ca, --ca-fingerprint or KILN_CA (or --insecure, unsafely).",
+  },
   TLS_IDENTITY_INVALID: {
     status: 500,
     source: "worker",

@@ -410,6 +410,7 @@ beforeAll(async () => {
     send: () => {},
     ws: { close() {} } as unknown as ServerWebSocket<unknown>,
     instance: null,
+    credential: "token:test",
   });
   await upsertWorker(store, { name: "w1", arch: "amd64", channels: ["none"], slots: [], version: "test" });
   shipped = await shippedJob();
@@ -506,11 +507,11 @@ function renderAccessDoc(rows: ReturnType<typeof routeTable>): string {
     "",
     "**Credentials.** API tokens (`kiln token create --role R [--project P] [--ttl D]`, `ls`, `revoke`) have",
     "a role: `admin` > `operator` > `submitter` > `viewer`, each allowed what the ones below it are; and",
-    "`worker`, which only connects workers. The worker websocket takes a worker token and nothing else, the",
-    "admin token included; a worker token reaches no client route but the artifact downloads that template",
-    "builds need. A job's credential is minted by the master for each attempt it assigns, sent to the worker",
-    "with the assignment, and valid only for that job's uploads and only while that attempt is assigned or",
-    "running. An unknown, revoked or expired credential gets 401; one whose role or kind does not fit, 403.",
+    "`worker`, which only connects workers. The worker websocket takes a worker token (on a TLS master, the",
+    "worker's certificate, docs/tls.md) and nothing else, the admin token included; a worker reaches no",
+    "client route but the artifact downloads that template builds need. A job's credential is minted by the",
+    "master for each attempt it assigns, sent to the worker with the assignment, and valid only for that",
+    "job's uploads and `kiln job version`, and only while that attempt is assigned or running. An unknown, revoked or expired credential gets 401; one whose role or kind does not fit, 403.",
     "Revoking a token (or its expiry) also closes what it holds open: a worker's websocket, a followed log.",
     "",
     "**Projects.** A token may be limited to one project (`--project`; not an admin or worker token). Such a",
@@ -737,6 +738,7 @@ describe("project-limited tokens", () => {
       send: () => {},
       ws: { close() {} } as unknown as ServerWebSocket<unknown>,
       instance: null,
+      credential: "token:test",
     });
     await upsertWorker(master.ctx.store, {
       name: "w2",

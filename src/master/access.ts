@@ -5,7 +5,7 @@ import { getJob } from "../store/jobs.ts";
 import { getRelease } from "../store/releases.ts";
 import type { JobRow, ReleaseRow, RepoRow } from "../store/schema.ts";
 import type { Role } from "../store/tokens.ts";
-import { type Caller, forbidden, identify, RANK } from "./auth.ts";
+import { type Caller, forbidden, identify, type Presented, RANK } from "./auth.ts";
 import type { MasterContext } from "./context.ts";
 import { checkTag } from "./releases.ts";
 import { mayRead, visibleRepo } from "./repo-access.ts";
@@ -94,7 +94,13 @@ export function guardFor(ctx: MasterContext) {
     const guard: MiddlewareHandler<ApiEnv> = async (c, next) => {
       if (access.who === "anyone") return next();
       const set = (k: string, v: unknown) => c.set(k as never, v as never);
-      const req = { method: c.req.method, path: c.req.path, authorization: c.req.header("authorization") };
+      const req = {
+        method: c.req.method,
+        path: c.req.path,
+        authorization: c.req.header("authorization"),
+        request: c.req.raw,
+        ip: (c.env as { ip?: { address?: string } } | undefined)?.ip?.address,
+      };
       if (access.who === "repo-reader") {
         const refusal = await readRepo(ctx, req, c.req.param("name") ?? "", set);
         if (refusal) return refusal;
@@ -110,14 +116,19 @@ export function guardFor(ctx: MasterContext) {
  * Admits the caller of a request the app does not route (the worker websocket) by the same rules as a
  * guard; throws the 401 or 403 AppError.
  */
-export async function admitRequest(ctx: MasterContext, access: Access, req: Request): Promise<Caller> {
+export async function admitRequest(
+  ctx: MasterContext,
+  access: Access,
+  req: Request,
+  ip?: string,
+): Promise<Caller> {
   const path = new URL(req.url).pathname;
   let caller: Caller | null = null;
   try {
     return await check(
       ctx,
       access,
-      { method: req.method, path, authorization: req.headers.get("authorization") },
+      { method: req.method, path, authorization: req.headers.get("authorization"), request: req, ip },
       {},
       (k, v) => {
         if (k === "caller") caller = v as Caller;
@@ -170,7 +181,7 @@ async function readRepo(
   }
   let caller: Caller;
   try {
-    caller = await identify(ctx, authorization);
+    caller = await identify(ctx, { authorization });
   } catch (err) {
     if (!(err instanceof AppError) || err.status !== 401) throw err;
     const message = `repository ${repo.name} is not public: send a viewer token (Bearer, or Basic with the token as password)`;
@@ -187,11 +198,11 @@ async function readRepo(
 async function check(
   ctx: MasterContext,
   access: Access,
-  req: { method: string; path: string; authorization: string | null | undefined },
+  req: { method: string; path: string } & Presented,
   params: Record<string, string>,
   set: (key: "caller" | "job" | "release" | "repo", value: unknown) => void,
 ): Promise<Caller> {
-  const caller = await identify(ctx, req.authorization);
+  const caller = await identify(ctx, req);
   set("caller", caller);
   await admit(ctx, access, caller, params, set);
   return caller;

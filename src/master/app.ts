@@ -23,9 +23,10 @@ export function internalError(): Response {
   );
 }
 
-/** The response for a refusal raised before the app runs: the same JSON the app answers with. */
-export const refusalResponse = (err: AppError): Response =>
-  Response.json({ error: { code: err.code, message: err.message } }, { status: err.status });
+/** The answer to a request refused with `err`: its status and `{"error":{"code","message"}}`. */
+export function refusal(err: AppError): Response {
+  return Response.json({ error: { code: err.code, message: err.message } }, { status: err.status });
+}
 
 /**
  * The master's HTTP app. Every route declares who may call it (src/master/access.ts) and its guard

@@ -1,19 +1,22 @@
 import { AppError } from "../lib/errors.ts";
 import { findToken, type Role } from "../store/tokens.ts";
+import { CERT_HEADER } from "../tls/proof.ts";
 import type { MasterContext } from "./context.ts";
 import { findJobByCredential, isJobCredential } from "./job-credential.ts";
+import { certCredential } from "./tls.ts";
 
 /**
- * Who is asking: an API token (its id, name, role and, for a scoped token, its one project), or a job's
- * own credential (role `job`, with the job and attempt it belongs to and that job's project).
+ * Who is asking: an API token (its id, name, role and, for a scoped token, its one project), a worker
+ * known by its certificate on a TLS master (role `worker`, `tokenId` its certificate's credential), or a
+ * job's own credential (role `job`, with the job and attempt it belongs to and that job's project).
  */
 export interface Caller {
-  /** The token's id; for a job credential `job:ID`. */
+  /** The token's id; `cert:SERIAL` for a worker certificate; `job:ID` for a job credential. */
   tokenId: string;
   name: string;
   role: Role | "job";
   project: string | null;
-  /** When the token expires (ms since the epoch); null when it does not. */
+  /** When the token expires (ms since the epoch); null when it does not (a certificate's end is tls.ts's). */
   expiresAt: number | null;
   /** Set for a job credential only. */
   job?: { id: number; attempt: number };
@@ -40,17 +43,23 @@ export function bearerOf(header: string | null | undefined): string | null {
   return m ? m[1]! : null;
 }
 
+/** What a request presents to be identified by: its Authorization header, and the request itself for TLS. */
+export interface Presented {
+  authorization: string | null | undefined;
+  /** The request, whose certificate headers identify a worker on a TLS master. */
+  request?: Request;
+  ip?: string;
+}
+
 /**
- * Identifies the caller behind an `Authorization: Bearer ...` header: an API token that is neither revoked
- * nor expired, or the credential of a job attempt that is assigned or running. Throws a 401 otherwise;
- * the message never repeats the secret.
+ * Identifies the caller: the credential of a job attempt that is assigned or running; on a TLS master, a
+ * worker by its certificate and proof (tls.ts, checked against the store every time); else an API token
+ * that is neither revoked nor expired. A worker bearer token on a TLS master is refused: workers there
+ * join with a join token. Throws a 401 otherwise; the message never repeats the secret.
  */
-export async function identify(ctx: MasterContext, header: string | null | undefined): Promise<Caller> {
-  const secret = bearerOf(header);
-  if (!secret) {
-    throw unauthenticated("a token is required: pass --token or set KILN_TOKEN (Authorization: Bearer ...)");
-  }
-  if (isJobCredential(secret)) {
+export async function identify(ctx: MasterContext, p: Presented): Promise<Caller> {
+  const secret = bearerOf(p.authorization);
+  if (secret && isJobCredential(secret)) {
     const job = await findJobByCredential(ctx.store.db, secret);
     if (!job) {
       throw new AppError(
@@ -68,8 +77,27 @@ export async function identify(ctx: MasterContext, header: string | null | undef
       job: { id: job.id, attempt: job.attempt },
     };
   }
+  if (ctx.tls && p.request?.headers.get(CERT_HEADER) != null) {
+    const w = await ctx.tls.identify(p.request, p.ip);
+    return {
+      tokenId: certCredential(w.serial),
+      name: w.worker,
+      role: "worker",
+      project: null,
+      expiresAt: null,
+    };
+  }
+  if (!secret) {
+    throw unauthenticated("a token is required: pass --token or set KILN_TOKEN (Authorization: Bearer ...)");
+  }
   const row = await findToken(ctx.store.db, secret);
   if (!row) throw unauthenticated("the token is unknown, revoked or expired: ask an admin for a new one");
+  if (ctx.tls && row.role === "worker")
+    throw new AppError(
+      "WORKER_CERT_MISSING",
+      "this master serves TLS: workers present their certificate, not a token; join with `kiln worker --join TOKEN` (a token from `kiln token create --role worker`)",
+      { status: 401 },
+    );
   return {
     tokenId: row.id,
     name: row.name,

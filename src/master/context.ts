@@ -7,6 +7,7 @@ import type { Registry } from "./registry.ts";
 import type { RepoService } from "./repos.ts";
 import type { Sessions } from "./sessions.ts";
 import type { StorageHealth } from "./storage-health.ts";
+import type { MasterTls } from "./tls.ts";
 
 /** What every part of the master shares: config, store, logs, the live worker registry. */
 export interface MasterContext {
@@ -29,4 +30,6 @@ export interface MasterContext {
   /** Resolves when every dispatch asked for so far has been carried out (tests, bench). */
   dispatched(): Promise<void>;
   startedAt: number;
+  /** The CA, enrollment and worker certificates when the master serves TLS; null over plain HTTP. */
+  tls: MasterTls | null;
 }

@@ -84,6 +84,7 @@ function worker(
     send: (m: MasterMessage) => got.push(m),
     ws: {} as ServerWebSocket<unknown>,
     instance: null,
+    credential: "token:test",
     ...over,
     got,
   };

@@ -67,19 +67,25 @@ export async function receiving<T>(
 ): Promise<T> {
   const rearm = rearmOf(c);
   let timer: ReturnType<typeof setInterval> | undefined;
-  const flowing =
-    body?.pipeThrough(
-      new TransformStream<Uint8Array, Uint8Array>({
-        transform(chunk, out) {
-          rearm();
-          out.enqueue(chunk);
+  // Pulled one chunk at a time, with no queue of its own (highWaterMark 0): a fast sender still waits for
+  // the disk, as it does reading the request body directly.
+  const reader = body?.getReader();
+  const flowing = reader
+    ? new ReadableStream<Uint8Array>(
+        {
+          async pull(out) {
+            const { done, value } = await reader.read();
+            rearm();
+            if (done) {
+              timer = setInterval(rearm, rearmEveryMs(c));
+              out.close();
+            } else out.enqueue(value);
+          },
+          cancel: (reason) => reader.cancel(reason),
         },
-        flush() {
-          rearm();
-          timer = setInterval(rearm, rearmEveryMs(c));
-        },
-      }),
-    ) ?? null;
+        { highWaterMark: 0 },
+      )
+    : null;
   try {
     return await work(flowing);
   } finally {

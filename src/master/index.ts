@@ -11,15 +11,13 @@ import { logger } from "../lib/log.ts";
 import { logOnce } from "../lib/log-once.ts";
 import { type Loop, runLoop } from "../lib/loop.ts";
 import { localBlobStore, openBlobStore } from "../storage/open.ts";
-import { certificateLedger } from "../store/enrollment.ts";
 import { getJob } from "../store/jobs.ts";
 import { openStore, storeUrl } from "../store/open.ts";
 import { findToken, hashToken, insertTokenHash } from "../store/tokens.ts";
 import { markAllDisconnected } from "../store/workers.ts";
 import { type Authority, openAuthority, serverTls } from "../tls/authority.ts";
-import { enrollmentHandler } from "../tls/enroll.ts";
 import { admitRequest, WORKER_SOCKET } from "./access.ts";
-import { createApp, internalError, refusalResponse } from "./app.ts";
+import { createApp, internalError, refusal } from "./app.ts";
 import { createArtifactService, MAX_CHUNK } from "./artifacts.ts";
 import type { Caller } from "./auth.ts";
 import type { MasterContext } from "./context.ts";
@@ -32,11 +30,14 @@ import { sweepReleases } from "./releases.ts";
 import { createRepoService } from "./repos.ts";
 import { createSessions } from "./sessions.ts";
 import { createStorageHealth } from "./storage-health.ts";
+import { checkConnectedCertificatesOnce, createMasterTls, tokenCredential } from "./tls.ts";
 import { type SocketData, workerSocketHandlers } from "./worker-socket.ts";
 
 /** A master that is serving: its URL and context, `done` for its loops, and `stop` to end it all. */
 export interface RunningMaster {
   url: string;
+  /** The URL a worker on this host reaches it at: the listen address, loopback for a wildcard. */
+  localUrl: string;
   ctx: MasterContext;
   /** Rejects if a background loop dies; the role's main exits non-zero then. */
   done: Promise<void>;
@@ -145,6 +146,9 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
     dispatch: dispatcher.dispatch,
     dispatched: dispatcher.settled,
     startedAt: Date.now(),
+    tls: authority
+      ? createMasterTls(authority, store, cfg.master.tls_worker_lifetime, log.withTag("tls"))
+      : null,
   };
   await ensureTokenFile(ctx, adminTokenPath(ctx.dataDir), "admin", "admin");
   await markAllDisconnected(store);
@@ -152,9 +156,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
   await ctx.repos.recover();
 
   const app = createApp(ctx);
-  const enroll = authority
-    ? enrollmentHandler({ authority, ledger: certificateLedger(store), log: log.withTag("tls") })
-    : undefined;
+  const tls = ctx.tls;
   const ws = workerSocketHandlers(ctx);
   const [host, port] = splitListen(cfg.master.listen);
   // Errors past the app (a bug in a handler that escaped it) are told once per minute, then counted.
@@ -196,23 +198,28 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
         try {
           checkDeclaredLength(req, MAX_REQUEST_BODY);
         } catch (err) {
-          if (err instanceof AppError) return refusalResponse(err);
+          if (err instanceof AppError) return refusal(err);
           throw err;
         }
         const url = new URL(req.url);
+        const ip = srv.requestIP(req)?.address;
         if (url.pathname === WORKER_SOCKET) {
+          // Only a worker's own credential opens it: a worker token, or on a TLS master its certificate.
           let caller: Caller;
           try {
-            caller = await admitRequest(ctx, { who: "worker" }, req);
+            caller = await admitRequest(ctx, { who: "worker" }, req, ip);
           } catch (err) {
             const e = coerceError(err);
-            if (!(e instanceof AppError)) throw e;
-            return refusalResponse(e);
+            if (!(e instanceof AppError) || e.status >= 500) throw e;
+            return refusal(e);
           }
+          const certified = caller.tokenId.startsWith("cert:");
           const data: SocketData = {
             name: null,
             chain: Promise.resolve(),
             refused: false,
+            credential: certified ? caller.tokenId : tokenCredential(caller.tokenId),
+            certified: certified ? caller.name : null,
             tokenId: caller.tokenId,
             expiresAt: caller.expiresAt,
             end: null,
@@ -223,11 +230,14 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
             { status: 426 },
           );
         }
-        const enrolled = enroll && (await enroll(req, srv.requestIP(req)?.address));
+        const enrolled = tls && (await tls.enroll(req, ip));
         if (enrolled) return enrolled;
         const env: RequestEnv = {
           ip: srv.requestIP(req),
-          rearm: () => srv.timeout(req, idle),
+          // Never for a request whose client is gone: its socket is closed, there is nothing to keep.
+          rearm: () => {
+            if (!req.signal.aborted) srv.timeout(req, idle);
+          },
           idleSeconds: idle,
         };
         return app.fetch(req, env);
@@ -250,13 +260,36 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
       `cannot listen on ${cfg.master.listen}: ${(err as Error).message}; is another master running there?`,
     );
   }
-  const url =
-    cfg.master.url ||
-    `${authority ? "https" : "http"}://${server.hostname?.includes(":") ? `[${server.hostname}]` : server.hostname}:${server.port}`;
+  const scheme = authority ? "https" : "http";
+  const hostPort = (h: string) => `${h.includes(":") ? `[${h}]` : h}:${server.port}`;
+  const url = cfg.master.url || `${scheme}://${hostPort(server.hostname ?? host)}`;
+  // A wildcard address is no address to connect to, nor one a certificate can name.
+  const local =
+    server.hostname === "0.0.0.0" ? "127.0.0.1" : server.hostname === "::" ? "::1" : server.hostname;
+  const localUrl = `${scheme}://${hostPort(local ?? host)}`;
   log.info(`master listening on ${url} (data ${data})`);
+  if (authority)
+    log.info(
+      `clients verify this master with --ca ${join(data, "tls", "ca.crt")} or --ca-fingerprint ${authority.anchorFingerprint}`,
+    );
 
   const loops: Loop[] = [
     runLoop({ name: "leases", everyMs: 1000, log }, () => reapLeasesOnce(ctx)),
+    ...(authority
+      ? [
+          // Often enough that an expired certificate does not hold a connection for long, whatever the
+          // configured lifetime: a tenth of it, a minute at most.
+          runLoop(
+            {
+              name: "worker certificates",
+              everyMs: Math.min(60_000, cfg.master.tls_worker_lifetime / 10),
+              log,
+              waitFirst: true,
+            },
+            () => checkConnectedCertificatesOnce(ctx),
+          ),
+        ]
+      : []),
     // Partial uploads of attempts that ended (or went back to the queue) will never be resumed.
     runLoop({ name: "incoming artifacts", everyMs: 60_000, log }, async () => {
       await ctx.artifacts.sweepIncoming(async (id, attempt) => {
@@ -270,6 +303,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
   ctx.dispatch();
   return {
     url,
+    localUrl,
     ctx,
     done: Promise.all(loops.map((l) => l.done)).then(() => {}),
     async stop() {

@@ -37,6 +37,8 @@ export interface LiveWorker {
   stopping?: boolean;
   /** The worker's data dir identity (worker.hello), null from a worker that does not send one. */
   instance: string | null;
+  /** What the connection was opened with (`token:ID` or `cert:SERIAL`): revoking it closes the connection. */
+  credential: string;
 }
 
 /** The connected workers by name; `remove` only removes the entry of the socket given, never a newer one. */

@@ -33,6 +33,8 @@ export async function jobFromRequest(
   let env = req.env ?? {};
   let name = req.name ?? command.join(" ").slice(0, 80);
   let recipe: Pick<NewJob, "recipe" | "recipeVersion" | "recipeVars"> = {};
+  // Only a recipe brings a setup: recipes are added by operators, and a plain submit has no such field.
+  let setup: string | null = null;
   if (req.recipe) {
     const row = await currentRecipe(ctx.store.db, req.recipe);
     if (!row) {
@@ -46,6 +48,7 @@ export async function jobFromRequest(
     const rendered = renderRecipe(row.name, def, req.vars ?? {});
     options = { ...def.submit, ...withoutUndefined(req) };
     command = rendered.command;
+    setup = rendered.setup;
     // The variables come last: a KILN_VAR_* from --env must not replace a checked value.
     env = { ...def.submit.env, ...req.env, ...rendered.env };
     name = req.name ?? `${row.name} v${row.version}${describeVars(rendered.vars)}`.slice(0, 80);
@@ -59,7 +62,7 @@ export async function jobFromRequest(
       `${both.join(", ")} is given both as --env and as --secret: give each name once`,
     );
   }
-  const bytes = execBytes(command, { ...env, ...secrets });
+  const bytes = execBytes(setup === null ? command : [...command, setup], { ...env, ...secrets });
   if (bytes > SPEC_LIMITS.execBytes) {
     throw new AppError(
       "SPEC_TOO_LARGE",
@@ -69,6 +72,13 @@ export async function jobFromRequest(
   const root = options.root ?? SUBMIT_DEFAULTS.root;
   // A template must exist when the job is queued; it is resolved again (to its current tree) at assignment.
   if (root !== "host") await resolveTemplate(ctx.store.db, root);
+  if (setup !== null && root === "host") {
+    throw new AppError(
+      "RECIPE_SETUP_ROOT",
+      `recipe ${req.recipe} has a setup, which installs into a writable overlay of a template root: submit with --root TEMPLATE (see \`kiln template ls\`)`,
+      { status: 400 },
+    );
+  }
   if (options.writableRoot && root === "host") {
     throw new AppError(
       "INVALID_REQUEST",
@@ -93,7 +103,9 @@ export async function jobFromRequest(
     pids: options.pids ?? null,
     scratchBytes: options.scratchBytes ?? null,
     root,
-    writableRoot: options.writableRoot ?? false,
+    // A setup writes to /: the root is the template's overlay on the job's scratch, whatever was asked.
+    writableRoot: setup !== null || (options.writableRoot ?? false),
+    setup,
     needs: options.needs ?? [],
     egress: options.egress ?? [],
     repo: options.repo ?? null,

@@ -38,5 +38,6 @@ export function testContext(dir: string, store: Store): MasterContext {
     dispatch() {},
     dispatched: async () => {},
     startedAt: Date.now(),
+    tls: null,
   };
 }

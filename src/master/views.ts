@@ -24,6 +24,7 @@ export function jobView(
     arch: row.arch,
     priority: row.priority,
     command: row.command,
+    setup: row.setup,
     state: row.state as JobState,
     reason: row.reason as Reason | null,
     message: row.message,

@@ -41,6 +41,11 @@ export interface SocketData {
   name: string | null;
   chain: Promise<void>;
   refused: boolean;
+  /** What the upgrade was authenticated with: `token:ID`, or `cert:SERIAL` on a TLS master. */
+  credential: string;
+  /** The worker its certificate names, on a TLS master: its hello must use that name. */
+  certified: string | null;
+  /** The token id (or `cert:SERIAL`) that sessions key it by: revoking the token closes the socket. */
   tokenId: string;
   expiresAt: number | null;
   /** Unregisters the connection from ctx.sessions; set while it is open. */
@@ -121,6 +126,14 @@ export function workerSocketHandlers(ctx: MasterContext) {
       ws.close(4000, "invalid name");
       return;
     }
+    if (ws.data.certified !== null && ws.data.certified !== m.name) {
+      // A certificate is one worker's identity: it cannot speak for another name.
+      const message = `this worker's certificate is for ${ws.data.certified}, not ${m.name}: start it with --name ${ws.data.certified}, or join again under the new name`;
+      ctx.log.warn(`refused worker ${ws.data.certified} saying hello as ${m.name}: ${message}`);
+      send(ws, { type: "worker.refused", message });
+      ws.close(4003, "name not in certificate");
+      return;
+    }
     const previous = ctx.registry.workers.get(m.name);
     if (previous?.instance && m.instance && previous.instance !== m.instance) {
       // Another worker (another data dir, maybe another host) under a name in use: two of them would
@@ -157,6 +170,7 @@ export function workerSocketHandlers(ctx: MasterContext) {
       send: (msg) => send(ws, msg),
       ws: ws as ServerWebSocket<unknown>,
       instance: m.instance ?? null,
+      credential: ws.data.credential,
     };
     const reported = new Map<number, number>();
     for (const r of m.running) reported.set(r.jobId, r.attempt);

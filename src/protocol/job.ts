@@ -32,6 +32,7 @@ export const REASONS = [
   "sandbox",
   "rejected",
   "publish",
+  "setup",
 ] as const;
 /** One of REASONS. */
 export type Reason = (typeof REASONS)[number];
@@ -53,6 +54,11 @@ export const JobSpecSchema = z.object({
   /** The template behind `root` (null for the host root), resolved when the job was assigned. */
   template: TemplateSpecSchema.nullable().default(null),
   writableRoot: z.boolean().default(false),
+  /**
+   * A recipe's setup script (null for none): run by `sh -e` as root with the build capabilities on the
+   * job's writable overlay, in the job's sandbox, before the command; a failure fails the job (`setup`).
+   */
+  setup: z.string().nullable().default(null),
   needs: z.array(z.string()),
   egress: z.array(z.string()),
   /** `kiln submit --secret` values for the job's environment: never logged, shown, or given to others. */
@@ -96,6 +102,8 @@ export interface JobView {
   arch: string | null;
   priority: number;
   command: string[];
+  /** The setup its recipe runs as root on its writable root before the command, or null. */
+  setup: string | null;
   state: JobState;
   reason: Reason | null;
   message: string | null;

@@ -21,7 +21,9 @@ export interface Slot extends SlotConfig {
 export type RawExit =
   | { kind: "exit"; code: number }
   | { kind: "signal"; signal: number }
-  | { kind: "sandbox"; message: string; slotFault?: boolean };
+  | { kind: "sandbox"; message: string; slotFault?: boolean }
+  /** The job's setup failed (its exit code, when it exited), so its command never ran. */
+  | { kind: "setup"; message: string; code: number | null };
 
 export interface RunResult {
   exit: RawExit;

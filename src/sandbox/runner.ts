@@ -5,6 +5,7 @@ import type { Config } from "../config/schema.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { logger } from "../lib/log.ts";
 import { formatSize } from "../lib/size.ts";
+import type { MasterAuth } from "../protocol/master-auth.ts";
 import type { RawExit, RunHandle, Runner, RunRequest, RunResult, Slot } from "../runner/contract.ts";
 import { type Acquired, createTemplateCache } from "../templates/cache.ts";
 import { fetchArtifact } from "../templates/fetch.ts";
@@ -45,8 +46,8 @@ export interface SandboxOptions {
   worker: string;
   /** Paths on the host root the job must not see (data dirs, keys, tokens). */
   masks: string[];
-  /** The worker's token, to fetch job artifacts that tarball templates are made from. */
-  token: string;
+  /** The worker's credentials, to fetch job artifacts that tarball templates are made from. */
+  auth: MasterAuth;
 }
 
 interface SlotState {
@@ -102,7 +103,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
       memoryBytes: o.cfg.templates.build_memory,
       pids: o.cfg.templates.build_pids,
     }),
-    fetchArtifact: (job, name, dest) => fetchArtifact(o.cfg.worker.master, o.token, job, name, dest),
+    fetchArtifact: (job, name, dest) => fetchArtifact(o.cfg.worker.master, o.auth, job, name, dest),
   });
   const runner: Runner = {
     name: "sandbox",
@@ -133,6 +134,13 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         });
       }
       const attached: Acquired[] = root ? [root] : [];
+      if (spec.setup !== null && !(root && spec.writableRoot)) {
+        root?.release();
+        throw new AppError(
+          "SETUP_NEEDS_TEMPLATE",
+          "this job has a setup but no writable template root to install into: submit it with --root TEMPLATE",
+        );
+      }
       // The launcher joins the job's cgroups before it attaches the scratch loop device (or opens the
       // volume), so on v1 the devices controller must let it; withdrawn as soon as the job runs.
       const setupRules = scratch0Rules(o.cfg.sandbox.scratch);
@@ -162,6 +170,8 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           process.execPath,
           ...(root ? ["--root", root.root] : []),
           ...(root && spec.writableRoot ? ["--overlay-root"] : []),
+          // Run as root on that overlay before the command (see src/sandbox/helper/README.md "Setup").
+          ...(spec.setup !== null ? ["--setup", spec.setup] : []),
           "--templates",
           "--status-fd",
           "3",
@@ -249,9 +259,10 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
             nl = buf.indexOf("\n");
             if (!st) continue;
             if ("warning" in st) log.warn(`job ${spec.id} on ${slot.name}: ${st.warning}`);
-            else if ("ready" in st) {
-              pid1 = st.ready;
-              setDeviceRules(state.cg, setupRules, false);
+            else if ("ready" in st || "setup" in st) {
+              // The scratch is mounted once the setup (or the command) runs: no loop device from now on.
+              if (!pid1) setDeviceRules(state.cg, setupRules, false);
+              pid1 = "ready" in st ? st.ready : st.setup;
             } else {
               if (st.note) writeSync(req.logFd, st.note);
               final = st.exit;

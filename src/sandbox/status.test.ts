@@ -19,5 +19,20 @@ test("the launcher's status lines become pid, exit, signal, a set-up failure nam
   expect(parseStatus("warning loop: /dev/loop3 still holds /x.img 5 s after the sandbox ended")).toEqual({
     warning: "loop: /dev/loop3 still holds /x.img 5 s after the sandbox ended",
   });
+  expect(parseStatus("setup 4242")).toEqual({ setup: 4242 });
+  expect(parseStatus("setup-failed exit 100")).toEqual({
+    exit: { kind: "setup", message: "the setup exited with status 100", code: 100 },
+    note: "kiln: the setup exited with status 100; the job's command did not run\n",
+  });
+  expect(parseStatus("setup-failed signal 9")).toMatchObject({
+    exit: { kind: "setup", message: "the setup was killed by signal 9", code: null },
+  });
+  expect(parseStatus("setup-failed exec: /bin/sh: No such file or directory")).toMatchObject({
+    exit: {
+      kind: "setup",
+      message: "the setup could not start: /bin/sh: No such file or directory",
+      code: null,
+    },
+  });
   expect(parseStatus("garbage")).toBeNull();
 });

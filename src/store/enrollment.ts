@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { and, eq, gt, isNull, sql } from "drizzle-orm";
+import { and, eq, gt, inArray, isNull, sql } from "drizzle-orm";
 import { index, integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import { AppError } from "../lib/errors.ts";
 import type { Db, Store } from "./open.ts";
@@ -82,15 +82,42 @@ export async function createJoinToken(
 /** Every join token, oldest first (secrets are not stored, so none can be shown again). */
 export const listJoinTokens = (db: Db) => db.select().from(joinTokens).orderBy(joinTokens.createdAt);
 
-/** Revokes an unused join token; returns its row, or null when there is no such live token. */
+/**
+ * Revokes a join token. An unused one enrolls nobody from then on; a used one takes with it every live
+ * certificate that came from it, renewals included (the serials are returned so the master can close
+ * their connections). Null when there is no such token, or it was revoked already.
+ */
 export function revokeJoinToken(store: Store, id: string, now = Date.now()) {
   return store.write(async (tx) => {
     const [row] = await tx
       .update(joinTokens)
       .set({ revokedAt: now })
-      .where(and(eq(joinTokens.id, id), isNull(joinTokens.revokedAt), isNull(joinTokens.usedAt)))
+      .where(and(eq(joinTokens.id, id), isNull(joinTokens.revokedAt)))
       .returning();
-    return row ?? null;
+    if (!row) return null;
+    // The certificates that descend from the token: the one it enrolled, then each renewal of one of them.
+    const lineage: string[] = [];
+    let from = await tx
+      .select({ serial: workerCertificates.serial })
+      .from(workerCertificates)
+      .where(eq(workerCertificates.joinToken, id));
+    while (from.length > 0) {
+      const serials = from.map((r) => r.serial);
+      lineage.push(...serials);
+      from = await tx
+        .select({ serial: workerCertificates.serial })
+        .from(workerCertificates)
+        .where(inArray(workerCertificates.renewedFrom, serials));
+    }
+    const revoked =
+      lineage.length === 0
+        ? []
+        : await tx
+            .update(workerCertificates)
+            .set({ revokedAt: now, revokeReason: `join token ${id} revoked` })
+            .where(and(inArray(workerCertificates.serial, lineage), isNull(workerCertificates.revokedAt)))
+            .returning({ serial: workerCertificates.serial });
+    return { ...row, certificates: revoked.map((r) => r.serial) };
   });
 }
 

@@ -188,6 +188,7 @@ test("a copied definition keeps every field, so a retry repeats the job exactly"
     scratchBytes: 2 << 20,
     root: "bookworm",
     writableRoot: true,
+    setup: "apt-get install -y foo",
     needs: ["kvm"],
     egress: ["deb.debian.org"],
     repo: "main",

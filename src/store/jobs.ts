@@ -36,6 +36,7 @@ export const DEFINITION = [
   "scratchBytes",
   "root",
   "writableRoot",
+  "setup",
   "needs",
   "egress",
   "repo",

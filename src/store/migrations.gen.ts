@@ -63,8 +63,14 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "sql": "CREATE TABLE `repo_packages` (\n\t`repo` text NOT NULL,\n\t`name` text NOT NULL,\n\t`arch` text NOT NULL,\n\t`version` text NOT NULL,\n\t`source` text,\n\t`size` integer NOT NULL,\n\t`sha256` text NOT NULL,\n\t`path` text NOT NULL,\n\t`meta` text NOT NULL,\n\t`job_id` integer,\n\t`published_at` integer NOT NULL,\n\t`published_by` text,\n\tPRIMARY KEY(`repo`, `name`, `arch`, `version`)\n);\n--> statement-breakpoint\nCREATE TABLE `repos` (\n\t`name` text PRIMARY KEY NOT NULL,\n\t`format` text NOT NULL,\n\t`project` text,\n\t`public` integer DEFAULT false NOT NULL,\n\t`dist` text,\n\t`component` text,\n\t`archs` text NOT NULL,\n\t`keep` integer NOT NULL,\n\t`key_fingerprint` text,\n\t`generation` integer DEFAULT 0 NOT NULL,\n\t`created_at` integer NOT NULL,\n\t`created_by` text,\n\t`published_at` integer\n);\n--> statement-breakpoint\nALTER TABLE `jobs` ADD `repo_force` integer DEFAULT false NOT NULL;"
   },
   {
-    "tag": "0010_audit",
-    "when": 1796123746031,
+    "tag": "0010_setup",
+    "when": 1796124090915,
+    "hash": "b3dbe9555f30e3a23b3efa791d80cbb836aca0915ac1ab1906e79cda4c4cba7b",
+    "sql": "ALTER TABLE `jobs` ADD `setup` text;"
+  },
+  {
+    "tag": "0011_audit",
+    "when": 1796127102034,
     "hash": "6fd750a40bb664cc3a0d0006d0267d16704ec11663e1178195b033749142fd00",
     "sql": "CREATE TABLE `audit_log` (\n\t`id` integer PRIMARY KEY AUTOINCREMENT NOT NULL,\n\t`at` integer NOT NULL,\n\t`token_id` text NOT NULL,\n\t`token_name` text NOT NULL,\n\t`role` text NOT NULL,\n\t`action` text NOT NULL,\n\t`target` text NOT NULL,\n\t`detail` text\n);\n--> statement-breakpoint\nCREATE INDEX `audit_log_at` ON `audit_log` (`at`);--> statement-breakpoint\nALTER TABLE `jobs` ADD `secrets` text;--> statement-breakpoint\nALTER TABLE `jobs` ADD `credential_hash` text;"
   }

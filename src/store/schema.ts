@@ -57,6 +57,8 @@ export const jobs = sqliteTable(
     // They point at a recipes row, which a `recipe rm` keeps, so the job can always say what it ran.
     // A template root that the job may write to: an overlay whose upper layer is on its scratch.
     writableRoot: integer("writable_root", { mode: "boolean" }).notNull().default(false),
+    // A recipe's setup script, rendered: run as root on the job's writable overlay before the command.
+    setup: text("setup"),
     recipe: text("recipe"),
     recipeVersion: integer("recipe_version"),
     recipeVars: text("recipe_vars", { mode: "json" }).$type<Record<string, string>>(),

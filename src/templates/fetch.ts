@@ -1,16 +1,17 @@
 import { rmSync } from "node:fs";
 import { AppError, errorFrom } from "../lib/errors.ts";
+import type { MasterAuth } from "../protocol/master-auth.ts";
 
 /** Downloads job JOB's artifact NAME from the master to DEST, checking its sha256 on the way. */
 export async function fetchArtifact(
   master: string,
-  token: string,
+  auth: MasterAuth,
   job: number,
   name: string,
   dest: string,
 ): Promise<void> {
   const url = `${master.replace(/\/$/, "")}/api/v1/jobs/${job}/artifacts/${encodeURIComponent(name)}`;
-  const res = await fetch(url, { headers: { authorization: `Bearer ${token}` } });
+  const res = await fetch(url, { headers: await auth.headers("GET", url), tls: auth.tls() });
   if (!res.ok || !res.body) {
     const e = await errorFrom(res);
     throw new AppError("ARTIFACT_FETCH", `cannot fetch artifact ${name} of job ${job}: ${e.message}`);

@@ -178,7 +178,9 @@ test("a worker with no certificate is refused, and the master logs who and why",
   const res = await fetch(`${url}/whoami`, { tls: { ca: authority.caPem } });
   expect(res.status).toBe(401);
   expect(((await res.json()) as { error: { code: string } }).error.code).toBe("WORKER_CERT_MISSING");
-  expect(logs.join("\n")).toContain("warn refused a worker from 127.0.0.1 on /whoami: no worker certificate");
+  expect(logs.join("\n")).toContain(
+    "warn refused a worker from 127.0.0.1 on /whoami: WORKER_CERT_MISSING: no worker certificate",
+  );
 });
 
 test("a revoked worker is refused on its next request and its next websocket, and cannot renew", async () => {
@@ -390,4 +392,40 @@ test("a port that requires client certificates refuses a client without one, or 
   expect(await get(clientTls(id))).toBe(200);
   const key = await importSigningKey(id.keyPem, "k");
   expect(key.type).toBe("private");
+});
+
+test("revoking a used join token revokes the certificate it gave and every renewal of it", async () => {
+  const token = await joinToken();
+  await join1("xa-w20", token);
+  clock += 25 * DAY;
+  expect(await renewIfDue({ masterUrl: url, dir: workerDir("xa-w20"), now: clock })).toBe(true);
+  const renewed = loadIdentity(workerDir("xa-w20"))!;
+  const [row] = (await listJoinTokens(store.db)).filter((r) => r.usedBy === "xa-w20");
+  const revoked = await revokeJoinToken(store, row!.id, clock);
+  expect(revoked?.certificates.length).toBe(2);
+  expect(revoked?.certificates).toContain(new x509.X509Certificate(renewed.certPem).serialNumber);
+  expect(await whoami(renewed)).toEqual({ status: 401, who: "CERTIFICATE_REVOKED" });
+  expect(await revokeJoinToken(store, row!.id, clock)).toBeNull();
+});
+
+test("a refusal a worker repeats is logged at warn once, its repeats at debug", async () => {
+  const id = await join1("xa-w21");
+  await revokeWorkerCertificates(store, "xa-w21", "test", clock);
+  const said: string[] = [];
+  const log = {
+    info: () => {},
+    warn: (m: string) => said.push(`warn ${m}`),
+    debug: (m: string) => said.push(`debug ${m}`),
+  };
+  const seen = new Set<string>();
+  const once = (key: string) => !seen.has(key) && Boolean(seen.add(key));
+  const ledger = certificateLedger(store);
+  for (let i = 0; i < 3; i++) {
+    const req = new Request(`${url}/ws`, { headers: await identityHeaders(id, "GET", "/ws", clock) });
+    expect(
+      await codeOf(authenticateWorker(req, { authority, ledger, log, ip: "10.0.0.9", once }, clock)),
+    ).toBe("CERTIFICATE_REVOKED");
+  }
+  expect(said.map((l) => l.split(" ")[0])).toEqual(["warn", "debug", "debug"]);
+  expect(said[0]).toContain("refused a worker from 10.0.0.9 on /ws: CERTIFICATE_REVOKED: certificate");
 });

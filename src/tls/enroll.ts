@@ -3,9 +3,15 @@ import { readJson } from "../lib/body.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { logOnce } from "../lib/log-once.ts";
 import type { Authority } from "./authority.ts";
-import { checkCsr, type IssuedCertificate, MAX_CSR_BYTES, signWorkerCertificate } from "./issue.ts";
+import {
+  checkCsr,
+  type IssuedCertificate,
+  MAX_CSR_BYTES,
+  signWorkerCertificate,
+  WORKER_CERT_LIFETIME_MS,
+} from "./issue.ts";
 import { hashJoinSecret } from "./join-token.ts";
-import { type CertificateLookup, type VerifiedWorker, verifyWorker } from "./proof.ts";
+import { CERT_HEADER, type CertificateLookup, type VerifiedWorker, verifyWorker } from "./proof.ts";
 
 /*
  * The master's side of enrollment, as one fetch-style handler the master mounts before its router (and
@@ -43,6 +49,7 @@ export interface CertificateLedger extends CertificateLookup {
 export interface EnrollmentLog {
   info(msg: string): void;
   warn(msg: string): void;
+  debug?(msg: string): void;
 }
 
 /*
@@ -78,8 +85,11 @@ export function enrollmentHandler(opts: {
   ledger: CertificateLedger;
   log: EnrollmentLog;
   now?: () => number;
+  /** How long the certificates it signs live (master.tls_worker_lifetime); 30 days when not given. */
+  lifetimeMs?: number;
 }): (req: Request, ip?: string) => Promise<Response | undefined> {
   const now = opts.now ?? Date.now;
+  const life = opts.lifetimeMs ?? WORKER_CERT_LIFETIME_MS;
   const { authority, ledger, log } = opts;
   // One record per path and code, then a count: a client hammering enrollment cannot flood the log.
   const noteRefusal = logOnce((msg) => log.warn(msg));
@@ -105,7 +115,7 @@ export function enrollmentHandler(opts: {
         const cert = await ledger.redeem(
           hashJoinSecret(secret),
           worker,
-          () => signWorkerCertificate(authority, csr, worker, at),
+          () => signWorkerCertificate(authority, csr, worker, at, life),
           at,
         );
         log.info(
@@ -128,7 +138,7 @@ export function enrollmentHandler(opts: {
       const cert = await ledger.renew(
         current.serial,
         worker,
-        () => signWorkerCertificate(authority, csr, worker, at),
+        () => signWorkerCertificate(authority, csr, worker, at, life),
         at,
       );
       log.info(`renewed ${who}: certificate ${cert.serial} replaces ${current.serial}`);
@@ -150,18 +160,31 @@ export function enrollmentHandler(opts: {
 /**
  * Identifies the worker on `req` for any other route (the worker websocket, uploads): its certificate,
  * proof and revocation state checked against the store on every call; a refusal is logged with who and
- * why and rethrown as the 401 AppError.
+ * why and rethrown as the 401 AppError. With `once`, a refusal it has said already (the same address,
+ * path, reason and certificate) goes to debug instead: a revoked worker retrying is said once.
  */
 export async function authenticateWorker(
   req: Request,
-  opts: { authority: Pick<Authority, "ca">; ledger: CertificateLookup; log: EnrollmentLog; ip?: string },
+  opts: {
+    authority: Pick<Authority, "ca">;
+    ledger: CertificateLookup;
+    log: EnrollmentLog;
+    ip?: string;
+    once?: (key: string) => boolean;
+  },
   now = Date.now(),
 ): Promise<VerifiedWorker> {
   try {
     return await verifyWorker(req, opts.authority.ca, opts.ledger, now);
   } catch (err) {
     const e = coerceError(err);
-    opts.log.warn(`refused a worker from ${opts.ip ?? "?"} on ${new URL(req.url).pathname}: ${e.message}`);
+    const code = err instanceof AppError ? err.code : "INTERNAL";
+    const path = new URL(req.url).pathname;
+    const msg = `refused a worker from ${opts.ip ?? "?"} on ${path}: ${code}: ${e.message}`;
+    // The certificate's last characters tell two workers behind one address apart, without keeping it whole.
+    const key = `${opts.ip}|${path}|${code}|${req.headers.get(CERT_HEADER)?.slice(-32) ?? ""}`;
+    if (!opts.once || opts.once(key)) opts.log.warn(msg);
+    else opts.log.debug?.(msg);
     throw err;
   }
 }

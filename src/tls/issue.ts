@@ -66,7 +66,9 @@ export async function signWorkerCertificate(
   now = Date.now(),
   lifetimeMs = WORKER_CERT_LIFETIME_MS,
 ): Promise<IssuedCertificate> {
-  const notBefore = now - CLOCK_SKEW_MS;
+  // Back-dated by the clock skew, but never by more than a tenth of the lifetime: a certificate of a
+  // minute back-dated by five would count as two-thirds spent, and be renewed again at once.
+  const notBefore = now - Math.min(CLOCK_SKEW_MS, lifetimeMs / 10);
   const notAfter = Math.min(now + lifetimeMs, authority.ca.notAfter.getTime());
   const cert = await x509.X509CertificateGenerator.create({
     serialNumber: randomSerial(),

@@ -66,7 +66,11 @@ async function readBounded(res: Response, max: number): Promise<string> {
  * Fetches the master's CA certificate without verification and returns it only if its SHA-256 equals
  * `expected`; throws TLS_FINGERPRINT_MISMATCH (a man in the middle, or another master) otherwise.
  */
-export async function fetchPinnedCa(masterUrl: string, expected: string): Promise<string> {
+export async function fetchPinnedCa(
+  masterUrl: string,
+  expected: string,
+  pinnedBy = "the join token",
+): Promise<string> {
   const url = new URL(TLS_ROUTES.ca, requireHttps(masterUrl));
   let pem: string;
   try {
@@ -88,7 +92,7 @@ export async function fetchPinnedCa(masterUrl: string, expected: string): Promis
   if (got !== expected)
     throw new AppError(
       "TLS_FINGERPRINT_MISMATCH",
-      `the master at ${url.host} presents the CA ${got}, but the join token pins ${expected}: either something between this worker and the master intercepts the connection, or the token is from another master. Nothing was sent; check the address and the token.`,
+      `the master at ${url.host} presents the CA ${got}, but ${pinnedBy} pins ${expected}: either something between here and the master intercepts the connection, or ${pinnedBy} is for another master. Nothing was sent; check the address and ${pinnedBy}.`,
     );
   return pem;
 }

@@ -5,6 +5,7 @@ import { type AppError, coerceError, errorFrom } from "../lib/errors.ts";
 import { artifactNameProblem } from "../lib/names.ts";
 import { formatSize } from "../lib/size.ts";
 import type { Outcome } from "../protocol/job.ts";
+import type { MasterAuth } from "../protocol/master-auth.ts";
 import { type JobDir, jobCredential, logPath, writeOutcome } from "./job-dir.ts";
 
 /*
@@ -72,7 +73,10 @@ async function cachedSha256(jobDir: string, name: string, path: string, fresh = 
 
 interface Target {
   master: string;
-  token: string;
+  /** The worker's own credentials: on a TLS master, the client certificate the connection needs. */
+  auth: MasterAuth;
+  /** The attempt's own credential, which the master asks of every upload of it. */
+  credential: string;
   jobId: number;
   attempt: number;
 }
@@ -98,7 +102,13 @@ async function uploadFile(
   const url = `${t.master.replace(/\/$/, "")}/api/v1/worker/artifacts/${t.jobId}/${t.attempt}/${encodeURIComponent(name)}`;
   const call = async (init: RequestInit & { headers: Record<string, string> }) => {
     try {
-      return await fetch(url, init);
+      const method = init.method ?? "GET";
+      const headers = {
+        ...init.headers,
+        ...(await t.auth.headers(method, url)),
+        authorization: `Bearer ${t.credential}`,
+      };
+      return await fetch(url, { ...init, headers, tls: t.auth.tls() });
     } catch (err) {
       throw new RetryLater(
         `cannot reach the master to deliver artifact ${name}: ${coerceError(err).message}`,
@@ -112,7 +122,6 @@ async function uploadFile(
   let mismatches = 0;
   for (;;) {
     const claim = {
-      authorization: `Bearer ${t.token}`,
       "x-kiln-sha256": hash,
       "x-kiln-size": String(size),
       "x-kiln-mode": (st.mode & 0o777).toString(8),
@@ -172,13 +181,14 @@ export async function deliverArtifacts(o: {
   job: JobDir;
   outcome: Outcome;
   master: string;
+  auth: MasterAuth;
   log: ConsolaInstance;
 }): Promise<Undelivered | null> {
   const { dir, jobId, attempt } = o.job;
   const done = join(dir, "artifacts-delivered");
   if (existsSync(done)) return null;
   // Each attempt's uploads carry its own credential, which the master gave with the assignment.
-  const token = jobCredential(o.job) ?? "";
+  const credential = jobCredential(o.job) ?? "";
   const out = join(dir, "out");
   const names = listFiles(out, (name, why) =>
     o.log.warn(`job ${jobId}: ${JSON.stringify(name)} in $KILN_OUT is not kept: ${why}`),
@@ -186,7 +196,13 @@ export async function deliverArtifacts(o: {
   const refused: string[] = [];
   for (const name of names) {
     try {
-      await uploadFile({ master: o.master, token, jobId, attempt }, dir, name, join(out, name), o.log);
+      await uploadFile(
+        { master: o.master, auth: o.auth, credential, jobId, attempt },
+        dir,
+        name,
+        join(out, name),
+        o.log,
+      );
     } catch (err) {
       if (err instanceof RetryLater) throw err;
       if (err instanceof Withdrawn) {

@@ -1,8 +1,10 @@
 import type { ConsolaInstance } from "consola";
 import type { Config } from "../config/schema.ts";
-import { coerceError } from "../lib/errors.ts";
+import { isUnverifiedCertificate } from "../lib/certificate-error.ts";
+import { coerceError, errorFrom } from "../lib/errors.ts";
 import { errorFields } from "../lib/log.ts";
 import { delay, type Loop, runLoop } from "../lib/loop.ts";
+import type { MasterAuth } from "../protocol/master-auth.ts";
 import type { MasterMessage, WorkerMessage } from "../protocol/wire.ts";
 
 /*
@@ -33,6 +35,8 @@ export interface Connection {
   sayStopping(cut: JobRef[]): void;
   /** No reconnecting and no heartbeat from now on; the open connection stays until close(). */
   stop(): void;
+  /** Closes the open connection so the loop opens a new one (with credentials renewed meanwhile). */
+  reconnect(): void;
   /** Closes the connection and waits (a second at most) for the connect loop to end. */
   close(): Promise<void>;
   /** Starts the connect loop (once); resolves when it has ended, after stop(). */
@@ -42,7 +46,8 @@ export interface Connection {
 /** What the connection asks of the rest of the worker. */
 export interface ConnectionOptions {
   cfg: Config;
-  token: string;
+  /** The worker's credentials, asked anew for every connection. */
+  auth: MasterAuth;
   name: string;
   log: ConsolaInstance;
   /** The hello of a new connection, built when it opens. */
@@ -63,6 +68,8 @@ export function createConnection(o: ConnectionOptions): Connection {
   let stopping = false;
   let draining = false;
   let heartbeat: Loop | null = null;
+  // The socket reconnect() closed, whose close is expected.
+  let replaced: WebSocket | null = null;
   const send = (msg: WorkerMessage) => {
     if (ws) ws.send(JSON.stringify(msg));
   };
@@ -78,27 +85,50 @@ export function createConnection(o: ConnectionOptions): Connection {
     log.error(what, { code });
   };
 
-  /** Asks the master over plain HTTP why the websocket did not open (Bun's WebSocket does not say). */
-  const diagnose = async (): Promise<{ what: string; code: string }> => {
+  /** Asks the master with a plain request why the websocket did not open (Bun's WebSocket does not say). */
+  const diagnose = async (): Promise<{ what: string; code: string; refused: boolean }> => {
     try {
-      const res = await fetch(url.replace(/^ws/, "http"), {
-        headers: { authorization: `Bearer ${o.token}` },
+      const http = url.replace(/^ws/, "http");
+      const res = await fetch(http, {
+        headers: await o.auth.headers("GET", http),
+        tls: o.auth.tls(),
         signal: AbortSignal.timeout(5000),
       });
       if (res.status === 401 || res.status === 403) {
+        // A certificate refusal says why (revoked, expired, another CA); a token refusal says what to pass.
+        if (o.auth.tls()) {
+          const e = await errorFrom(res);
+          return {
+            what: `the master at ${cfg.worker.master} refused this worker's certificate (${e.code}): ${e.message}`,
+            code: e.code,
+            refused: true,
+          };
+        }
         return {
           what: `the master at ${cfg.worker.master} refused this worker's token (${res.status}): pass a worker token from \`kiln token create --role worker\` with --join`,
           code: "WORKER_TOKEN_REFUSED",
+          // A token may be created a moment later (an operator setting things up): keep trying briskly.
+          refused: false,
         };
       }
       return {
         what: `the master at ${cfg.worker.master} did not take the worker connection (HTTP ${res.status}); is that URL a Kiln master of this version?`,
         code: "MASTER_NOT_KILN",
+        refused: false,
       };
     } catch (err) {
+      const e = coerceError(err);
+      // A certificate that does not verify against the pinned CA: not the master this worker joined.
+      if (o.auth.tls() && isUnverifiedCertificate(err))
+        return {
+          what: `the master at ${cfg.worker.master} presents a certificate the CA this worker joined does not vouch for (${e.message}): if that master's CA was replaced, join again with a new token; else something intercepts the connection`,
+          code: "TLS_UNVERIFIED",
+          refused: true,
+        };
       return {
-        what: `cannot reach the master at ${cfg.worker.master}: ${coerceError(err).message}; is it running, and is --master right?`,
+        what: `cannot reach the master at ${cfg.worker.master}: ${e.message}; is it running, and is --master right?`,
         code: "MASTER_UNREACHABLE",
+        refused: false,
       };
     }
   };
@@ -120,11 +150,10 @@ export function createConnection(o: ConnectionOptions): Connection {
   };
 
   /** One connection, from opening to its close; resolves with whether it opened and why it was refused. */
-  const once = () =>
-    new Promise<{ opened: boolean; refused: string | null; welcomed: boolean }>((resolve) => {
-      const sock = new WebSocket(url, {
-        headers: { authorization: `Bearer ${o.token}` },
-      } as unknown as string[]);
+  const once = async () => {
+    const init = { headers: await o.auth.headers("GET", url), tls: o.auth.tls() };
+    return new Promise<{ opened: boolean; refused: string | null; welcomed: boolean }>((resolve) => {
+      const sock = new WebSocket(url, init as unknown as string[]);
       sock.binaryType = "arraybuffer";
       let opened = false;
       let refused: string | null = null;
@@ -154,26 +183,37 @@ export function createConnection(o: ConnectionOptions): Connection {
       };
       sock.onclose = (ev) => {
         if (ws === sock) ws = null;
-        if (opened && !stopping && !refused && !lastTrouble)
+        if (replaced === sock) replaced = null;
+        else if (opened && !stopping && !refused && !lastTrouble)
           log.warn(`lost the master (${ev.code}${ev.reason ? ` ${ev.reason}` : ""}); reconnecting`);
         resolve({ opened, refused, welcomed });
       };
       // An error is always followed by close, which says what there is to say and resolves.
       sock.onerror = () => {};
     });
+  };
 
   const loop = async () => {
     let backoff = 100;
     while (!stopping) {
-      const { opened, refused, welcomed } = await once();
+      const r = await once().catch((err) => {
+        // The credentials could not be read (a key file gone): said once, retried slowly like a refusal.
+        trouble(
+          `cannot present this worker's credentials: ${coerceError(err).message}`,
+          "WORKER_CREDENTIALS",
+        );
+        return null;
+      });
       // Only a welcome resets the back-off: a connection the master refuses right after it opened must
       // not turn into a reconnect every few milliseconds.
-      if (welcomed) backoff = 100;
+      if (r?.welcomed) backoff = 100;
       if (stopping) break;
-      if (refused) trouble(`the master refused this worker: ${refused}`, "WORKER_REFUSED");
-      else if (!opened) {
+      let refused = r === null || r.refused !== null;
+      if (r?.refused) trouble(`the master refused this worker: ${r.refused}`, "WORKER_REFUSED");
+      else if (r && !r.opened) {
         const d = await diagnose();
         trouble(d.what, d.code);
+        refused = d.refused;
       }
       // Jitter spreads a fleet's reconnects after a master restart.
       await delay(backoff + Math.random() * backoff * 0.3);
@@ -201,6 +241,11 @@ export function createConnection(o: ConnectionOptions): Connection {
     stop() {
       stopping = true;
       heartbeat?.stop();
+    },
+    reconnect() {
+      // Closed on purpose, so no "lost the master" for it: the loop opens the next one at once.
+      replaced = ws;
+      ws?.close(1000, "new credentials");
     },
     async close() {
       ws?.close();

@@ -4,10 +4,12 @@ import type { Config } from "../config/schema.ts";
 import { coerceError } from "../lib/errors.ts";
 import { errorFields, logger, withFields } from "../lib/log.ts";
 import { delay, runLoop } from "../lib/loop.ts";
+import type { MasterAuth } from "../protocol/master-auth.ts";
 import type { MasterMessage } from "../protocol/wire.ts";
 import type { Runner } from "../runner/contract.ts";
 import { VERSION } from "../version.ts";
 import { deliverArtifacts } from "./artifacts.ts";
+import type { CertificateAuth } from "./certificate.ts";
 import { createConnection } from "./connection.ts";
 import { claimIdentity, defaultArch, instanceId, workerName } from "./identity.ts";
 import { jobKey, removeJobDir, scanJobDirs } from "./job-dir.ts";
@@ -28,7 +30,8 @@ import { createTemplateRequests } from "./template-requests.ts";
 export interface WorkerOptions {
   cfg: Config;
   data: string;
-  token: string;
+  /** A bearer token over plain HTTP, or the worker's certificate on a TLS master (renewed by a loop here). */
+  auth: MasterAuth | CertificateAuth;
   runner: Runner;
   /** Echo job output to this process's stderr as well (debug mode). */
   echo?: boolean;
@@ -78,7 +81,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
   // run once it is started, below, when every part exists.
   const conn = createConnection({
     cfg,
-    token: opts.token,
+    auth: opts.auth,
     name,
     log,
     hello: () => ({
@@ -115,6 +118,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
         job,
         outcome,
         master: cfg.worker.master,
+        auth: opts.auth,
         log,
       }),
   });
@@ -131,7 +135,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     pump,
     outbox,
     askTemplate: templates.ask,
-    askRepoVersion: repoVersionAsker(cfg.worker.master),
+    askRepoVersion: repoVersionAsker(cfg.worker.master, opts.auth),
     log,
   });
 
@@ -205,6 +209,15 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     // The log pump never gives up on a byte: what does not go now goes on a later pass.
     runLoop({ name: "log pump", everyMs: PUMP_EVERY_MS, log }, () => pumpOnce(pump, outbox)),
   ];
+  const auth = opts.auth;
+  if ("renewIfDue" in auth)
+    loops.push(
+      // The first pass at once (a worker that was off for weeks renews before it is too late); a renewed
+      // certificate is presented at once: the master then knows the connection by it.
+      runLoop({ name: "certificate renewal", everyMs: auth.checkEveryMs, log }, async () => {
+        if (await auth.renewIfDue()) conn.reconnect();
+      }),
+    );
 
   const done = conn.start();
   let forced: (() => void) | null = null;

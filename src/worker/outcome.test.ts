@@ -42,6 +42,16 @@ test("exit statuses, signals and limits map to the states and reasons of SPEC.md
     reason: "sandbox",
     message: "mount: EPERM",
   });
+  expect(
+    outcomeOf(r({ kind: "setup", message: "the setup exited with status 100", code: 100 }), none),
+  ).toMatchObject({
+    state: "failed",
+    reason: "setup",
+    exitCode: 100,
+    message: "the setup exited with status 100",
+  });
+  // A setup that filled the scratch or ran out of memory says so, as a command would.
+  expect(outcomeOf(r({ kind: "setup", message: "x", code: 1 }, "no_space"), none).reason).toBe("no_space");
   expect(outcomeOf(r({ kind: "signal", signal: 9 }), { cancelled: true, timedOut: false }).state).toBe(
     "cancelled",
   );

@@ -11,6 +11,8 @@ export const JOB_FAULTS = new Set([
   "TEMPLATE_BUILD_FAILED",
   "BAD_TEMPLATE",
   "ARTIFACT_FETCH",
+  "SETUP_NEEDS_SANDBOX",
+  "SETUP_NEEDS_TEMPLATE",
 ]);
 
 /** Maps how a job ended to its state and reason (SPEC.md "Job states"). */
@@ -37,6 +39,8 @@ export function outcomeOf(r: RunResult, a: { cancelled: boolean; timedOut: boole
     const exitCode = r.exit.kind === "exit" ? r.exit.code : null;
     return { ...base, state: "failed", reason: r.limit, exitCode, message: r.limitMessage ?? why };
   }
+  if (r.exit.kind === "setup")
+    return { ...base, state: "failed", reason: "setup", exitCode: r.exit.code, message: r.exit.message };
   if (r.exit.kind === "signal") {
     return {
       ...base,

@@ -1,5 +1,6 @@
 import { accessSync, constants, mkdirSync, readFileSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { AppError } from "../lib/errors.ts";
 import type { RunHandle, Runner, RunRequest, RunResult } from "../runner/contract.ts";
 
 /*
@@ -57,6 +58,13 @@ export function createProcessRunner(): Runner {
   return {
     name: "process",
     async start(req: RunRequest): Promise<RunHandle> {
+      // A setup runs as root on an overlay of a template: nothing this runner could give it safely.
+      if (req.spec.setup !== null) {
+        throw new AppError(
+          "SETUP_NEEDS_SANDBOX",
+          'this job has a setup, which only the sandbox runner can run (this worker has worker.runner = "process"): run it on a worker that runs as root with the sandbox',
+        );
+      }
       const work = join(req.dir, "work");
       mkdirSync(work, { recursive: true });
       mkdirSync(req.env.KILN_OUT!, { recursive: true });

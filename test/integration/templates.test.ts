@@ -11,6 +11,7 @@ import {
   tempDir,
   waitJob,
 } from "../harness.ts";
+import { saveTemplate } from "../template-seed.ts";
 
 checkLeftoversAfterEachTest();
 
@@ -103,6 +104,8 @@ describe.skipIf(!root)("templates", () => {
     expect(logs.filter((l) => l.includes("--- kiln: waiting for template bookworm-build")).length).toBe(1);
     const show = JSON.parse((await m.cli(["template", "show", "bookworm-build", "--json"])).stdout);
     expect(show.cachedOn.map((c: { worker: string }) => c.worker)).toEqual(["c-tpl"]);
+    // Other suites that need this tree (debian-package.test.ts) start from it instead of a debootstrap.
+    saveTemplate(m.data, show.hash);
   }, 600_000);
 
   test("a warm template is reused without a build, read-only, and the host root is not visible", async () => {

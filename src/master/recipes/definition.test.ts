@@ -71,7 +71,7 @@ describe("parseRecipe", () => {
 
   test("an unknown key is refused naming the file, the key and the keys allowed there", () => {
     expect(refusal(`script = "x"\nscripts = "y"`)).toBe(
-      'r.toml: unknown key "scripts": the top level takes description, script, vars, submit',
+      'r.toml: unknown key "scripts": the top level takes description, script, setup, vars, submit',
     );
     expect(refusal(`script = "x"\n[vars.a]\nrequird = true`)).toContain(
       'r.toml: unknown key "vars.a.requird": [vars.a] takes required, default, pattern, description',
@@ -121,6 +121,23 @@ describe("parseRecipe", () => {
     expect(refusal(`script = "echo '{{a}}'"${vars}`)).toContain("inside single quotes");
     expect(refusal(`script = """\ncat <<'E'\n{{a}}\nE\n"""${vars}`)).toContain("in a quoted here-document");
     expect(refusal(`script = "echo $(( {{a}} + 1 ))"${vars}`)).toContain("is inside $((...))");
+  });
+
+  test("a setup is checked like the script, and is refused on the host root", () => {
+    const vars = "\n[vars.a]\nrequired = true";
+    const ok = parseRecipe(`script = "make"\nsetup = "apt-get install -y {{a}}"${vars}`, "r.toml");
+    expect(ok.setup).toBe("apt-get install -y {{a}}");
+    expect(parseRecipe(`script = "make"`, "r.toml").setup).toBeNull();
+    expect(refusal(`script = "x"\nsetup = "echo {{nope}}"`)).toBe(
+      "r.toml: the setup uses {{nope}} on line 1 but declares no [vars.nope]",
+    );
+    expect(refusal(`script = "x"\nsetup = "echo '{{a}}'"${vars}`)).toContain(
+      "of the setup is inside single quotes",
+    );
+    expect(refusal(`script = "x"\nsetup = ""`)).toContain('"setup": must not be empty');
+    expect(refusal(`script = "x"\nsetup = "true"\n[submit]\nroot = "host"`)).toContain(
+      "a recipe with a setup runs on a template",
+    );
   });
 
   test("submit options follow the rules of the matching submit flags", () => {

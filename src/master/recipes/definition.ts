@@ -3,7 +3,7 @@ import { z } from "zod";
 import { parseDuration } from "../../lib/duration.ts";
 import { AppError } from "../../lib/errors.ts";
 import { parseSize } from "../../lib/size.ts";
-import { type SubmitOptions, SubmitOptionsSchema } from "../../protocol/job.ts";
+import { SPEC_LIMITS, type SubmitOptions, SubmitOptionsSchema } from "../../protocol/job.ts";
 import { scanScript } from "./shell.ts";
 
 /*
@@ -24,6 +24,12 @@ export interface RecipeVar {
 export interface RecipeDefinition {
   description: string;
   script: string;
+  /**
+   * Run before the script, as root with the build capabilities, on the job's writable overlay of its
+   * template root (see appliance/recipes/README.md "Setup"); null for none. Absent in recipes stored
+   * before setups existed.
+   */
+  setup?: string | null;
   vars: Record<string, RecipeVar>;
   /** Default submit options in API units (bytes, milliseconds); a request's own options win. */
   submit: SubmitOptions;
@@ -67,6 +73,12 @@ const SubmitTableSchema = z.strictObject({
 const FileSchema = z.strictObject({
   description: text(500).optional(),
   script: text(1 << 20).min(1, "must not be empty"),
+  setup: text(1 << 20)
+    .min(1, "must not be empty")
+    .refine((s) => Buffer.byteLength(s) <= SPEC_LIMITS.stringBytes, {
+      message: `must be at most ${SPEC_LIMITS.stringBytes} bytes (it is one argument of the job's launcher)`,
+    })
+    .optional(),
   vars: z.record(z.string(), VarSchema).optional(),
   submit: SubmitTableSchema.optional(),
 });
@@ -161,31 +173,48 @@ export function parseRecipe(source: string, file: string): RecipeDefinition {
     };
   }
 
-  for (const p of scanScript(doc.script)) {
+  checkPlaceholders(file, "script", doc.script, vars);
+  if (doc.setup !== undefined) checkPlaceholders(file, "setup", doc.setup, vars);
+
+  const submit = submitOptions(file, doc.submit ?? {});
+  if (doc.setup !== undefined && submit.root === "host") {
+    throw invalid(
+      file,
+      "a recipe with a setup runs on a template (the host root is never writable): set submit.root to a template, or leave it out and submit with --root",
+    );
+  }
+  return {
+    description: doc.description ?? "",
+    script: doc.script,
+    setup: doc.setup ?? null,
+    vars,
+    submit,
+  };
+}
+
+/** Refuses a `{{name}}` in `text` (the script or the setup) that is undeclared or where sh would misuse it. */
+function checkPlaceholders(file: string, what: string, text: string, vars: Record<string, RecipeVar>) {
+  for (const p of scanScript(text)) {
     if (!(p.name in vars)) {
-      throw invalid(file, `the script uses {{${p.name}}} on line ${p.line} but declares no [vars.${p.name}]`);
+      throw invalid(
+        file,
+        `the ${what} uses {{${p.name}}} on line ${p.line} but declares no [vars.${p.name}]`,
+      );
     }
     if (p.context === "arith") {
       throw invalid(
         file,
-        `{{${p.name}}} on line ${p.line} is inside $((...)), where sh would evaluate the value as an expression: copy it to a shell variable first (${p.name}={{${p.name}}}) and check that it is a number`,
+        `{{${p.name}}} on line ${p.line} of the ${what} is inside $((...)), where sh would evaluate the value as an expression: copy it to a shell variable first (${p.name}={{${p.name}}}) and check that it is a number`,
       );
     }
     if (p.context === "single" || p.context === "quoted-heredoc") {
       const where = p.context === "single" ? "inside single quotes" : "in a quoted here-document";
       throw invalid(
         file,
-        `{{${p.name}}} on line ${p.line} is ${where}, where sh expands nothing: move it outside the quotes (it is substituted as a quoted expansion)`,
+        `{{${p.name}}} on line ${p.line} of the ${what} is ${where}, where sh expands nothing: move it outside the quotes (it is substituted as a quoted expansion)`,
       );
     }
   }
-
-  return {
-    description: doc.description ?? "",
-    script: doc.script,
-    vars,
-    submit: submitOptions(file, doc.submit ?? {}),
-  };
 }
 
 /** Turns the `[submit]` table into API options and checks them by the same rules as a submit request. */

@@ -45,6 +45,28 @@ describe("renderRecipe", () => {
     expect(b.vars).toEqual({ msg: "two", dist: "trixie" });
   });
 
+  test("a setup's placeholders are substituted as the script's, and a value in it runs nothing", () => {
+    const withSetup = parseRecipe(
+      `script = "true"\nsetup = "printf '[%s]' {{msg}}"\n[vars.msg]\nrequired = true`,
+      "s.toml",
+    );
+    const dir = mkdtempSync(join(tmpdir(), "kiln-render-"));
+    try {
+      const marker = join(dir, "pwned");
+      const r = renderRecipe("s", withSetup, { msg: `$(touch ${marker})` });
+      expect(r.setup).toBe(`printf '[%s]' "\${KILN_VAR_MSG}"`);
+      const p = Bun.spawnSync(["/bin/sh", "-ec", r.setup!], {
+        env: { PATH: "/usr/bin:/bin", ...r.env },
+        cwd: dir,
+      });
+      expect(p.stdout.toString()).toBe(`[$(touch ${marker})]`);
+      expect(existsSync(marker)).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(renderRecipe("t", def, { msg: "x" }).setup).toBeNull();
+  });
+
   test("an injection attempt comes out literally and runs nothing", () => {
     const dir = mkdtempSync(join(tmpdir(), "kiln-render-"));
     try {

@@ -5,6 +5,8 @@ import { envName, substitute } from "./shell.ts";
 /** A recipe turned into a job: the command to run, the variables' environment and the values used. */
 export interface RenderedRecipe {
   command: string[];
+  /** The recipe's setup with its placeholders substituted as in the script, or null. */
+  setup: string | null;
   /** `KILN_VAR_<NAME>` for every declared variable, defaults included. */
   env: Record<string, string>;
   /** Every declared variable's value, defaults included; what `kiln show` prints. */
@@ -64,5 +66,10 @@ export function renderRecipe(
     env[envName(key)] = value;
   }
   // $0 names the recipe, so the shell's own error messages say where they come from.
-  return { command: ["/bin/sh", "-ec", substitute(def.script), `recipe:${name}`], env, vars };
+  return {
+    command: ["/bin/sh", "-ec", substitute(def.script), `recipe:${name}`],
+    setup: def.setup ? substitute(def.setup) : null,
+    env,
+    vars,
+  };
 }

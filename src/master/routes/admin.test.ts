@@ -73,6 +73,7 @@ function connect() {
     send: (m) => got.push(m),
     ws: {} as ServerWebSocket<unknown>,
     instance: null,
+    credential: "token:test",
   });
   return got;
 }

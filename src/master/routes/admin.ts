@@ -3,6 +3,7 @@ import { parseDuration } from "../../lib/duration.ts";
 import { AppError, coerceError, notFound } from "../../lib/errors.ts";
 import { checkName } from "../../lib/names.ts";
 import { AdminApi } from "../../protocol/api.ts";
+import { listJoinTokens } from "../../store/enrollment.ts";
 import { activeJobsOf, getJob } from "../../store/jobs.ts";
 import { createToken, listTokens, revokeToken } from "../../store/tokens.ts";
 import { getWorker, listWorkers, removeWorker, setWorker } from "../../store/workers.ts";
@@ -10,6 +11,8 @@ import { type ApiEnv, guardFor } from "../access.ts";
 import { audit } from "../audit.ts";
 import type { Caller } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
+import { createWorkerJoinToken, revokeJoin, revokeWorker } from "../tls.ts";
+import { loseAttempt } from "../worker-socket.ts";
 import { jsonBody } from "./json-body.ts";
 
 /**
@@ -115,6 +118,9 @@ export function adminRoutes(ctx: MasterContext) {
 
   app.delete("/admin/workers/:name", guard(operator), async (c) => {
     const name = checkName("worker", c.req.param("name"));
+    // On a TLS master removing a worker revokes its certificates and closes its connection first: it can
+    // neither stay nor come back, so the jobs it held go back to the queue now.
+    const revoked = ctx.tls ? await revokeWorker(ctx, name) : 0;
     if (ctx.registry.workers.has(name)) {
       throw new AppError(
         "WORKER_CONNECTED",
@@ -123,16 +129,23 @@ export function adminRoutes(ctx: MasterContext) {
       );
     }
     const active = await activeJobsOf(ctx.store.db, name);
-    if (active.length > 0) {
+    if (ctx.tls) for (const row of active) await loseAttempt(ctx, row, `worker ${name} was removed`);
+    else if (active.length > 0) {
       throw new AppError(
         "WORKER_HAS_JOBS",
         `worker ${name} still holds job(s) ${active.map((r) => r.id).join(", ")}; they are re-queued when their leases run out, then it can be removed`,
         { status: 409 },
       );
     }
-    if (!(await removeWorker(ctx.store, name))) throw notFound("worker", name);
-    await audit(ctx, c.var.caller, "worker.rm", `worker/${name}`);
-    return c.json({ removed: name });
+    if (!(await removeWorker(ctx.store, name)) && revoked === 0) throw notFound("worker", name);
+    await audit(
+      ctx,
+      c.var.caller,
+      "worker.rm",
+      `worker/${name}`,
+      ctx.tls ? { revokedCertificates: revoked } : undefined,
+    );
+    return c.json({ removed: name, ...(ctx.tls ? { revokedCertificates: revoked } : {}) });
   });
 
   // Slot holds live on the worker (it keeps them across restarts); the master relays the operator's word.
@@ -202,6 +215,23 @@ export function adminRoutes(ctx: MasterContext) {
         throw new AppError("INVALID_REQUEST", `ttl: ${coerceError(err).message}`);
       }
     }
+    // On a TLS master a worker joins with a join token (single-use, expiring, pinning the CA) and gets a
+    // certificate; a worker bearer token would not be let in.
+    if (req.role === "worker" && ctx.tls) {
+      if (req.project || req.name)
+        throw new AppError(
+          "INVALID_REQUEST",
+          "a join token has no project or name: kiln token ls shows the worker that used it",
+        );
+      const j = await createWorkerJoinToken(ctx, { ttlMs, createdBy: c.var.caller.name });
+      // The secret is in the answer only: never in the audit log or the master's log.
+      await audit(ctx, c.var.caller, "token.create", `token/${j.id}`, {
+        kind: "join",
+        role: "worker",
+        ttl: req.ttl ?? null,
+      });
+      return c.json({ id: j.id, token: j.token, expiresAt: new Date(j.expiresAt).toISOString() }, 201);
+    }
     const t = await createToken(ctx.store, {
       role: req.role,
       name: req.name ?? req.role,
@@ -219,29 +249,53 @@ export function adminRoutes(ctx: MasterContext) {
   });
   app.get("/admin/tokens", guard(admin), async (c) => {
     const rows = await listTokens(ctx.store.db);
-    return c.json(
-      rows.map((t) => ({
-        id: t.id,
-        name: t.name,
-        role: t.role,
-        project: t.project,
-        createdAt: new Date(t.createdAt).toISOString(),
-        expiresAt: t.expiresAt ? new Date(t.expiresAt).toISOString() : null,
-        revoked: t.revokedAt !== null,
-      })),
-    );
+    const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
+    const api = rows.map((t) => ({
+      id: t.id,
+      kind: "api",
+      name: t.name,
+      role: t.role,
+      project: t.project,
+      createdAt: iso(t.createdAt),
+      expiresAt: iso(t.expiresAt),
+      revoked: t.revokedAt !== null,
+      usedBy: null as string | null,
+    }));
+    const joins = (await listJoinTokens(ctx.store.db)).map((t) => ({
+      id: t.id,
+      kind: "join",
+      name: "join",
+      role: t.role,
+      project: null,
+      createdAt: iso(t.createdAt),
+      expiresAt: iso(t.expiresAt),
+      revoked: t.revokedAt !== null,
+      usedBy: t.usedBy,
+    }));
+    return c.json([...api, ...joins]);
   });
   app.delete("/admin/tokens/:id", guard(admin), async (c) => {
     const id = c.req.param("id");
     if (!/^[0-9a-f]{12}$/.test(id))
       throw new AppError("INVALID_REQUEST", `"${id}" is not a token id: see \`kiln token ls\``);
     const row = await revokeToken(ctx.store, id);
-    if (!row) throw notFound("token", id);
-    // Connections the token opened (a worker's socket, followed logs) end now, not at their next request.
-    const closed = ctx.sessions.revoke(id);
-    ctx.log.info(`token ${row.name} (${id}, ${row.role}) revoked; ${closed} open connection(s) of it closed`);
-    await audit(ctx, c.var.caller, "token.revoke", `token/${id}`, { name: row.name, role: row.role, closed });
-    return c.json({ id, revoked: true, closed });
+    if (row) {
+      // Connections the token opened (a worker's socket, followed logs) end now, not at their next request.
+      const closed = ctx.sessions.revoke(id);
+      ctx.log.info(
+        `token ${row.name} (${id}, ${row.role}) revoked; ${closed} open connection(s) of it closed`,
+      );
+      await audit(ctx, c.var.caller, "token.revoke", `token/${id}`, {
+        name: row.name,
+        role: row.role,
+        closed,
+      });
+      return c.json({ id, revoked: true, closed });
+    }
+    // A join token takes the certificates that came from it, and their connections.
+    if (!(await revokeJoin(ctx, id))) throw notFound("token", id);
+    await audit(ctx, c.var.caller, "token.revoke", `token/${id}`, { kind: "join" });
+    return c.json({ id, revoked: true, closed: 0 });
   });
 
   return app;

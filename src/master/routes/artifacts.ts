@@ -60,6 +60,12 @@ export function artifactRoutes(ctx: MasterContext) {
     ) {
       throw new AppError("JOB_NOT_ACTIVE", `job ${id} attempt ${attempt} is not running`, { status: 409 });
     }
+    // A worker known by its certificate adds files only to its own attempts (a token may be shared).
+    const caller = c.get("caller");
+    if (caller.tokenId.startsWith("cert:") && job.worker !== caller.name)
+      throw new AppError("FORBIDDEN", `job ${id} attempt ${attempt} does not run on worker ${caller.name}`, {
+        status: 403,
+      });
     // Only permission bits: set-id bits from a job's file are not for whoever downloads it.
     return { jobId: id, attempt, name, sha256, size, mode: Number.parseInt(modeText, 8) & 0o777 };
   };

@@ -72,6 +72,7 @@ describe("what is recorded", () => {
       send: () => {},
       ws: {} as ServerWebSocket<unknown>,
       instance: null,
+      credential: "token:test",
     });
     await upsertWorker(store, { name: "w1", arch: "amd64", channels: ["none"], slots: [], version: "t" });
     await upsertWorker(store, { name: "gone", arch: "amd64", channels: ["none"], slots: [], version: "t" });

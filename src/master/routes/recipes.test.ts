@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { listJobs } from "../../store/jobs.ts";
 import { openStore, type Store } from "../../store/open.ts";
+import { putTemplate } from "../../store/templates.ts";
 import { createToken, type Role } from "../../store/tokens.ts";
 import { createApp } from "../app.ts";
 import { testContext } from "../test-context.ts";
@@ -93,7 +94,7 @@ describe("recipe endpoints", () => {
     expect(bad.status).toBe(400);
     expect(bad.body.error).toEqual({
       code: "RECIPE_INVALID",
-      message: 'x.toml: unknown key "scrpt": the top level takes description, script, vars, submit',
+      message: 'x.toml: unknown key "scrpt": the top level takes description, script, setup, vars, submit',
     });
     const name = await call("operator", "POST", "/recipes", { name: "../x", source: SOURCE });
     expect([name.status, name.body.error.code]).toEqual([400, "INVALID_NAME"]);
@@ -181,6 +182,48 @@ describe("submitting a recipe", () => {
     expect(copy.body.command[2]).toStartWith("echo");
     const fresh = await call("submitter", "POST", "/jobs", { recipe: "say", vars: { msg: "two" } });
     expect((await call("viewer", "GET", `/jobs/${fresh.body.id}`)).body.recipe.version).toBe(2);
+  });
+
+  test("a recipe's setup goes with its job, which gets a writable template root; a plain submit cannot give one", async () => {
+    await putTemplate(store, {
+      name: "bookworm-build",
+      hash: "a".repeat(64),
+      recipe: {
+        kind: "debootstrap",
+        suite: "bookworm",
+        variant: "minbase",
+        include: [],
+        mirror: null,
+      } as never,
+      base: null,
+      createdBy: "test",
+    });
+    const setup = `${SOURCE.replace('script = "echo', 'setup = "apt-get install -y {{who}}"\nscript = "echo')}`;
+    await call("operator", "POST", "/recipes", { name: "deps", source: setup });
+    const onHost = await call("submitter", "POST", "/jobs", { recipe: "deps", vars: { msg: "hi" } });
+    expect([onHost.status, onHost.body.error.code]).toEqual([400, "RECIPE_SETUP_ROOT"]);
+    expect(onHost.body.error.message).toContain("submit with --root TEMPLATE");
+    const res = await call("submitter", "POST", "/jobs", {
+      recipe: "deps",
+      vars: { msg: "hi" },
+      root: "bookworm-build",
+    });
+    expect(res.status).toBe(201);
+    const job = await call("viewer", "GET", `/jobs/${res.body.id}`);
+    expect(job.body.setup).toBe(`apt-get install -y "\${KILN_VAR_WHO}"`);
+    expect(job.body.resources).toMatchObject({ root: "bookworm-build", writableRoot: true });
+    // A plain submit has no setup field: a submitter cannot make a job that starts as root.
+    const plain = await call("submitter", "POST", "/jobs", {
+      command: ["true"],
+      root: "bookworm-build",
+      setup: "id",
+    });
+    expect([plain.status, plain.body.error.code]).toEqual([400, "INVALID_REQUEST"]);
+    const ops = await call("operator", "POST", "/jobs", { command: ["true"], setup: "id" });
+    expect(ops.status).toBe(400);
+    expect((await listJobs(store.db, {})).map((j) => j.setup)).toEqual([
+      `apt-get install -y "\${KILN_VAR_WHO}"`,
+    ]);
   });
 
   test("a plain job shows recipe null", async () => {

@@ -22,6 +22,7 @@ export function recipeView(row: RecipeRow) {
     vars: def.vars,
     submit: def.submit,
     script: def.script,
+    setup: def.setup ?? null,
     source: row.source,
     createdAt: iso(row.createdAt)!,
     createdBy: row.createdBy,

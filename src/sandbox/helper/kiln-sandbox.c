@@ -71,7 +71,7 @@
 struct bind_opt { const char *src, *dst; bool ro; int fd; };
 
 static struct {
-  const char *root, *kiln_bin, *scratch_file, *scratch_dev, *scratch_tmpfs, *hostname, *chdir, *api_sock;
+  const char *root, *kiln_bin, *scratch_file, *scratch_dev, *scratch_tmpfs, *hostname, *chdir, *api_sock, *setup;
   const char *masks[MAX_LIST], *devs[MAX_LIST], *cgroups[MAX_LIST];
   struct bind_opt binds[MAX_LIST];
   int nmasks, ndevs, ncgroups, nbinds, api_port, status_fd, hold_fd;
@@ -890,7 +890,7 @@ static void install_seccomp(void) {
   ((1ULL << CAP_CHOWN) | (1ULL << CAP_DAC_OVERRIDE) | (1ULL << CAP_FOWNER) | (1ULL << CAP_FSETID) |    \
    (1ULL << CAP_KILL) | (1ULL << CAP_SETGID) | (1ULL << CAP_SETUID) | (1ULL << CAP_SETFCAP))
 
-static void __attribute__((noreturn)) exec_builder(void) {
+static void __attribute__((noreturn)) exec_builder(char *const *argv, const char *dir, char *const *envp) {
   step("caps");
   for (int c = 0; c <= cap_last; c++)
     if (!(BUILD_CAPS & (1ULL << c)) && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL)
@@ -913,10 +913,37 @@ static void __attribute__((noreturn)) exec_builder(void) {
     die_msg("capabilities did not stick");
   install_seccomp();
   step("chdir");
-  if (chdir(o.chdir) < 0) die("%s", o.chdir);
+  if (chdir(dir) < 0) die("%s", dir);
   step("exec");
-  execvp(o.argv[0], o.argv);
-  die("%s", o.argv[0]);
+  if (envp) execve(argv[0], argv, envp);
+  else execvp(argv[0], argv);
+  die("%s", argv[0]);
+}
+
+/* --setup: what the setup phase runs (see init_loop), made by PID 1 before it starts it. */
+static bool g_setup_phase;
+static char *setup_argv[5], **setup_envp;
+
+/* The setup's environment: the job's, with a root's HOME and a PATH that has the sbin directories dpkg
+ * looks for (ldconfig, start-stop-daemon). */
+static void prepare_setup(void) {
+  extern char **environ;
+  static char home[] = "HOME=/root";
+  static char path[] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/kiln/bin";
+  size_t n = 0, k = 0;
+  while (environ[n]) n++;
+  setup_envp = calloc(n + 3, sizeof *setup_envp);
+  if (!setup_envp) die_msg("out of memory");
+  for (size_t i = 0; i < n; i++)
+    if (strncmp(environ[i], "HOME=", 5) && strncmp(environ[i], "PATH=", 5)) setup_envp[k++] = environ[i];
+  setup_envp[k++] = home;
+  setup_envp[k++] = path;
+  static char sh[] = "/bin/sh", flags[] = "-ec", name[] = "kiln-setup";
+  setup_argv[0] = sh;
+  setup_argv[1] = flags;
+  setup_argv[2] = (char *)o.setup;
+  setup_argv[3] = name;
+  setup_argv[4] = NULL;
 }
 
 /* Runs in the child PID 1 starts; never returns. Errors go to PID 1 through err_fd (closed by exec). It
@@ -936,7 +963,8 @@ static void __attribute__((noreturn)) job_main(int err_fd) {
   /* Only 0, 1 and 2 reach PROGRAM: everything else (status and hold fds, sockets, err_fd) closes on exec. */
   if (syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) < 0)
     for (int fd = 3; fd < 65536; fd++) fcntl(fd, F_SETFD, FD_CLOEXEC);
-  if (o.build) exec_builder();
+  if (o.build) exec_builder(o.argv, o.chdir, NULL);
+  if (g_setup_phase) exec_builder(setup_argv, "/", setup_envp);
   step("caps");
   /* The bounding set can only be shrunk while we still hold CAP_SETPCAP, i.e. before dropping root. */
   for (int c = 0; c <= cap_last; c++)
@@ -998,6 +1026,45 @@ static void drop_pid1_caps(void) {
   step("init");
 }
 
+/* A line in the job's log (our stdout is the job's), between the setup's output and the job's. */
+static void log_marker(const char *text) { write_all(1, text, strlen(text)); }
+
+/*
+ * Starts the job's program (or, in the setup phase, the setup) and returns its pid once it has exec'd;
+ * err is empty then, else it holds the "STEP: MESSAGE" the child reported before exiting.
+ *
+ * The child shares our memory until its exec (as posix_spawn does): copying PID 1's address space for a
+ * process that replaces it at once was the most expensive step of a launch on hosts where page tables
+ * are costly (VMs). We are suspended meanwhile, so nothing runs concurrently on the shared memory; the
+ * child runs on its own stack, and the globals it sets for itself are restored below.
+ */
+static pid_t spawn(char *err, size_t errsz) {
+  int ep[2];
+  if (pipe2(ep, O_CLOEXEC) < 0) die("pipe");
+  step("fork");
+  /* Room for execvp's fallback for scripts without "#!", which copies argv onto the stack, above a guard
+   * page: an overflow faults instead of writing into our memory. */
+  size_t argc = 0, page = (size_t)sysconf(_SC_PAGESIZE);
+  while (o.argv[argc]) argc++;
+  size_t size = (((256 * 1024 + (argc + 3) * sizeof(char *)) + page - 1) / page + 1) * page;
+  char *stack = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED || mprotect(stack, page, PROT_NONE) < 0) die("job stack");
+  pid_t pid = clone(job_entry, stack + size, CLONE_VM | CLONE_VFORK | SIGCHLD, &ep[1]);
+  g_err_pipe = -1;
+  g_step = "fork";
+  if (pid < 0) die("fork");
+  munmap(stack, size);
+  close(ep[1]);
+  /* The child's exec closes the pipe; anything read before EOF is its error report. */
+  size_t elen = 0;
+  for (ssize_t n; elen < errsz - 1 && (n = read(ep[0], err + elen, errsz - 1 - elen)) != 0;)
+    if (n > 0) elen += (size_t)n;
+    else if (errno != EINTR) break;
+  close(ep[0]);
+  err[elen] = 0;
+  return pid;
+}
+
 static void __attribute__((noreturn)) init_loop(int listener) {
   step("init");
   sigset_t set;
@@ -1007,40 +1074,28 @@ static void __attribute__((noreturn)) init_loop(int listener) {
   /* The signals are already blocked (since before the fork in main): a signalfd lets the poll loop handle
    * them, so nothing runs in signal handlers and nothing is lost in between. */
   int sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-  int ep[2];
   if (sfd < 0) die("signalfd");
-  if (pipe2(ep, O_CLOEXEC) < 0) die("pipe");
-  step("fork");
-  /* The job shares our memory until its exec (as posix_spawn does): copying PID 1's address space for a
-   * process that replaces it at once was the most expensive step of a launch on hosts where page tables
-   * are costly (VMs). We are suspended meanwhile, so nothing runs concurrently on the shared memory; the
-   * job runs on its own stack, and the globals it sets for itself are restored below. */
-  /* Room for execvp's fallback for scripts without "#!", which copies argv onto the stack, above a guard
-   * page: an overflow faults instead of writing into our memory. */
-  size_t argc = 0, page = (size_t)sysconf(_SC_PAGESIZE);
-  while (o.argv[argc]) argc++;
-  size_t size = (((256 * 1024 + (argc + 3) * sizeof(char *)) + page - 1) / page + 1) * page;
-  char *stack = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED || mprotect(stack, page, PROT_NONE) < 0) die("job stack");
-  pid_t job = clone(job_entry, stack + size, CLONE_VM | CLONE_VFORK | SIGCHLD, &ep[1]);
-  g_err_pipe = -1;
-  g_step = "fork";
-  if (job < 0) die("fork");
-  munmap(stack, size);
-  close(ep[1]);
-  drop_pid1_caps(); /* the job has its own copy of our credentials: this changes only ours */
-  /* The job's exec closes the pipe; anything read before EOF is its error report. */
   char err[1024];
-  size_t elen = 0;
-  for (ssize_t n; elen < sizeof err - 1 && (n = read(ep[0], err + elen, sizeof err - 1 - elen)) != 0;)
-    if (n > 0) elen += (size_t)n;
-    else if (errno != EINTR) break;
-  close(ep[0]);
-  err[elen] = 0;
-  if (elen == 0) status_line("ready %d", host_pid);
+  /* --setup first: as root with the build capabilities, on the same overlay, with the API forwarder (the
+   * job's egress proxy) running in the loop below; the job's command starts only once it exited 0 and
+   * every process it left was killed. */
+  bool in_setup = o.setup != NULL;
+  pid_t job;
+  if (in_setup) {
+    prepare_setup();
+    log_marker("--- kiln: setup ---\n");
+    g_setup_phase = true;
+    job = spawn(err, sizeof err);
+    g_setup_phase = false;
+    if (!err[0]) status_line("setup %d", host_pid);
+  } else {
+    job = spawn(err, sizeof err);
+    drop_pid1_caps(); /* the job has its own copy of our credentials: this changes only ours */
+    if (!err[0]) status_line("ready %d", host_pid);
+  }
 
   int job_status = 0;
-  bool job_done = elen > 0;
+  bool job_done = err[0] != 0, setup_failed = false;
   while (!job_done) {
     struct pollfd p[2 + 2 * MAX_CONNS];
     int np = 0;
@@ -1061,18 +1116,39 @@ static void __attribute__((noreturn)) init_loop(int listener) {
     }
     if (p[1].revents) api_accept(listener);
     struct signalfd_siginfo si;
-    while (read(sfd, &si, sizeof si) == sizeof si) {
+    bool exited = false;
+    while (!exited && read(sfd, &si, sizeof si) == sizeof si) {
       if (si.ssi_signo != SIGCHLD) {
-        kill(-job, (int)si.ssi_signo); /* to the job's whole process group */
+        kill(-job, (int)si.ssi_signo); /* to the job's (or the setup's) whole process group */
         continue;
       }
       /* Orphans of the namespace are reparented to us: reap them all, note the job's own status. */
       for (pid_t w; (w = waitpid(-1, &job_status, WNOHANG)) > 0;)
         if (w == job) {
-          job_done = true;
+          exited = true;
           break;
         }
     }
+    if (!exited) continue;
+    if (!in_setup) {
+      job_done = true;
+      break;
+    }
+    /* The setup is over: nothing it started may see the job (daemons, setsid, nohup, open connections). */
+    in_setup = false;
+    step("reap");
+    while (nconns > 0) conn_drop(nconns - 1);
+    kill(-1, SIGKILL);
+    while (waitpid(-1, NULL, 0) > 0 || errno == EINTR) continue;
+    if (!WIFEXITED(job_status) || WEXITSTATUS(job_status) != 0) {
+      setup_failed = job_done = true;
+      break;
+    }
+    log_marker("--- kiln: job ---\n");
+    job = spawn(err, sizeof err);
+    drop_pid1_caps();
+    if (err[0]) break;
+    status_line("ready %d", host_pid);
   }
   /* The job is over: nothing it started may outlive it (daemons, setsid, nohup). */
   step("reap");
@@ -1082,14 +1158,17 @@ static void __attribute__((noreturn)) init_loop(int listener) {
   while (waitpid(-1, NULL, 0) > 0 || errno == EINTR) continue;
   drop_stdio();
   int code;
-  if (elen > 0) {
+  if (err[0] && in_setup) {
+    status_line("setup-failed %s", err);
+    code = 127;
+  } else if (err[0]) {
     status_line("error %s", err);
     code = 127;
   } else if (WIFSIGNALED(job_status)) {
-    status_line("signal %d", WTERMSIG(job_status));
+    status_line("%ssignal %d", setup_failed ? "setup-failed " : "", WTERMSIG(job_status));
     code = 128 + WTERMSIG(job_status);
   } else {
-    status_line("exit %d", WEXITSTATUS(job_status));
+    status_line("%sexit %d", setup_failed ? "setup-failed " : "", WEXITSTATUS(job_status));
     code = WEXITSTATUS(job_status);
   }
   shared->final_written = 1;
@@ -1154,6 +1233,9 @@ static void parse_args(int argc, char **argv) {
     else if (!strcmp(a, "--overlay-root")) o.overlay_root = true;
     else if (!strcmp(a, "--templates")) o.templates = true;
     else if (!strcmp(a, "--rw-root")) o.rw_root = true;
+    else if (!strcmp(a, "--setup")) {
+      if (!*(o.setup = VAL())) die_msg("--setup wants a script");
+    }
     else if (!strcmp(a, "--build")) o.build = true, o.have_uid = o.have_gid = true;
     else if (!strcmp(a, "--mask")) PUSH(o.masks, o.nmasks, abs_path(VAL(), a));
     else if (!strcmp(a, "--ro-bind") || !strcmp(a, "--bind")) {
@@ -1209,6 +1291,8 @@ static void parse_args(int argc, char **argv) {
   if (!!o.scratch_file + !!o.scratch_dev + !!o.scratch_tmpfs > 1) die_msg("give at most one --scratch-*");
   if (o.overlay_root && !o.have_root) die_msg("--overlay-root needs --root DIR");
   if (o.rw_root && (!o.have_root || o.overlay_root)) die_msg("--rw-root needs --root DIR and no --overlay-root");
+  /* The setup installs into / as root: only an overlay on the job's own scratch may take that. */
+  if (o.setup && (!o.overlay_root || o.build)) die_msg("--setup needs --overlay-root and no --build");
 }
 
 /* After PID 1 is gone the namespace's mounts are torn down and the loop device detaches itself; wait (a
