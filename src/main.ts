@@ -1,6 +1,7 @@
 #!/usr/bin/env bun
 import { type CommandDef, defineCommand, runCommand } from "citty";
 import { artifacts, download } from "./cli/artifacts.ts";
+import { audit } from "./cli/audit.ts";
 import { renderHelp } from "./cli/help.ts";
 import { job } from "./cli/job-control.ts";
 import { cancel, jobs, logs, retry, show } from "./cli/jobs.ts";
@@ -39,6 +40,7 @@ const main = defineCommand({
     hold,
     release,
     token,
+    audit,
     recipe,
     template,
     job,

@@ -234,6 +234,8 @@ export function freePort(): number {
 export interface Master extends Role {
   url: string;
   token: string;
+  /** A worker token of this master (made on first use): workers join with it, never the admin token. */
+  workerToken(): Promise<string>;
   data: string;
   api<T = unknown>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }>;
   cli(args: string[], extraEnv?: Record<string, string>): Promise<Result>;
@@ -269,10 +271,24 @@ export async function startMaster(
     20_000,
   );
   const token = readFileSync(join(data, "admin.token"), "utf8").trim();
+  let workerToken: Promise<string> | null = null;
   return {
     ...role,
     url,
     token,
+    workerToken() {
+      workerToken ??= (async () => {
+        const res = await fetch(`${url}/api/v1/admin/tokens`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+          body: JSON.stringify({ role: "worker", name: "test-workers" }),
+        });
+        if (res.status !== 201)
+          throw new Error(`cannot make a worker token: ${res.status} ${await res.text()}`);
+        return ((await res.json()) as { token: string }).token;
+      })();
+      return workerToken;
+    },
     data,
     async api<T>(method: string, path: string, body?: unknown) {
       const res = await fetch(`${url}${path}`, {
@@ -308,7 +324,7 @@ export async function startWorker(
       "--master",
       master.url,
       "--join",
-      master.token,
+      await master.workerToken(),
       "--name",
       name,
       "--data",

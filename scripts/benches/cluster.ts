@@ -51,10 +51,11 @@ export async function startCluster(
     (await (
       await fetch(`${url}${path}`, { method, headers, body: body ? JSON.stringify(body) : undefined, tls })
     ).json()) as T;
-  // Over TLS the worker joins with a join token; over plain HTTP it presents the admin token.
-  const joinWith = o.tls
-    ? (await api<{ token: string }>("POST", "/api/v1/admin/tokens", { role: "worker" })).token
-    : token;
+  // Over TLS the worker joins with a join token; over plain HTTP with a worker token (the master takes
+  // no client token on the worker socket).
+  const joinWith = o.up
+    ? ""
+    : (await api<{ token: string }>("POST", "/api/v1/admin/tokens", { role: "worker" })).token;
   const worker = o.up
     ? master
     : spawn([

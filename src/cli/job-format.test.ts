@@ -42,6 +42,7 @@ const job: JobView = {
   rebuildOf: null,
   reproducibility: null,
   recipe: null,
+  secrets: [],
   progress: null,
   waitingFor: null,
   artifacts: [],

@@ -68,6 +68,7 @@ export function showText(j: JobView): string {
     ["log", `${j.logSize} bytes`],
     ["artifacts", artifactsText(j.artifacts)],
     ["retry of", j.retryOf === null ? null : String(j.retryOf)],
+    ["secrets", j.secrets?.length ? `${j.secrets.join(", ")} (values not shown)` : null],
     ["rebuild of", j.rebuildOf === null ? null : String(j.rebuildOf)],
     ["rebuilt", j.reproducibility ? reproducibleText(j.reproducibility) : null],
     ["recipe", j.recipe ? recipeText(j.recipe) : null],

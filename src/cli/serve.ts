@@ -1,7 +1,7 @@
-import { mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { loadConfig, type Overrides } from "../config/load.ts";
-import { adminTokenPath, dataDir } from "../config/paths.ts";
+import { dataDir } from "../config/paths.ts";
 import type { Config } from "../config/schema.ts";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { logger, setupLogging } from "../lib/log.ts";
@@ -49,7 +49,7 @@ export async function runWorker(options: RoleOptions): Promise<void> {
 /** Runs a master and one local worker joined to it in this process, until SIGINT/SIGTERM. */
 export async function runUp(options: RoleOptions): Promise<void> {
   const { cfg, data } = setup(options);
-  const { startMaster } = await import("../master/index.ts");
+  const { startMaster, localWorkerToken } = await import("../master/index.ts");
   const { startWorker } = await import("../worker/index.ts");
   const m = await startMaster(cfg, data);
   // The local worker joins the address this master actually listens on (a port of 0 becomes a real port;
@@ -64,9 +64,10 @@ export async function runUp(options: RoleOptions): Promise<void> {
     const join = await localWorkerJoinToken(m.ctx, workerName(cfg, data), identityDir(data));
     auth = await workerAuth(cfg, data, join);
   } else {
-    // The local worker joins with this master's own admin token: a KILN_TOKEN in the environment is for
-    // client commands, and may belong to another master.
-    auth = bearerAuth(cfg.worker.join || readFileSync(adminTokenPath(data), "utf8").trim());
+    // The local worker joins with a worker token of this master's own (DATA/worker.token): a KILN_TOKEN in
+    // the environment is for client commands, may belong to another master, and the worker protocol
+    // takes no client token.
+    auth = bearerAuth(cfg.worker.join || (await localWorkerToken(m)));
   }
   const w = await startWorker({
     cfg,
@@ -152,19 +153,17 @@ async function workerAuth(cfg: Config, data: string, join: string | undefined): 
   return bearerAuth(await workerToken(cfg, data));
 }
 
-// The token a worker joins with: worker.join, else the one a client command would use (KILN_TOKEN, the
-// data dir's admin.token).
+// The token a worker joins with: worker.join, else KILN_TOKEN, else the worker token `kiln up` keeps in
+// this data dir. Never the admin token: the master takes only worker tokens on the worker socket.
 async function workerToken(cfg: Config, data: string): Promise<string> {
   if (cfg.worker.join) return cfg.worker.join;
-  const { resolveToken } = await import("./client.ts");
-  const t = resolveToken({ data });
-  if (!t) {
-    throw new AppError(
-      "USAGE",
-      `no token to join ${cfg.worker.master}: pass --join TOKEN (from \`kiln token create --role worker\`)`,
-    );
-  }
-  return t;
+  if (process.env.KILN_TOKEN) return process.env.KILN_TOKEN;
+  const file = join(data, "worker.token");
+  if (existsSync(file)) return readFileSync(file, "utf8").trim();
+  throw new AppError(
+    "USAGE",
+    `no token to join ${cfg.worker.master}: pass --join TOKEN (from \`kiln token create --role worker\`)`,
+  );
 }
 
 // The runner the worker's config asks for; the sandbox runner is loaded only when used (it needs root).

@@ -59,6 +59,12 @@ const submitArgs = {
   },
   force: { type: "boolean", description: "With --repo: publish even packages that are not newer" },
   env: { type: "string", description: "Environment variable for the job (repeatable)", valueHint: "K=V" },
+  secret: {
+    type: "string",
+    description:
+      "Secret variable for the job, never shown by Kiln: NAME takes the value of $NAME here, NAME=V gives it (repeatable)",
+    valueHint: "NAME[=V]",
+  },
   egress: {
     type: "string",
     description: "Upstream host the job may reach through the proxy (repeatable)",
@@ -125,6 +131,7 @@ export const submit = defineCommand({
       );
     const env = pairs("env", repeated(ctx.rawArgs, "env"));
     const vars = pairs("var", repeated(ctx.rawArgs, "var"));
+    const secrets = secretsOf(repeated(ctx.rawArgs, "secret"));
     const cpus = parsed("cpus", a.cpus, (s) => {
       const n = Number(s);
       if (!(n > 0)) throw new Error(`"${s}" must be a positive number of cores`);
@@ -141,6 +148,7 @@ export const submit = defineCommand({
       vars: a.recipe ? vars : undefined,
       // Options not given stay out of the request, so a recipe's own defaults apply to them.
       env: Object.keys(env).length ? env : undefined,
+      secrets: Object.keys(secrets).length ? secrets : undefined,
       timeoutMs: parsed("timeout", a.timeout, parseDuration),
       memoryBytes: parsed("memory", a.memory, parseSize),
       cpus,
@@ -191,6 +199,25 @@ function checkRequest(request: unknown, typed: Record<string, string | undefined
   const flag = SUBMIT_FLAGS[field] ?? field;
   const value = typed[field] ?? (issue.path.length > 1 ? String(issue.path[1]) : undefined);
   throw new AppError("USAGE", `${flag}${value !== undefined ? ` ${value}` : ""}: ${issue.message}`);
+}
+
+/**
+ * Parses repeated `--secret NAME` (the value of $NAME in this environment, so it never shows in `ps`) and
+ * `--secret NAME=VALUE`. A usage error names the secret, never its value.
+ */
+function secretsOf(values: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const v of values) {
+    const i = v.indexOf("=");
+    const name = i < 0 ? v : v.slice(0, i);
+    if (!name) throw new AppError("USAGE", "--secret needs a NAME: --secret NAME or --secret NAME=VALUE");
+    if (name in out) throw new AppError("USAGE", `--secret ${name} is given twice`);
+    const value = i < 0 ? process.env[name] : v.slice(i + 1);
+    if (value === undefined)
+      throw new AppError("USAGE", `--secret ${name}: $${name} is not set here; export it or give NAME=VALUE`);
+    out[name] = value;
+  }
+  return out;
 }
 
 /** Parses repeated `--flag K=V` values; a key given twice is refused rather than silently overwritten. */

@@ -83,17 +83,22 @@ const revoke = defineCommand({
   meta: {
     name: "revoke",
     description:
-      "Revoke a token; a worker connected with it is disconnected, and a used join token takes the certificates it gave",
+      "Revoke a token; what it holds open (a worker's connection, a followed log) is closed, and a used join token takes the certificates it gave",
   },
   args: revokeArgs,
   async run(ctx) {
     checkFlags(ctx, revokeArgs);
     if (!ctx.args.id) throw new AppError("USAGE", "a token id is required: see `kiln token ls`");
-    const res = await clientOf(ctx.args).request(
+    const res = await clientOf(ctx.args).request<{ id: string; closed: number }>(
       "DELETE",
       `/api/v1/admin/tokens/${encodeURIComponent(ctx.args.id)}`,
     );
-    print(ctx.args.json, res, () => `revoked ${ctx.args.id}`);
+    // Revocation also ends what the token holds open: a worker's connection, followed logs.
+    print(
+      ctx.args.json,
+      res,
+      () => `revoked ${res.id} (${res.closed} open connection${res.closed === 1 ? "" : "s"} closed)`,
+    );
   },
 });
 

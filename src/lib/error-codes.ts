@@ -56,7 +56,17 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
     source: "any",
     meaning: "Bytes received do not match the sha256 sent with them.",
   },
-  UNAUTHENTICATED: { status: 401, source: "any", meaning: "No token, or a token Kiln does not know." },
+  UNAUTHENTICATED: {
+    status: 401,
+    source: "any",
+    meaning: "No token, or a token Kiln does not know (unknown, revoked or expired).",
+  },
+  JOB_CREDENTIAL_EXPIRED: {
+    status: 401,
+    source: "master",
+    meaning:
+      "A job's credential whose attempt is no longer assigned or running: it lasts exactly as long as its attempt.",
+  },
   FORBIDDEN: {
     status: 403,
     source: "master",

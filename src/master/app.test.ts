@@ -85,7 +85,7 @@ test("a refusal repeated a thousand times is logged once, with what was wrong", 
   for (let i = 0; i < 100; i++) expect((await call("DELETE", "/api/v1/jobs")).status).toBe(405);
   expect(lines).toEqual([
     expect.stringMatching(
-      /^info refused POST \/api\/v1\/jobs: 400 BAD_REQUEST: the request body must be JSON/,
+      /^info refused POST \/api\/v1\/jobs for token a \([0-9a-f]{12}, admin\): 400 BAD_REQUEST: the request body must be JSON/,
     ),
     expect.stringMatching(/^info refused DELETE \/api\/v1\/jobs: 405, it takes GET, HEAD, POST/),
   ]);

@@ -2,10 +2,11 @@ import { Hono } from "hono";
 import { AppError, coerceError, isDiskFull, storageFull } from "../lib/errors.ts";
 import { logOnce } from "../lib/log-once.ts";
 import { TLS_ROUTES } from "../tls/enroll.ts";
-import { authenticate, type Caller } from "./auth.ts";
+import { type Access, type ApiEnv, type RouteRule, routesOf, WORKER_SOCKET } from "./access.ts";
 import type { MasterContext } from "./context.ts";
 import { adminRoutes } from "./routes/admin.ts";
 import { artifactRoutes } from "./routes/artifacts.ts";
+import { auditRoutes } from "./routes/audit.ts";
 import { clientRoutes } from "./routes/client.ts";
 import { publicRoutes } from "./routes/public.ts";
 import { recipeRoutes } from "./routes/recipes.ts";
@@ -28,22 +29,28 @@ export function refusal(err: AppError): Response {
 }
 
 /**
- * The master's HTTP app. Every error leaves as `{"error":{"code","message"}}`: an AppError with its own
- * status, anything else (a bug) as a 500 that is also logged.
+ * The master's HTTP app. Every route declares who may call it (src/master/access.ts) and its guard
+ * enforces that before the route runs. Every error leaves as `{"error":{"code","message"}}`: an AppError
+ * with its own status, anything else (a bug) as a 500 that is also logged.
  */
 export function createApp(ctx: MasterContext) {
-  const app = new Hono<{ Variables: { caller: Caller } }>();
+  const app = new Hono<ApiEnv>();
   // Refusals are told once per code and route, then counted (lib/log-once.ts): no flood from one client.
   const noteRefusal = logOnce((msg) => ctx.log.info(msg));
   const failed = logOnce((msg) => ctx.log.error(msg));
   app.onError((err, c) => {
     if (isDiskFull(err)) err = storageFull(ctx.dataDir, err);
     if (err instanceof AppError) {
-      if (err.status < 500)
+      if (err.status < 500) {
+        // Who was refused, when a guard identified them: the operator's answer to "why was my script
+        // refused". Never the secret.
+        const caller = c.get("caller");
+        const who = caller ? ` for token ${caller.name} (${caller.tokenId}, ${caller.role})` : "";
         noteRefusal(
           `${err.code} ${c.req.method} ${c.req.routePath}`,
-          `refused ${c.req.method} ${c.req.path.slice(0, 200)}: ${err.status} ${err.code}: ${err.message}`,
+          `refused ${c.req.method} ${c.req.path.slice(0, 200)}${who}: ${err.status} ${err.code}: ${err.message}`,
         );
+      }
       return c.json({ error: { code: err.code, message: err.message } }, err.status as 400);
     }
     // A bug, or a failure below us: the details (paths, SQL) are for the operator's log, not the client.
@@ -85,7 +92,6 @@ export function createApp(ctx: MasterContext) {
   app.route("/", publicRoutes(ctx));
   app.route("/", releaseFileRoutes(ctx));
   app.route("/", repoFileRoutes(ctx));
-  app.use("/api/v1/*", authenticate(ctx));
   app.route("/api/v1", clientRoutes(ctx));
   app.route("/api/v1", adminRoutes(ctx));
   app.route("/api/v1", recipeRoutes(ctx));
@@ -93,8 +99,12 @@ export function createApp(ctx: MasterContext) {
   app.route("/api/v1", artifactRoutes(ctx));
   app.route("/api/v1", releaseRoutes(ctx));
   app.route("/api/v1", repoRoutes(ctx));
+  app.route("/api/v1", auditRoutes(ctx));
   return app;
 }
+
+/** The master's app as createApp builds it. */
+export type App = ReturnType<typeof createApp>;
 
 /** One route the master serves: a method and a path pattern in Hono's syntax (`:name`, `:name{regex}`). */
 export interface Route {
@@ -103,23 +113,24 @@ export interface Route {
 }
 
 // The routes the server answers before the app (src/master/index.ts): the worker websocket and, when the
-// master serves TLS, enrollment.
-const OUTSIDE_APP: Route[] = [
-  { method: "GET", path: "/api/v1/worker/connect" },
-  { method: "GET", path: TLS_ROUTES.ca },
-  { method: "POST", path: TLS_ROUTES.enroll },
-  { method: "POST", path: TLS_ROUTES.renew },
+// master serves TLS, enrollment (whose checks are src/tls/enroll.ts's own).
+const OUTSIDE_APP: (RouteRule & { access: Access })[] = [
+  { method: "GET", path: WORKER_SOCKET, access: { who: "worker" }, outside: "websocket" },
+  { method: "GET", path: TLS_ROUTES.ca, access: { who: "anyone" }, outside: "tls" },
+  { method: "POST", path: TLS_ROUTES.enroll, access: { who: "join-token" }, outside: "tls" },
+  { method: "POST", path: TLS_ROUTES.renew, access: { who: "worker-certificate" }, outside: "tls" },
 ];
 
 /**
- * Every route of the master, method and path, read from the app itself so it cannot drift from it:
- * what the fuzz test aims at, what 405 answers are made from, and the list an OpenAPI document or an
- * access-rule table can be checked against. The route factories only keep the context for their
- * handlers, so the table is built without a running master.
+ * Every route of the master, method and path, read from the app itself so it cannot drift from it, with
+ * the rule that guards each (`access: null` for a route registered without one): what the access matrix
+ * test tries with every kind of credential, what docs/access.md lists, what the fuzz test aims at and what
+ * 405 answers are made from. The route factories only keep the context for their handlers, so the table
+ * is built without a running master; pass `app` to read another one.
  */
-export function routeTable(): Route[] {
-  const app = createApp({ log: { info() {}, error() {} } } as unknown as MasterContext);
-  return [...OUTSIDE_APP, ...appRoutes(app.routes)];
+export function routeTable(app?: App): RouteRule[] {
+  const from = app ?? createApp({ log: { info() {}, error() {} } } as unknown as MasterContext);
+  return [...OUTSIDE_APP, ...routesOf(from as never)];
 }
 
 /** The handlers' routes of a Hono app (middleware, registered for every method, left out), each once. */

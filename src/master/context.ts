@@ -5,6 +5,7 @@ import type { ArtifactService } from "./artifacts.ts";
 import type { LogStore } from "./logs.ts";
 import type { Registry } from "./registry.ts";
 import type { RepoService } from "./repos.ts";
+import type { Sessions } from "./sessions.ts";
 import type { StorageHealth } from "./storage-health.ts";
 import type { MasterTls } from "./tls.ts";
 
@@ -19,6 +20,8 @@ export interface MasterContext {
   registry: Registry;
   /** The package repositories' builder: publishes, snapshots, signing keys. */
   repos: RepoService;
+  /** Open websockets and followed logs by the token that opened them, so a revocation ends them. */
+  sessions: Sessions;
   log: ConsolaInstance;
   /** Whether the master can write (its disk is not full); the lease reaper heeds it. */
   storage: StorageHealth;

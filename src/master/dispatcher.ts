@@ -3,6 +3,7 @@ import { type JobSpec, JobSpecSchema } from "../protocol/job.ts";
 import { assignJob, dispatchOrder, type QueuedJob, readyJobs, recordTemplateHash } from "../store/jobs.ts";
 import type { JobRow } from "../store/schema.ts";
 import type { MasterContext } from "./context.ts";
+import { newJobCredential } from "./job-credential.ts";
 import type { LiveSlot, LiveWorker } from "./registry.ts";
 import { resolveTemplate } from "./templates.ts";
 
@@ -19,13 +20,28 @@ export function slotFits(
   );
 }
 
-/** The keys of a JobSpec that come from the job's row: all of them but the template, resolved apart. */
-const SPEC_FROM_ROW = Object.keys(JobSpecSchema.shape).filter((k) => k !== "template") as (keyof JobSpec &
+/** The spec's keys that do not come from a row column of the same name. */
+const SPEC_APART = new Set(["template", "secrets", "credential"]);
+
+/** The keys of a JobSpec that come from the job's row: all of them but those in SPEC_APART. */
+const SPEC_FROM_ROW = Object.keys(JobSpecSchema.shape).filter((k) => !SPEC_APART.has(k)) as (keyof JobSpec &
   keyof JobRow)[];
 
-/** The spec a worker gets for the row's current attempt, read from the row by the spec's own keys. */
-export function specOf(row: JobRow, template: JobSpec["template"] = null): JobSpec {
-  return { ...(Object.fromEntries(SPEC_FROM_ROW.map((k) => [k, row[k]])) as JobSpec), template };
+/**
+ * The spec a worker gets for the row's current attempt, read from the row by the spec's own keys, with
+ * the template resolved at assignment and the attempt's credential (whose hash alone the row keeps).
+ */
+export function specOf(
+  row: JobRow,
+  template: JobSpec["template"] = null,
+  credential: string | null = null,
+): JobSpec {
+  return {
+    ...(Object.fromEntries(SPEC_FROM_ROW.map((k) => [k, row[k]])) as JobSpec),
+    template,
+    secrets: row.secrets ?? {},
+    credential,
+  };
 }
 
 // A few more jobs than free slots are read per kind, so a rebuild that passes over the worker of its
@@ -106,7 +122,16 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
       // Claim the slot before the await so a concurrent report cannot hand it out twice.
       slot.job = `${job.id}:?`;
       free.splice(i, 1);
-      const row = await assignJob(ctx.store, job.id, worker.name, slot.name, ctx.cfg.master.lease);
+      const credential = newJobCredential(job.id);
+      const row = await assignJob(
+        ctx.store,
+        job.id,
+        worker.name,
+        slot.name,
+        ctx.cfg.master.lease,
+        Date.now(),
+        credential.hash,
+      );
       if (!row) {
         // Cancelled or taken meanwhile: the slot is free for the next candidate.
         slot.job = null;
@@ -122,7 +147,7 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
         if (template) await recordTemplateHash(ctx.store, row.id, row.attempt, template.hash);
       }
       try {
-        worker.send({ type: "job.assign", job: specOf(row, template), slot: slot.name });
+        worker.send({ type: "job.assign", job: specOf(row, template, credential.secret), slot: slot.name });
       } catch (err) {
         // The lease rules re-queue it if the worker never got it.
         ctx.log.warn(`job ${row.id}: could not send to ${worker.name}: ${coerceError(err).message}`, {

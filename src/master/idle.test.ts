@@ -7,6 +7,7 @@ import { loadConfig } from "../config/load.ts";
 import { setupLogging } from "../lib/log.ts";
 import { assignJob, finishJob, insertJob, markRunning } from "../store/jobs.ts";
 import { type RunningMaster, startMaster } from "./index.ts";
+import { newJobCredential } from "./job-credential.ts";
 
 /*
  * The idle timeout against a real master (Bun.serve on 127.0.0.1, a real store) with a 5 s timeout: a
@@ -21,6 +22,8 @@ let dir: string;
 let master: RunningMaster;
 let token = "";
 let jobId = 0;
+/** The running job's own credential, which its uploads carry. */
+let credential = "";
 let port = 0;
 
 beforeEach(async () => {
@@ -44,7 +47,9 @@ beforeEach(async () => {
     retries: 0,
   });
   jobId = row.id;
-  await assignJob(store, jobId, "w", "slot-0", 60_000);
+  const made = newJobCredential(jobId);
+  credential = made.secret;
+  await assignJob(store, jobId, "w", "slot-0", 60_000, Date.now(), made.hash);
   await markRunning(store, jobId, 1, "w", 60_000);
 });
 afterEach(async () => {
@@ -93,7 +98,7 @@ test("an upload whose bytes keep coming outlives the idle timeout", async () => 
   const body = "x".repeat(4000);
   const sha = new Bun.CryptoHasher("sha256").update(body).digest("hex");
   const upload = connect(
-    `PUT /api/v1/worker/artifacts/${jobId}/1/slow.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nx-kiln-sha256: ${sha}\r\nx-kiln-size: ${body.length}\r\nContent-Length: ${body.length}\r\n\r\n`,
+    `PUT /api/v1/worker/artifacts/${jobId}/1/slow.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${credential}\r\nx-kiln-sha256: ${sha}\r\nx-kiln-size: ${body.length}\r\nContent-Length: ${body.length}\r\n\r\n`,
   );
   const stalled = stall();
   let sent = 0;

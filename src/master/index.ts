@@ -16,8 +16,10 @@ import { openStore, storeUrl } from "../store/open.ts";
 import { findToken, hashToken, insertTokenHash } from "../store/tokens.ts";
 import { markAllDisconnected } from "../store/workers.ts";
 import { type Authority, openAuthority, serverTls } from "../tls/authority.ts";
+import { admitRequest, WORKER_SOCKET } from "./access.ts";
 import { createApp, internalError, refusal } from "./app.ts";
 import { createArtifactService, MAX_CHUNK } from "./artifacts.ts";
+import type { Caller } from "./auth.ts";
 import type { MasterContext } from "./context.ts";
 import { createDispatcher } from "./dispatcher.ts";
 import { idleSeconds, type RequestEnv } from "./idle.ts";
@@ -26,8 +28,9 @@ import { openLogStore } from "./logs.ts";
 import { createRegistry } from "./registry.ts";
 import { sweepReleases } from "./releases.ts";
 import { createRepoService } from "./repos.ts";
+import { createSessions } from "./sessions.ts";
 import { createStorageHealth } from "./storage-health.ts";
-import { certCredential, checkConnectedCertificatesOnce, createMasterTls, tokenCredential } from "./tls.ts";
+import { checkConnectedCertificatesOnce, createMasterTls, tokenCredential } from "./tls.ts";
 import { type SocketData, workerSocketHandlers } from "./worker-socket.ts";
 
 /** A master that is serving: its URL and context, `done` for its loops, and `stop` to end it all. */
@@ -42,11 +45,10 @@ export interface RunningMaster {
 }
 
 /**
- * Creates the admin token on first start (mode 0600 in the data dir) and makes sure the store knows its
- * hash, so a store recreated under an existing data dir still accepts it.
+ * Creates the token kept in `file` on first use (mode 0600 in the data dir) and makes sure the store knows
+ * its hash, so a store recreated under an existing data dir still accepts it. Returns the secret.
  */
-async function ensureAdminToken(ctx: MasterContext) {
-  const file = adminTokenPath(ctx.dataDir);
+async function ensureTokenFile(ctx: MasterContext, file: string, role: "admin" | "worker", name: string) {
   let secret: string;
   if (existsSync(file)) {
     secret = readFileSync(file, "utf8").trim();
@@ -54,16 +56,26 @@ async function ensureAdminToken(ctx: MasterContext) {
   } else {
     secret = `kiln_${randomBytes(24).toString("base64url")}`;
     writeFileSync(file, `${secret}\n`, { mode: 0o600, flag: "wx" });
-    ctx.log.info(`created the admin token in ${file}`);
+    ctx.log.info(`created the ${name} token in ${file}`);
   }
   if (!(await findToken(ctx.store.db, secret))) {
     await insertTokenHash(ctx.store, {
       id: hashToken(secret).slice(0, 12),
       hash: hashToken(secret),
-      role: "admin",
-      name: "admin",
+      role,
+      name,
     });
   }
+  return secret;
+}
+
+/**
+ * The worker token of `kiln up`'s own worker, kept in DATA/worker.token: workers never join with the
+ * admin token, the local one included. Revoking it (kiln token revoke) disconnects that worker until a
+ * restart (which, with the file removed, makes a new one).
+ */
+export function localWorkerToken(m: RunningMaster): Promise<string> {
+  return ensureTokenFile(m.ctx, join(m.ctx.dataDir, "worker.token"), "worker", "local-worker");
 }
 
 /** Starts the master: store, admin token, dispatcher, lease reaper, and the HTTP + websocket server. */
@@ -129,6 +141,7 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
     ),
     storage,
     registry: createRegistry(),
+    sessions: createSessions(),
     log,
     dispatch: dispatcher.dispatch,
     dispatched: dispatcher.settled,
@@ -137,14 +150,13 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
       ? createMasterTls(authority, store, cfg.master.tls_worker_lifetime, log.withTag("tls"))
       : null,
   };
-  await ensureAdminToken(ctx);
+  await ensureTokenFile(ctx, adminTokenPath(ctx.dataDir), "admin", "admin");
   await markAllDisconnected(store);
   sweepReleases(data);
   await ctx.repos.recover();
 
   const app = createApp(ctx);
   const tls = ctx.tls;
-  const workerCredential = workerCredentialOf(ctx);
   const ws = workerSocketHandlers(ctx);
   const [host, port] = splitListen(cfg.master.listen);
   // Errors past the app (a bug in a handler that escaped it) are told once per minute, then counted.
@@ -191,11 +203,28 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
         }
         const url = new URL(req.url);
         const ip = srv.requestIP(req)?.address;
-        if (url.pathname === "/api/v1/worker/connect") {
-          const who = await workerCredential(req, ip);
-          if (who instanceof Response) return who;
-          if (srv.upgrade(req, { data: { name: null, chain: Promise.resolve(), refused: false, ...who } }))
-            return undefined;
+        if (url.pathname === WORKER_SOCKET) {
+          // Only a worker's own credential opens it: a worker token, or on a TLS master its certificate.
+          let caller: Caller;
+          try {
+            caller = await admitRequest(ctx, { who: "worker" }, req, ip);
+          } catch (err) {
+            const e = coerceError(err);
+            if (!(e instanceof AppError) || e.status >= 500) throw e;
+            return refusal(e);
+          }
+          const certified = caller.tokenId.startsWith("cert:");
+          const data: SocketData = {
+            name: null,
+            chain: Promise.resolve(),
+            refused: false,
+            credential: certified ? caller.tokenId : tokenCredential(caller.tokenId),
+            certified: certified ? caller.name : null,
+            tokenId: caller.tokenId,
+            expiresAt: caller.expiresAt,
+            end: null,
+          };
+          if (srv.upgrade(req, { data })) return undefined;
           return Response.json(
             { error: { code: "UPGRADE_REQUIRED", message: "this endpoint takes a websocket" } },
             { status: 426 },
@@ -291,36 +320,6 @@ export async function startMaster(cfg: Config, data: string): Promise<RunningMas
 
 /** The largest body any route takes: an artifact upload chunk. */
 const MAX_REQUEST_BODY = MAX_CHUNK;
-
-/**
- * Who opens a worker websocket: on a TLS master its certificate (the hello must then use the name in it),
- * else a worker or admin bearer token. A refusal is the 401 answer to send.
- */
-function workerCredentialOf(ctx: MasterContext) {
-  return async (
-    req: Request,
-    ip: string | undefined,
-  ): Promise<{ credential: string; certified: string | null } | Response> => {
-    if (ctx.tls) {
-      try {
-        const w = await ctx.tls.identify(req, ip);
-        return { credential: certCredential(w.serial), certified: w.worker };
-      } catch (err) {
-        if (err instanceof AppError && err.status < 500) return refusal(err);
-        throw err;
-      }
-    }
-    const m = /^Bearer\s+(\S+)$/i.exec(req.headers.get("authorization") ?? "");
-    const token = m ? await findToken(ctx.store.db, m[1]!) : undefined;
-    if (!token || (token.role !== "worker" && token.role !== "admin")) {
-      return Response.json(
-        { error: { code: "UNAUTHENTICATED", message: "workers need a worker or admin token (--join)" } },
-        { status: 401 },
-      );
-    }
-    return { credential: tokenCredential(token.id), certified: null };
-  };
-}
 
 /** The methods the API uses; anything else (CONNECT, TRACE, inventions) gets a 405 before routing. */
 const METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);

@@ -54,7 +54,15 @@ export async function jobFromRequest(
     name = req.name ?? `${row.name} v${row.version}${describeVars(rendered.vars)}`.slice(0, 80);
     recipe = { recipe: row.name, recipeVersion: row.version, recipeVars: rendered.vars };
   }
-  const bytes = execBytes(setup === null ? command : [...command, setup], env);
+  const secrets = req.secrets ?? {};
+  const both = Object.keys(secrets).filter((k) => k in env);
+  if (both.length) {
+    throw new AppError(
+      "INVALID_REQUEST",
+      `${both.join(", ")} is given both as --env and as --secret: give each name once`,
+    );
+  }
+  const bytes = execBytes(setup === null ? command : [...command, setup], { ...env, ...secrets });
   if (bytes > SPEC_LIMITS.execBytes) {
     throw new AppError(
       "SPEC_TOO_LARGE",
@@ -105,6 +113,7 @@ export async function jobFromRequest(
     retries: options.retries ?? ctx.cfg.master.default_retries,
     submittedBy,
     ...recipe,
+    secrets: Object.keys(secrets).length ? secrets : null,
   };
 }
 

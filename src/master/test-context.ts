@@ -8,6 +8,7 @@ import type { MasterContext } from "./context.ts";
 import { openLogStore } from "./logs.ts";
 import { createRegistry } from "./registry.ts";
 import { createRepoService } from "./repos.ts";
+import { createSessions } from "./sessions.ts";
 import { createStorageHealth } from "./storage-health.ts";
 
 /**
@@ -31,6 +32,7 @@ export function testContext(dir: string, store: Store): MasterContext {
     artifacts,
     repos: createRepoService({ dataDir: dir, store, artifacts, log: quiet }),
     registry: createRegistry(),
+    sessions: createSessions(),
     log: quiet,
     storage: createStorageHealth(dir, quiet),
     dispatch() {},

@@ -57,6 +57,8 @@ export function jobView(
       row.recipe === null
         ? null
         : { name: row.recipe, version: row.recipeVersion ?? 0, vars: row.recipeVars ?? {} },
+    // Names only: a secret's value leaves the master in the job's assignment, and nowhere else.
+    secrets: Object.keys(row.secrets ?? {}),
     progress: row.progress === null ? null : { percent: row.progress, message: row.progressMessage },
     waitingFor: extra.waitingFor ?? null,
     artifacts: extra.artifacts ?? [],

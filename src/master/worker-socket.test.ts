@@ -22,6 +22,7 @@ setupLogging("json", "error");
 let dir: string;
 let master: RunningMaster;
 let admin: string;
+let workerToken: string;
 const sockets: Wire[] = [];
 
 beforeEach(async () => {
@@ -31,6 +32,7 @@ beforeEach(async () => {
   });
   master = await startMaster(cfg, dir);
   admin = (await Bun.file(join(dir, "admin.token")).text()).trim();
+  workerToken = (await createToken(master.ctx.store, { role: "worker", name: "w" })).secret;
 });
 afterEach(async () => {
   for (const s of sockets.splice(0)) s.ws.close();
@@ -48,7 +50,7 @@ interface Wire {
   next<T extends MasterMessage["type"]>(type: T): Promise<Extract<MasterMessage, { type: T }>>;
 }
 
-async function connect(token = admin): Promise<Wire> {
+async function connect(token = workerToken): Promise<Wire> {
   const ws = new WebSocket(`${master.url.replace("http", "ws")}/api/v1/worker/connect`, {
     headers: { authorization: `Bearer ${token}` },
   } as unknown as string[]);
@@ -116,7 +118,7 @@ const outcome = (over: Partial<Outcome> = {}): Outcome => ({
 });
 
 describe("connecting", () => {
-  test("the worker endpoint refuses a request without a worker or admin token, and one that is no websocket", async () => {
+  test("the worker endpoint refuses a request without a worker token (401) or with a client token (403), and one that is no websocket", async () => {
     const url = `${master.url}/api/v1/worker/connect`;
     const none = await fetch(url);
     expect([none.status, ((await none.json()) as { error: { code: string } }).error.code]).toEqual([
@@ -124,8 +126,10 @@ describe("connecting", () => {
       "UNAUTHENTICATED",
     ]);
     const viewer = (await createToken(master.ctx.store, { role: "viewer", name: "v" })).secret;
-    expect((await fetch(url, { headers: { authorization: `Bearer ${viewer}` } })).status).toBe(401);
-    const plain = await fetch(url, { headers: { authorization: `Bearer ${admin}` } });
+    expect((await fetch(url, { headers: { authorization: `Bearer ${viewer}` } })).status).toBe(403);
+    // Not even the admin token speaks the worker protocol: workers join with worker tokens.
+    expect((await fetch(url, { headers: { authorization: `Bearer ${admin}` } })).status).toBe(403);
+    const plain = await fetch(url, { headers: { authorization: `Bearer ${workerToken}` } });
     expect([plain.status, ((await plain.json()) as { error: { code: string } }).error.code]).toEqual([
       426,
       "UPGRADE_REQUIRED",
@@ -291,14 +295,14 @@ describe("jobs over the socket", () => {
     const run = async (version: string) => {
       const { body } = await api("POST", "/jobs", { command: ["true"], repo: "tools" });
       const id = body.id as number;
-      await w.next("job.assign");
+      const assigned = await w.next("job.assign");
       w.send({ type: "job.started", jobId: id, attempt: 1 });
-      // The worker delivers the artifacts before it reports the result.
+      // The worker delivers the artifacts before it reports the result, with the job's own credential.
       const deb = buildDeb({ control: controlText({ name: "kiln-w", version, arch: "amd64" }) });
       const put = await fetch(`${master.url}/api/v1/worker/artifacts/${id}/1/kiln-w.deb`, {
         method: "PUT",
         headers: {
-          authorization: `Bearer ${admin}`,
+          authorization: `Bearer ${assigned.job.credential}`,
           "x-kiln-sha256": new Bun.CryptoHasher("sha256").update(deb).digest("hex"),
           "x-kiln-size": String(deb.length),
         },
@@ -378,6 +382,39 @@ describe("jobs over the socket", () => {
     await waitFor("the job to run", async () => (await api("GET", `/jobs/${id}`)).body.state === "running");
     expect((await api("POST", `/jobs/${id}/cancel`)).status).toBe(200);
     expect(await w.next("job.cancel")).toEqual({ type: "job.cancel", jobId: id, attempt: 1 });
+  });
+
+  test("a worker cannot finish, log into or report progress on another worker's job", async () => {
+    const { w, id } = await assigned("t-owner");
+    w.send({ type: "job.started", jobId: id, attempt: 1 });
+    await waitFor("the job to run", async () => (await api("GET", `/jobs/${id}`)).body.state === "running");
+    w.ws.send(encodeLogFrame({ jobId: id, attempt: 1, offset: 0, data: new TextEncoder().encode("mine\n") }));
+    const rogue = await connect();
+    rogue.send(hello("t-rogue"));
+    await rogue.next("worker.welcome");
+    rogue.ws.send(
+      encodeLogFrame({ jobId: id, attempt: 1, offset: 5, data: new TextEncoder().encode("forged\n") }),
+    );
+    rogue.send({ type: "job.progress", jobId: id, attempt: 1, percent: 99, message: "forged" });
+    rogue.send({
+      type: "job.finished",
+      jobId: id,
+      attempt: 1,
+      outcome: outcome({ state: "failed", reason: "exit", exitCode: 66 }),
+      logSize: 0,
+    });
+    // The rogue is answered as for a job it does not hold (acknowledged, so it forgets it), and nothing
+    // of the job changed.
+    expect(await rogue.next("job.ack")).toEqual({ type: "job.ack", jobId: id, attempt: 1 });
+    const job = (await api("GET", `/jobs/${id}`)).body;
+    expect([job.state, job.progress]).toEqual(["running", null]);
+    const log = await fetch(`${master.url}/api/v1/jobs/${id}/log`, {
+      headers: { authorization: `Bearer ${admin}` },
+    });
+    expect(await log.text()).toBe("mine\n");
+    w.send({ type: "job.finished", jobId: id, attempt: 1, outcome: outcome(), logSize: 5 });
+    await w.next("job.ack");
+    expect((await api("GET", `/jobs/${id}`)).body.state).toBe("succeeded");
   });
 
   test("a worker that says it is stopping has its jobs re-queued at once and gets no new ones", async () => {

@@ -18,6 +18,7 @@ import {
   requeueOrLose,
   requeueRefused,
   setProgress,
+  workerOfAttempt,
 } from "../store/jobs.ts";
 import type { JobRow } from "../store/schema.ts";
 import { getWorker, setWorker, upsertWorker } from "../store/workers.ts";
@@ -33,7 +34,8 @@ import { resolveTemplate } from "./templates.ts";
 
 /**
  * Per-connection state: the worker's name once it said hello, the chain that orders its messages, and
- * whether the master has refused the connection (a bad frame): nothing it sent after is handled.
+ * whether the master has refused the connection (a bad frame): nothing it sent after is handled; and the
+ * token it connected with (revoking it, or its expiry, closes the socket).
  */
 export interface SocketData {
   name: string | null;
@@ -43,6 +45,11 @@ export interface SocketData {
   credential: string;
   /** The worker its certificate names, on a TLS master: its hello must use that name. */
   certified: string | null;
+  /** The token id (or `cert:SERIAL`) that sessions key it by: revoking the token closes the socket. */
+  tokenId: string;
+  expiresAt: number | null;
+  /** Unregisters the connection from ctx.sessions; set while it is open. */
+  end: (() => void) | null;
 }
 
 const KNOWN_TYPES = new Set<string>(WorkerMessageSchema.options.map((o) => o.shape.type.value));
@@ -50,12 +57,15 @@ const KNOWN_TYPES = new Set<string>(WorkerMessageSchema.options.map((o) => o.sha
 /** The close code for a frame the master cannot read (a 4xxx code: the application's own, RFC 6455 7.4.2). */
 export const BAD_FRAME = 4400;
 
-/** Where an active attempt's bytes go: attempt number and the offset of its first byte in the job log. */
-const bases = new Map<number, { attempt: number; base: number }>();
+/**
+ * Where an active attempt's bytes go: attempt number, the offset of its first byte in the job log, and
+ * the worker running it (only its frames are written).
+ */
+const bases = new Map<number, { attempt: number; base: number; worker: string | null }>();
 
 /** Records where job `row`'s current attempt starts in its log, so its log frames land where they belong. */
-export function rememberAttempt(row: Pick<JobRow, "id" | "attempt" | "logBase">) {
-  bases.set(row.id, { attempt: row.attempt, base: row.logBase });
+export function rememberAttempt(row: Pick<JobRow, "id" | "attempt" | "logBase" | "worker">) {
+  bases.set(row.id, { attempt: row.attempt, base: row.logBase, worker: row.worker });
 }
 
 /** Ends an attempt: moves the job on to a retry or to `lost`, writing a marker into its log. */
@@ -309,12 +319,25 @@ export function workerSocketHandlers(ctx: MasterContext) {
         return;
       }
       case "job.progress":
-        await setProgress(ctx.store, m.jobId, m.attempt, m.percent, m.message);
+        await setProgress(ctx.store, m.jobId, m.attempt, name, m.percent, m.message);
         ctx.logs.notify(m.jobId);
         return;
       case "job.finished": {
         const row = await getJob(ctx.store.db, m.jobId);
-        if (row && row.attempt === m.attempt && (row.state === "assigned" || row.state === "running")) {
+        // A result counts only from the worker the attempt was given to: another worker's report about
+        // it is acknowledged (so it drops it) and changes nothing.
+        const mine =
+          row !== undefined &&
+          (row.attempt === m.attempt
+            ? row.worker === name
+            : (await workerOfAttempt(ctx.store.db, row.id, m.attempt)) === name);
+        if (!mine) {
+          if (row && !isTerminal(row.state))
+            ctx.log.warn(
+              `worker ${name} reported a result for job ${m.jobId} attempt ${m.attempt}, which it was not given; ignored`,
+              { jobId: m.jobId, attempt: m.attempt, worker: name },
+            );
+        } else if (row.attempt === m.attempt && (row.state === "assigned" || row.state === "running")) {
           const have = ctx.logs.size(row.id) - row.logBase;
           // Bytes past the log cap are dropped on arrival, so they are never missing.
           if (have < Math.min(m.logSize, ctx.cfg.master.log_max)) {
@@ -331,7 +354,7 @@ export function workerSocketHandlers(ctx: MasterContext) {
             return;
           }
           await finishAttempt(row, m.outcome, name);
-        } else if (row && m.attempt < row.attempt && !isTerminal(row.state)) {
+        } else if (m.attempt < row.attempt && !isTerminal(row.state)) {
           await acceptLateResult(row, m, name);
         }
         for (const s of live.slots.values()) if (s.job === `${m.jobId}:${m.attempt}`) s.job = null;
@@ -423,6 +446,8 @@ export function workerSocketHandlers(ctx: MasterContext) {
       return badFrame(ws, "log frame", coerceError(err).message);
     }
     let b = bases.get(frame.jobId);
+    // Only the worker running the attempt writes its log: another one's frames are dropped unanswered.
+    if (b && b.attempt === frame.attempt && b.worker !== ws.data.name) return;
     if (!b || b.attempt !== frame.attempt) {
       const row = await getJob(ctx.store.db, frame.jobId);
       if (!row || row.attempt !== frame.attempt || row.worker !== ws.data.name) return;
@@ -462,6 +487,12 @@ export function workerSocketHandlers(ctx: MasterContext) {
     open(ws: ServerWebSocket<SocketData>) {
       ws.data.chain = Promise.resolve();
       ws.data.refused = false;
+      ws.data.end = ctx.sessions.open(ws.data.tokenId, ws.data.expiresAt, (why) => {
+        ctx.log.warn(
+          `closing the connection of worker ${ws.data.name ?? "?"}: ${why} (token ${ws.data.tokenId}); it needs a new worker token`,
+        );
+        ws.close(4401, why);
+      });
     },
     message(ws: ServerWebSocket<SocketData>, raw: string | Buffer) {
       ws.data.chain = ws.data.chain.then(async () => {
@@ -502,6 +533,7 @@ export function workerSocketHandlers(ctx: MasterContext) {
       });
     },
     close(ws: ServerWebSocket<SocketData>) {
+      ws.data.end?.();
       const name = ws.data.name;
       if (!name) return;
       ws.data.chain = ws.data.chain.then(async () => {

@@ -61,6 +61,10 @@ export const JobSpecSchema = z.object({
   setup: z.string().nullable().default(null),
   needs: z.array(z.string()),
   egress: z.array(z.string()),
+  /** `kiln submit --secret` values for the job's environment: never logged, shown, or given to others. */
+  secrets: z.record(z.string(), z.string()).default({}),
+  /** The attempt's own credential (src/master/job-credential.ts): its worker presents it for uploads. */
+  credential: z.string().nullable().default(null),
 });
 /** A checked JobSpecSchema value. */
 export type JobSpec = z.infer<typeof JobSpecSchema>;
@@ -130,6 +134,8 @@ export interface JobView {
   retryOf: number | null;
   /** The recipe version the job was rendered from and the values it got; null for a plain job. */
   recipe: { name: string; version: number; vars: Record<string, string> } | null;
+  /** The names of the job's `--secret` variables; their values are never shown. */
+  secrets: string[];
   progress: { percent: number; message: string | null } | null;
   waitingFor: string | null;
   artifacts: ArtifactInfo[];
@@ -270,6 +276,7 @@ export const SUBMIT_FLAGS: Record<string, string> = {
   command: "the command",
   recipe: "--recipe",
   vars: "--var",
+  secrets: "--secret",
 };
 
 /** What a submit gets for an option that neither the request nor its recipe sets. */
@@ -295,6 +302,24 @@ export const SubmitSchema = SubmitOptionsSchema.extend({
     .max(SPEC_LIMITS.args, `a command may have at most ${SPEC_LIMITS.args} arguments`)
     .optional(),
   recipe: nameSchema().optional(),
+  /*
+   * Values the job gets in its environment like --env, but which Kiln never shows: not in the job's
+   * views, not in any log of Kiln's, not to another job. Not a recipe option, so no recipe file holds one.
+   */
+  secrets: z
+    .record(
+      z.string().regex(ENV_KEY, "names must be letters, digits and _, not starting with a digit").max(256),
+      z.string(),
+    )
+    .refine((e) => Object.keys(e).length <= 64, { message: "at most 64 secrets" })
+    .refine(
+      (e) =>
+        Object.entries(e).every(
+          ([k, v]) => Buffer.byteLength(k) + Buffer.byteLength(v) + 1 <= SPEC_LIMITS.stringBytes,
+        ),
+      { message: `a secret (NAME=value) may hold at most ${SPEC_LIMITS.stringBytes} bytes` },
+    )
+    .optional(),
   vars: z
     .record(
       z.string().max(200),

@@ -180,6 +180,7 @@ test("a copied definition keeps every field, so a retry repeats the job exactly"
     priority: 7,
     command: ["make", "-j2"],
     env: { A: "1" },
+    secrets: { TOKEN: "s3cret" },
     timeoutMs: 1234,
     memoryBytes: 64 << 20,
     cpus: 1.5,

@@ -45,6 +45,7 @@ export const DEFINITION = [
   "recipe",
   "recipeVersion",
   "recipeVars",
+  "secrets",
 ] as const satisfies readonly (keyof JobRow)[];
 
 /** The columns that belong to one run of a job (and to its provenance), never copied by a retry. */
@@ -74,6 +75,7 @@ export const RUN_STATE = [
   "templateHash",
   "rebuildOf",
   "avoidWorker",
+  "credentialHash",
 ] as const satisfies readonly (keyof JobRow)[];
 
 /** The columns that define a job (DEFINITION): what a retry copies. */
@@ -223,7 +225,10 @@ async function transition(
   });
 }
 
-/** Assigns a queued job to a worker's slot; null if it is no longer queued. */
+/**
+ * Assigns a queued job to a worker's slot; null if it is no longer queued. `credentialHash` is the hash of
+ * the attempt's job credential, replacing any earlier attempt's.
+ */
 export function assignJob(
   store: Store,
   id: number,
@@ -231,11 +236,12 @@ export function assignJob(
   slot: string,
   leaseMs: number,
   now = Date.now(),
+  credentialHash: string | null = null,
 ) {
   return transition(
     store,
     and(eq(jobs.id, id), eq(jobs.state, "queued")),
-    { state: "assigned", worker, slot, assignedAt: now, leaseExpiresAt: now + leaseMs },
+    { state: "assigned", worker, slot, assignedAt: now, leaseExpiresAt: now + leaseMs, credentialHash },
     now,
   );
 }
@@ -405,11 +411,12 @@ export function activeJobsOf(db: Db, worker: string) {
     .where(and(eq(jobs.worker, worker), inArray(jobs.state, ACTIVE)));
 }
 
-/** Stores a running job's progress report. */
+/** Stores a running job's progress report, if `worker` is the one running that attempt. */
 export function setProgress(
   store: Store,
   id: number,
   attempt: number,
+  worker: string,
   percent: number,
   message: string | null,
 ) {
@@ -417,8 +424,21 @@ export function setProgress(
     await tx
       .update(jobs)
       .set({ progress: percent, progressMessage: message })
-      .where(and(eq(jobs.id, id), eq(jobs.attempt, attempt), eq(jobs.state, "running")));
+      .where(
+        and(eq(jobs.id, id), eq(jobs.attempt, attempt), eq(jobs.worker, worker), eq(jobs.state, "running")),
+      );
   });
+}
+
+/** The worker attempt `attempt` of job `id` was assigned to, from the job's history; null if none was. */
+export async function workerOfAttempt(db: Db, id: number, attempt: number): Promise<string | null> {
+  const [row] = await db
+    .select({ worker: jobEvents.worker })
+    .from(jobEvents)
+    .where(and(eq(jobEvents.jobId, id), eq(jobEvents.attempt, attempt), eq(jobEvents.state, "assigned")))
+    .orderBy(desc(jobEvents.id))
+    .limit(1);
+  return row?.worker ?? null;
 }
 
 /** The job's state history, oldest first. */

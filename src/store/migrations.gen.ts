@@ -67,5 +67,11 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "when": 1796124090915,
     "hash": "b3dbe9555f30e3a23b3efa791d80cbb836aca0915ac1ab1906e79cda4c4cba7b",
     "sql": "ALTER TABLE `jobs` ADD `setup` text;"
+  },
+  {
+    "tag": "0011_audit",
+    "when": 1796127102034,
+    "hash": "6fd750a40bb664cc3a0d0006d0267d16704ec11663e1178195b033749142fd00",
+    "sql": "CREATE TABLE `audit_log` (\n\t`id` integer PRIMARY KEY AUTOINCREMENT NOT NULL,\n\t`at` integer NOT NULL,\n\t`token_id` text NOT NULL,\n\t`token_name` text NOT NULL,\n\t`role` text NOT NULL,\n\t`action` text NOT NULL,\n\t`target` text NOT NULL,\n\t`detail` text\n);\n--> statement-breakpoint\nCREATE INDEX `audit_log_at` ON `audit_log` (`at`);--> statement-breakpoint\nALTER TABLE `jobs` ADD `secrets` text;--> statement-breakpoint\nALTER TABLE `jobs` ADD `credential_hash` text;"
   }
 ];

@@ -69,6 +69,12 @@ export const jobs = sqliteTable(
     // which the dispatcher passes over while another worker could take it.
     rebuildOf: integer("rebuild_of"),
     avoidWorker: text("avoid_worker"),
+    // Values given with `kiln submit --secret`: put into the job's environment, never shown by the API,
+    // copied by a retry. Null for a job without any.
+    secrets: text("secrets", { mode: "json" }).$type<Record<string, string>>(),
+    // The sha256 of the current attempt's job credential (src/master/job-credential.ts): set when the
+    // attempt is assigned, valid while the job is assigned or running.
+    credentialHash: text("credential_hash"),
   },
   (t) => [
     // What a dispatch pass walks: the queued jobs of one channel and arch, in dispatch order. Partial, so
@@ -288,3 +294,27 @@ export const repoPackages = sqliteTable(
 
 /** A repo_packages row as read back. */
 export type RepoPackageRow = typeof repoPackages.$inferSelect;
+
+/**
+ * Who did what: one row per change a caller made (submit, cancel, token create, ...), appended after the
+ * change and never updated. `token_*` name the caller as it was then, so a revoked token's deeds stay
+ * readable. Read newest first by id (the primary key), which is what keeps paging cheap at any size.
+ */
+export const auditLog = sqliteTable(
+  "audit_log",
+  {
+    id: integer("id").primaryKey({ autoIncrement: true }),
+    at: integer("at").notNull(),
+    tokenId: text("token_id").notNull(),
+    tokenName: text("token_name").notNull(),
+    role: text("role").notNull(),
+    action: text("action").notNull(),
+    target: text("target").notNull(),
+    detail: text("detail", { mode: "json" }).$type<Record<string, unknown>>(),
+  },
+  // --since finds its first id through this; pages then walk the primary key.
+  (t) => [index("audit_log_at").on(t.at)],
+);
+
+/** One audit_log row as read back. */
+export type AuditRow = typeof auditLog.$inferSelect;

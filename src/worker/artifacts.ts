@@ -6,7 +6,7 @@ import { artifactNameProblem } from "../lib/names.ts";
 import { formatSize } from "../lib/size.ts";
 import type { Outcome } from "../protocol/job.ts";
 import type { MasterAuth } from "../protocol/master-auth.ts";
-import { type JobDir, logPath, writeOutcome } from "./job-dir.ts";
+import { type JobDir, jobCredential, logPath, writeOutcome } from "./job-dir.ts";
 
 /*
  * Delivers a finished job's artifacts (the files in its out dir, those in subdirectories as `dir/file`) to
@@ -73,7 +73,10 @@ async function cachedSha256(jobDir: string, name: string, path: string, fresh = 
 
 interface Target {
   master: string;
+  /** The worker's own credentials: on a TLS master, the client certificate the connection needs. */
   auth: MasterAuth;
+  /** The attempt's own credential, which the master asks of every upload of it. */
+  credential: string;
   jobId: number;
   attempt: number;
 }
@@ -100,7 +103,11 @@ async function uploadFile(
   const call = async (init: RequestInit & { headers: Record<string, string> }) => {
     try {
       const method = init.method ?? "GET";
-      const headers = { ...init.headers, ...(await t.auth.headers(method, url)) };
+      const headers = {
+        ...init.headers,
+        ...(await t.auth.headers(method, url)),
+        authorization: `Bearer ${t.credential}`,
+      };
       return await fetch(url, { ...init, headers, tls: t.auth.tls() });
     } catch (err) {
       throw new RetryLater(
@@ -153,7 +160,8 @@ async function refusal(res: Response, name: string, known?: AppError): Promise<n
   const e = known ?? (await errorFrom(res));
   if (res.status >= 500)
     throw new RetryLater(`the master answered ${res.status} to artifact ${name}: ${e.message}`, { cause: e });
-  if (e.code === "JOB_NOT_ACTIVE") throw new Withdrawn(e.message);
+  // The attempt was re-queued or ended meanwhile: its credential ended with it.
+  if (e.code === "JOB_NOT_ACTIVE" || e.code === "JOB_CREDENTIAL_EXPIRED") throw new Withdrawn(e.message);
   throw new Refused(`the master refused it (${res.status} ${e.code}): ${e.message}`);
 }
 
@@ -179,6 +187,8 @@ export async function deliverArtifacts(o: {
   const { dir, jobId, attempt } = o.job;
   const done = join(dir, "artifacts-delivered");
   if (existsSync(done)) return null;
+  // Each attempt's uploads carry its own credential, which the master gave with the assignment.
+  const credential = jobCredential(o.job) ?? "";
   const out = join(dir, "out");
   const names = listFiles(out, (name, why) =>
     o.log.warn(`job ${jobId}: ${JSON.stringify(name)} in $KILN_OUT is not kept: ${why}`),
@@ -186,7 +196,13 @@ export async function deliverArtifacts(o: {
   const refused: string[] = [];
   for (const name of names) {
     try {
-      await uploadFile({ master: o.master, auth: o.auth, jobId, attempt }, dir, name, join(out, name), o.log);
+      await uploadFile(
+        { master: o.master, auth: o.auth, credential, jobId, attempt },
+        dir,
+        name,
+        join(out, name),
+        o.log,
+      );
     } catch (err) {
       if (err instanceof RetryLater) throw err;
       if (err instanceof Withdrawn) {

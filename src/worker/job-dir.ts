@@ -29,12 +29,26 @@ export interface JobDir {
   dir: string;
 }
 
-/** Makes the attempt's directory (private to the worker's user) and writes its spec.json. */
+/**
+ * Makes the attempt's directory (private to the worker's user) and writes its spec.json, mode 0600: it
+ * holds the job's secrets and credential, which the artifact delivery reads back after a restart.
+ */
 export function createJobDir(root: string, spec: JobSpec): JobDir {
   const dir = join(root, jobKey(spec.id, spec.attempt));
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  writeFileSync(join(dir, "spec.json"), JSON.stringify(spec));
+  writeFileSync(join(dir, "spec.json"), JSON.stringify(spec), { mode: 0o600 });
   return { jobId: spec.id, attempt: spec.attempt, dir };
+}
+
+/** The attempt's own credential from its spec.json; null when it has none or the file is unreadable. */
+export function jobCredential(d: JobDir): string | null {
+  try {
+    const spec = JSON.parse(readFileSync(join(d.dir, "spec.json"), "utf8")) as { credential?: unknown };
+    return typeof spec.credential === "string" ? spec.credential : null;
+  } catch {
+    // Torn or missing: the upload is then refused as unauthenticated and the job's log says so.
+    return null;
+  }
 }
 
 /** The attempt's log file: stdout and stderr of the job, interleaved as written. */

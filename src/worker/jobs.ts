@@ -72,8 +72,17 @@ export interface JobsOptions {
   outbox: Outbox;
   /** Resolves a template name for a running job (`kiln job template NAME`). */
   askTemplate(name: string): Promise<TemplateSpec>;
-  /** The newest version of `pkg` in repository `repo` that the job may read (`kiln job version`). */
-  askRepoVersion(jobId: number, attempt: number, repo: string, pkg: string): Promise<RepoVersion>;
+  /**
+   * The newest version of `pkg` in repository `repo` that the job may read (`kiln job version`), asked
+   * with the attempt's own credential.
+   */
+  askRepoVersion(
+    jobId: number,
+    attempt: number,
+    credential: string,
+    repo: string,
+    pkg: string,
+  ): Promise<RepoVersion>;
   log: ConsolaInstance;
 }
 
@@ -149,7 +158,11 @@ export function createJobs(o: JobsOptions): Jobs {
     outbox.report(key);
   };
 
-  /** The job's environment: a fixed base, where the job's files are, then what the job asked for. */
+  /**
+   * The job's environment: a fixed base, where the job's files are, then what the job asked for and its
+   * secrets (the master refuses a name that is both). The job's credential is not in it: only the worker
+   * uses that, on the job's behalf.
+   */
   const envOf = (spec: JobSpec, job: JobDir): Record<string, string> => ({
     PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     LANG: "C.UTF-8",
@@ -158,6 +171,7 @@ export function createJobs(o: JobsOptions): Jobs {
     KILN_JOB_ID: String(spec.id),
     KILN_ATTEMPT: String(spec.attempt),
     ...spec.env,
+    ...spec.secrets,
   });
 
   /** Gives an assignment back unstarted: the master re-queues it without spending a retry. */
@@ -231,7 +245,8 @@ export function createJobs(o: JobsOptions): Jobs {
           progress: (percent, message) =>
             conn.send({ type: "job.progress", jobId: spec.id, attempt: spec.attempt, percent, message }),
           markBroken: (message) => book.hold(slot.name, `marked broken by job ${spec.id}: ${message}`),
-          repoVersion: (repo, pkg) => o.askRepoVersion(spec.id, spec.attempt, repo, pkg),
+          repoVersion: (repo, pkg) =>
+            o.askRepoVersion(spec.id, spec.attempt, spec.credential ?? "", repo, pkg),
           template: async (name) => {
             const t = await o.askTemplate(name);
             if (!a.handle?.attachTemplate)

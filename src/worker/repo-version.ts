@@ -10,16 +10,24 @@ export interface RepoVersion {
 }
 
 /**
- * Asks the master, for a running attempt, the newest version of package `pkg` in repository `repo`; the
- * master answers only from repositories the job's project may read. Rejects with the master's AppError
- * (PACKAGE_NOT_FOUND, REPO_NOT_FOUND...) or MASTER_UNREACHABLE.
+ * Asks the master, for a running attempt, the newest version of package `pkg` in repository `repo`, with
+ * the attempt's own credential; the master answers only from repositories the job's project may read.
+ * Rejects with the master's AppError (PACKAGE_NOT_FOUND, REPO_NOT_FOUND...) or MASTER_UNREACHABLE.
  */
 export function repoVersionAsker(master: string, auth: MasterAuth) {
-  return async (jobId: number, attempt: number, repo: string, pkg: string): Promise<RepoVersion> => {
+  return async (
+    jobId: number,
+    attempt: number,
+    credential: string,
+    repo: string,
+    pkg: string,
+  ): Promise<RepoVersion> => {
     const url = `${master.replace(/\/$/, "")}/api/v1/worker/jobs/${jobId}/${attempt}/repo-version?repo=${encodeURIComponent(repo)}&pkg=${encodeURIComponent(pkg)}`;
     let res: Response;
     try {
-      res = await fetch(url, { headers: await auth.headers("GET", url), tls: auth.tls() });
+      // The worker's own connection (its certificate on a TLS master), the job's own credential.
+      const headers = { ...(await auth.headers("GET", url)), authorization: `Bearer ${credential}` };
+      res = await fetch(url, { headers, tls: auth.tls() });
     } catch (err) {
       throw new AppError("MASTER_UNREACHABLE", `cannot reach the master: ${coerceError(err).message}`, {
         status: 503,

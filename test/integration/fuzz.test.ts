@@ -42,6 +42,7 @@ let target: Target;
 let rssBase = 0;
 let port = 0;
 let sent = 0;
+let workerToken = "";
 /** Sockets that stopped mid-body at the start: the idle timeout must have closed them by the end. */
 let stalled: Promise<void>[] = [];
 
@@ -56,6 +57,8 @@ beforeAll(async () => {
   port = Number(new URL(m.url).port);
   const job = await m.api<{ id: number }>("POST", "/api/v1/jobs", { command: ["true"] });
   target = { routes: routeTable(), token: m.token, jobId: job.body.id };
+  // The worker socket takes worker tokens only: the websocket cases speak with one.
+  workerToken = await m.workerToken();
   stalled = Array.from({ length: 40 }, () =>
     openRaw(
       `POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${m.token}\r\nContent-Length: 1000\r\n\r\n{"com`,
@@ -198,7 +201,7 @@ function closeCode(data: Buffer): number | null {
 async function sendWs(c: WsCase, n: number) {
   sent++;
   const s = openRaw(
-    `GET /api/v1/worker/connect HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${WS_KEY}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer ${m.token}\r\n\r\n`,
+    `GET /api/v1/worker/connect HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${WS_KEY}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer ${workerToken}\r\n\r\n`,
   );
   await waitFor(
     "the websocket upgrade",

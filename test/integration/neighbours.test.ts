@@ -72,7 +72,7 @@ describe("neighbours on one host", () => {
           "--master",
           m.url,
           "--join",
-          m.token,
+          await m.workerToken(),
           "--name",
           "e-same",
           "--data",
@@ -185,7 +185,7 @@ describe("a worker says what is wrong", () => {
           "--master",
           m.url,
           "--join",
-          m.token,
+          await m.workerToken(),
           "--name",
           "e-twin",
           "--data",
@@ -254,7 +254,17 @@ describe("a worker says what is wrong", () => {
       ["--channels", "Alpha", 'channel "Alpha" is not a valid name'],
     ] as const) {
       const w = spawnRole(
-        ["worker", "--master", m.url, "--join", m.token, flag, value, "--data", join(dir.path, "bad")],
+        [
+          "worker",
+          "--master",
+          m.url,
+          "--join",
+          await m.workerToken(),
+          flag,
+          value,
+          "--data",
+          join(dir.path, "bad"),
+        ],
         {
           cwd: dir.path,
           name: `worker-bad-${value}`,

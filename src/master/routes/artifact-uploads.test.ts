@@ -6,6 +6,7 @@ import { assignJob, insertJob, markRunning } from "../../store/jobs.ts";
 import { openStore, type Store } from "../../store/open.ts";
 import { createToken } from "../../store/tokens.ts";
 import { createApp } from "../app.ts";
+import { newJobCredential } from "../job-credential.ts";
 import { testContext } from "../test-context.ts";
 
 /*
@@ -16,7 +17,8 @@ import { testContext } from "../test-context.ts";
 let dir: string;
 let store: Store;
 let app: ReturnType<typeof createApp>;
-let worker = "";
+/** Each job's credential, as the worker holds it: uploads carry the job's own, never a worker token. */
+const credentials = new Map<number, string>();
 let viewer = "";
 
 const newJob = async () => {
@@ -33,8 +35,10 @@ const newJob = async () => {
     egress: [],
     retries: 0,
   });
-  await assignJob(store, row.id, "w", "slot-0", 60_000);
+  const credential = newJobCredential(row.id);
+  await assignJob(store, row.id, "w", "slot-0", 60_000, Date.now(), credential.hash);
   await markRunning(store, row.id, 1, "w", 60_000);
+  credentials.set(row.id, credential.secret);
   return row.id;
 };
 
@@ -42,7 +46,6 @@ beforeEach(async () => {
   dir = mkdtempSync(join(tmpdir(), "kiln-uploads-"));
   store = await openStore(`file:${join(dir, "kiln.db")}`);
   app = createApp(testContext(dir, store));
-  worker = (await createToken(store, { role: "worker", name: "w" })).secret;
   viewer = (await createToken(store, { role: "viewer", name: "v" })).secret;
 });
 afterEach(() => {
@@ -52,8 +55,8 @@ afterEach(() => {
 
 const sha = (b: Uint8Array) => new Bun.CryptoHasher("sha256").update(b).digest("hex");
 const random = (n: number) => crypto.getRandomValues(new Uint8Array(n));
-const claim = (content: Uint8Array, mode = "755") => ({
-  authorization: `Bearer ${worker}`,
+const claim = (job: number, content: Uint8Array, mode = "755") => ({
+  authorization: `Bearer ${credentials.get(job)}`,
   "x-kiln-sha256": sha(content),
   "x-kiln-size": String(content.length),
   "x-kiln-mode": mode,
@@ -69,11 +72,11 @@ const putAt = (
 ) =>
   a.request(url(job, name), {
     method: "PUT",
-    headers: { ...claim(content), "x-kiln-offset": String(from) },
+    headers: { ...claim(job, content), "x-kiln-offset": String(from) },
     body,
   });
 const offsetOf = async (job: number, name: string, content: Uint8Array, a = app) =>
-  ((await (await a.request(url(job, name), { headers: claim(content) })).json()) as { offset: number })
+  ((await (await a.request(url(job, name), { headers: claim(job, content) })).json()) as { offset: number })
     .offset;
 const list = async (job: number) =>
   (await (

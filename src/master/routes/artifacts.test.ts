@@ -6,6 +6,7 @@ import { assignJob, insertJob, markRunning } from "../../store/jobs.ts";
 import { openStore, type Store } from "../../store/open.ts";
 import { createToken } from "../../store/tokens.ts";
 import { createApp } from "../app.ts";
+import { newJobCredential } from "../job-credential.ts";
 import { testContext } from "../test-context.ts";
 
 /*
@@ -16,6 +17,7 @@ import { testContext } from "../test-context.ts";
 let dir: string;
 let store: Store;
 let app: ReturnType<typeof createApp>;
+/** The job's own credential, which its worker presents for the uploads. */
 let worker = "";
 let viewer = "";
 let jobId = 0;
@@ -25,7 +27,6 @@ beforeEach(async () => {
   store = await openStore(`file:${join(dir, "kiln.db")}`);
   const ctx = testContext(dir, store);
   app = createApp(ctx);
-  worker = (await createToken(store, { role: "worker", name: "w" })).secret;
   viewer = (await createToken(store, { role: "viewer", name: "v" })).secret;
   const row = await insertJob(store, {
     name: "t",
@@ -41,7 +42,9 @@ beforeEach(async () => {
     retries: 0,
   });
   jobId = row.id;
-  await assignJob(store, jobId, "w", "slot-0", 60_000);
+  const credential = newJobCredential(jobId);
+  worker = credential.secret;
+  await assignJob(store, jobId, "w", "slot-0", 60_000, Date.now(), credential.hash);
   await markRunning(store, jobId, 1, "w", 60_000);
 });
 afterEach(() => {

@@ -1,18 +1,15 @@
 import type { Context } from "hono";
 import { Hono } from "hono";
-import { AppError, badRequest, notFound } from "../../lib/errors.ts";
+import { AppError, badRequest } from "../../lib/errors.ts";
 import { checkArtifactName } from "../../lib/names.ts";
 import { formatSize } from "../../lib/size.ts";
 import { getArtifact, listArtifacts } from "../../store/artifacts.ts";
 import { getJob } from "../../store/jobs.ts";
+import { type ApiEnv, guardFor } from "../access.ts";
 import { artifactView, type UploadClaim } from "../artifacts.ts";
-import type { Caller } from "../auth.ts";
-import { requireRole } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
 import { receiving } from "../idle.ts";
 import { parseRange } from "./range.ts";
-
-type Env = { Variables: { caller: Caller } };
 
 const idOf = (text: string) => {
   if (!/^\d{1,15}$/.test(text)) throw badRequest(`"${text}" is not a job id`, "INVALID_JOB_ID");
@@ -26,15 +23,17 @@ const sizeOf = (text: string | undefined, what: string) => {
 };
 
 /**
- * Artifacts: workers upload a job's files in resumable chunks; people (and workers building tarball
- * templates) list and read them, whole or by byte range.
+ * Artifacts: workers upload a job's files in resumable chunks, each request carrying that job's own
+ * credential; people (and workers building tarball templates) list and read them, whole or by range.
  */
 export function artifactRoutes(ctx: MasterContext) {
-  const app = new Hono<Env>();
+  const app = new Hono<ApiEnv>();
+  const guard = guardFor(ctx);
+  const upload = guard({ who: "job" });
+  const reader = guard({ who: "client", role: "viewer", scope: "job", workers: true });
 
   /** The upload a worker's request is about; only the attempt that runs (or just ended) may add files. */
-  const claimOf = async (c: Context<Env>): Promise<UploadClaim> => {
-    requireRole(c, "worker");
+  const claimOf = async (c: Context<ApiEnv>): Promise<UploadClaim> => {
     const id = idOf(c.req.param("id") ?? "");
     const attempt = idOf(c.req.param("attempt") ?? "");
     const name = nameOf(c.req.param("name") ?? "");
@@ -51,7 +50,14 @@ export function artifactRoutes(ctx: MasterContext) {
         { status: 413 },
       );
     const job = await getJob(ctx.store.db, id);
-    if (!job || job.attempt !== attempt || !["assigned", "running"].includes(job.state)) {
+    // The credential is the current attempt's (the guard saw to that); a request for another attempt
+    // of the same job is one the worker sends late.
+    if (
+      !job ||
+      job.attempt !== attempt ||
+      c.var.caller.job?.attempt !== attempt ||
+      !["assigned", "running"].includes(job.state)
+    ) {
       throw new AppError("JOB_NOT_ACTIVE", `job ${id} attempt ${attempt} is not running`, { status: 409 });
     }
     // A worker known by its certificate adds files only to its own attempts (a token may be shared).
@@ -65,12 +71,12 @@ export function artifactRoutes(ctx: MasterContext) {
   };
 
   // `{.+}`: a `dir/file` name matches whether its "/" arrives as such or encoded as %2F.
-  app.get("/worker/artifacts/:id/:attempt/:name{.+}", async (c) => {
+  app.get("/worker/artifacts/:id/:attempt/:name{.+}", upload, async (c) => {
     const claim = await claimOf(c);
     return c.json({ offset: await ctx.artifacts.offset(claim) });
   });
 
-  app.put("/worker/artifacts/:id/:attempt/:name{.+}", async (c) => {
+  app.put("/worker/artifacts/:id/:attempt/:name{.+}", upload, async (c) => {
     const claim = await claimOf(c);
     const offset = sizeOf(c.req.header("x-kiln-offset") ?? "0", "x-kiln-offset");
     const got = await receiving(c, c.req.raw.body, (body) => ctx.artifacts.receive(claim, offset, body));
@@ -78,21 +84,13 @@ export function artifactRoutes(ctx: MasterContext) {
     return c.json(artifactView(got.artifact), 201);
   });
 
-  const readable = async (c: Context<Env>, idText: string) => {
-    const caller = c.get("caller");
-    if (caller.role !== "worker") requireRole(c, "viewer");
-    const job = await getJob(ctx.store.db, idOf(idText));
-    if (!job || (caller.project && job.project !== caller.project)) throw notFound("job", idText);
-    return job;
-  };
-
-  app.get("/jobs/:id/artifacts", async (c) => {
-    const job = await readable(c, c.req.param("id"));
+  app.get("/jobs/:id/artifacts", reader, async (c) => {
+    const job = c.var.job;
     return c.json((await listArtifacts(ctx.store.db, job.id)).map(artifactView));
   });
 
-  app.get("/jobs/:id/artifacts/:name{.+}", async (c) => {
-    const job = await readable(c, c.req.param("id"));
+  app.get("/jobs/:id/artifacts/:name{.+}", reader, async (c) => {
+    const job = c.var.job;
     const name = nameOf(c.req.param("name"));
     const row = await getArtifact(ctx.store.db, job.id, name);
     if (!row)

@@ -1,17 +1,19 @@
 import { Hono } from "hono";
 import { countByState } from "../../store/jobs.ts";
 import { VERSION } from "../../version.ts";
+import { type ApiEnv, guardFor } from "../access.ts";
 import type { MasterContext } from "../context.ts";
 
 /** Unauthenticated endpoints: health, readiness, Prometheus metrics, the OpenAPI document, the UI stub. */
 export function publicRoutes(ctx: MasterContext) {
-  const app = new Hono();
-  app.get("/healthz", (c) => c.text("ok\n"));
-  app.get("/readyz", async (c) => {
+  const app = new Hono<ApiEnv>();
+  const anyone = guardFor(ctx)({ who: "anyone" });
+  app.get("/healthz", anyone, (c) => c.text("ok\n"));
+  app.get("/readyz", anyone, async (c) => {
     await ctx.store.client.execute("SELECT 1");
     return c.text("ready\n");
   });
-  app.get("/metrics", async (c) => {
+  app.get("/metrics", anyone, async (c) => {
     const counts = await countByState(ctx.store.db);
     const lines = [
       "# HELP kiln_jobs Jobs by state.",
@@ -36,8 +38,8 @@ export function publicRoutes(ctx: MasterContext) {
     ];
     return c.text(`${lines.join("\n")}\n`, 200, { "content-type": "text/plain; version=0.0.4" });
   });
-  app.get("/api/v1/openapi.json", (c) => c.json(OPENAPI));
-  app.get("/", (c) =>
+  app.get("/api/v1/openapi.json", anyone, (c) => c.json(OPENAPI));
+  app.get("/", anyone, (c) =>
     c.html(
       `<!doctype html><meta charset="utf-8"><title>Kiln</title><h1>Kiln ${VERSION}</h1><p>The master is running. Use <code>kiln jobs</code> and <code>kiln workers</code>; the API is under <code>/api/v1/</code>.</p>`,
     ),
@@ -70,6 +72,9 @@ export const OPENAPI = {
     "/api/v1/jobs/{id}/events": { get: op("A job's state history") },
     "/api/v1/jobs/{id}/cancel": { post: op("Cancel a job") },
     "/api/v1/jobs/{id}/retry": { post: op("Queue a copy of an ended job") },
+    "/api/v1/jobs/{id}/rebuild": {
+      post: op("Run a succeeded job's inputs again, on another worker where one can, to compare artifacts"),
+    },
     "/api/v1/recipes": {
       get: op("List recipes in use (name, latest version, description)"),
       post: op("Add a recipe, or a new version of one (name, source: the TOML text)"),
@@ -96,11 +101,42 @@ export const OPENAPI = {
     "/api/v1/repos/{name}/publish": {
       post: op("Publish a succeeded job's deb/rpm artifacts (job, artifacts, force)"),
     },
+    "/api/v1/worker/jobs/{id}/{attempt}/repo-version": {
+      get: op(
+        "Worker: the newest version of a package the job may read (repo, pkg; the job's own credential)",
+      ),
+    },
     "/api/v1/workers": { get: op("List workers and their slots") },
     "/api/v1/admin/workers/{name}/drain": { post: op("Stop giving a worker new jobs") },
     "/api/v1/admin/workers/{name}/hold": { post: op("Hold a worker with a reason") },
     "/api/v1/admin/workers/{name}/release": { post: op("Release a held or draining worker") },
+    "/api/v1/admin/workers/{name}": { delete: op("Remove an offline worker that holds no job") },
+    "/api/v1/admin/workers/{name}/slots/{slot}/hold": { post: op("Hold one slot of a connected worker") },
+    "/api/v1/admin/workers/{name}/slots/{slot}/release": { post: op("Release a held slot") },
     "/api/v1/admin/tokens": { get: op("List tokens"), post: op("Create a token (role, project, ttl)") },
-    "/api/v1/admin/tokens/{id}": { delete: op("Revoke a token") },
+    "/api/v1/admin/tokens/{id}": {
+      delete: op("Revoke a token; the connections it holds open (worker socket, followed logs) close"),
+    },
+    "/api/v1/templates": {
+      get: op("List build-root templates"),
+      post: op("Add or replace a template (name, recipe)"),
+    },
+    "/api/v1/templates/{name}": {
+      get: op("Show a template and its resolved spec"),
+      delete: op("Remove one"),
+    },
+    "/api/v1/templates/{name}/build": { post: op("Build a template now on connected workers") },
+    "/api/v1/jobs/{id}/artifacts": { get: op("List a job's artifacts") },
+    "/api/v1/jobs/{id}/artifacts/{name}": { get: op("Download an artifact (Range, If-Range)") },
+    "/api/v1/worker/artifacts/{id}/{attempt}/{name}": {
+      get: op("Worker: how much of an upload the master holds (the job's own credential)"),
+      put: op("Worker: upload a chunk of a job's artifact (the job's own credential)"),
+    },
+    "/api/v1/releases": {
+      get: op("List releases"),
+      post: op("Promote a succeeded job's artifact to a release (job, artifact, tag)"),
+    },
+    "/api/v1/releases/{tag}": { get: op("Show a release") },
+    "/api/v1/audit": { get: op("The audit log, newest first (limit, before, since); admin") },
   },
 };

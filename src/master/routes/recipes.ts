@@ -4,13 +4,11 @@ import { checkName } from "../../lib/names.ts";
 import { RecipesApi } from "../../protocol/api.ts";
 import { addRecipe, currentRecipe, listRecipes, recipeVersion, removeRecipe } from "../../store/recipes.ts";
 import type { RecipeRow } from "../../store/schema.ts";
-import type { Caller } from "../auth.ts";
-import { requireRole } from "../auth.ts";
+import { type ApiEnv, guardFor } from "../access.ts";
+import { audit } from "../audit.ts";
 import type { MasterContext } from "../context.ts";
 import { parseRecipe, type RecipeDefinition } from "../recipes/definition.ts";
 import { jsonBody } from "./json-body.ts";
-
-type Env = { Variables: { caller: Caller } };
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
@@ -37,10 +35,12 @@ const noRecipe = (name: string) =>
 
 /** Recipes: operators add and remove them, viewers read them; submitters run them through POST /jobs. */
 export function recipeRoutes(ctx: MasterContext) {
-  const app = new Hono<Env>();
+  const app = new Hono<ApiEnv>();
+  const guard = guardFor(ctx);
+  const reader = guard({ who: "client", role: "viewer", scope: "shared" });
+  const operator = guard({ who: "client", role: "operator", scope: "global" });
 
-  app.get("/recipes", async (c) => {
-    requireRole(c, "viewer");
+  app.get("/recipes", reader, async (c) => {
     const rows = await listRecipes(ctx.store.db);
     return c.json(
       rows.map((r) => ({
@@ -53,8 +53,8 @@ export function recipeRoutes(ctx: MasterContext) {
     );
   });
 
-  app.post("/recipes", async (c) => {
-    const caller = requireRole(c, "operator");
+  app.post("/recipes", operator, async (c) => {
+    const caller = c.var.caller;
     const req = await jsonBody(c, RecipesApi.add, RecipesApi.maxBytes);
     const name = req.name;
     const def = parseRecipe(req.source, req.file ?? `recipe ${name}`);
@@ -65,11 +65,11 @@ export function recipeRoutes(ctx: MasterContext) {
       definition: def,
       createdBy: caller.name,
     });
+    await audit(ctx, caller, "recipe.add", `recipe/${name}`, { version: row.version });
     return c.json(recipeView(row), 201);
   });
 
-  app.get("/recipes/:name", async (c) => {
-    requireRole(c, "viewer");
+  app.get("/recipes/:name", reader, async (c) => {
     const name = checkName("recipe", c.req.param("name"));
     const v = c.req.query("version");
     if (v === undefined) {
@@ -85,11 +85,11 @@ export function recipeRoutes(ctx: MasterContext) {
     return c.json(recipeView(row));
   });
 
-  app.delete("/recipes/:name", async (c) => {
-    requireRole(c, "operator");
+  app.delete("/recipes/:name", operator, async (c) => {
     const name = checkName("recipe", c.req.param("name"));
     const versions = await removeRecipe(ctx.store, name);
     if (versions === 0) throw noRecipe(name);
+    await audit(ctx, c.var.caller, "recipe.rm", `recipe/${name}`);
     return c.json({ name, removed: true });
   });
 

@@ -6,6 +6,7 @@ import { assignJob, finishJob, insertJob, markRunning } from "../../store/jobs.t
 import { openStore, type Store } from "../../store/open.ts";
 import { createToken } from "../../store/tokens.ts";
 import { createApp } from "../app.ts";
+import { newJobCredential } from "../job-credential.ts";
 import { testContext } from "../test-context.ts";
 
 /*
@@ -38,14 +39,16 @@ beforeEach(async () => {
     retries: 0,
   });
   jobId = row.id;
-  await assignJob(store, jobId, "w", "slot-0", 60_000);
+  // Uploads carry the attempt's own credential, as its worker sends them.
+  const credential = newJobCredential(jobId);
+  await assignJob(store, jobId, "w", "slot-0", 60_000, Date.now(), credential.hash);
   await markRunning(store, jobId, 1, "w", 60_000);
   for (const name of ["SHA256SUMS", "out/sha256sums", "image.raw"]) {
     const body = `content of ${name}`;
     const res = await app.request(`/api/v1/worker/artifacts/${jobId}/1/${name}`, {
       method: "PUT",
       headers: {
-        authorization: `Bearer ${admin}`,
+        authorization: `Bearer ${credential.secret}`,
         "x-kiln-sha256": new Bun.CryptoHasher("sha256").update(body).digest("hex"),
         "x-kiln-size": String(body.length),
       },

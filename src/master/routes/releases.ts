@@ -8,14 +8,12 @@ import { getArtifact } from "../../store/artifacts.ts";
 import { getJob } from "../../store/jobs.ts";
 import { getRelease, listReleases } from "../../store/releases.ts";
 import type { ReleaseRow } from "../../store/schema.ts";
-import type { Caller } from "../auth.ts";
-import { requireRole } from "../auth.ts";
+import { type ApiEnv, guardFor } from "../access.ts";
+import { audit } from "../audit.ts";
 import type { MasterContext } from "../context.ts";
 import { whileWorking } from "../idle.ts";
 import { checkTag, promote, releaseDir } from "../releases.ts";
 import { jsonBody } from "./json-body.ts";
-
-type Env = { Variables: { caller: Caller } };
 
 /** A release as the API shows it: what it is, where it came from, and where to fetch it. */
 export const releaseView = (r: ReleaseRow) => ({
@@ -33,17 +31,16 @@ export const releaseView = (r: ReleaseRow) => ({
 
 /** The release API: promote a succeeded job's artifact under a new tag, list and show releases. */
 export function releaseRoutes(ctx: MasterContext) {
-  const app = new Hono<Env>();
+  const app = new Hono<ApiEnv>();
+  const guard = guardFor(ctx);
 
-  app.post("/releases", async (c) => {
-    requireRole(c, "submitter");
+  app.post("/releases", guard({ who: "client", role: "submitter", scope: "body-job" }), async (c) => {
     const req = await jsonBody(c, ReleasesApi.promote);
     const tag = req.tag;
     checkReleaseArtifact(req.artifact);
-    const caller = c.get("caller");
+    const caller = c.var.caller;
     const job = await getJob(ctx.store.db, req.job);
     if (!job || (caller.project && job.project !== caller.project)) throw notFound("job", String(req.job));
-    requireRole(c, "submitter", job.project);
     if (job.state !== "succeeded") {
       throw new AppError(
         "JOB_NOT_SUCCEEDED",
@@ -61,21 +58,22 @@ export function releaseRoutes(ctx: MasterContext) {
     }
     // Copying a large image out of the blob store takes a while: the client waits on us, not idle.
     const row = await whileWorking(c, () => promote(ctx, job, artifact, tag, caller.name));
+    await audit(ctx, caller, "release.promote", `release/${row.tag}`, {
+      job: job.id,
+      artifact: row.artifact,
+      sha256: row.sha256,
+      project: row.project,
+    });
     return c.json(releaseView(row), 201);
   });
 
-  app.get("/releases", async (c) => {
-    const caller = requireRole(c, "viewer");
-    const rows = await listReleases(ctx.store.db, { project: caller.project });
+  app.get("/releases", guard({ who: "client", role: "viewer", scope: "list" }), async (c) => {
+    const rows = await listReleases(ctx.store.db, { project: c.var.caller.project });
     return c.json(rows.map(releaseView));
   });
 
-  app.get("/releases/:tag", async (c) => {
-    const caller = requireRole(c, "viewer");
-    const row = await getRelease(ctx.store.db, checkTag(c.req.param("tag")));
-    if (!row || (caller.project && row.project !== caller.project))
-      throw notFound("release", c.req.param("tag"));
-    return c.json(releaseView(row));
+  app.get("/releases/:tag", guard({ who: "client", role: "viewer", scope: "release" }), async (c) => {
+    return c.json(releaseView(c.var.release));
   });
 
   return app;
@@ -86,17 +84,18 @@ export function releaseRoutes(ctx: MasterContext) {
  * lists a release, `/releases/TAG/FILE` and `/releases/TAG/SHA256SUMS` fetch it.
  */
 export function releaseFileRoutes(ctx: MasterContext) {
-  const app = new Hono();
+  const app = new Hono<ApiEnv>();
+  const anyone = guardFor(ctx)({ who: "anyone" });
   const load = async (tagText: string) => {
     const row = await getRelease(ctx.store.db, checkTag(tagText));
     if (!row) throw notFound("release", tagText);
     return row;
   };
-  app.get("/releases/:tag/", async (c) => {
+  app.get("/releases/:tag/", anyone, async (c) => {
     const row = await load(c.req.param("tag"));
     return c.text(`${row.file}\nSHA256SUMS\n`);
   });
-  app.get("/releases/:tag/:file", async (c) => {
+  app.get("/releases/:tag/:file", anyone, async (c) => {
     const row = await load(c.req.param("tag"));
     const file = c.req.param("file");
     // Only the two names a release holds: nothing from the request is joined into a path unchecked.

@@ -2,9 +2,8 @@ import { statSync } from "node:fs";
 import { Hono } from "hono";
 import { AppError, badRequest } from "../../lib/errors.ts";
 import type { RepoRow } from "../../store/schema.ts";
-import { findToken, type Role } from "../../store/tokens.ts";
+import { type ApiEnv, guardFor } from "../access.ts";
 import type { MasterContext } from "../context.ts";
-import { mayRead, visibleRepo } from "../repo-access.ts";
 import { resolveServed, servedParts } from "../repo-snapshots.ts";
 import { parseRange } from "./range.ts";
 
@@ -18,20 +17,6 @@ const CONTENT_TYPES: [RegExp, string][] = [
   [/\.(asc|gpg)$|(^|\/)(InRelease|Release|Packages)$/, "text/plain; charset=utf-8"],
 ];
 
-const RANK: Partial<Record<Role, number>> = { viewer: 1, submitter: 2, operator: 3, admin: 4 };
-
-/** The token a request to /repos/ carries: `Authorization: Bearer TOKEN`, or Basic with the token as password (apt's auth.conf, dnf's password=). */
-function tokenOf(header: string | undefined): string | null {
-  if (!header) return null;
-  const bearer = /^Bearer\s+(\S+)$/i.exec(header);
-  if (bearer) return bearer[1] as string;
-  const basic = /^Basic\s+([A-Za-z0-9+/=]+)$/i.exec(header);
-  if (!basic) return null;
-  const text = Buffer.from(basic[1] as string, "base64").toString("utf8");
-  const colon = text.indexOf(":");
-  return colon >= 0 ? text.slice(colon + 1) : null;
-}
-
 /**
  * The repositories' files, at /repos/NAME/...: a public repository for anyone, another for a token that
  * may read it (its project's viewers and up). Only plain path parts are served, from the repository's
@@ -39,34 +24,11 @@ function tokenOf(header: string | undefined): string | null {
  * period); whole, or one byte range, with HEAD and If-Modified-Since.
  */
 export function repoFileRoutes(ctx: MasterContext) {
-  const app = new Hono();
-  const serve = async (req: Request, nameText: string, rest: string) => {
-    const unreadable = () =>
-      new AppError("NOT_FOUND", `no repository ${nameText} here (or it needs a token that may read it)`, {
-        status: 404,
-      });
-    let repo: RepoRow;
-    try {
-      repo = await visibleRepo(ctx, nameText, null);
-    } catch {
-      throw unreadable();
-    }
-    if (!repo.public) {
-      const secret = tokenOf(req.headers.get("authorization") ?? undefined);
-      const token = secret ? await findToken(ctx.store.db, secret) : undefined;
-      if (!token) {
-        return Response.json(
-          {
-            error: {
-              code: "UNAUTHENTICATED",
-              message: `repository ${repo.name} is not public: send a viewer token (Bearer, or Basic with the token as password)`,
-            },
-          },
-          { status: 401, headers: { "www-authenticate": `Basic realm="kiln repository ${repo.name}"` } },
-        );
-      }
-      if (!(RANK[token.role as Role] ?? 0) || !mayRead(token.project, repo)) throw unreadable();
-    }
+  const app = new Hono<ApiEnv>();
+  const guard = guardFor(ctx);
+  // Who may read is the guard's to say (src/master/access.ts): public, or a token that may read it.
+  const reader = guard({ who: "repo-reader" });
+  const serve = async (req: Request, repo: RepoRow, rest: string) => {
     if (rest === "") {
       return new Response(
         `Kiln ${repo.format} repository ${repo.name}: its key is key.asc; \`kiln repo show ${repo.name}\` prints how to use it.\n`,
@@ -114,11 +76,13 @@ export function repoFileRoutes(ctx: MasterContext) {
       },
     });
   };
-  app.get("/repos/:name", (c) => c.redirect(`/repos/${encodeURIComponent(c.req.param("name"))}/`, 301));
-  app.get("/repos/:name/*", (c) => {
+  app.get("/repos/:name", guard({ who: "anyone" }), (c) =>
+    c.redirect(`/repos/${encodeURIComponent(c.req.param("name"))}/`, 301),
+  );
+  app.get("/repos/:name/*", reader, (c) => {
     // The path as sent, still encoded: each part is decoded on its own, so an encoded "/" stays inside it.
     const path = new URL(c.req.url).pathname;
-    return serve(c.req.raw, c.req.param("name"), path.slice(path.indexOf("/", "/repos/".length) + 1));
+    return serve(c.req.raw, c.var.repo, path.slice(path.indexOf("/", "/repos/".length) + 1));
   });
   return app;
 }

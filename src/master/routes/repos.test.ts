@@ -8,6 +8,7 @@ import { openStore, type Store } from "../../store/open.ts";
 import { createToken, type Role } from "../../store/tokens.ts";
 import { createApp } from "../app.ts";
 import type { MasterContext } from "../context.ts";
+import { newJobCredential } from "../job-credential.ts";
 import { testContext } from "../test-context.ts";
 
 /*
@@ -80,14 +81,17 @@ async function jobWithDeb(project: string, name = "kiln-hello", version = "1.0-1
     egress: [],
     retries: 0,
   });
-  await assignJob(store, row.id, "w", "slot-0", 60_000);
+  // The attempt's own credential: its worker uploads and asks versions with it.
+  const credential = newJobCredential(row.id);
+  tokens[`job${row.id}`] = credential.secret;
+  await assignJob(store, row.id, "w", "slot-0", 60_000, Date.now(), credential.hash);
   await markRunning(store, row.id, 1, "w", 60_000);
   const bytes = buildDeb({ control: controlText({ name, version, arch: "amd64" }) });
   const sha256 = new Bun.CryptoHasher("sha256").update(bytes).digest("hex");
   const res = await app.request(`/api/v1/worker/artifacts/${row.id}/1/${name}.deb`, {
     method: "PUT",
     headers: {
-      authorization: `Bearer ${tokens.worker}`,
+      authorization: `Bearer ${credential.secret}`,
       "x-kiln-sha256": sha256,
       "x-kiln-size": String(bytes.length),
     },
@@ -270,12 +274,12 @@ describe("serving files", () => {
 });
 
 describe("publishing through the API and the job's version lookup", () => {
-  test("a succeeded job's package is published; a job's worker reads its newest version", async () => {
+  test("a succeeded job's package is published; a job's worker reads its newest version with the job's credential", async () => {
     expect((await add("operator", { name: "tools", project: "a" })).status).toBe(201);
     const job = await jobWithDeb("a");
     // The attempt still runs: its worker may ask for versions, nobody may publish it yet.
     const none = await call(
-      "worker",
+      `job${job.id}`,
       "GET",
       `/worker/jobs/${job.id}/1/repo-version?repo=tools&pkg=kiln-hello`,
     );
@@ -304,18 +308,29 @@ describe("publishing through the API and the job's version lookup", () => {
 
     // A newer build's job asks while it runs: the version is the repository's newest.
     const next = await jobWithDeb("a", "kiln-hello", "1.1-1");
-    const v = await call("worker", "GET", `/worker/jobs/${next.id}/1/repo-version?repo=tools&pkg=kiln-hello`);
+    const v = await call(
+      `job${next.id}`,
+      "GET",
+      `/worker/jobs/${next.id}/1/repo-version?repo=tools&pkg=kiln-hello`,
+    );
     expect(v.body).toEqual({ repo: "tools", name: "kiln-hello", version: "1.0-1", arch: "amd64" });
     expect(
       (await call("viewer", "GET", `/worker/jobs/${next.id}/1/repo-version?repo=tools&pkg=x`)).status,
     ).toBe(403);
+    // A worker token is not the job's credential; the first job's ended with it.
     expect(
-      (await call("worker", "GET", `/worker/jobs/${next.id}/2/repo-version?repo=tools&pkg=x`)).status,
+      (await call("worker", "GET", `/worker/jobs/${next.id}/1/repo-version?repo=tools&pkg=x`)).status,
+    ).toBe(403);
+    expect(
+      (await call(`job${job.id}`, "GET", `/worker/jobs/${job.id}/1/repo-version?repo=tools&pkg=x`)).status,
+    ).toBe(401);
+    expect(
+      (await call(`job${next.id}`, "GET", `/worker/jobs/${next.id}/2/repo-version?repo=tools&pkg=x`)).status,
     ).toBe(409);
     // A job of another project cannot look into this project's private repository.
     const other = await jobWithDeb("b");
     const hidden = await call(
-      "worker",
+      `job${other.id}`,
       "GET",
       `/worker/jobs/${other.id}/1/repo-version?repo=tools&pkg=kiln-hello`,
     );

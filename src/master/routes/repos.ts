@@ -16,14 +16,13 @@ import {
   setRepoKey,
 } from "../../store/repos.ts";
 import type { RepoPackageRow, RepoRow } from "../../store/schema.ts";
-import type { Caller } from "../auth.ts";
-import { requireRole } from "../auth.ts";
+import { type ApiEnv, guardFor } from "../access.ts";
+import { audit } from "../audit.ts";
+import { requireProject } from "../auth.ts";
 import type { MasterContext } from "../context.ts";
 import { mayPublish, visibleRepo } from "../repo-access.ts";
 import type { PublishResult } from "../repos.ts";
 import { jsonBody } from "./json-body.ts";
-
-type Env = { Variables: { caller: Caller } };
 
 // A Debian architecture, or an RPM one (x86_64, noarch, src).
 const ARCH = /^[a-z0-9][a-z0-9_-]{0,31}$/i;
@@ -152,21 +151,33 @@ function newest(ctx: MasterContext, repo: RepoRow, rows: RepoPackageRow[]): Repo
  * version of a package (`kiln job version`).
  */
 export function repoRoutes(ctx: MasterContext) {
-  const app = new Hono<Env>();
+  const app = new Hono<ApiEnv>();
+  const guard = guardFor(ctx);
+  // A repository may belong to a project: one the token may not read is a 404, as if it did not exist.
+  const reader = guard({ who: "client", role: "viewer", scope: "repo" });
+  const operator = guard({ who: "client", role: "operator", scope: "repo" });
 
-  app.get("/repos", async (c) => {
-    const caller = requireRole(c, "viewer");
+  /** Refuses a project-limited token a change to a repository that is not its project's own. */
+  const ownRepo = (project: string | null, repo: { name: string; project: string | null }) => {
+    if (project && repo.project !== project)
+      throw new AppError("FORBIDDEN", `repository ${repo.name} is not of project ${project}`, {
+        status: 403,
+      });
+  };
+
+  app.get("/repos", guard({ who: "client", role: "viewer", scope: "list" }), async (c) => {
+    const caller = c.var.caller;
     const rows = await listRepos(ctx.store.db, caller.project);
     return c.json(rows.map((r) => repoView(r)));
   });
 
-  app.post("/repos", async (c) => {
-    const caller = requireRole(c, "operator");
+  app.post("/repos", guard({ who: "client", role: "operator", scope: "body-project" }), async (c) => {
+    const caller = c.var.caller;
     const req = await jsonBody(c, ADD);
     const name = checkName("repository", req.name);
     const format = packageFormat(req.format);
     const project = req.project === undefined ? caller.project : checkName("project", req.project);
-    requireRole(c, "operator", project ?? undefined);
+    // A project-limited token makes repositories of its project only, never one every project shares.
     if (caller.project && project !== caller.project)
       throw new AppError("FORBIDDEN", `the token is limited to project ${caller.project}`, { status: 403 });
     if (format === "rpm" && (req.dist !== undefined || req.component !== undefined))
@@ -204,34 +215,31 @@ export function repoRoutes(ctx: MasterContext) {
     ctx.log.info(
       `repository ${name} added (${format}, ${archs.join(",")}${project ? `, project ${project}` : ""}${row.public ? ", public" : ""}) by ${caller.name}`,
     );
+    await audit(ctx, caller, "repo.add", `repo/${name}`, { format, project, public: row.public, archs });
     return c.json(repoView(repo, 0), 201);
   });
 
-  app.get("/repos/:name", async (c) => {
-    const caller = requireRole(c, "viewer");
-    const repo = await visibleRepo(ctx, c.req.param("name"), caller.project);
+  app.get("/repos/:name", reader, async (c) => {
+    const repo = c.var.repo;
     const packages = await listRepoPackages(ctx.store.db, repo.name);
     // The URL clients use: the configured one, else the one this request came in by.
     const base = (ctx.cfg.master?.url || new URL(c.req.url).origin).replace(/\/$/, "");
     return c.json({ ...repoView(repo, packages.length), usage: repoUsage(repo, base) });
   });
 
-  app.delete("/repos/:name", async (c) => {
-    const caller = requireRole(c, "operator");
-    const repo = await visibleRepo(ctx, c.req.param("name"), caller.project);
-    if (caller.project && repo.project !== caller.project)
-      throw new AppError("FORBIDDEN", `repository ${repo.name} is not of project ${caller.project}`, {
-        status: 403,
-      });
+  app.delete("/repos/:name", operator, async (c) => {
+    const caller = c.var.caller;
+    const repo = c.var.repo;
+    ownRepo(caller.project, repo);
     await deleteRepo(ctx.store, repo.name);
     await ctx.repos.removeFiles(repo.name);
     ctx.log.info(`repository ${repo.name} removed by ${caller.name}`);
+    await audit(ctx, caller, "repo.rm", `repo/${repo.name}`);
     return c.json({ name: repo.name, removed: true });
   });
 
-  app.get("/repos/:name/packages", async (c) => {
-    const caller = requireRole(c, "viewer");
-    const repo = await visibleRepo(ctx, c.req.param("name"), caller.project);
+  app.get("/repos/:name/packages", reader, async (c) => {
+    const repo = c.var.repo;
     const only = c.req.query("name");
     const rows = only
       ? await packagesNamed(ctx.store.db, repo.name, only)
@@ -239,36 +247,33 @@ export function repoRoutes(ctx: MasterContext) {
     return c.json(rows.map(packageView));
   });
 
-  app.get("/repos/:name/key", async (c) => {
-    const caller = requireRole(c, "viewer");
-    const repo = await visibleRepo(ctx, c.req.param("name"), caller.project);
+  app.get("/repos/:name/key", reader, async (c) => {
+    const repo = c.var.repo;
     const key = await ctx.repos.keys.signer(repo.keyFingerprint).publicKey();
     return c.text(key, 200, { "content-type": "application/pgp-keys" });
   });
 
-  app.put("/repos/:name/key", async (c) => {
-    const caller = requireRole(c, "operator");
-    const repo = await visibleRepo(ctx, c.req.param("name"), caller.project);
-    if (caller.project && repo.project !== caller.project)
-      throw new AppError("FORBIDDEN", `repository ${repo.name} is not of project ${caller.project}`, {
-        status: 403,
-      });
+  app.put("/repos/:name/key", operator, async (c) => {
+    const caller = c.var.caller;
+    const repo = c.var.repo;
+    ownRepo(caller.project, repo);
     const key = await readLimited(c.req.raw, MAX_KEY);
     const { fingerprint, uid } = await ctx.repos.keys.importKey(key);
     await setRepoKey(ctx.store, repo.name, fingerprint);
     // Signed again with the new key at once: the next client sees metadata that verifies with it.
     await ctx.repos.refresh(repo.name);
     ctx.log.info(`repository ${repo.name}: signing key ${fingerprint} (${uid}) imported by ${caller.name}`);
+    await audit(ctx, caller, "repo.key", `repo/${repo.name}`, { fingerprint });
     return c.json({ repo: repo.name, fingerprint, uid });
   });
 
-  app.post("/repos/:name/publish", async (c) => {
-    const caller = requireRole(c, "submitter");
-    const repo = await visibleRepo(ctx, c.req.param("name"), caller.project);
+  app.post("/repos/:name/publish", guard({ who: "client", role: "submitter", scope: "repo" }), async (c) => {
+    const caller = c.var.caller;
+    const repo = c.var.repo;
     const req = await jsonBody(c, PUBLISH);
     const job = await getJob(ctx.store.db, req.job);
     if (!job || (caller.project && job.project !== caller.project)) throw notFound("job", String(req.job));
-    requireRole(c, "submitter", job.project);
+    requireProject(caller, job.project);
     if (!mayPublish(job.project, repo))
       throw new AppError(
         "FORBIDDEN",
@@ -294,16 +299,27 @@ export function repoRoutes(ctx: MasterContext) {
         `job ${job.id} left no deb or rpm artifact to publish: see \`kiln artifacts ${job.id}\``,
         { status: 422 },
       );
+    await audit(ctx, caller, "repo.publish", `repo/${repo.name}`, {
+      job: job.id,
+      generation: result.generation,
+      added: result.added.length,
+      removed: result.removed.length,
+    });
     return c.json(publishView(result));
   });
 
-  // `kiln job version PKG --repo R` inside a job, through its worker: what the job's project may read.
-  app.get("/worker/jobs/:id/:attempt/repo-version", async (c) => {
-    requireRole(c, "worker");
+  // `kiln job version PKG --repo R` inside a job, through its worker with the job's own credential: what
+  // the job's project may read.
+  app.get("/worker/jobs/:id/:attempt/repo-version", guard({ who: "job" }), async (c) => {
     const id = Number(c.req.param("id"));
     const attempt = Number(c.req.param("attempt"));
     const job = Number.isSafeInteger(id) ? await getJob(ctx.store.db, id) : undefined;
-    if (!job || job.attempt !== attempt || !["assigned", "running"].includes(job.state))
+    if (
+      !job ||
+      job.attempt !== attempt ||
+      c.var.caller.job?.attempt !== attempt ||
+      !["assigned", "running"].includes(job.state)
+    )
       throw new AppError("JOB_NOT_ACTIVE", `job ${c.req.param("id")} attempt ${attempt} is not running`, {
         status: 409,
       });

@@ -11,13 +11,11 @@ import {
   listTemplates,
   putTemplate,
 } from "../../store/templates.ts";
-import type { Caller } from "../auth.ts";
-import { requireRole } from "../auth.ts";
+import { type ApiEnv, guardFor } from "../access.ts";
+import { audit } from "../audit.ts";
 import type { MasterContext } from "../context.ts";
 import { baseOf, resolveTemplate } from "../templates.ts";
 import { jsonBody } from "./json-body.ts";
-
-type Env = { Variables: { caller: Caller } };
 
 /** A template as the API shows it, with the workers that have its current tree cached. */
 function templateView(ctx: MasterContext, row: TemplateRow, hash = row.hash) {
@@ -37,10 +35,13 @@ function templateView(ctx: MasterContext, row: TemplateRow, hash = row.hash) {
 
 /** Build-root templates: add (or replace), list, show, build now on chosen workers, remove. */
 export function templateRoutes(ctx: MasterContext) {
-  const app = new Hono<Env>();
+  const app = new Hono<ApiEnv>();
+  const guard = guardFor(ctx);
+  const reader = guard({ who: "client", role: "viewer", scope: "shared" });
+  const operator = guard({ who: "client", role: "operator", scope: "global" });
 
-  app.post("/templates", async (c) => {
-    const caller = requireRole(c, "operator");
+  app.post("/templates", operator, async (c) => {
+    const caller = c.var.caller;
     const req = await jsonBody(c, TemplatesApi.add, TemplatesApi.maxBytes);
     const name = req.name;
     if (name === "host")
@@ -55,11 +56,11 @@ export function templateRoutes(ctx: MasterContext) {
       base: baseName,
       createdBy: caller.name,
     });
+    await audit(ctx, caller, "template.add", `template/${name}`, { hash, base: baseName });
     return c.json(templateView(ctx, row), 201);
   });
 
-  app.get("/templates", async (c) => {
-    requireRole(c, "viewer");
+  app.get("/templates", reader, async (c) => {
     const rows = await listTemplates(ctx.store.db);
     return c.json(
       await Promise.all(
@@ -68,15 +69,13 @@ export function templateRoutes(ctx: MasterContext) {
     );
   });
 
-  app.get("/templates/:name", async (c) => {
-    requireRole(c, "viewer");
+  app.get("/templates/:name", reader, async (c) => {
     const name = checkName("template", c.req.param("name"));
     const spec = await resolveTemplate(ctx.store.db, name);
     return c.json({ ...templateView(ctx, (await getTemplate(ctx.store.db, name))!, spec.hash), spec });
   });
 
-  app.post("/templates/:name/build", async (c) => {
-    requireRole(c, "operator");
+  app.post("/templates/:name/build", operator, async (c) => {
     const name = checkName("template", c.req.param("name"));
     const req = await jsonBody(c, TemplatesApi.build);
     const spec = await resolveTemplate(ctx.store.db, name);
@@ -93,11 +92,14 @@ export function templateRoutes(ctx: MasterContext) {
     if (targets.length === 0)
       throw new AppError("NO_WORKERS", "no worker is connected to build it on", { status: 409 });
     for (const w of targets) w.send({ type: "template.build", template: spec });
+    await audit(ctx, c.var.caller, "template.build", `template/${name}`, {
+      hash: spec.hash,
+      workers: targets.map((w) => w.name),
+    });
     return c.json({ name, hash: spec.hash, building: targets.map((w) => w.name) }, 202);
   });
 
-  app.delete("/templates/:name", async (c) => {
-    requireRole(c, "operator");
+  app.delete("/templates/:name", operator, async (c) => {
     const name = checkName("template", c.req.param("name"));
     const users = await dependents(ctx.store.db, name);
     if (users.length) {
@@ -112,6 +114,7 @@ export function templateRoutes(ctx: MasterContext) {
       throw new AppError("TEMPLATE_NOT_FOUND", `no template ${name}: see \`kiln template ls\``, {
         status: 404,
       });
+    await audit(ctx, c.var.caller, "template.rm", `template/${name}`);
     return c.json({ name, removed: true });
   });
 
