@@ -5,7 +5,7 @@ import { getJob } from "../store/jobs.ts";
 import { getRelease } from "../store/releases.ts";
 import type { JobRow, ReleaseRow, RepoRow } from "../store/schema.ts";
 import type { Role } from "../store/tokens.ts";
-import { type Caller, forbidden, identify, type Presented, RANK } from "./auth.ts";
+import { type Caller, forbidden, identify, type Presented, RANK, workerOf } from "./auth.ts";
 import type { MasterContext } from "./context.ts";
 import { checkTag } from "./releases.ts";
 import { mayRead, visibleRepo } from "./repo-access.ts";
@@ -135,7 +135,8 @@ export async function admitRequest(
       },
     );
   } catch (err) {
-    if (err instanceof AppError) {
+    // A certificate refused on a TLS master is said by tls.ts already, with the address and reason.
+    if (err instanceof AppError && !(access.who === "worker" && ctx.tls)) {
       let log = doorLogs.get(ctx);
       if (!log) {
         log = logOnce((msg) => ctx.log.warn(msg));
@@ -202,7 +203,12 @@ async function check(
   params: Record<string, string>,
   set: (key: "caller" | "job" | "release" | "repo", value: unknown) => void,
 ): Promise<Caller> {
-  const caller = await identify(ctx, req);
+  // On a TLS master the worker protocol is spoken with a certificate only: one without it is refused
+  // there (WORKER_CERT_MISSING, said in the log by tls.ts), whatever bearer it carries.
+  const caller =
+    access.who === "worker" && ctx.tls && req.request
+      ? workerOf(await ctx.tls.identify(req.request, req.ip))
+      : await identify(ctx, req);
   set("caller", caller);
   await admit(ctx, access, caller, params, set);
   return caller;

@@ -1,6 +1,6 @@
 import { AppError } from "../lib/errors.ts";
 import { findToken, type Role } from "../store/tokens.ts";
-import { CERT_HEADER } from "../tls/proof.ts";
+import { CERT_HEADER, type VerifiedWorker } from "../tls/proof.ts";
 import type { MasterContext } from "./context.ts";
 import { findJobByCredential, isJobCredential } from "./job-credential.ts";
 import { certCredential } from "./tls.ts";
@@ -43,6 +43,15 @@ export function bearerOf(header: string | null | undefined): string | null {
   return m ? m[1]! : null;
 }
 
+/** The caller a verified worker certificate stands for. */
+export const workerOf = (w: VerifiedWorker): Caller => ({
+  tokenId: certCredential(w.serial),
+  name: w.worker,
+  role: "worker",
+  project: null,
+  expiresAt: null,
+});
+
 /** What a request presents to be identified by: its Authorization header, and the request itself for TLS. */
 export interface Presented {
   authorization: string | null | undefined;
@@ -77,16 +86,8 @@ export async function identify(ctx: MasterContext, p: Presented): Promise<Caller
       job: { id: job.id, attempt: job.attempt },
     };
   }
-  if (ctx.tls && p.request?.headers.get(CERT_HEADER) != null) {
-    const w = await ctx.tls.identify(p.request, p.ip);
-    return {
-      tokenId: certCredential(w.serial),
-      name: w.worker,
-      role: "worker",
-      project: null,
-      expiresAt: null,
-    };
-  }
+  if (ctx.tls && p.request?.headers.get(CERT_HEADER) != null)
+    return workerOf(await ctx.tls.identify(p.request, p.ip));
   if (!secret) {
     throw unauthenticated("a token is required: pass --token or set KILN_TOKEN (Authorization: Bearer ...)");
   }
