@@ -282,7 +282,18 @@ export function workerSocketHandlers(ctx: MasterContext) {
             send(ws, { type: "job.log.from", jobId: row.id, attempt: row.attempt, offset: have });
             return;
           }
-          const done = await finishJob(ctx.store, row.id, row.attempt, m.outcome, ctx.logs.size(row.id));
+          // Committed without waiting for the disk, so the slot's next job is assigned meanwhile; the
+          // ack below waits for the sync that makes both durable.
+          const done = await finishJob(
+            ctx.store,
+            row.id,
+            row.attempt,
+            m.outcome,
+            ctx.logs.size(row.id),
+            undefined,
+            undefined,
+            { durable: false },
+          );
           if (done)
             ctx.log.info(`job ${row.id}: ${done.state}${done.reason ? ` (${done.reason})` : ""} on ${name}`, {
               jobId: row.id,
@@ -295,8 +306,17 @@ export function workerSocketHandlers(ctx: MasterContext) {
           await acceptLateResult(row, m, name);
         }
         for (const s of live.slots.values()) if (s.job === `${m.jobId}:${m.attempt}`) s.job = null;
-        send(ws, { type: "job.ack", jobId: m.jobId, attempt: m.attempt });
         ctx.dispatch();
+        // The worker drops its copy of the result on the ack, so the ack waits until the result is on
+        // disk here; the next messages of the worker are not held up meanwhile. Unacknowledged, the
+        // worker sends the result again.
+        ctx.store.sync().then(
+          () => send(ws, { type: "job.ack", jobId: m.jobId, attempt: m.attempt }),
+          (err) => {
+            if (isDiskFull(err)) ctx.storage.wrote(err);
+            else ctx.log.error(`job ${m.jobId}: cannot sync its result to disk: ${coerceError(err).message}`);
+          },
+        );
         return;
       }
     }

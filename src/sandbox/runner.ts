@@ -1,4 +1,4 @@
-import { closeSync, readFileSync, rmdirSync, statfsSync, writeSync } from "node:fs";
+import { closeSync, lstatSync, readdirSync, readFileSync, rmdirSync, statfsSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import type { Config } from "../config/schema.ts";
@@ -24,7 +24,7 @@ import {
 } from "./cgroups/index.ts";
 import { collectArtifacts } from "./collect.ts";
 import { installLauncher } from "./launcher.ts";
-import { destroyScratch, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";
+import { destroyScratch, releaseHold, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";
 import { createScratchPool } from "./scratch-pool.ts";
 import { parseStatus } from "./status.ts";
 import { buildSandboxOpener } from "./template-build.ts";
@@ -74,7 +74,9 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
   // Names stay unique with any slot name: the sequence number is the pool's, not the slot's.
   const scratchName = (slot: string, seq: number) =>
     `${`${o.worker}-${slot}`.replace(/[^a-z0-9-]/g, "-").slice(0, 48)}-${seq}`;
-  const scratchPool = createScratchPool(scratchCfg, scratchName, (message) => log.debug(message));
+  const scratchPool = createScratchPool(scratchCfg, scratchName, (message, serious) =>
+    serious ? log.warn(message) : log.debug(message),
+  );
   const uidOf = (slot: Slot) => slotUid(o.cfg.sandbox.uid_base, o.worker, slot.index);
 
   const slotState = (slot: Slot): SlotState => {
@@ -226,15 +228,17 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           } catch {
             // The namespace is already gone.
           }
-          await collectArtifacts({
-            launcher,
-            pid1,
-            uid: state.uid,
-            to: join(req.dir, "out"),
-            budget: req.artifacts,
-            note: (line) => writeSync(req.logFd, `kiln: ${line}\n`),
-            log,
-          });
+          if (!emptyOut(`${tmp}/out`, state.uid)) {
+            await collectArtifacts({
+              launcher,
+              pid1,
+              uid: state.uid,
+              to: join(req.dir, "out"),
+              budget: req.artifacts,
+              note: (line) => writeSync(req.logFd, `kiln: ${line}\n`),
+              log,
+            });
+          }
         }
         release();
       };
@@ -252,7 +256,12 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
             else if ("ready" in st) {
               pid1 = st.ready;
               setDeviceRules(state.cg, setupRules, false);
+              // The job's mount holds the scratch device now: it goes when the job's namespace does.
+              releaseHold(scratch);
             } else {
+              // A launch that failed before the mount never takes the scratch device: let it clear, as
+              // the launcher waits for that before it exits.
+              releaseHold(scratch);
               if (st.note) writeSync(req.logFd, st.note);
               final = st.exit;
               await finishHeld();
@@ -283,7 +292,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         if (leftInCgroups || final === null) await killUid(state.uid);
         const usage = readUsage(state.cg);
         releaseTemplates();
-        await destroyScratch(scratchCfg, scratch).catch((err) => {
+        await scratchPool.release(scratch).catch((err) => {
           throw new AppError(
             "SCRATCH_CLEANUP",
             `could not remove the scratch of ${slot.name}: ${coerceError(err).message}`,
@@ -375,8 +384,24 @@ function scratch0Rules(backend: string): string[] {
   return [];
 }
 
+/*
+ * Whether the job left nothing in $KILN_OUT, so there is nothing to collect and no collector to run (most
+ * jobs). Safe to look at from here: every process of the job is gone by the time the launcher says how it
+ * ended, so nothing can change the directory meanwhile, and lstat does not follow a link the job put in
+ * its place. Anything but an empty directory the job itself could read goes to the collector as before,
+ * which says what it skips.
+ */
+function emptyOut(out: string, uid: number): boolean {
+  try {
+    const st = lstatSync(out);
+    return st.isDirectory() && st.uid === uid && (st.mode & 0o500) === 0o500 && readdirSync(out).length === 0;
+  } catch {
+    return false;
+  }
+}
+
 function scratchArgs(s: Scratch): string[] {
-  if (s.backend === "loop") return ["--scratch-file", s.file];
+  if (s.backend === "loop") return s.loop ? ["--scratch-dev", s.loop.device] : ["--scratch-file", s.file];
   if (s.backend === "lvm") return ["--scratch-dev", s.device];
   return ["--scratch-tmpfs", String(s.sizeBytes)];
 }

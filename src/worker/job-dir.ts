@@ -10,13 +10,19 @@ import {
   rmSync,
   writeFileSync,
 } from "node:fs";
+import { open, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type JobSpec, type Outcome, OutcomeSchema } from "../protocol/job.ts";
 
 /*
- * Each attempt a worker runs has a directory DATA/worker/jobs/ID.ATTEMPT holding spec.json, the log, and
- * once it ends outcome.json. outcome.json is the durable outbox entry: it stays until the master acks
- * it, so a result survives a master restart, a dropped connection or a worker restart.
+ * Each attempt a worker runs has a directory DATA/worker/jobs/ID.ATTEMPT holding the log and, once it
+ * ends, outcome.json. outcome.json is the outbox entry: it stays until the master acks it, so a result
+ * survives a master restart, a dropped connection or a worker restart.
+ *
+ * The data disk is slow at creating, syncing and deleting files (milliseconds each on a disk mounted with
+ * `discard`), and a worker runs many short jobs: those calls run on the runtime's thread pool (the async
+ * ones here), never on the thread that serves the connection and every other job. Making the directory
+ * and the log costs little and stays synchronous, so an assignment is taken or refused in one step.
  */
 
 /** The key of an attempt everywhere in the worker, and its directory's name: `ID.ATTEMPT`. */
@@ -29,16 +35,37 @@ export interface JobDir {
   dir: string;
 }
 
-/** Makes the attempt's directory (private to the worker's user) and writes its spec.json. */
+/** Makes the attempt's directory (private to the worker's user). */
 export function createJobDir(root: string, spec: JobSpec): JobDir {
   const dir = join(root, jobKey(spec.id, spec.attempt));
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  writeFileSync(join(dir, "spec.json"), JSON.stringify(spec));
   return { jobId: spec.id, attempt: spec.attempt, dir };
 }
 
 /** The attempt's log file: stdout and stderr of the job, interleaved as written. */
 export const logPath = (d: JobDir) => join(d.dir, "log");
+
+/**
+ * Writes the first outcome of an attempt, without waiting for the disk: once it resolves the file survives
+ * a crash of the worker (it is in the kernel's cache), and syncOutcome makes it survive a power loss. One
+ * write(2) of a few hundred bytes: a crash leaves it whole or absent, and a torn file (a power loss before
+ * the sync) reads as no outcome, an interrupted attempt.
+ */
+export async function writeFirstOutcome(d: JobDir, outcome: Outcome, logSize: number): Promise<void> {
+  await writeFile(join(d.dir, "outcome.json"), JSON.stringify({ outcome, logSize }), { mode: 0o600 });
+}
+
+/** Makes outcome.json and its directory entry durable (fsync of both). */
+export async function syncOutcome(d: JobDir): Promise<void> {
+  for (const path of [join(d.dir, "outcome.json"), d.dir]) {
+    const fh = await open(path, "r");
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  }
+}
 
 /** Writes the outcome atomically and durably (temp file, fsync, rename, fsync of the directory). */
 export function writeOutcome(d: JobDir, outcome: Outcome, logSize: number) {
@@ -70,6 +97,11 @@ export function readOutcome(d: JobDir): { outcome: Outcome; logSize: number } | 
 /** Removes the attempt's directory and all it holds. */
 export function removeJobDir(d: JobDir) {
   rmSync(d.dir, { recursive: true, force: true });
+}
+
+/** removeJobDir on the runtime's thread pool; never rejects (a leftover is removed by the next start). */
+export async function removeJobDirLater(d: JobDir): Promise<void> {
+  await rm(d.dir, { recursive: true, force: true }).catch(() => {});
 }
 
 /** Every job directory present, split into finished (outbox) and interrupted (no outcome). */

@@ -127,7 +127,7 @@ export function createJobs(o: JobsOptions): Jobs {
     const outcome = outcomeOf(result, a);
     try {
       // From here the outbox has the attempt; the pump keeps its log open until the master acks it.
-      outbox.add(a.job, outcome, fstatSync(a.logFd).size);
+      await outbox.add(a.job, outcome, fstatSync(a.logFd).size);
     } catch (err) {
       // Not recorded, so not reported: with the attempt gone from the heartbeat, its lease runs out
       // and the master re-queues the job.
@@ -140,6 +140,11 @@ export function createJobs(o: JobsOptions): Jobs {
       return;
     }
     attempts.delete(key);
+    if (a.forgotten) {
+      // The master withdrew it while its outcome was being written: drop that too.
+      if (outbox.remove(key)) pump.close(key);
+      return;
+    }
     log.info(`job ${a.spec.id}: ${outcome.state}${outcome.reason ? ` (${outcome.reason})` : ""}`, fields(a));
     // The health check runs before the slot is reported free, so a slot a job broke is never offered.
     await book.check(a.slot);
