@@ -1,4 +1,13 @@
-import { closeSync, lstatSync, readdirSync, readFileSync, rmdirSync, statfsSync, writeSync } from "node:fs";
+import {
+  closeSync,
+  lstatSync,
+  readdirSync,
+  readFileSync,
+  rmdirSync,
+  statfsSync,
+  statSync,
+  writeSync,
+} from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import type { Config } from "../config/schema.ts";
@@ -12,9 +21,9 @@ import {
   applyLimits,
   type CgroupLayout,
   detectCgroups,
+  isEmpty,
   type JobCgroup,
   killAll,
-  listPids,
   openJobCgroup,
   readUsage,
   removeCgroup,
@@ -135,9 +144,10 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         });
       }
       const attached: Acquired[] = root ? [root] : [];
-      // The launcher joins the job's cgroups before it attaches the scratch loop device (or opens the
-      // volume), so on v1 the devices controller must let it; withdrawn as soon as the job runs.
-      const setupRules = scratch0Rules(o.cfg.sandbox.scratch);
+      // The launcher joins the job's cgroups before it mounts the scratch volume (attaching its loop
+      // device first unless that was done ahead), so on v1 the devices controller must let it; withdrawn
+      // as soon as the job runs.
+      let setupRules: string[] = [];
       let made: Scratch | null = null;
       let child: Subprocess<"ignore", number, number>;
       try {
@@ -148,8 +158,9 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           pids: spec.pids ?? slot.pids ?? undefined,
           devices: slot.devices,
         });
-        setDeviceRules(state.cg, setupRules, true);
         made = await scratchPool.take(slot.name, size);
+        setupRules = scratchRules(made);
+        setDeviceRules(state.cg, setupRules, true);
         const args = [
           launcher,
           "--uid",
@@ -287,7 +298,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         // every process in it along, and a job cannot leave its cgroups; so the scan of every process on
         // the host for the slot's uid is needed only when that did not go as it should: no final status,
         // or something left in the cgroups.
-        const leftInCgroups = listPids(state.cg).length > 0;
+        const leftInCgroups = !isEmpty(state.cg);
         if (leftInCgroups) await killAll(state.cg, 10_000).catch(() => {});
         if (leftInCgroups || final === null) await killUid(state.uid);
         const usage = readUsage(state.cg);
@@ -376,11 +387,19 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
   return runner;
 }
 
-function scratch0Rules(backend: string): string[] {
-  // loop-control is c 10:237 and loop devices b 7:N (Documentation/admin-guide/devices.txt); LVM volumes
+function scratchRules(s: Scratch): string[] {
+  // A loop device attached ahead is the one block device to open. Otherwise the launcher attaches one:
+  // loop-control is c 10:237 and loop devices b 7:N (Documentation/admin-guide/devices.txt). LVM volumes
   // are device-mapper nodes, whose block major is dynamic, so any block device is allowed for lvm.
-  if (backend === "loop") return ["c 10:237 rwm", "b 7:* rwm"];
-  if (backend === "lvm") return ["b *:* rwm"];
+  if (s.backend === "loop" && s.loop) {
+    const { rdev } = statSync(s.loop.device, { bigint: true });
+    // glibc's dev_t encoding (sys/sysmacros.h), as in cgroups/limits.ts.
+    const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
+    const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+    return [`b ${major}:${minor} rwm`];
+  }
+  if (s.backend === "loop") return ["c 10:237 rwm", "b 7:* rwm"];
+  if (s.backend === "lvm") return ["b *:* rwm"];
   return [];
 }
 
