@@ -50,7 +50,8 @@ export async function startCluster(
         "--join",
         token,
         "--name",
-        "bench",
+        // A worker name is unique on a host: two benches running at once must not refuse each other.
+        `bench-${process.pid}`,
         "--capacity",
         String(o.capacity),
         "--data",

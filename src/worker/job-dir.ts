@@ -3,6 +3,7 @@ import {
   existsSync,
   fsyncSync,
   mkdirSync,
+  open as openFd,
   openSync,
   readdirSync,
   readFileSync,
@@ -10,7 +11,7 @@ import {
   rmSync,
   writeFileSync,
 } from "node:fs";
-import { open, rm, writeFile } from "node:fs/promises";
+import { mkdir, open, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type JobSpec, type Outcome, OutcomeSchema } from "../protocol/job.ts";
 
@@ -21,8 +22,7 @@ import { type JobSpec, type Outcome, OutcomeSchema } from "../protocol/job.ts";
  *
  * The data disk is slow at creating, syncing and deleting files (milliseconds each on a disk mounted with
  * `discard`), and a worker runs many short jobs: those calls run on the runtime's thread pool (the async
- * ones here), never on the thread that serves the connection and every other job. Making the directory
- * and the log costs little and stays synchronous, so an assignment is taken or refused in one step.
+ * ones here), never on the thread that serves the connection and every other job.
  */
 
 /** The key of an attempt everywhere in the worker, and its directory's name: `ID.ATTEMPT`. */
@@ -35,11 +35,23 @@ export interface JobDir {
   dir: string;
 }
 
+/** Where the attempt's directory goes under `root`; nothing is made yet (createJobDir). */
+export function jobDirOf(root: string, spec: Pick<JobSpec, "id" | "attempt">): JobDir {
+  return { jobId: spec.id, attempt: spec.attempt, dir: join(root, jobKey(spec.id, spec.attempt)) };
+}
+
 /** Makes the attempt's directory (private to the worker's user). */
-export function createJobDir(root: string, spec: JobSpec): JobDir {
-  const dir = join(root, jobKey(spec.id, spec.attempt));
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  return { jobId: spec.id, attempt: spec.attempt, dir };
+export async function createJobDir(d: JobDir): Promise<void> {
+  await mkdir(d.dir, { recursive: true, mode: 0o700 });
+}
+
+/** Opens (creating) the attempt's log for appending; the plain descriptor is the caller's to close. */
+export function openLog(d: JobDir): Promise<number> {
+  // Not a FileHandle, which closes its descriptor when it is collected: the runner and the pump keep the
+  // number itself.
+  return new Promise((resolve, reject) =>
+    openFd(logPath(d), "a+", 0o600, (err, fd) => (err ? reject(err) : resolve(fd))),
+  );
 }
 
 /** The attempt's log file: stdout and stderr of the job, interleaved as written. */

@@ -1,4 +1,4 @@
-import { fstatSync, openSync } from "node:fs";
+import { closeSync, fstatSync } from "node:fs";
 import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
 import type { Config } from "../config/schema.ts";
@@ -10,7 +10,7 @@ import type { TemplateSpec } from "../protocol/template.ts";
 import { createArtifactBudget } from "../runner/artifact-budget.ts";
 import type { RunHandle, Runner, RunResult, Slot } from "../runner/contract.ts";
 import type { Connection, JobRef } from "./connection.ts";
-import { createJobDir, type JobDir, jobKey, logPath, removeJobDir } from "./job-dir.ts";
+import { createJobDir, type JobDir, jobDirOf, jobKey, openLog, removeJobDir } from "./job-dir.ts";
 import type { LogPump } from "./log-pump.ts";
 import type { Outbox } from "./outbox.ts";
 import { JOB_FAULTS, outcomeOf } from "./outcome.ts";
@@ -27,7 +27,7 @@ interface Attempt {
   job: JobDir;
   spec: JobSpec;
   slot: Slot;
-  /** The log file; the log pump owns it (and closes it). */
+  /** The log file (-1 until it is open); the log pump owns it (and closes it). */
   logFd: number;
   handle: RunHandle | null;
   cancelled: boolean;
@@ -166,21 +166,24 @@ export function createJobs(o: JobsOptions): Jobs {
   const handBack = (spec: JobSpec, message: string) =>
     conn.send({ type: "job.refused", jobId: spec.id, attempt: spec.attempt, message });
 
-  /** The attempt's directory and log file; null (said, and the job handed back) when the disk refuses. */
-  const prepare = (spec: JobSpec, slotName: string): { job: JobDir; logFd: number } | null => {
-    let job: JobDir | null = null;
+  /**
+   * Makes the attempt's directory and opens its log, off the worker's thread (each can take milliseconds
+   * on a busy disk); false (said, and the job handed back) when the disk refuses.
+   */
+  const prepare = async (a: Attempt): Promise<boolean> => {
     try {
-      job = createJobDir(o.jobsRoot, spec);
-      return { job, logFd: openSync(logPath(job), "a+", 0o600) };
+      await createJobDir(a.job);
+      a.logFd = await openLog(a.job);
+      return true;
     } catch (err) {
-      if (job) removeJobDir(job);
+      removeJobDir(a.job);
       const e = coerceError(err);
       log.error(
-        `job ${spec.id}: cannot make its directory in ${o.jobsRoot}: ${e.message}; handing it back (free space or fix permissions there)`,
-        { jobId: spec.id, attempt: spec.attempt, slot: slotName, code: "JOB_DIR_FAILED", ...errorFields(e) },
+        `job ${a.spec.id}: cannot make its directory in ${o.jobsRoot}: ${e.message}; handing it back (free space or fix permissions there)`,
+        { ...fields(a), code: "JOB_DIR_FAILED", ...errorFields(e) },
       );
-      handBack(spec, `${o.name} cannot store the job: ${e.message}`);
-      return null;
+      handBack(a.spec, `${o.name} cannot store the job: ${e.message}`);
+      return false;
     }
   };
 
@@ -202,15 +205,13 @@ export function createJobs(o: JobsOptions): Jobs {
       handBack(spec, `slot ${slotName} on ${o.name} is ${why}`);
       return;
     }
-    const prepared = prepare(spec, slotName);
-    if (!prepared) return;
-    const { job, logFd } = prepared;
-    pump.follow(spec.id, spec.attempt, logFd);
+    // The slot is taken from here on, before the first await: a second assignment, a forget, a cancel or
+    // a stop that comes while the directory is being made finds the attempt.
     const a: Attempt = {
-      job,
+      job: jobDirOf(o.jobsRoot, spec),
       spec,
       slot,
-      logFd,
+      logFd: -1,
       handle: null,
       cancelled: false,
       timedOut: false,
@@ -219,6 +220,18 @@ export function createJobs(o: JobsOptions): Jobs {
       proxy: null,
     };
     attempts.set(key, a);
+    if (!(await prepare(a))) {
+      attempts.delete(key);
+      return;
+    }
+    if (a.forgotten) {
+      // Withdrawn (or the worker stops) before it started: it leaves nothing.
+      closeSync(a.logFd);
+      drop(a);
+      return;
+    }
+    const { job, logFd } = a;
+    pump.follow(spec.id, spec.attempt, logFd);
     const artifacts = createArtifactBudget(o.cfg.worker.artifact_budget);
     try {
       // The job API's socket is part of the slot's set-up: if it cannot be made, the slot is at fault.
@@ -266,6 +279,8 @@ export function createJobs(o: JobsOptions): Jobs {
       return;
     }
     conn.send({ type: "job.started", jobId: spec.id, attempt: spec.attempt });
+    // A cancel, forget or stop that came while the runner was setting up found no handle to kill.
+    if (a.cancelled || a.forgotten) a.handle.kill();
     a.timer = setTimeout(() => {
       a.timedOut = true;
       a.handle?.kill();
