@@ -25,7 +25,13 @@ export function rss(pid: number): { total: number; anon: number } {
 
 export async function startCluster(
   dir: string,
-  o: { up?: boolean; capacity: number; runner?: "process" | "sandbox" },
+  o: {
+    up?: boolean;
+    capacity: number;
+    runner?: "process" | "sandbox";
+    /** The worker's log level and where its log goes (default: warn, to this process's stderr). */
+    workerLog?: { level: string; file: string };
+  },
 ): Promise<Cluster> {
   const port = 17000 + Math.floor(Math.random() * 5000);
   const url = `http://127.0.0.1:${port}`;
@@ -35,7 +41,12 @@ export async function startCluster(
     KILN_LOG_LEVEL: "warn",
     KILN_WORKER_RUNNER: o.runner ?? "sandbox",
   };
-  const spawn = (args: string[]) => Bun.spawn([KILN, ...args], { env, stdout: "ignore", stderr: "inherit" });
+  const spawn = (args: string[], log?: { level: string; file: string }) =>
+    Bun.spawn([KILN, ...args], {
+      env: log ? { ...env, KILN_LOG_LEVEL: log.level } : env,
+      stdout: "ignore",
+      stderr: log ? Bun.file(log.file) : "inherit",
+    });
   const listen = ["--data", join(dir, "m"), "--listen", `127.0.0.1:${port}`];
   const master = spawn(o.up ? ["up", ...listen, "--capacity", String(o.capacity)] : ["master", ...listen]);
   await until(async () => (await fetch(`${url}/readyz`)).ok);
@@ -43,20 +54,23 @@ export async function startCluster(
   const headers = { authorization: `Bearer ${token}`, "content-type": "application/json" };
   const worker = o.up
     ? master
-    : spawn([
-        "worker",
-        "--master",
-        url,
-        "--join",
-        token,
-        "--name",
-        // A worker name is unique on a host: two benches running at once must not refuse each other.
-        `bench-${process.pid}`,
-        "--capacity",
-        String(o.capacity),
-        "--data",
-        join(dir, "w"),
-      ]);
+    : spawn(
+        [
+          "worker",
+          "--master",
+          url,
+          "--join",
+          token,
+          "--name",
+          // A worker name is unique on a host: two benches running at once must not refuse each other.
+          `bench-${process.pid}`,
+          "--capacity",
+          String(o.capacity),
+          "--data",
+          join(dir, "w"),
+        ],
+        o.workerLog,
+      );
   const api = async <T>(method: string, path: string, body?: unknown) =>
     (await (
       await fetch(`${url}${path}`, { method, headers, body: body ? JSON.stringify(body) : undefined })

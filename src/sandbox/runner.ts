@@ -120,6 +120,8 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
     templates,
     async start(req: RunRequest): Promise<RunHandle> {
       const { spec, slot } = req;
+      // When each step of the attempt ended (performance.now()), for the debug record of its timings.
+      const at = { start: performance.now(), spawned: 0, ready: 0, ended: 0, held: 0, exited: 0, clean: 0 };
       const state = slotState(slot);
       const size = spec.scratchBytes ?? o.cfg.sandbox.scratch_size;
       if (size > o.cfg.sandbox.scratch_max) {
@@ -201,6 +203,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
             env[k] = `http://127.0.0.1:${API_PORT}`;
         }
         child = Bun.spawn(args, { env, stdio: ["ignore", req.logFd, req.logFd, "pipe", "pipe"] });
+        at.spawned = performance.now();
         // The next job on this slot will most likely ask for the same size: make its volume while this
         // one runs, so formatting it is off that job's path.
         scratchPool.prepare(slot.name, size);
@@ -266,6 +269,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
             if ("warning" in st) log.warn(`job ${spec.id} on ${slot.name}: ${st.warning}`);
             else if ("ready" in st) {
               pid1 = st.ready;
+              at.ready = performance.now();
               setDeviceRules(state.cg, setupRules, false);
               // The job's mount holds the scratch device now: it goes when the job's namespace does.
               releaseHold(scratch);
@@ -275,7 +279,9 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
               releaseHold(scratch);
               if (st.note) writeSync(req.logFd, st.note);
               final = st.exit;
+              at.ended = performance.now();
               await finishHeld();
+              at.held = performance.now();
             }
           }
         }
@@ -288,6 +294,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         const code = await child.exited;
         await statusDone.catch(() => {});
         release();
+        at.exited = performance.now();
         let exit: RawExit = (final as RawExit | null) ?? {
           kind: "sandbox",
           message: `the sandbox launcher ended without a status (exit ${code})`,
@@ -308,6 +315,19 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
             "SCRATCH_CLEANUP",
             `could not remove the scratch of ${slot.name}: ${coerceError(err).message}`,
           );
+        });
+        at.clean = performance.now();
+        const took = (from: number, to: number) =>
+          from && to ? Math.round((to - from) * 10) / 10 : undefined;
+        log.debug(`job ${spec.id} on ${slot.name}: timings`, {
+          jobId: spec.id,
+          slot: slot.name,
+          setupMs: took(at.start, at.spawned),
+          launchMs: took(at.spawned, at.ready),
+          runMs: took(at.ready, at.ended),
+          collectMs: took(at.ended, at.held),
+          teardownMs: took(at.held, at.exited),
+          cleanupMs: took(at.exited, at.clean),
         });
         // The kernel's counters explain a failure better than the exit status: an OOM kill fails the job
         // even when its shell exited 0 (cgroup v1 kills one process, not the job).

@@ -125,6 +125,7 @@ export function createJobs(o: JobsOptions): Jobs {
     if (a.timer) clearTimeout(a.timer);
     a.proxy?.close();
     const outcome = outcomeOf(result, a);
+    const ended = performance.now();
     try {
       // From here the outbox has the attempt; the pump keeps its log open until the master acks it.
       await outbox.add(a.job, outcome, fstatSync(a.logFd).size);
@@ -149,6 +150,10 @@ export function createJobs(o: JobsOptions): Jobs {
     // The health check runs before the slot is reported free, so a slot a job broke is never offered.
     await book.check(a.slot);
     outbox.report(key);
+    log.debug(`job ${a.spec.id}: result recorded and reported`, {
+      ...fields(a),
+      reportMs: Math.round((performance.now() - ended) * 10) / 10,
+    });
   };
 
   /** The job's environment: a fixed base, where the job's files are, then what the job asked for. */

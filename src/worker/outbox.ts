@@ -52,6 +52,8 @@ interface Entry {
    * was out of disk.
    */
   reported?: number;
+  /** When job.finished first went out (performance.now()), for the debug record of the ack's delay. */
+  sentAt?: number;
 }
 
 /** Finished attempts waiting for the master's ack, keyed by jobKey. */
@@ -181,6 +183,7 @@ export function createOutbox(o: OutboxOptions): Outbox {
       logSize: e.logSize,
     });
     e.reported = Date.now();
+    e.sentAt ??= performance.now();
   };
 
   return {
@@ -207,6 +210,12 @@ export function createOutbox(o: OutboxOptions): Outbox {
       if (!e) return false;
       entries.delete(key);
       unsynced.delete(key);
+      if (e.sentAt !== undefined)
+        o.log.debug(`job ${e.job.jobId}: result taken by the master (acknowledged or withdrawn)`, {
+          jobId: e.job.jobId,
+          attempt: e.job.attempt,
+          ackMs: Math.round((performance.now() - e.sentAt) * 10) / 10,
+        });
       // A sync of it under way holds its descriptor: the directory may go meanwhile.
       const removal = removeJobDirLater(e.job).finally(() => background.delete(removal));
       background.add(removal);
