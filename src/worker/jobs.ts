@@ -37,6 +37,8 @@ interface Attempt {
   /** The master no longer wants it (or the worker stops): it ends without an outcome. */
   forgotten: boolean;
   proxy: { close(): void } | null;
+  /** Its run has ended and its outcome is being recorded: a stop lets that finish rather than cut it. */
+  ending: Promise<void> | null;
 }
 
 /** The attempts this worker runs. */
@@ -223,6 +225,7 @@ export function createJobs(o: JobsOptions): Jobs {
       timer: null,
       forgotten: false,
       proxy: null,
+      ending: null,
     };
     attempts.set(key, a);
     if (!(await prepare(a))) {
@@ -291,14 +294,17 @@ export function createJobs(o: JobsOptions): Jobs {
       a.handle?.kill();
     }, spec.timeoutMs);
     a.handle.result.then(
-      (r) => finish(a, r),
-      (err) =>
-        finish(a, {
+      (r) => {
+        a.ending = finish(a, r);
+      },
+      (err) => {
+        a.ending = finish(a, {
           exit: { kind: "sandbox", message: coerceError(err).message },
           limit: null,
           peakMemoryBytes: null,
           cpuMs: null,
-        }),
+        });
+      },
     );
   };
 
@@ -330,7 +336,10 @@ export function createJobs(o: JobsOptions): Jobs {
       stopping = true;
       // Jobs cut short by a stop are not failures of theirs: no outcome is written, and the master is
       // told at once so it re-queues them (retries permitting) instead of waiting for their leases.
-      const cut = [...attempts.values()];
+      // One whose run has already ended is not cut: its outcome is being written to the outbox (off
+      // the event loop), and it goes to the master like any finished attempt's.
+      const ending = [...attempts.values()].filter((a) => a.ending !== null).map((a) => a.ending);
+      const cut = [...attempts.values()].filter((a) => a.ending === null);
       conn.sayStopping(cut.map((a) => ({ jobId: a.spec.id, attempt: a.spec.attempt })));
       for (const a of cut) {
         a.forgotten = true;
@@ -338,6 +347,7 @@ export function createJobs(o: JobsOptions): Jobs {
       }
       // A run that rejects is ended by finish all the same; here only its end matters.
       await Promise.all(cut.map((a) => a.handle?.result.catch(() => undefined)));
+      await Promise.all(ending);
     },
   };
 }
