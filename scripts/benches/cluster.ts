@@ -27,7 +27,14 @@ export function rss(pid: number): { total: number; anon: number } {
 
 export async function startCluster(
   dir: string,
-  o: { up?: boolean; capacity: number; runner?: "process" | "sandbox"; tls?: boolean },
+  o: {
+    up?: boolean;
+    capacity: number;
+    runner?: "process" | "sandbox";
+    tls?: boolean;
+    /** The worker's log level and where its log goes (default: warn, to this process's stderr). */
+    workerLog?: { level: string; file: string };
+  },
 ): Promise<Cluster> {
   const port = 17000 + Math.floor(Math.random() * 5000);
   const url = `${o.tls ? "https" : "http"}://127.0.0.1:${port}`;
@@ -37,7 +44,12 @@ export async function startCluster(
     KILN_LOG_LEVEL: "warn",
     KILN_WORKER_RUNNER: o.runner ?? "sandbox",
   };
-  const spawn = (args: string[]) => Bun.spawn([KILN, ...args], { env, stdout: "ignore", stderr: "inherit" });
+  const spawn = (args: string[], log?: { level: string; file: string }) =>
+    Bun.spawn([KILN, ...args], {
+      env: log ? { ...env, KILN_LOG_LEVEL: log.level } : env,
+      stdout: "ignore",
+      stderr: log ? Bun.file(log.file) : "inherit",
+    });
   const listen = ["--data", join(dir, "m"), "--listen", `127.0.0.1:${port}`, ...(o.tls ? ["--tls"] : [])];
   const master = spawn(o.up ? ["up", ...listen, "--capacity", String(o.capacity)] : ["master", ...listen]);
   let tls: { ca: string } | undefined;
@@ -58,19 +70,23 @@ export async function startCluster(
     : (await api<{ token: string }>("POST", "/api/v1/admin/tokens", { role: "worker" })).token;
   const worker = o.up
     ? master
-    : spawn([
-        "worker",
-        "--master",
-        url,
-        "--join",
-        joinWith,
-        "--name",
-        "bench",
-        "--capacity",
-        String(o.capacity),
-        "--data",
-        join(dir, "w"),
-      ]);
+    : spawn(
+        [
+          "worker",
+          "--master",
+          url,
+          "--join",
+          joinWith,
+          "--name",
+          // A worker name is unique on a host: two benches running at once must not refuse each other.
+          `bench-${process.pid}`,
+          "--capacity",
+          String(o.capacity),
+          "--data",
+          join(dir, "w"),
+        ],
+        o.workerLog,
+      );
   await until(
     async () => (await api<{ connected: boolean }[]>("GET", "/api/v1/workers"))[0]?.connected === true,
   );

@@ -20,6 +20,7 @@ import {
   setProgress,
   workerOfAttempt,
 } from "../store/jobs.ts";
+import type { WriteOptions } from "../store/open.ts";
 import type { JobRow } from "../store/schema.ts";
 import { getWorker, setWorker, upsertWorker } from "../store/workers.ts";
 import type { MasterContext } from "./context.ts";
@@ -353,21 +354,41 @@ export function workerSocketHandlers(ctx: MasterContext) {
             ctx.dispatch();
             return;
           }
-          await finishAttempt(row, m.outcome, name);
+          // Committed without waiting for the disk, so the slot's next job is assigned meanwhile; the
+          // ack below waits for the sync that makes both durable.
+          await finishAttempt(row, m.outcome, name, { durable: false });
         } else if (m.attempt < row.attempt && !isTerminal(row.state)) {
           await acceptLateResult(row, m, name);
         }
         for (const s of live.slots.values()) if (s.job === `${m.jobId}:${m.attempt}`) s.job = null;
-        send(ws, { type: "job.ack", jobId: m.jobId, attempt: m.attempt });
         ctx.dispatch();
+        // The worker drops its copy of the result on the ack, so the ack waits until the result is on
+        // disk here; the next messages of the worker are not held up meanwhile. Unacknowledged, the
+        // worker sends the result again.
+        ctx.store.sync().then(
+          () => send(ws, { type: "job.ack", jobId: m.jobId, attempt: m.attempt }),
+          (err) => {
+            if (isDiskFull(err)) ctx.storage.wrote(err);
+            else ctx.log.error(`job ${m.jobId}: cannot sync its result to disk: ${coerceError(err).message}`);
+          },
+        );
         return;
       }
     }
   }
 
   /** Records the active attempt `row`'s outcome as the job's end, and closes its log. */
-  async function finishAttempt(row: JobRow, outcome: Outcome, from: string) {
-    const done = await finishJob(ctx.store, row.id, row.attempt, outcome, ctx.logs.size(row.id));
+  async function finishAttempt(row: JobRow, outcome: Outcome, from: string, opts: WriteOptions = {}) {
+    const done = await finishJob(
+      ctx.store,
+      row.id,
+      row.attempt,
+      outcome,
+      ctx.logs.size(row.id),
+      undefined,
+      undefined,
+      opts,
+    );
     if (done)
       ctx.log.info(`job ${row.id}: ${done.state}${done.reason ? ` (${done.reason})` : ""} on ${from}`, {
         jobId: row.id,

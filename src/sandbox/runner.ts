@@ -1,4 +1,13 @@
-import { closeSync, readFileSync, rmdirSync, statfsSync, writeSync } from "node:fs";
+import {
+  closeSync,
+  lstatSync,
+  readdirSync,
+  readFileSync,
+  rmdirSync,
+  statfsSync,
+  statSync,
+  writeSync,
+} from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import type { Config } from "../config/schema.ts";
@@ -13,9 +22,9 @@ import {
   applyLimits,
   type CgroupLayout,
   detectCgroups,
+  isEmpty,
   type JobCgroup,
   killAll,
-  listPids,
   openJobCgroup,
   readUsage,
   removeCgroup,
@@ -25,7 +34,7 @@ import {
 } from "./cgroups/index.ts";
 import { collectArtifacts } from "./collect.ts";
 import { installLauncher } from "./launcher.ts";
-import { destroyScratch, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";
+import { destroyScratch, releaseHold, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";
 import { createScratchPool } from "./scratch-pool.ts";
 import { parseStatus } from "./status.ts";
 import { buildSandboxOpener } from "./template-build.ts";
@@ -75,7 +84,9 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
   // Names stay unique with any slot name: the sequence number is the pool's, not the slot's.
   const scratchName = (slot: string, seq: number) =>
     `${`${o.worker}-${slot}`.replace(/[^a-z0-9-]/g, "-").slice(0, 48)}-${seq}`;
-  const scratchPool = createScratchPool(scratchCfg, scratchName, (message) => log.debug(message));
+  const scratchPool = createScratchPool(scratchCfg, scratchName, (message, serious) =>
+    serious ? log.warn(message) : log.debug(message),
+  );
   const uidOf = (slot: Slot) => slotUid(o.cfg.sandbox.uid_base, o.worker, slot.index);
 
   const slotState = (slot: Slot): SlotState => {
@@ -110,6 +121,8 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
     templates,
     async start(req: RunRequest): Promise<RunHandle> {
       const { spec, slot } = req;
+      // When each step of the attempt ended (performance.now()), for the debug record of its timings.
+      const at = { start: performance.now(), spawned: 0, ready: 0, ended: 0, held: 0, exited: 0, clean: 0 };
       const state = slotState(slot);
       const size = spec.scratchBytes ?? o.cfg.sandbox.scratch_size;
       if (size > o.cfg.sandbox.scratch_max) {
@@ -141,9 +154,10 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           "this job has a setup but no writable template root to install into: submit it with --root TEMPLATE",
         );
       }
-      // The launcher joins the job's cgroups before it attaches the scratch loop device (or opens the
-      // volume), so on v1 the devices controller must let it; withdrawn as soon as the job runs.
-      const setupRules = scratch0Rules(o.cfg.sandbox.scratch);
+      // The launcher joins the job's cgroups before it mounts the scratch volume (attaching its loop
+      // device first unless that was done ahead), so on v1 the devices controller must let it; withdrawn
+      // as soon as the setup (or the command) runs.
+      let setupRules: string[] = [];
       let made: Scratch | null = null;
       let child: Subprocess<"ignore", number, number>;
       try {
@@ -154,8 +168,9 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           pids: spec.pids ?? slot.pids ?? undefined,
           devices: slot.devices,
         });
-        setDeviceRules(state.cg, setupRules, true);
         made = await scratchPool.take(slot.name, size);
+        setupRules = scratchRules(made);
+        setDeviceRules(state.cg, setupRules, true);
         const args = [
           launcher,
           "--uid",
@@ -198,6 +213,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
             env[k] = `http://127.0.0.1:${API_PORT}`;
         }
         child = Bun.spawn(args, { env, stdio: ["ignore", req.logFd, req.logFd, "pipe", "pipe"] });
+        at.spawned = performance.now();
         // The next job on this slot will most likely ask for the same size: make its volume while this
         // one runs, so formatting it is off that job's path.
         scratchPool.prepare(slot.name, size);
@@ -236,15 +252,17 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           } catch {
             // The namespace is already gone.
           }
-          await collectArtifacts({
-            launcher,
-            pid1,
-            uid: state.uid,
-            to: join(req.dir, "out"),
-            budget: req.artifacts,
-            note: (line) => writeSync(req.logFd, `kiln: ${line}\n`),
-            log,
-          });
+          if (!emptyOut(`${tmp}/out`, state.uid)) {
+            await collectArtifacts({
+              launcher,
+              pid1,
+              uid: state.uid,
+              to: join(req.dir, "out"),
+              budget: req.artifacts,
+              note: (line) => writeSync(req.logFd, `kiln: ${line}\n`),
+              log,
+            });
+          }
         }
         release();
       };
@@ -260,13 +278,23 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
             if (!st) continue;
             if ("warning" in st) log.warn(`job ${spec.id} on ${slot.name}: ${st.warning}`);
             else if ("ready" in st || "setup" in st) {
-              // The scratch is mounted once the setup (or the command) runs: no loop device from now on.
-              if (!pid1) setDeviceRules(state.cg, setupRules, false);
+              // The scratch is mounted once the setup (or the command) runs: no loop device from now on,
+              // and the job's mount holds the scratch device: it goes when the job's namespace does.
+              if (!pid1) {
+                setDeviceRules(state.cg, setupRules, false);
+                releaseHold(scratch);
+              }
               pid1 = "ready" in st ? st.ready : st.setup;
+              if ("ready" in st) at.ready = performance.now();
             } else {
+              // A launch that failed before the mount never takes the scratch device: let it clear, as
+              // the launcher waits for that before it exits.
+              releaseHold(scratch);
               if (st.note) writeSync(req.logFd, st.note);
               final = st.exit;
+              at.ended = performance.now();
               await finishHeld();
+              at.held = performance.now();
             }
           }
         }
@@ -279,6 +307,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         const code = await child.exited;
         await statusDone.catch(() => {});
         release();
+        at.exited = performance.now();
         let exit: RawExit = (final as RawExit | null) ?? {
           kind: "sandbox",
           message: `the sandbox launcher ended without a status (exit ${code})`,
@@ -289,16 +318,29 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         // every process in it along, and a job cannot leave its cgroups; so the scan of every process on
         // the host for the slot's uid is needed only when that did not go as it should: no final status,
         // or something left in the cgroups.
-        const leftInCgroups = listPids(state.cg).length > 0;
+        const leftInCgroups = !isEmpty(state.cg);
         if (leftInCgroups) await killAll(state.cg, 10_000).catch(() => {});
         if (leftInCgroups || final === null) await killUid(state.uid);
         const usage = readUsage(state.cg);
         releaseTemplates();
-        await destroyScratch(scratchCfg, scratch).catch((err) => {
+        await scratchPool.release(scratch).catch((err) => {
           throw new AppError(
             "SCRATCH_CLEANUP",
             `could not remove the scratch of ${slot.name}: ${coerceError(err).message}`,
           );
+        });
+        at.clean = performance.now();
+        const took = (from: number, to: number) =>
+          from && to ? Math.round((to - from) * 10) / 10 : undefined;
+        log.debug(`job ${spec.id} on ${slot.name}: timings`, {
+          jobId: spec.id,
+          slot: slot.name,
+          setupMs: took(at.start, at.spawned),
+          launchMs: took(at.spawned, at.ready),
+          runMs: took(at.ready, at.ended),
+          collectMs: took(at.ended, at.held),
+          teardownMs: took(at.held, at.exited),
+          cleanupMs: took(at.exited, at.clean),
         });
         // The kernel's counters explain a failure better than the exit status: an OOM kill fails the job
         // even when its shell exited 0 (cgroup v1 kills one process, not the job).
@@ -378,16 +420,40 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
   return runner;
 }
 
-function scratch0Rules(backend: string): string[] {
-  // loop-control is c 10:237 and loop devices b 7:N (Documentation/admin-guide/devices.txt); LVM volumes
+function scratchRules(s: Scratch): string[] {
+  // A loop device attached ahead is the one block device to open. Otherwise the launcher attaches one:
+  // loop-control is c 10:237 and loop devices b 7:N (Documentation/admin-guide/devices.txt). LVM volumes
   // are device-mapper nodes, whose block major is dynamic, so any block device is allowed for lvm.
-  if (backend === "loop") return ["c 10:237 rwm", "b 7:* rwm"];
-  if (backend === "lvm") return ["b *:* rwm"];
+  if (s.backend === "loop" && s.loop) {
+    const { rdev } = statSync(s.loop.device, { bigint: true });
+    // glibc's dev_t encoding (sys/sysmacros.h), as in cgroups/limits.ts.
+    const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
+    const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+    return [`b ${major}:${minor} rwm`];
+  }
+  if (s.backend === "loop") return ["c 10:237 rwm", "b 7:* rwm"];
+  if (s.backend === "lvm") return ["b *:* rwm"];
   return [];
 }
 
+/*
+ * Whether the job left nothing in $KILN_OUT, so there is nothing to collect and no collector to run (most
+ * jobs). Safe to look at from here: every process of the job is gone by the time the launcher says how it
+ * ended, so nothing can change the directory meanwhile, and lstat does not follow a link the job put in
+ * its place. Anything but an empty directory the job itself could read goes to the collector as before,
+ * which says what it skips.
+ */
+function emptyOut(out: string, uid: number): boolean {
+  try {
+    const st = lstatSync(out);
+    return st.isDirectory() && st.uid === uid && (st.mode & 0o500) === 0o500 && readdirSync(out).length === 0;
+  } catch {
+    return false;
+  }
+}
+
 function scratchArgs(s: Scratch): string[] {
-  if (s.backend === "loop") return ["--scratch-file", s.file];
+  if (s.backend === "loop") return s.loop ? ["--scratch-dev", s.loop.device] : ["--scratch-file", s.file];
   if (s.backend === "lvm") return ["--scratch-dev", s.device];
   return ["--scratch-tmpfs", String(s.sizeBytes)];
 }

@@ -2,6 +2,7 @@ import { afterAll, beforeEach, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { loopBackedBy } from "./loop-device.ts";
 import type { Scratch, ScratchConfig } from "./scratch.ts";
 import { destroyScratch, sweepScratch } from "./scratch.ts";
 import { createScratchPool } from "./scratch-pool.ts";
@@ -70,6 +71,20 @@ describe.skipIf(!isRoot)("scratch pool (root)", () => {
     await pool.drain();
     expect(images()).toEqual([fileOf(big).slice(cfg.dir.length + 1)]);
     await destroyScratch(cfg, big);
+    expect(images()).toEqual([]);
+    expect(errors).toEqual([]);
+  });
+
+  test("a volume comes attached to a loop device that clears itself; release waits for that, drain for the deletion", async () => {
+    const pool = createScratchPool(cfg, name, (m) => errors.push(m));
+    pool.prepare("s5", 16 * MiB);
+    const v = await pool.take("s5", 16 * MiB);
+    if (v.backend !== "loop" || !v.loop) throw new Error("expected a loop volume attached ahead");
+    expect(loopBackedBy(v.loop.nr, v.file)).toBe(true);
+    // Nothing ever mounted it (a launch that failed early): letting go of it clears the device.
+    await pool.release(v);
+    expect(loopBackedBy(v.loop.nr, v.file)).toBe(false);
+    await pool.drain();
     expect(images()).toEqual([]);
     expect(errors).toEqual([]);
   });

@@ -1,10 +1,24 @@
 // Pre-made scratch volumes: formatting a loop image (fallocate, mkfs) is the slowest step of starting a
-// sandboxed job, so while a slot's job runs the next one's volume is made in the background. Each volume
-// is made fresh for, and handed to, exactly one job; it is never reused. Pre-made volumes are ordinary
-// images in the scratch directory, so the start-up sweep (sweepScratch) removes them after a crash.
+// sandboxed job, so while a slot's job runs the next one's volume is made in the background, and attached
+// to its loop device, so the launcher only mounts it. Each volume is made fresh for, and handed to,
+// exactly one job; it is never reused. Pre-made volumes are ordinary images in the scratch directory, so
+// the start-up sweep (sweepScratch) removes them after a crash (their devices clear themselves as the
+// worker's hold on them goes with it).
+//
+// A used volume is given back with release(): it returns once no loop device holds the image any more,
+// which is what the slot waits for; deleting the image file, which takes milliseconds of disk work, is
+// left to the background (drain() waits for it, and the start-up sweep removes what a crash left).
 
 import { coerceError } from "../lib/errors.ts";
-import { createScratch, destroyScratch, type Scratch, type ScratchConfig } from "./scratch.ts";
+import {
+  attachScratch,
+  createScratch,
+  destroyScratch,
+  detachScratch,
+  removeScratch,
+  type Scratch,
+  type ScratchConfig,
+} from "./scratch.ts";
 
 /** Hands out scratch volumes per slot, making the next one ahead of time where that pays off. */
 export interface ScratchPool {
@@ -15,7 +29,12 @@ export interface ScratchPool {
   take(slot: string, sizeBytes: number): Promise<Scratch>;
   /** Starts making the slot's next volume of sizeBytes in the background, unless one is already there. */
   prepare(slot: string, sizeBytes: number): void;
-  /** Waits for volumes being made and destroys every volume made ahead; for a clean stop. */
+  /**
+   * Gives a used volume back: resolves once no loop device holds it (rejects when one still does after a
+   * while); the image itself is deleted in the background.
+   */
+  release(s: Scratch): Promise<void>;
+  /** Waits for volumes being made and destroys every volume made ahead, and waits for deletions; for a clean stop. */
   drain(): Promise<void>;
 }
 
@@ -38,11 +57,20 @@ interface Premade {
 export function createScratchPool(
   cfg: ScratchConfig,
   name: (slot: string, seq: number) => string,
-  onError: (message: string) => void,
+  onError: (message: string, serious?: boolean) => void,
 ): ScratchPool {
   const ahead = new Map<string, Premade>();
+  const removing = new Set<Promise<void>>();
   let seq = 0;
-  const make = (slot: string, sizeBytes: number) => createScratch(cfg, name(slot, seq++), sizeBytes);
+  const make = async (slot: string, sizeBytes: number) => {
+    const s = await createScratch(cfg, name(slot, seq++), sizeBytes);
+    try {
+      return attachScratch(s);
+    } catch (err) {
+      await destroyScratch(cfg, s).catch(() => {});
+      throw err;
+    }
+  };
   const discard = (p: Premade) =>
     p.volume
       .then((v) => (v ? destroyScratch(cfg, v) : undefined))
@@ -70,10 +98,25 @@ export function createScratchPool(
       });
       ahead.set(slot, { sizeBytes: Math.ceil(sizeBytes / MiB) * MiB, volume });
     },
+    async release(s) {
+      await detachScratch(s);
+      // A logical volume goes at once: a small volume group may need its room for the next job.
+      if (s.backend !== "loop") return removeScratch(cfg, s);
+      const removal = removeScratch(cfg, s)
+        .catch((err) =>
+          onError(
+            `could not delete the used scratch image ${s.file} (the next start-up sweep removes it): ${coerceError(err).message}`,
+            true,
+          ),
+        )
+        .finally(() => removing.delete(removal));
+      removing.add(removal);
+    },
     async drain() {
       const all = [...ahead.values()];
       ahead.clear();
       await Promise.all(all.map(discard));
+      await Promise.all([...removing]);
     },
   };
 }

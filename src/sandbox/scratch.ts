@@ -21,10 +21,12 @@ import {
   statSync,
   unlinkSync,
 } from "node:fs";
+import { unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { AppError, coerceError } from "../lib/errors.ts";
 import { formatSize } from "../lib/size.ts";
 import { type Ext4Layout, layoutOf, preallocate, SysError, writeImage } from "./ext4-image.ts";
+import { type AttachedLoop, attachLoop, loopBackedBy } from "./loop-device.ts";
 
 export type ScratchBackend = "loop" | "lvm" | "tmpfs";
 
@@ -37,9 +39,13 @@ export interface ScratchConfig {
   volumeGroup?: string;
 }
 
-/** A prepared scratch volume, as handed to the launcher; sizeBytes is the real size after rounding. */
+/**
+ * A prepared scratch volume, as handed to the launcher; sizeBytes is the real size after rounding. A loop
+ * image attached ahead (attachScratch) has `loop`: the launcher mounts that device, and `loop.fd` holds it
+ * until the job's mount does (releaseHold).
+ */
 export type Scratch =
-  | { backend: "loop"; file: string; sizeBytes: number }
+  | { backend: "loop"; file: string; sizeBytes: number; loop?: AttachedLoop & { held: boolean } }
   | { backend: "lvm"; device: string; lv: string; vg: string; sizeBytes: number }
   | { backend: "tmpfs"; sizeBytes: number };
 
@@ -244,15 +250,74 @@ async function ensureDeviceNode(vg: string, lv: string, device: string): Promise
 }
 
 /**
+ * Attaches a loop image to a loop device that clears itself once unused, held by this process until
+ * releaseHold; a no-op for the other backends. The launcher then only mounts it (--scratch-dev).
+ */
+export function attachScratch(s: Scratch): Scratch {
+  if (s.backend !== "loop" || s.loop) return s;
+  try {
+    return { ...s, loop: { ...attachLoop(s.file), held: true } };
+  } catch (error) {
+    throw new AppError(
+      "SCRATCH_FAILED",
+      `cannot attach ${s.file} to a loop device: ${coerceError(error).message}`,
+      {
+        status: 500,
+        cause: error,
+      },
+    );
+  }
+}
+
+/**
+ * Lets go of this process's hold on the volume's loop device: once the job's mount holds it (the launcher
+ * said "ready"), or when it will never be mounted (the device then detaches at once). Idempotent.
+ */
+export function releaseHold(s: Scratch): void {
+  if (s.backend !== "loop" || !s.loop?.held) return;
+  s.loop.held = false;
+  closeSync(s.loop.fd);
+}
+
+/**
  * Frees a scratch volume: for loop images, detaches any loop device still backed by the file, then
  * deletes it; for LVM, removes the logical volume. Idempotent, and safe after a crash at any point.
  */
-export async function destroyScratch(_cfg: ScratchConfig, s: Scratch): Promise<void> {
-  if (s.backend === "loop") await destroyLoopImage(s.file);
+export async function destroyScratch(cfg: ScratchConfig, s: Scratch): Promise<void> {
+  await detachScratch(s);
+  await removeScratch(cfg, s);
+}
+
+/**
+ * The first half of destroyScratch: afterwards no loop device holds the image, so nothing of the job that
+ * used it is left (the file itself is only disk space). A no-op for LVM and tmpfs.
+ */
+export async function detachScratch(s: Scratch): Promise<void> {
+  if (s.backend !== "loop") return;
+  releaseHold(s);
+  // The device attached ahead is the only one that ever held the image, and it clears itself as the
+  // job's mount namespace goes (the launcher waits for that before it exits): look at it alone, and fall
+  // back to the search of every device only when it does not clear.
+  if (s.loop) {
+    const deadline = performance.now() + LOOP_RELEASE_TIMEOUT_MS;
+    while (loopBackedBy(s.loop.nr, s.file) && performance.now() < deadline) await Bun.sleep(2);
+    if (!loopBackedBy(s.loop.nr, s.file)) return;
+  }
+  await detachLoopImage(s.file);
+}
+
+/** The second half of destroyScratch, once detachScratch is done: deletes the image, or removes the LV. */
+export async function removeScratch(_cfg: ScratchConfig, s: Scratch): Promise<void> {
+  if (s.backend === "loop") await removeImage(s.file);
   else if (s.backend === "lvm") await removeLogicalVolume(s.vg, s.lv);
 }
 
 async function destroyLoopImage(file: string): Promise<void> {
+  await detachLoopImage(file);
+  await removeImage(file);
+}
+
+async function detachLoopImage(file: string): Promise<void> {
   const deadline = performance.now() + LOOP_RELEASE_TIMEOUT_MS;
   for (let attempt = 0; ; attempt++) {
     const devices = await loopDevicesOf(file);
@@ -270,8 +335,13 @@ async function destroyLoopImage(file: string): Promise<void> {
     if (attempt === 0) for (const device of devices) await run(["losetup", "--detach", device]);
     else await Bun.sleep(10);
   }
+}
+
+// On a file system mounted with `discard` a preallocated image takes milliseconds to delete: on a thread
+// of the runtime's pool, not on the one that serves everything else.
+async function removeImage(file: string): Promise<void> {
   try {
-    unlinkSync(file);
+    await unlink(file);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
   }

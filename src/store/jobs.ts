@@ -1,6 +1,6 @@
 import { and, asc, desc, eq, inArray, lt, sql } from "drizzle-orm";
 import type { JobState, Outcome } from "../protocol/job.ts";
-import type { Db, Store } from "./open.ts";
+import type { Db, Store, WriteOptions } from "./open.ts";
 import { prepared } from "./prepared.ts";
 import { type JobRow, jobEvents, jobs } from "./schema.ts";
 
@@ -216,14 +216,25 @@ async function transition(
   where: ReturnType<typeof and>,
   set: Partial<typeof jobs.$inferInsert>,
   now: number,
+  opts: WriteOptions = {},
 ): Promise<JobRow | null> {
   return store.write(async (tx) => {
     const [row] = await tx.update(jobs).set(set).where(where).returning();
     if (!row) return null;
     await event(tx, row, now);
     return row;
-  });
+  }, opts);
 }
+
+/*
+ * Assignments, starts, lease extensions and progress are written without waiting for the disk
+ * (durable: false). Lost to a power loss of the master's host, each is repaired without losing a job: a
+ * job whose assignment was lost is queued again, and the worker that runs it is told to forget it when it
+ * reports it (the hello, or job.started); a lost start leaves the job assigned to the worker that runs it;
+ * a lost lease extension is made again by the next heartbeat. Every other change of a job's state is
+ * durable before its promise resolves.
+ */
+const RELAXED: WriteOptions = { durable: false };
 
 /**
  * Assigns a queued job to a worker's slot; null if it is no longer queued. `credentialHash` is the hash of
@@ -243,6 +254,7 @@ export function assignJob(
     and(eq(jobs.id, id), eq(jobs.state, "queued")),
     { state: "assigned", worker, slot, assignedAt: now, leaseExpiresAt: now + leaseMs, credentialHash },
     now,
+    RELAXED,
   );
 }
 
@@ -260,13 +272,15 @@ export function markRunning(
     and(eq(jobs.id, id), eq(jobs.attempt, attempt), eq(jobs.worker, worker), eq(jobs.state, "assigned")),
     { state: "running", startedAt: now, leaseExpiresAt: now + leaseMs },
     now,
+    RELAXED,
   );
 }
 
 /**
  * Records the attempt's outcome as the job's one terminal state; null if it already has one. `from` are
  * the states it may end from: an active attempt's own result, or (with queued too) the late result of an
- * earlier attempt, which ends the job wherever its current attempt stands.
+ * earlier attempt, which ends the job wherever its current attempt stands. With opts.durable false it
+ * resolves once committed: the caller must await store.sync() before it acknowledges the result.
  */
 export function finishJob(
   store: Store,
@@ -276,6 +290,7 @@ export function finishJob(
   logSize: number,
   now = Date.now(),
   from: JobState[] = ACTIVE,
+  opts: WriteOptions = {},
 ) {
   return transition(
     store,
@@ -292,6 +307,7 @@ export function finishJob(
       logSize,
     },
     now,
+    opts,
   );
 }
 
@@ -378,7 +394,7 @@ export function extendLeases(store: Store, worker: string, ids: number[], leaseM
       .update(jobs)
       .set({ leaseExpiresAt: now + leaseMs })
       .where(and(eq(jobs.worker, worker), inArray(jobs.state, ACTIVE), inArray(jobs.id, ids)));
-  });
+  }, RELAXED);
 }
 
 /** Gives every active job at least a full lease from `now` (after the master itself could not write). */
@@ -427,7 +443,7 @@ export function setProgress(
       .where(
         and(eq(jobs.id, id), eq(jobs.attempt, attempt), eq(jobs.worker, worker), eq(jobs.state, "running")),
       );
-  });
+  }, RELAXED);
 }
 
 /** The worker attempt `attempt` of job `id` was assigned to, from the job's history; null if none was. */

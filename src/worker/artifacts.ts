@@ -193,6 +193,9 @@ export async function deliverArtifacts(o: {
   const names = listFiles(out, (name, why) =>
     o.log.warn(`job ${jobId}: ${JSON.stringify(name)} in $KILN_OUT is not kept: ${why}`),
   );
+  // Nothing to deliver (most jobs): no marker either, which would be one more file to write and delete;
+  // after a restart the empty listing is as quick to repeat.
+  if (names.length === 0) return null;
   const refused: string[] = [];
   for (const name of names) {
     try {

@@ -245,6 +245,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
       conn.stop();
       for (const l of loops) l.stop();
       await jobs.stopAll();
+      await outbox.settled();
       await runner.stop?.().catch((err) => {
         const e = coerceError(err);
         log.error(`runner stop: ${e.message}`, errorFields(e));

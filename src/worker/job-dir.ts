@@ -3,6 +3,7 @@ import {
   existsSync,
   fsyncSync,
   mkdirSync,
+  open as openFd,
   openSync,
   readdirSync,
   readFileSync,
@@ -10,13 +11,18 @@ import {
   rmSync,
   writeFileSync,
 } from "node:fs";
+import { mkdir, open, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type JobSpec, type Outcome, OutcomeSchema } from "../protocol/job.ts";
 
 /*
- * Each attempt a worker runs has a directory DATA/worker/jobs/ID.ATTEMPT holding spec.json, the log, and
- * once it ends outcome.json. outcome.json is the durable outbox entry: it stays until the master acks
- * it, so a result survives a master restart, a dropped connection or a worker restart.
+ * Each attempt a worker runs has a directory DATA/worker/jobs/ID.ATTEMPT holding the log and, once it
+ * ends, outcome.json. outcome.json is the outbox entry: it stays until the master acks it, so a result
+ * survives a master restart, a dropped connection or a worker restart.
+ *
+ * The data disk is slow at creating, syncing and deleting files (milliseconds each on a disk mounted with
+ * `discard`), and a worker runs many short jobs: those calls run on the runtime's thread pool (the async
+ * ones here), never on the thread that serves the connection and every other job.
  */
 
 /** The key of an attempt everywhere in the worker, and its directory's name: `ID.ATTEMPT`. */
@@ -29,15 +35,27 @@ export interface JobDir {
   dir: string;
 }
 
+/** Where the attempt's directory goes under `root`; nothing is made yet (createJobDir). */
+export function jobDirOf(root: string, spec: Pick<JobSpec, "id" | "attempt">): JobDir {
+  return { jobId: spec.id, attempt: spec.attempt, dir: join(root, jobKey(spec.id, spec.attempt)) };
+}
+
 /**
  * Makes the attempt's directory (private to the worker's user) and writes its spec.json, mode 0600: it
  * holds the job's secrets and credential, which the artifact delivery reads back after a restart.
  */
-export function createJobDir(root: string, spec: JobSpec): JobDir {
-  const dir = join(root, jobKey(spec.id, spec.attempt));
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  writeFileSync(join(dir, "spec.json"), JSON.stringify(spec), { mode: 0o600 });
-  return { jobId: spec.id, attempt: spec.attempt, dir };
+export async function createJobDir(d: JobDir, spec: JobSpec): Promise<void> {
+  await mkdir(d.dir, { recursive: true, mode: 0o700 });
+  await writeFile(join(d.dir, "spec.json"), JSON.stringify(spec), { mode: 0o600 });
+}
+
+/** Opens (creating) the attempt's log for appending; the plain descriptor is the caller's to close. */
+export function openLog(d: JobDir): Promise<number> {
+  // Not a FileHandle, which closes its descriptor when it is collected: the runner and the pump keep the
+  // number itself.
+  return new Promise((resolve, reject) =>
+    openFd(logPath(d), "a+", 0o600, (err, fd) => (err ? reject(err) : resolve(fd))),
+  );
 }
 
 /** The attempt's own credential from its spec.json; null when it has none or the file is unreadable. */
@@ -53,6 +71,28 @@ export function jobCredential(d: JobDir): string | null {
 
 /** The attempt's log file: stdout and stderr of the job, interleaved as written. */
 export const logPath = (d: JobDir) => join(d.dir, "log");
+
+/**
+ * Writes the first outcome of an attempt, without waiting for the disk: once it resolves the file survives
+ * a crash of the worker (it is in the kernel's cache), and syncOutcome makes it survive a power loss. One
+ * write(2) of a few hundred bytes: a crash leaves it whole or absent, and a torn file (a power loss before
+ * the sync) reads as no outcome, an interrupted attempt.
+ */
+export async function writeFirstOutcome(d: JobDir, outcome: Outcome, logSize: number): Promise<void> {
+  await writeFile(join(d.dir, "outcome.json"), JSON.stringify({ outcome, logSize }), { mode: 0o600 });
+}
+
+/** Makes outcome.json and its directory entry durable (fsync of both). */
+export async function syncOutcome(d: JobDir): Promise<void> {
+  for (const path of [join(d.dir, "outcome.json"), d.dir]) {
+    const fh = await open(path, "r");
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  }
+}
 
 /** Writes the outcome atomically and durably (temp file, fsync, rename, fsync of the directory). */
 export function writeOutcome(d: JobDir, outcome: Outcome, logSize: number) {
@@ -84,6 +124,11 @@ export function readOutcome(d: JobDir): { outcome: Outcome; logSize: number } | 
 /** Removes the attempt's directory and all it holds. */
 export function removeJobDir(d: JobDir) {
   rmSync(d.dir, { recursive: true, force: true });
+}
+
+/** removeJobDir on the runtime's thread pool; never rejects (a leftover is removed by the next start). */
+export async function removeJobDirLater(d: JobDir): Promise<void> {
+  await rm(d.dir, { recursive: true, force: true }).catch(() => {});
 }
 
 /** Every job directory present, split into finished (outbox) and interrupted (no outcome). */

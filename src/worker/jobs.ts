@@ -1,4 +1,4 @@
-import { fstatSync, openSync } from "node:fs";
+import { closeSync, fstatSync } from "node:fs";
 import { join } from "node:path";
 import type { ConsolaInstance } from "consola";
 import type { Config } from "../config/schema.ts";
@@ -10,7 +10,7 @@ import type { TemplateSpec } from "../protocol/template.ts";
 import { createArtifactBudget } from "../runner/artifact-budget.ts";
 import type { RunHandle, Runner, RunResult, Slot } from "../runner/contract.ts";
 import type { Connection, JobRef } from "./connection.ts";
-import { createJobDir, type JobDir, jobKey, logPath, removeJobDir } from "./job-dir.ts";
+import { createJobDir, type JobDir, jobDirOf, jobKey, openLog, removeJobDir } from "./job-dir.ts";
 import type { LogPump } from "./log-pump.ts";
 import type { Outbox } from "./outbox.ts";
 import { JOB_FAULTS, outcomeOf } from "./outcome.ts";
@@ -28,7 +28,7 @@ interface Attempt {
   job: JobDir;
   spec: JobSpec;
   slot: Slot;
-  /** The log file; the log pump owns it (and closes it). */
+  /** The log file (-1 until it is open); the log pump owns it (and closes it). */
   logFd: number;
   handle: RunHandle | null;
   cancelled: boolean;
@@ -38,6 +38,8 @@ interface Attempt {
   /** The master no longer wants it (or the worker stops): it ends without an outcome. */
   forgotten: boolean;
   proxy: { close(): void } | null;
+  /** Its run has ended and its outcome is being recorded: a stop lets that finish rather than cut it. */
+  ending: Promise<void> | null;
 }
 
 /** The attempts this worker runs. */
@@ -137,9 +139,10 @@ export function createJobs(o: JobsOptions): Jobs {
     if (a.timer) clearTimeout(a.timer);
     a.proxy?.close();
     const outcome = outcomeOf(result, a);
+    const ended = performance.now();
     try {
       // From here the outbox has the attempt; the pump keeps its log open until the master acks it.
-      outbox.add(a.job, outcome, fstatSync(a.logFd).size);
+      await outbox.add(a.job, outcome, fstatSync(a.logFd).size);
     } catch (err) {
       // Not recorded, so not reported: with the attempt gone from the heartbeat, its lease runs out
       // and the master re-queues the job.
@@ -152,10 +155,19 @@ export function createJobs(o: JobsOptions): Jobs {
       return;
     }
     attempts.delete(key);
+    if (a.forgotten) {
+      // The master withdrew it while its outcome was being written: drop that too.
+      if (outbox.remove(key)) pump.close(key);
+      return;
+    }
     log.info(`job ${a.spec.id}: ${outcome.state}${outcome.reason ? ` (${outcome.reason})` : ""}`, fields(a));
     // The health check runs before the slot is reported free, so a slot a job broke is never offered.
     await book.check(a.slot);
     outbox.report(key);
+    log.debug(`job ${a.spec.id}: result recorded and reported`, {
+      ...fields(a),
+      reportMs: Math.round((performance.now() - ended) * 10) / 10,
+    });
   };
 
   /**
@@ -178,21 +190,24 @@ export function createJobs(o: JobsOptions): Jobs {
   const handBack = (spec: JobSpec, message: string) =>
     conn.send({ type: "job.refused", jobId: spec.id, attempt: spec.attempt, message });
 
-  /** The attempt's directory and log file; null (said, and the job handed back) when the disk refuses. */
-  const prepare = (spec: JobSpec, slotName: string): { job: JobDir; logFd: number } | null => {
-    let job: JobDir | null = null;
+  /**
+   * Makes the attempt's directory and opens its log, off the worker's thread (each can take milliseconds
+   * on a busy disk); false (said, and the job handed back) when the disk refuses.
+   */
+  const prepare = async (a: Attempt): Promise<boolean> => {
     try {
-      job = createJobDir(o.jobsRoot, spec);
-      return { job, logFd: openSync(logPath(job), "a+", 0o600) };
+      await createJobDir(a.job, a.spec);
+      a.logFd = await openLog(a.job);
+      return true;
     } catch (err) {
-      if (job) removeJobDir(job);
+      removeJobDir(a.job);
       const e = coerceError(err);
       log.error(
-        `job ${spec.id}: cannot make its directory in ${o.jobsRoot}: ${e.message}; handing it back (free space or fix permissions there)`,
-        { jobId: spec.id, attempt: spec.attempt, slot: slotName, code: "JOB_DIR_FAILED", ...errorFields(e) },
+        `job ${a.spec.id}: cannot make its directory in ${o.jobsRoot}: ${e.message}; handing it back (free space or fix permissions there)`,
+        { ...fields(a), code: "JOB_DIR_FAILED", ...errorFields(e) },
       );
-      handBack(spec, `${o.name} cannot store the job: ${e.message}`);
-      return null;
+      handBack(a.spec, `${o.name} cannot store the job: ${e.message}`);
+      return false;
     }
   };
 
@@ -214,23 +229,34 @@ export function createJobs(o: JobsOptions): Jobs {
       handBack(spec, `slot ${slotName} on ${o.name} is ${why}`);
       return;
     }
-    const prepared = prepare(spec, slotName);
-    if (!prepared) return;
-    const { job, logFd } = prepared;
-    pump.follow(spec.id, spec.attempt, logFd);
+    // The slot is taken from here on, before the first await: a second assignment, a forget, a cancel or
+    // a stop that comes while the directory is being made finds the attempt.
     const a: Attempt = {
-      job,
+      job: jobDirOf(o.jobsRoot, spec),
       spec,
       slot,
-      logFd,
+      logFd: -1,
       handle: null,
       cancelled: false,
       timedOut: false,
       timer: null,
       forgotten: false,
       proxy: null,
+      ending: null,
     };
     attempts.set(key, a);
+    if (!(await prepare(a))) {
+      attempts.delete(key);
+      return;
+    }
+    if (a.forgotten) {
+      // Withdrawn (or the worker stops) before it started: it leaves nothing.
+      closeSync(a.logFd);
+      drop(a);
+      return;
+    }
+    const { job, logFd } = a;
+    pump.follow(spec.id, spec.attempt, logFd);
     const artifacts = createArtifactBudget(o.cfg.worker.artifact_budget);
     try {
       // The job API's socket is part of the slot's set-up: if it cannot be made, the slot is at fault.
@@ -280,19 +306,24 @@ export function createJobs(o: JobsOptions): Jobs {
       return;
     }
     conn.send({ type: "job.started", jobId: spec.id, attempt: spec.attempt });
+    // A cancel, forget or stop that came while the runner was setting up found no handle to kill.
+    if (a.cancelled || a.forgotten) a.handle.kill();
     a.timer = setTimeout(() => {
       a.timedOut = true;
       a.handle?.kill();
     }, spec.timeoutMs);
     a.handle.result.then(
-      (r) => finish(a, r),
-      (err) =>
-        finish(a, {
+      (r) => {
+        a.ending = finish(a, r);
+      },
+      (err) => {
+        a.ending = finish(a, {
           exit: { kind: "sandbox", message: coerceError(err).message },
           limit: null,
           peakMemoryBytes: null,
           cpuMs: null,
-        }),
+        });
+      },
     );
   };
 
@@ -324,7 +355,10 @@ export function createJobs(o: JobsOptions): Jobs {
       stopping = true;
       // Jobs cut short by a stop are not failures of theirs: no outcome is written, and the master is
       // told at once so it re-queues them (retries permitting) instead of waiting for their leases.
-      const cut = [...attempts.values()];
+      // One whose run has already ended is not cut: its outcome is being written to the outbox (off
+      // the event loop), and it goes to the master like any finished attempt's.
+      const ending = [...attempts.values()].filter((a) => a.ending !== null).map((a) => a.ending);
+      const cut = [...attempts.values()].filter((a) => a.ending === null);
       conn.sayStopping(cut.map((a) => ({ jobId: a.spec.id, attempt: a.spec.attempt })));
       for (const a of cut) {
         a.forgotten = true;
@@ -332,6 +366,7 @@ export function createJobs(o: JobsOptions): Jobs {
       }
       // A run that rejects is ended by finish all the same; here only its end matters.
       await Promise.all(cut.map((a) => a.handle?.result.catch(() => undefined)));
+      await Promise.all(ending);
     },
   };
 }

@@ -6,6 +6,7 @@ import {
   attachJobCgroup,
   type CgroupLayout,
   detectCgroups,
+  isEmpty,
   killAll,
   listPids,
   openJobCgroup,
@@ -45,6 +46,33 @@ describe.skipIf(!isRoot)("real cgroups (root)", () => {
     expect(listPids(cg)).toEqual([]);
     expect(await proc.exited).toBe(137);
     for (const pid of pids) expect(isAlive(pid)).toBe(false);
+    await removeCgroup(cg);
+  });
+
+  test("isEmpty says whether any process is left in the job's cgroups, with and without cgroup2", async () => {
+    const cg = openJobCgroup(layout, `${parent}/empty`);
+    const v1Only =
+      layout.v1.pids === undefined
+        ? null
+        : openJobCgroup({ mode: "v1", v1: layout.v1 }, `${parent}/empty-v1`);
+    expect(isEmpty(cg)).toBe(true);
+    const proc = startIn(cg, "exec sleep 100");
+    await waitFor("the process", () => listPids(cg).length === 1);
+    expect(isEmpty(cg)).toBe(false);
+    if (v1Only) {
+      expect(isEmpty(v1Only)).toBe(true);
+      const other = startIn(v1Only, "exec sleep 100");
+      await waitFor("the v1 process", () => listPids(v1Only).length === 1);
+      expect(isEmpty(v1Only)).toBe(false);
+      await killAll(v1Only);
+      await other.exited;
+      expect(isEmpty(v1Only)).toBe(true);
+      await removeCgroup(v1Only);
+    }
+    await killAll(cg);
+    await proc.exited;
+    // cgroup2 updates `populated` as the last process leaves, which killAll has waited for.
+    await waitFor("populated to drop", () => isEmpty(cg));
     await removeCgroup(cg);
   });
 

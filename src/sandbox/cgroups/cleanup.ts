@@ -21,6 +21,21 @@ export function listPids(cg: JobCgroup): number[] {
 }
 
 /**
+ * True when no process is left in the job's cgroups. Every process of a job is in all of them (the
+ * launcher joins each before it starts anything, and a job sees no cgroupfs and holds no capability to
+ * move itself), so where the job has a cgroup2 directory its `populated` flag, which covers the whole
+ * subtree, answers for every hierarchy in one read; elsewhere each hierarchy is listed (listPids).
+ */
+export function isEmpty(cg: JobCgroup): boolean {
+  const unified = cg.sites.unified;
+  const events = unified === undefined ? null : readText(join(unified, "cgroup.events"));
+  const populated = events === null ? null : /^populated (\d)$/m.exec(events)?.[1];
+  if (populated === "0") return true;
+  if (populated === "1") return false;
+  return listPids(cg).length === 0;
+}
+
+/**
  * Kills every process in the job's cgroups and resolves once every hierarchy's cgroup.procs is empty.
  * Uses cgroup.kill where cgroup2 has it; otherwise freezes, SIGKILLs each process and thaws, repeating.
  * Throws after timeoutMs, and at once if the calling process itself is inside.

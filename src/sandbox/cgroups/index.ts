@@ -13,7 +13,7 @@
 // (making it), limits.ts (limiting it), usage.ts (reading what it used), cleanup.ts (killing, removing and
 // sweeping), files.ts (the interface files themselves). This module is the API the rest of Kiln uses.
 
-export { killAll, listPids, removeCgroup, sweepCgroups } from "./cleanup.ts";
+export { isEmpty, killAll, listPids, removeCgroup, sweepCgroups } from "./cleanup.ts";
 export { openJobCgroup } from "./create.ts";
 export { type CgroupLayout, type CgroupMode, detectCgroups, parseCgroupMounts } from "./detect.ts";
 export { attachJobCgroup, type CgroupSite, type CgroupSites, type JobCgroup } from "./job.ts";

@@ -43,6 +43,13 @@ export interface JobCgroup {
   peakFd: number | null;
   /** The limits last applied, so a recreated cgroup can get them back. */
   lastLimits: Limits | null;
+  /**
+   * What the cgroup's limit files hold now, as applyLimits last wrote them (a key of the limits); null
+   * when unknown or changed since (the cgroup recreated).
+   */
+  applied: string | null;
+  /** Device rules added by setDeviceRules and not withdrawn yet (the next applyLimits writes in full). */
+  extraRules: boolean;
 }
 
 const SEGMENT = /^[A-Za-z0-9_][A-Za-z0-9_.@:+-]*$/;
@@ -111,5 +118,7 @@ export function attachJobCgroup(layout: CgroupLayout, relPath: string): JobCgrou
     baseline: { cpuUsec: 0, oomKills: 0, pidsLimitHit: 0 },
     peakFd: null,
     lastLimits: null,
+    applied: null,
+    extraRules: false,
   };
 }

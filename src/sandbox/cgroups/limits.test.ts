@@ -11,6 +11,7 @@ import {
   readUsage,
   removeCgroup,
   resetCounters,
+  setDeviceRules,
 } from "./index.ts";
 import { fakeV2Hierarchy, isRoot, leftIn, MiB, runIn, testParent } from "./test-support.ts";
 
@@ -33,6 +34,20 @@ describe("on a cgroup v2 layout", () => {
     expect(read("cpu.max")).toBe("max 100000");
     expect(read("pids.max")).toBe("max");
     expect(read("io.weight")).toBe("default 100");
+  });
+
+  test("the limits the cgroup already holds are not written again; other limits are written in full", () => {
+    using fake = fakeV2Hierarchy();
+    const read = (name: string) => fake.read("kiln", "slot-0", name);
+    const cg = openJobCgroup(fake.layout, "kiln/slot-0");
+    applyLimits(cg, { memoryBytes: 512 * MiB, pids: 100 });
+    // Marks that only a new write would replace: the files of a real cgroup only the worker writes.
+    writeFileSync(fake.file("kiln", "slot-0", "pids.max"), "untouched");
+    applyLimits(cg, { memoryBytes: 512 * MiB, pids: 100 });
+    expect(read("pids.max")).toBe("untouched");
+    applyLimits(cg, { memoryBytes: 512 * MiB, pids: 101 });
+    expect(read("pids.max")).toBe("101");
+    expect(read("memory.max")).toBe(String(512 * MiB));
   });
 
   test("a limit the host cannot enforce is an error, and so is a nonsensical one", () => {
@@ -111,6 +126,17 @@ describe.skipIf(!isRoot)("real cgroups (root)", () => {
       expect(denied.stderr).toContain("Operation not permitted");
       const allowed = await runIn(cg, "echo ok > /dev/null && head -c1 /dev/zero | od -An -tx1");
       expect(allowed).toEqual({ exitCode: 0, stdout: " 00\n", stderr: "" });
+
+      // The launcher's window: a rule added and withdrawn leaves the set applyLimits wrote; one left
+      // behind (a launch that failed early) is undone by the next applyLimits, even with equal limits.
+      setDeviceRules(cg, ["b 7:* rwm"], true);
+      expect((await runIn(cg, `head -c1 ${node}`)).exitCode).toBe(0);
+      applyLimits(cg, {});
+      expect((await runIn(cg, `head -c1 ${node}`)).exitCode).not.toBe(0);
+      setDeviceRules(cg, ["b 7:* rwm"], true);
+      setDeviceRules(cg, ["b 7:* rwm"], false);
+      applyLimits(cg, {});
+      expect((await runIn(cg, `head -c1 ${node}`)).exitCode).not.toBe(0);
 
       applyLimits(cg, { devices: [node] });
       expect((await runIn(cg, `head -c1 ${node}`)).exitCode).toBe(0);

@@ -31,17 +31,31 @@ const BASE_DEVICES = ["c 1:3", "c 1:5", "c 1:7", "c 1:8", "c 1:9", "c 5:0", "c 5
 
 /**
  * Applies the job's limits, overwriting every limit Kiln manages so nothing from a previous job on the
- * same slot survives. Throws when a requested limit cannot be enforced on this host.
+ * same slot survives. Throws when a requested limit cannot be enforced on this host. When the cgroup
+ * already holds exactly these limits (cg.applied: the previous job on the slot had the same, and nothing
+ * changed them since; a job has no way to), nothing is written: a slot's jobs mostly ask for the same,
+ * and each write to a v1 hierarchy can wait on the kernel's cgroup locks.
  */
 export function applyLimits(cg: JobCgroup, limits: Limits): void {
   // Everything is checked before anything is written, so a refused job never leaves a half-applied set.
   checkLimits(cg, limits);
+  const key = JSON.stringify([
+    limits.memoryBytes,
+    limits.cpus,
+    limits.pids,
+    limits.ioWeight,
+    limits.devices ?? [],
+  ]);
+  if (cg.applied === key && !cg.extraRules) return;
+  cg.applied = null;
   applyMemory(cg, limits.memoryBytes);
   applyCpu(cg, limits.cpus);
   applyPids(cg, limits.pids);
   applyIo(cg, limits.ioWeight);
   applyDevices(cg, limits.devices ?? []);
+  cg.extraRules = false;
   cg.lastLimits = { ...limits };
+  cg.applied = key;
 }
 
 function checkLimits(cg: JobCgroup, limits: Limits): void {
@@ -165,7 +179,11 @@ function applyDevices(cg: JobCgroup, extra: string[]): void {
 export function setDeviceRules(cg: JobCgroup, rules: string[], allow: boolean): void {
   const site = cg.sites.devices;
   if (site === undefined || site.api !== "v1") return;
+  // Rules added and not withdrawn (a launch that failed before it said "ready") are not what applyLimits
+  // wrote: the next job's limits are then written in full, which starts the exception list afresh.
+  if (allow && rules.length > 0) cg.extraRules = true;
   for (const rule of rules) writeControl(site.dir, allow ? "devices.allow" : "devices.deny", rule);
+  if (!allow) cg.extraRules = false;
 }
 
 function deviceRule(path: string): string {

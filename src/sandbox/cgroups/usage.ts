@@ -65,6 +65,7 @@ function resetV2Peak(cg: JobCgroup, dir: string): void {
     mkdirSync(dir, { recursive: true });
     return;
   }
+  cg.applied = null;
   if (cg.lastLimits !== null) applyLimits(cg, cg.lastLimits);
 }
 

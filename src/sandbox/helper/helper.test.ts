@@ -28,6 +28,7 @@ import {
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { waitFor } from "../../../test/harness.ts";
+import { attachLoop, loopBackedBy } from "../loop-device.ts";
 
 const isRoot = process.getuid?.() === 0;
 const REPO = resolve(import.meta.dir, "../../..");
@@ -471,6 +472,29 @@ describe("kiln-sandbox", () => {
     expect(kib).toBeLessThanOrEqual(32 * 1024);
     expect(r.stdout.split("\n")[1]).toMatch(/^\S+ 700$/);
   });
+
+  rootTest(
+    "--scratch-dev takes a loop device the caller attached to clear itself, mounts it nobarrier, and returns once it has cleared",
+    async () => {
+      const img = makeImage("ahead.img", 32);
+      // As the worker does for the next job's volume: attached ahead with autoclear, held until "ready".
+      const loop = attachLoop(img);
+      let held = true;
+      cleanups.push(() => {
+        if (held) closeSync(loop.fd);
+      });
+      const s = start(["--scratch-dev", loop.device], ["/bin/sh", "-c", "grep ' /tmp ' /proc/self/mounts"]);
+      await waitFor("the ready line", () => s.status().some((l) => l.startsWith("ready ")));
+      closeSync(loop.fd);
+      held = false;
+      const r = await finish(s);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/ \/tmp ext4 \S*nobarrier/);
+      // The launcher waited for the device to clear: the caller may delete the image at once.
+      expect(loopBackedBy(loop.nr, img)).toBe(false);
+      expect(r.status.some((l) => l.startsWith("warning"))).toBe(false);
+    },
+  );
 
   rootTest("--debug prints each step to stderr", async () => {
     const r = await finish(start(["--debug"], ["/bin/true"]));

@@ -48,6 +48,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -432,6 +433,12 @@ static const char *attach_loop(int *fd, const char *host) {
   die_msg("no free loop device after 64 attempts");
 }
 
+/* ext4 options for a scratch volume, which is thrown away with the job: no cache flush is ever sent to
+ * the device (with a loop device each flush is an fsync of the image file on the host's disk, and the
+ * unmount as the job's namespace goes sends one). */
+#define SCRATCH_EXT4 "nobarrier"
+#define SCRATCH_FLAGS (MS_NOSUID | MS_NODEV)
+
 /* Mounts the scratch volume at `at`; `host` as for attach_loop. */
 static void mount_scratch(const char *at, const char *host) {
   step("scratch");
@@ -439,10 +446,10 @@ static void mount_scratch(const char *at, const char *host) {
     int lfd;
     const char *dev = attach_loop(&lfd, host);
     step("scratch");
-    xmount(dev, at, "ext4", MS_NOSUID | MS_NODEV, NULL);
+    xmount(dev, at, "ext4", SCRATCH_FLAGS, SCRATCH_EXT4);
     close(lfd);
   } else if (o.scratch_dev) {
-    xmount(fd_path(scratch_fd, NULL), at, "ext4", MS_NOSUID | MS_NODEV, NULL);
+    xmount(fd_path(scratch_fd, NULL), at, "ext4", SCRATCH_FLAGS, SCRATCH_EXT4);
   } else {
     char data[64];
     snprintf(data, sizeof data, "size=%s,mode=1777", o.scratch_tmpfs ? o.scratch_tmpfs : "67108864");
@@ -1295,12 +1302,53 @@ static void parse_args(int argc, char **argv) {
   if (o.setup && (!o.overlay_root || o.build)) die_msg("--setup needs --overlay-root and no --build");
 }
 
+/* The image a loop device is attached to, from sysfs (where losetup reads it too); false if none. */
+static bool loop_backing(int nr, char *buf, size_t size) {
+  char path[96];
+  snprintf(path, sizeof path, "/sys/block/loop%d/loop/backing_file", nr);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  ssize_t n = read(fd, buf, size - 1);
+  close(fd);
+  if (n <= 0) return false;
+  buf[n] = 0;
+  if (buf[n - 1] == '\n') buf[n - 1] = 0;
+  return true;
+}
+
+/* The image behind --scratch-dev when it is a loop device the caller attached (with autoclear) to its
+ * image: the outer process waits for that device to clear as it does for one it attached itself. */
+static char scratch_dev_image[PATH_MAX];
+static void note_scratch_loop(void) {
+  struct stat st;
+  char link[64], target[PATH_MAX];
+  if (!o.scratch_dev || stat(o.scratch_dev, &st) < 0 || !S_ISBLK(st.st_mode)) return;
+  snprintf(link, sizeof link, "/sys/dev/block/%u:%u", major(st.st_rdev), minor(st.st_rdev));
+  ssize_t n = readlink(link, target, sizeof target - 1);
+  if (n <= 0) return;
+  target[n] = 0;
+  const char *base = strrchr(target, '/');
+  int nr;
+  char extra;
+  if (!base || sscanf(base + 1, "loop%d%c", &nr, &extra) != 1) return; /* not a whole loop device */
+  /* Only a device that clears itself will go: one attached for good stays, and is not waited for. */
+  char path[96], flag[8] = "";
+  snprintf(path, sizeof path, "/sys/block/loop%d/loop/autoclear", nr);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  ssize_t got = read(fd, flag, sizeof flag - 1);
+  close(fd);
+  if (got <= 0 || flag[0] != '1') return;
+  if (loop_backing(nr, scratch_dev_image, sizeof scratch_dev_image)) shared->loop_nr = nr;
+}
+
 /* After PID 1 is gone the namespace's mounts are torn down and the loop device detaches itself; wait (a
  * little) until it has, so the caller may reuse or delete the image as soon as we exit. */
 static void wait_loop_gone(void) {
-  char path[96], want[PATH_MAX], got[PATH_MAX + 2];
-  if (shared->loop_nr < 0 || !realpath(o.scratch_file, want)) return;
-  snprintf(path, sizeof path, "/sys/block/loop%d/loop/backing_file", shared->loop_nr);
+  char want[PATH_MAX], got[PATH_MAX + 2];
+  if (shared->loop_nr < 0) return;
+  if (o.scratch_dev) snprintf(want, sizeof want, "%s", scratch_dev_image);
+  else if (!realpath(o.scratch_file, want)) return;
   for (int i = 0;; i++) {
     if (i == 5000) {
       /* Not fatal to the job, which has ended, but the caller must know its image is still in use:
@@ -1308,13 +1356,7 @@ static void wait_loop_gone(void) {
       status_line("warning loop: /dev/loop%d still holds %s 5 s after the sandbox ended", shared->loop_nr, want);
       return;
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return;
-    ssize_t n = read(fd, got, sizeof got - 1);
-    close(fd);
-    if (n <= 0) return;
-    got[n] = 0;
-    if (got[n - 1] == '\n') got[n - 1] = 0;
+    if (!loop_backing(shared->loop_nr, got, sizeof got)) return;
     if (strcmp(got, want)) return; /* detached, and already reused by someone else */
     usleep(1000);
   }
@@ -1436,6 +1478,7 @@ int main(int argc, char **argv) {
   shared = mmap(NULL, sizeof *shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (shared == MAP_FAILED) shared = NULL, die("mmap");
   shared->loop_nr = -1;
+  note_scratch_loop();
   /* Block the signals we handle before forking: PID 1 inherits the mask and turns it into a signalfd;
    * here they are taken with sigwaitinfo. No handler ever runs, no signal is lost in between. */
   sigset_t set;
