@@ -9,6 +9,7 @@ import {
   stopAll,
   submitJob,
   tempDir,
+  waitFor,
   waitJob,
 } from "../harness.ts";
 import { saveTemplate } from "../template-seed.ts";
@@ -41,6 +42,11 @@ beforeAll(async () => {
     role: "up",
     name: "up",
     env: { KILN_WORKER_CAPACITY: "2", KILN_WORKER_NAME: "c-tpl" },
+  });
+  // The worker of `kiln up` sweeps before it connects; the master may answer before that.
+  await waitFor("the worker c-tpl to connect", async () => {
+    const r = await m.api<{ name: string; connected: boolean }[]>("GET", "/api/v1/workers");
+    return r.body.some((w) => w.name === "c-tpl" && w.connected);
   });
 });
 
