@@ -145,7 +145,8 @@ async function checkUsable(ctx: MasterContext, names: string[], project: string)
       throw new AppError(
         "REPO_NOT_FOUND",
         `--use-repo ${name}: no repository ${name} that jobs of project ${project} may read (another project's repository is readable only when it is public): see \`kiln repo ls\``,
-        { status: 400, cause: e },
+        // The status visibleRepo gave: 400, the name being part of the request.
+        { status: e.status, cause: e },
       );
     }
   }
