@@ -149,22 +149,34 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
         template = await resolveTemplate(ctx.store.db, row.root).catch(() => null);
         if (template) await recordTemplateHash(ctx.store, row.id, row.attempt, template.hash);
       }
-      try {
-        // The repositories the job uses, with their keys, for the sources its worker writes. Read here,
-        // like the template, so a key imported since the submit is the one apt checks against.
-        const sources = row.useRepos.length ? await repoSourcesOf(ctx, row) : [];
-        worker.send({
-          type: "job.assign",
-          job: specOf(row, template, credential.secret, sources),
-          slot: slot.name,
+      // The repositories the job uses, with their keys, for the sources its worker writes. Read here, like
+      // the template, so a key imported since the submit is the one apt checks against. A key that cannot
+      // be read (gpg failing) leaves the attempt unsent: its lease re-queues it.
+      let sources: JobSpec["repoSources"] | null = [];
+      if (row.useRepos.length) {
+        sources = await repoSourcesOf(ctx, row).catch((err) => {
+          ctx.log.error(
+            `job ${row.id}: cannot read the keys of the repositories it uses (${row.useRepos.join(", ")}): ${coerceError(err).message}; it is re-queued when its lease ends (check gpg and DATA/repo-key on the master)`,
+            { jobId: row.id, attempt: row.attempt, code: "REPO_KEY_UNREADABLE" },
+          );
+          return null;
         });
-      } catch (err) {
-        // The lease rules re-queue it if the worker never got it.
-        ctx.log.warn(`job ${row.id}: could not send to ${worker.name}: ${coerceError(err).message}`, {
-          jobId: row.id,
-          attempt: row.attempt,
-          worker: worker.name,
-        });
+      }
+      if (sources) {
+        try {
+          worker.send({
+            type: "job.assign",
+            job: specOf(row, template, credential.secret, sources),
+            slot: slot.name,
+          });
+        } catch (err) {
+          // The lease rules re-queue it if the worker never got it.
+          ctx.log.warn(`job ${row.id}: could not send to ${worker.name}: ${coerceError(err).message}`, {
+            jobId: row.id,
+            attempt: row.attempt,
+            worker: worker.name,
+          });
+        }
       }
       assigned++;
       round++;
