@@ -38,6 +38,8 @@ const job: JobView = {
   },
   logSize: 1234,
   cancelRequested: false,
+  repo: null,
+  useRepos: [],
   retryOf: null,
   rebuildOf: null,
   reproducibility: null,
@@ -57,6 +59,18 @@ test("the show page has one line per field the job has, and none for the fields 
   expect(lines.find((l) => l.startsWith("limits:"))).toContain("cpus 1.5");
   for (const absent of ["peak memory:", "cpu time:", "retry of:", "recipe:", "progress:"])
     expect(lines.some((l) => l.startsWith(absent))).toBe(false);
+});
+
+test("the show page names the repositories a job uses and the one it publishes into", () => {
+  const line = (j: JobView) =>
+    showText(j)
+      .split("\n")
+      .find((l) => l.startsWith("repos:"));
+  expect(line(job)).toBeUndefined();
+  expect(line({ ...job, useRepos: ["tools", "base"], repo: "out" })).toBe(
+    "repos:       uses tools, base; publishes into out",
+  );
+  expect(line({ ...job, useRepos: ["tools"] })).toBe("repos:       uses tools");
 });
 
 test("a hostile name and command cannot drive the terminal or add lines to the show page or the table", () => {

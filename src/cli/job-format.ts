@@ -72,6 +72,7 @@ export function showText(j: JobView): string {
     ["rebuild of", j.rebuildOf === null ? null : String(j.rebuildOf)],
     ["rebuilt", j.reproducibility ? reproducibleText(j.reproducibility) : null],
     ["recipe", j.recipe ? recipeText(j.recipe) : null],
+    ["repos", reposText(j)],
     // A recipe job's command is the rendered script; the recipe line above says what it is.
     ["command", j.recipe ? null : brief(j.command.join(" "))],
   ];
@@ -79,6 +80,15 @@ export function showText(j: JobView): string {
     .filter(([, v]) => v !== null && v !== "")
     .map(([k, v]) => `${`${k}:`.padEnd(13)}${safe(v!)}`)
     .join("\n");
+}
+
+/** "uses a, b; publishes into c": the repositories a job installs from and the one it publishes into. */
+function reposText(j: JobView): string | null {
+  const parts: string[] = [];
+  // Views from a master older than --use-repo have neither field.
+  if (j.useRepos?.length) parts.push(`uses ${j.useRepos.join(", ")}`);
+  if (j.repo) parts.push(`publishes into ${j.repo}`);
+  return parts.length ? parts.join("; ") : null;
 }
 
 /** "NAME v3 (url=..., dist=...)", quoting a value only where it would be ambiguous. */

@@ -130,6 +130,7 @@ function submitText(s: Record<string, unknown>): string[] {
     if (k === "memoryBytes" || k === "scratchBytes")
       return `${k.replace("Bytes", "")}: ${formatSize(v as number)}`;
     if (k === "timeoutMs") return `timeout: ${formatDuration(v as number)}`;
+    if (k === "useRepos") return `use_repos: ${(v as string[]).join(", ")}`;
     if (k === "env") {
       const env = Object.entries(v as Record<string, string>).map(([ek, ev]) => `${ek}=${ev}`);
       return `env: ${env.join(" ")}`;

@@ -58,6 +58,12 @@ const submitArgs = {
     valueHint: "NAME",
   },
   force: { type: "boolean", description: "With --repo: publish even packages that are not newer" },
+  "use-repo": {
+    type: "string",
+    description:
+      "Install from this repository: apt/dnf in the job (and its setup) reach it through the job's API proxy (repeatable)",
+    valueHint: "NAME",
+  },
   env: { type: "string", description: "Environment variable for the job (repeatable)", valueHint: "K=V" },
   secret: {
     type: "string",
@@ -160,6 +166,7 @@ export const submit = defineCommand({
       egress: a.egress === undefined ? undefined : repeated(ctx.rawArgs, "egress"),
       repo: a.repo,
       repoForce: a.force ? true : undefined,
+      useRepos: a["use-repo"] === undefined ? undefined : repeated(ctx.rawArgs, "use-repo"),
       retries: intArg("retries", a.retries),
     };
     const request = JSON.parse(JSON.stringify(body));

@@ -6,19 +6,32 @@ import { artifactNameProblem, isName } from "../lib/names.ts";
 import type { ArtifactBudget } from "../runner/artifact-budget.ts";
 import { connectUpstream, type RelayEnd } from "./egress.ts";
 import { Outgoing } from "./outgoing.ts";
+import { forwardedHeaders, pipeBody, repoRequestPath, repoTarget, responseHead } from "./repo-proxy.ts";
 
 /*
  * The job's API proxy: one Unix socket per job, which the sandbox forwards to $KILN_API on loopback
  * inside the job. It answers the job's own control requests (progress, mark-broken, upload) and, for the
  * upstream hosts the job was allowed with --egress, acts as an HTTP proxy (CONNECT for https, absolute
- * URIs for plain http) so `apt-get` with http_proxy works. Anything else is refused: this socket is the
- * job's only way out of its network namespace.
+ * URIs for plain http) so `apt-get` with http_proxy works; and it serves the package repositories the job
+ * uses (`--use-repo`) under /repos/NAME/ from the master (repo-proxy.ts). Anything else is refused: this
+ * socket is the job's only way out of its network namespace.
  */
 
 export interface ApiHandlers {
   jobId: number;
   attempt: number;
   egress: string[];
+  /** The repositories the job uses (`--use-repo`): /repos/NAME/ reaches these and no other (none: absent). */
+  useRepos?: string[];
+  /**
+   * Asks the master for `path` (percent-encoded, every part checked) of repository `name` with the job's
+   * credential; resolves to the master's answer, whose body the proxy streams to the job.
+   */
+  repoFile?(
+    name: string,
+    path: string,
+    init: { method: "GET" | "HEAD"; headers: Record<string, string>; signal: AbortSignal },
+  ): Promise<Response>;
   /** Where uploaded artifacts go. */
   outDir: string;
   /** The job's artifact budget: every upload is counted against it before a byte is written. */
@@ -53,6 +66,12 @@ interface Conn {
     refused?: string;
   } | null;
   request: { method: string; target: string; headers: Map<string, string> } | null;
+  /**
+   * Set while a repository file streams to the job: aborted when the job's connection closes, which stops
+   * the master's download. What the job sends meanwhile (pipelined requests) is dropped: the answer says
+   * `connection: close`, and apt sends them again on a new connection.
+   */
+  download: AbortController | null;
 }
 
 const MAX_HEAD = 16 * 1024;
@@ -84,6 +103,7 @@ function respond(s: Socket<Conn>, status: number, body: unknown) {
       400: "Bad Request",
       403: "Forbidden",
       404: "Not Found",
+      405: "Method Not Allowed",
       409: "Conflict",
       413: "Too Large",
       500: "Internal Server Error",
@@ -224,9 +244,50 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
     }
   };
 
+  /** A GET or HEAD of /repos/NAME/PATH: forwarded to the master when the job uses NAME, streamed back. */
+  const repoFile = (s: Socket<Conn>, req: NonNullable<Conn["request"]>, path: string) => {
+    if (req.method !== "GET" && req.method !== "HEAD")
+      return refuse(s, 405, "METHOD_NOT_ALLOWED", "a repository is read with GET or HEAD");
+    if (Number(req.headers.get("content-length") ?? 0) !== 0 || req.headers.has("transfer-encoding"))
+      return refuse(s, 400, "INVALID_REQUEST", "a repository request has no body");
+    const t = repoTarget(path, h.repoFile ? (h.useRepos ?? []) : []);
+    if (t.refused !== null)
+      return t.refused === "not-used"
+        ? refuse(s, 404, "REPO_NOT_USED", t.message)
+        : refuse(s, 400, "INVALID_PATH", t.message);
+    const ask = h.repoFile!;
+    const download = new AbortController();
+    s.data.download = download;
+    const method = req.method;
+    let started = false;
+    ask(t.name, t.path, { method, headers: forwardedHeaders(req.headers), signal: download.signal })
+      .then(async (res) => {
+        if (download.signal.aborted) return void (await res.body?.cancel().catch(() => {}));
+        started = true;
+        const out = s.data.out;
+        out.write(responseHead(res));
+        const whole = method === "HEAD" || !res.body || (await pipeBody(out, res.body, download.signal));
+        if (whole) out.end();
+        // Read on, dropping, so the job's EOF is seen.
+        s.resume();
+      })
+      .catch((err) => {
+        if (download.signal.aborted) return;
+        // Part of an answer written: reset the connection, so the job's client sees a cut download, never
+        // a short file that looks whole. Nothing written yet: the master could not be asked.
+        if (started) return s.terminate();
+        const e = coerceError(err) as Error & { code?: string };
+        respond(s, 502, {
+          error: { code: e.code ?? "MASTER_UNREACHABLE", message: `repository ${t.name}: ${e.message}` },
+        });
+      });
+  };
+
   const onHead = (s: Socket<Conn>, headText: string, rest: Uint8Array) => {
     const req = parseHead(headText);
     s.data.request = req;
+    const repoPath = repoRequestPath(req.target);
+    if (repoPath !== null) return repoFile(s, req, repoPath);
     if (req.method === "CONNECT") {
       const m = /^\[?([A-Za-z0-9.:-]+?)\]?:(\d{1,5})$/.exec(req.target);
       if (!m) return refuse(s, 400, "INVALID_REQUEST", "CONNECT needs HOST:PORT");
@@ -352,11 +413,13 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
           pending: [],
           body: null,
           request: null,
+          download: null,
         };
       },
       data(s, chunk) {
         const c = s.data;
         if (c.relay) return c.relay.data(chunk);
+        if (c.download) return;
         if (c.out.ended) return; // answered already: nothing more is read from this request
         if (c.request && !c.body) return void c.pending.push(chunk);
         if (c.body) return feedBody(s, chunk);
@@ -382,6 +445,7 @@ export function startApiProxy(path: string, h: ApiHandlers): { close(): void } {
         else if (!c.body || c.body.got < c.body.need) c.out.end();
       },
       close(s, error) {
+        s.data.download?.abort();
         if (s.data.relay) s.data.relay.close(error);
         else s.data.out.markClosed();
         s.data.body?.file?.destroy();

@@ -75,9 +75,9 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
   NOT_FOUND: { status: 404, source: "any", meaning: "No such endpoint." },
   METHOD_NOT_ALLOWED: {
     status: 405,
-    source: "master",
+    source: "any",
     meaning:
-      "An HTTP method the master does not serve (CONNECT, TRACE), or one a known path does not take; the Allow header lists those it does.",
+      "An HTTP method the master does not serve (CONNECT, TRACE), or one a known path does not take (the Allow header lists those it does); through a job's API proxy, anything but GET or HEAD under /repos/.",
   },
   UPGRADE_REQUIRED: {
     status: 426,
@@ -231,6 +231,12 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
     meaning: "A template the job asked for could not be attached.",
   },
   EGRESS_DENIED: { status: 403, source: "job API", meaning: "The job may not reach that host." },
+  REPO_NOT_USED: {
+    status: 404,
+    source: "job API",
+    meaning:
+      "A request under $KILN_API/repos/NAME/ for a repository the job did not name with --use-repo (or its recipe's use_repos).",
+  },
   EGRESS_DNS: { status: 502, source: "job API", meaning: "An allowed host does not resolve." },
   EGRESS_CONNECT: {
     status: 502,
@@ -309,6 +315,12 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
     status: 400,
     source: "sandbox",
     meaning: "A job with a setup has no writable template root to install into.",
+  },
+  REPO_SOURCES_TOO_LARGE: {
+    status: 400,
+    source: "worker",
+    meaning:
+      "The sources and keys of the job's --use-repo repositories and its setup together exceed the 128 KiB one setup may hold.",
   },
   SCRATCH_TOO_BIG: {
     status: 400,
@@ -466,8 +478,9 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
   },
   INVALID_PATH: {
     status: 400,
-    source: "master",
-    meaning: "A path under /repos/NAME/ with an empty, '.', '..' or otherwise unsafe part.",
+    source: "any",
+    meaning:
+      "A path under /repos/NAME/ (on the master, or through a job's API proxy) with an empty, '.', '..' or otherwise unsafe part.",
   },
   KEY_INVALID: {
     status: 400,

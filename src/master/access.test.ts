@@ -66,7 +66,9 @@ function expected(a: Access, c: Cred): "ok" | 401 | 403 | 404 {
   if (a.who === "anyone") return "ok";
   if (c.kind === "none" || c.kind === "revoked" || c.kind === "expired" || c.kind === "ended job") return 401;
   // The fixtures' repository is private to project alpha: whoever may not read it is told there is none.
-  if (a.who === "repo-reader") return c.kind === "role" && c.project !== "beta" ? "ok" : 404;
+  // A job's credential reads it when that job named it (`--use-repo`), as "the job's own" does there.
+  if (a.who === "repo-reader")
+    return (c.kind === "role" && c.project !== "beta") || c.kind === "own job" ? "ok" : 404;
   if (a.who === "job") return c.kind === "own job" ? "ok" : 403;
   if (a.who === "worker") return c.kind === "worker" ? "ok" : 403;
   if (c.kind === "own job" || c.kind === "other job") return 403;
@@ -134,7 +136,11 @@ const OUTCOME: Outcome = {
 };
 
 /** A job of project alpha in `state`, with its attempt's credential when it was assigned. */
-async function job(state: "queued" | "running" | "succeeded" = "queued", project = "alpha") {
+async function job(
+  state: "queued" | "running" | "succeeded" = "queued",
+  project = "alpha",
+  useRepos: string[] = [],
+) {
   const row = await insertJob(master.ctx.store, {
     name: "fixture",
     project,
@@ -147,6 +153,7 @@ async function job(state: "queued" | "running" | "succeeded" = "queued", project
     timeoutMs: 60_000,
     needs: [],
     egress: [],
+    useRepos,
     retries: 0,
   });
   if (state === "queued") return { id: row.id, credential: "" };
@@ -305,7 +312,11 @@ const FIXTURES: Record<string, (admitted: boolean) => Promise<Case>> = {
   "GET /api/v1/releases/:tag": async () => ({ path: `/api/v1/releases/${release}`, ok: 200 }),
   "GET /api/v1/audit": async () => ({ path: "/api/v1/audit", ok: 200 }),
   "GET /repos/:name": async () => ({ path: "/repos/ra", ok: 301 }),
-  "GET /repos/:name/*": async () => ({ path: "/repos/ra/", ok: 200 }),
+  "GET /repos/:name/*": async () => ({
+    path: "/repos/ra/",
+    ok: 200,
+    credential: (await job("running", "alpha", ["ra"])).credential,
+  }),
   "GET /api/v1/repos": async () => ({ path: "/api/v1/repos", ok: 200, projects: projectsOf }),
   "POST /api/v1/repos": async () => ({
     path: "/api/v1/repos",
@@ -484,7 +495,7 @@ function renderAccessDoc(rows: ReturnType<typeof routeTable>): string {
       case "job":
         return "the credential of the job in the path, while its attempt runs";
       case "repo-reader":
-        return "anyone for a public repository; else a token that may read it (Bearer, or Basic with the token as password)";
+        return "anyone for a public repository; else a token that may read it (Bearer, or Basic with the token as password); a job's credential only for the repositories its job uses";
       case "join-token":
         return "a join token (TLS enrollment, checked before the app)";
       case "worker-certificate":
@@ -511,7 +522,7 @@ function renderAccessDoc(rows: ReturnType<typeof routeTable>): string {
     "worker's certificate, docs/tls.md) and nothing else, the admin token included; a worker reaches no",
     "client route but the artifact downloads that template builds need. A job's credential is minted by the",
     "master for each attempt it assigns, sent to the worker with the assignment, and valid only for that",
-    "job's uploads and `kiln job version`, and only while that attempt is assigned or running. An unknown, revoked or expired credential gets 401; one whose role or kind does not fit, 403.",
+    "job's uploads, `kiln job version` and the files of the repositories it uses, and only while that attempt is assigned or running. An unknown, revoked or expired credential gets 401; one whose role or kind does not fit, 403.",
     "Revoking a token (or its expiry) also closes what it holds open: a worker's websocket, a followed log.",
     "",
     "**Projects.** A token may be limited to one project (`--project`; not an admin or worker token). Such a",
@@ -520,7 +531,9 @@ function renderAccessDoc(rows: ReturnType<typeof routeTable>): string {
     "the audit log and tokens, reads) what every project shares: workers, tokens, templates, recipes.",
     "The files of a release (`/releases/TAG/...`) are public downloads. A package repository belongs to a",
     "project or to none; its files (`/repos/NAME/...`) are read by anyone when it is public, else with a",
-    "token that may read it, given as Bearer or as the password of Basic auth (apt's auth.conf, dnf).",
+    "token that may read it, given as Bearer or as the password of Basic auth (apt's auth.conf, dnf). A",
+    "job's credential reads the repositories its job names with `kiln submit --use-repo` (or its recipe's",
+    "`use_repos`), through the job's API proxy, and no other one, public or not.",
     "",
     "| scope | a token of another project gets |",
     "|---|---|",
@@ -717,6 +730,39 @@ describe("a job's credential", () => {
     expect((await put(fresh.secret, a.id, 2)).status).toBe(201);
     await finishJob(master.ctx.store, a.id, 2, OUTCOME, 0);
     expect((await put(fresh.secret, a.id, 2)).status).toBe(401);
+  });
+});
+
+describe("a job's credential and package repositories", () => {
+  test("reaches only the repositories its job named, whatever path or name leads elsewhere", async () => {
+    // rb: public, of no project; rc: private to project beta. The job names ra only.
+    await admin("POST", "/api/v1/repos", { name: "rb", format: "deb", public: true });
+    await admin("POST", "/api/v1/repos", { name: "rc", format: "deb", project: "beta" });
+    const a = await job("running", "alpha", ["ra"]);
+    const get = async (path: string, secret = a.credential) => (await call(secret, "GET", path)).status;
+    expect(await get("/repos/ra/dists/stable/InRelease")).toBe(200);
+    expect(await get("/repos/ra/key.asc")).toBe(200);
+    // Another repository, public or another project's, is no repository for it.
+    expect(await get("/repos/rb/dists/stable/InRelease")).toBe(404);
+    expect(await get("/repos/rc/dists/stable/InRelease")).toBe(404);
+    // Anyone reads a public repository: without the credential, rb is there.
+    expect(await get("/repos/rb/dists/stable/InRelease", "")).toBe(200);
+    // Climbing out of ra's path into another repository's: a URL resolves "../" (and "%2e%2e/") before
+    // any route sees it, so that is a request for rb; an encoded "/" stays inside one part, refused.
+    expect(await get("/repos/ra/%2e%2e/rb/dists/stable/InRelease")).toBe(404);
+    expect(await get("/repos/ra/../rb/key.asc")).toBe(404);
+    expect(await get("/repos/ra/dists/..%2f..%2f..%2frb%2fkey.asc")).toBe(400);
+    // A name with ".." is no name.
+    expect(await get("/repos/ra..rb/key.asc")).toBe(404);
+    // A job of project beta that names ra (it could not be submitted so) still cannot read it.
+    const beta = await job("running", "beta", ["ra", "rc"]);
+    expect(await get("/repos/ra/key.asc", beta.credential)).toBe(404);
+    expect(await get("/repos/rc/key.asc", beta.credential)).toBe(200);
+    // Another running job's credential does not borrow a's list; an ended job's reads nothing.
+    const other = await job("running", "alpha");
+    expect(await get("/repos/ra/key.asc", other.credential)).toBe(404);
+    const ended = await job("succeeded", "alpha", ["ra"]);
+    expect(await get("/repos/ra/key.asc", ended.credential)).toBe(401);
   });
 });
 

@@ -5,8 +5,9 @@ import { getJob } from "../store/jobs.ts";
 import { getRelease } from "../store/releases.ts";
 import type { JobRow, ReleaseRow, RepoRow } from "../store/schema.ts";
 import type { Role } from "../store/tokens.ts";
-import { type Caller, forbidden, identify, type Presented, RANK, workerOf } from "./auth.ts";
+import { bearerOf, type Caller, forbidden, identify, type Presented, RANK, workerOf } from "./auth.ts";
 import type { MasterContext } from "./context.ts";
+import { isJobCredential } from "./job-credential.ts";
 import { checkTag } from "./releases.ts";
 import { mayRead, visibleRepo } from "./repo-access.ts";
 
@@ -172,7 +173,6 @@ async function readRepo(
     throw unreadable();
   });
   set("repo", repo);
-  if (repo.public) return null;
   const basic = /^Basic\s+([A-Za-z0-9+/=]+)$/i.exec(req.authorization ?? "");
   let authorization = req.authorization;
   if (basic) {
@@ -180,6 +180,16 @@ async function readRepo(
     const text = Buffer.from(basic[1]!, "base64").toString("utf8");
     authorization = `Bearer ${text.slice(text.indexOf(":") + 1)}`;
   }
+  // A job's credential (its worker's API proxy, for `--use-repo`) reaches the repositories the job named
+  // and no other, public ones included: it is checked before a public repository lets anyone in.
+  const secret = bearerOf(authorization);
+  if (secret && isJobCredential(secret)) {
+    const caller = await identify(ctx, { authorization });
+    set("caller", caller);
+    if (!caller.job?.useRepos.includes(repo.name) || !mayRead(caller.project, repo)) throw unreadable();
+    return null;
+  }
+  if (repo.public) return null;
   let caller: Caller;
   try {
     caller = await identify(ctx, { authorization });

@@ -18,8 +18,8 @@ export interface Caller {
   project: string | null;
   /** When the token expires (ms since the epoch); null when it does not (a certificate's end is tls.ts's). */
   expiresAt: number | null;
-  /** Set for a job credential only. */
-  job?: { id: number; attempt: number };
+  /** Set for a job credential only: the job, its attempt, and the repositories it uses (`--use-repo`). */
+  job?: { id: number; attempt: number; useRepos: string[] };
 }
 
 /** The ranks of the client roles; `worker` and `job` are ranked below every one of them. */
@@ -83,7 +83,7 @@ export async function identify(ctx: MasterContext, p: Presented): Promise<Caller
       role: "job",
       project: job.project,
       expiresAt: null,
-      job: { id: job.id, attempt: job.attempt },
+      job: { id: job.id, attempt: job.attempt, useRepos: job.useRepos },
     };
   }
   if (ctx.tls && p.request?.headers.get(CERT_HEADER) != null)

@@ -5,6 +5,7 @@ import type { JobRow } from "../store/schema.ts";
 import type { MasterContext } from "./context.ts";
 import { newJobCredential } from "./job-credential.ts";
 import type { LiveSlot, LiveWorker } from "./registry.ts";
+import { repoSourcesOf } from "./repo-access.ts";
 import { resolveTemplate } from "./templates.ts";
 
 /** True when `slot` of `worker` may run `job`: channel, arch and resources all match. */
@@ -21,7 +22,7 @@ export function slotFits(
 }
 
 /** The spec's keys that do not come from a row column of the same name. */
-const SPEC_APART = new Set(["template", "secrets", "credential"]);
+const SPEC_APART = new Set(["template", "secrets", "credential", "repoSources"]);
 
 /** The keys of a JobSpec that come from the job's row: all of them but those in SPEC_APART. */
 const SPEC_FROM_ROW = Object.keys(JobSpecSchema.shape).filter((k) => !SPEC_APART.has(k)) as (keyof JobSpec &
@@ -35,12 +36,14 @@ export function specOf(
   row: JobRow,
   template: JobSpec["template"] = null,
   credential: string | null = null,
+  repoSources: JobSpec["repoSources"] = [],
 ): JobSpec {
   return {
-    ...(Object.fromEntries(SPEC_FROM_ROW.map((k) => [k, row[k]])) as JobSpec),
+    ...(Object.fromEntries(SPEC_FROM_ROW.map((k) => [k, row[k]])) as unknown as JobSpec),
     template,
     secrets: row.secrets ?? {},
     credential,
+    repoSources,
   };
 }
 
@@ -146,15 +149,34 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
         template = await resolveTemplate(ctx.store.db, row.root).catch(() => null);
         if (template) await recordTemplateHash(ctx.store, row.id, row.attempt, template.hash);
       }
-      try {
-        worker.send({ type: "job.assign", job: specOf(row, template, credential.secret), slot: slot.name });
-      } catch (err) {
-        // The lease rules re-queue it if the worker never got it.
-        ctx.log.warn(`job ${row.id}: could not send to ${worker.name}: ${coerceError(err).message}`, {
-          jobId: row.id,
-          attempt: row.attempt,
-          worker: worker.name,
+      // The repositories the job uses, with their keys, for the sources its worker writes. Read here, like
+      // the template, so a key imported since the submit is the one apt checks against. A key that cannot
+      // be read (gpg failing) leaves the attempt unsent: its lease re-queues it.
+      let sources: JobSpec["repoSources"] | null = [];
+      if (row.useRepos.length) {
+        sources = await repoSourcesOf(ctx, row).catch((err) => {
+          ctx.log.error(
+            `job ${row.id}: cannot read the keys of the repositories it uses (${row.useRepos.join(", ")}): ${coerceError(err).message}; it is re-queued when its lease ends (check gpg and DATA/repo-key on the master)`,
+            { jobId: row.id, attempt: row.attempt, code: "REPO_KEY_UNREADABLE" },
+          );
+          return null;
         });
+      }
+      if (sources) {
+        try {
+          worker.send({
+            type: "job.assign",
+            job: specOf(row, template, credential.secret, sources),
+            slot: slot.name,
+          });
+        } catch (err) {
+          // The lease rules re-queue it if the worker never got it.
+          ctx.log.warn(`job ${row.id}: could not send to ${worker.name}: ${coerceError(err).message}`, {
+            jobId: row.id,
+            attempt: row.attempt,
+            worker: worker.name,
+          });
+        }
       }
       assigned++;
       round++;

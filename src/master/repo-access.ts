@@ -1,7 +1,8 @@
 import { AppError } from "../lib/errors.ts";
 import { checkName } from "../lib/names.ts";
+import type { RepoSource } from "../protocol/repo-sources.ts";
 import { getRepo } from "../store/repos.ts";
-import type { RepoRow } from "../store/schema.ts";
+import type { JobRow, RepoRow } from "../store/schema.ts";
 import type { MasterContext } from "./context.ts";
 
 /*
@@ -52,4 +53,28 @@ export async function checkPublishable(ctx: Pick<MasterContext, "store">, name: 
     );
   }
   return repo;
+}
+
+/**
+ * The repositories `job` uses (`--use-repo`) as its worker needs them to write the job's sources: each one
+ * that still exists and that the job's project may still read, with its public key. One removed (or made
+ * unreadable) since the submit is left out; the job's setup then says so, and apt finds no such source.
+ */
+export async function repoSourcesOf(
+  ctx: Pick<MasterContext, "store" | "repos">,
+  job: Pick<JobRow, "project" | "useRepos">,
+): Promise<RepoSource[]> {
+  const out: RepoSource[] = [];
+  for (const name of job.useRepos) {
+    const repo = await getRepo(ctx.store.db, name);
+    if (!repo || !mayRead(job.project, repo)) continue;
+    out.push({
+      name: repo.name,
+      format: repo.format as RepoSource["format"],
+      dist: repo.dist,
+      component: repo.component,
+      key: await ctx.repos.keys.signer(repo.keyFingerprint).publicKey(),
+    });
+  }
+  return out;
 }

@@ -1,7 +1,8 @@
 import type { z } from "zod";
-import { AppError } from "../lib/errors.ts";
+import { AppError, coerceError } from "../lib/errors.ts";
 import {
   execBytes,
+  MAX_USE_REPOS,
   SPEC_LIMITS,
   SUBMIT_DEFAULTS,
   type SubmitOptions,
@@ -12,7 +13,7 @@ import { currentRecipe } from "../store/recipes.ts";
 import type { MasterContext } from "./context.ts";
 import type { RecipeDefinition } from "./recipes/definition.ts";
 import { renderRecipe } from "./recipes/render.ts";
-import { checkPublishable } from "./repo-access.ts";
+import { checkPublishable, visibleRepo } from "./repo-access.ts";
 import { resolveTemplate } from "./templates.ts";
 
 type SubmitBody = z.infer<typeof SubmitSchema>;
@@ -47,6 +48,8 @@ export async function jobFromRequest(
     const def = row.definition as RecipeDefinition;
     const rendered = renderRecipe(row.name, def, req.vars ?? {});
     options = { ...def.submit, ...withoutUndefined(req) };
+    // The repositories a recipe installs from are part of what it needs, so a submit's own add to them.
+    options.useRepos = [...(def.submit.useRepos ?? []), ...(req.useRepos ?? [])];
     command = rendered.command;
     setup = rendered.setup;
     // The variables come last: a KILN_VAR_* from --env must not replace a checked value.
@@ -86,6 +89,7 @@ export async function jobFromRequest(
     );
   }
   const project = options.project ?? SUBMIT_DEFAULTS.project;
+  const useRepos = await checkUsable(ctx, options.useRepos ?? [], project);
   if (options.repo) await checkPublishable(ctx, options.repo, project);
   else if (options.repoForce)
     throw new AppError("INVALID_REQUEST", "--force is for publishing: give it with --repo NAME");
@@ -103,18 +107,50 @@ export async function jobFromRequest(
     pids: options.pids ?? null,
     scratchBytes: options.scratchBytes ?? null,
     root,
-    // A setup writes to /: the root is the template's overlay on the job's scratch, whatever was asked.
-    writableRoot: setup !== null || (options.writableRoot ?? false),
+    // A setup writes to /, and so does Kiln when it writes the apt or dnf sources of the repositories the
+    // job uses: the root is then the template's overlay on the job's scratch, whatever was asked.
+    writableRoot:
+      setup !== null || (useRepos.length > 0 && root !== "host") || (options.writableRoot ?? false),
     setup,
     needs: options.needs ?? [],
     egress: options.egress ?? [],
     repo: options.repo ?? null,
     repoForce: options.repoForce ?? false,
+    useRepos,
     retries: options.retries ?? ctx.cfg.master.default_retries,
     submittedBy,
     ...recipe,
     secrets: Object.keys(secrets).length ? secrets : null,
   };
+}
+
+/**
+ * The repositories a job of `project` uses, each named once, in the order given: refused (400, so the CLI
+ * exits 2) when one does not exist or is one the project may not read (another project's, not public),
+ * as `--repo` is; the job's credential will reach exactly these.
+ */
+async function checkUsable(ctx: MasterContext, names: string[], project: string): Promise<string[]> {
+  const unique = [...new Set(names)];
+  if (unique.length > MAX_USE_REPOS)
+    throw new AppError(
+      "INVALID_REQUEST",
+      `--use-repo: at most ${MAX_USE_REPOS} repositories per job (with the recipe's use_repos), not ${unique.length}`,
+    );
+  for (const name of unique) {
+    try {
+      await visibleRepo(ctx, name, project, 400);
+    } catch (err) {
+      const e = coerceError(err);
+      if (!(e instanceof AppError) || e.code !== "REPO_NOT_FOUND") throw e;
+      throw new AppError(
+        "REPO_NOT_FOUND",
+        `--use-repo ${name}: no repository ${name} that jobs of project ${project} may read (another project's repository is readable only when it is public): see \`kiln repo ls\``,
+        // The status visibleRepo gave: 400, the name being part of the request.
+        { status: e.status, cause: e },
+      );
+    }
+  }
+  return unique;
 }
 
 function withoutUndefined<T extends object>(o: T): Partial<T> {

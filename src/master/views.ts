@@ -53,6 +53,8 @@ export function jobView(
     logSize: extra.logSize ?? row.logSize,
     cancelRequested: row.cancelRequested,
     retryOf: row.retryOf,
+    repo: row.repo,
+    useRepos: row.useRepos,
     recipe:
       row.recipe === null
         ? null

@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { isName, nameSchema } from "../lib/names.ts";
+import { RepoSourceSchema } from "./repo-sources.ts";
 import { TemplateSpecSchema } from "./template.ts";
 
 /** Job states exactly as SPEC.md names them. */
@@ -61,6 +62,13 @@ export const JobSpecSchema = z.object({
   setup: z.string().nullable().default(null),
   needs: z.array(z.string()),
   egress: z.array(z.string()),
+  /** The repositories the job uses (`--use-repo`): its API proxy reaches these and no other. */
+  useRepos: z.array(z.string()).default([]),
+  /**
+   * Those of them that still exist, resolved at assignment: the worker writes their apt or dnf sources
+   * (and keys) into the job's writable root before its setup.
+   */
+  repoSources: z.array(RepoSourceSchema).default([]),
   /** `kiln submit --secret` values for the job's environment: never logged, shown, or given to others. */
   secrets: z.record(z.string(), z.string()).default({}),
   /** The attempt's own credential (src/master/job-credential.ts): its worker presents it for uploads. */
@@ -132,6 +140,10 @@ export interface JobView {
   logSize: number;
   cancelRequested: boolean;
   retryOf: number | null;
+  /** The repository its packages are published into when it succeeds (`--repo`), or null. */
+  repo: string | null;
+  /** The repositories it installs from (`--use-repo`, a recipe's `use_repos`). */
+  useRepos: string[];
   /** The recipe version the job was rendered from and the values it got; null for a plain job. */
   recipe: { name: string; version: number; vars: Record<string, string> } | null;
   /** The names of the job's `--secret` variables; their values are never shown. */
@@ -192,6 +204,12 @@ export function execBytes(command: string[], env: Record<string, string>): numbe
 }
 
 /**
+ * How many repositories one job may use: each one's key travels in the job's assignment and its source
+ * file is written by the job's setup, one argument of the launcher (at most 128 KiB).
+ */
+export const MAX_USE_REPOS = 16;
+
+/**
  * The options of a submit that a recipe's `[submit]` table may also set. None has a default here, so the
  * master can tell "not given" (the recipe's value, then the built-in default applies) from "given" (wins).
  */
@@ -246,6 +264,7 @@ export const SubmitOptionsSchema = z
     needs: z.array(nameSchema()).optional(),
     egress: z.array(z.string().regex(/^[A-Za-z0-9.-]+(:\d{1,5})?$/, "must be HOST or HOST:PORT")).optional(),
     repo: nameSchema().optional(),
+    useRepos: z.array(nameSchema()).max(MAX_USE_REPOS, `at most ${MAX_USE_REPOS} repositories`).optional(),
     repoForce: z.boolean().optional(),
     retries: z.number().int().min(0, "must be at least 0").max(100, "must be at most 100").optional(),
   })
@@ -271,6 +290,7 @@ export const SUBMIT_FLAGS: Record<string, string> = {
   needs: "--needs",
   egress: "--egress",
   repo: "--repo",
+  useRepos: "--use-repo",
   repoForce: "--force",
   retries: "--retries",
   command: "the command",

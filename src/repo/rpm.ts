@@ -231,35 +231,5 @@ export function createRpmFormat(options: RpmFormatOptions = {}): RepoFormat {
   };
 }
 
-/** What a `.repo` file for one Kiln repository needs. */
-export interface RpmRepoFileOptions {
-  /** The repository's name in Kiln; becomes the `[section]` id. */
-  name: string;
-  /** The URL of the repository root (where `repodata/` is), e.g. `http://master:8080/repos/NAME/`. */
-  baseurl: string;
-  /** The URL of the repository's public key when its metadata is signed; absent means unsigned. */
-  keyUrl?: string;
-  /** Whether the packages themselves carry rpm signatures (Kiln signs metadata, not packages). */
-  packagesSigned?: boolean;
-}
-
-/**
- * The text of a dnf/yum `.repo` file (dnf.conf(5)) for `kiln repo show`: a signed repository turns on
- * repo_gpgcheck so dnf verifies repomd.xml against the key; package signatures are checked only when the
- * packages are signed, since Kiln's repositories sign the metadata that carries every package's checksum.
- */
-export function rpmRepoFile(o: RpmRepoFileOptions): string {
-  const id = o.name.replace(/[^A-Za-z0-9._:-]/g, "_");
-  const lines = [
-    `[kiln-${id}]`,
-    `name=Kiln repository ${o.name}`,
-    `baseurl=${o.baseurl}`,
-    "enabled=1",
-    `gpgcheck=${o.packagesSigned && o.keyUrl ? 1 : 0}`,
-    `repo_gpgcheck=${o.keyUrl ? 1 : 0}`,
-    // dnf's default keeps metadata for 48 hours; a build farm's repository changes with every publish.
-    "metadata_expire=300",
-  ];
-  if (o.keyUrl) lines.push(`gpgkey=${o.keyUrl}`);
-  return `${lines.join("\n")}\n`;
-}
+// The .repo file is shared with the worker, which writes one into jobs that use a repository.
+export { type RpmRepoFileOptions, rpmRepoFile } from "../protocol/repo-sources.ts";

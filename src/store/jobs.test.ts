@@ -193,6 +193,7 @@ test("a copied definition keeps every field, so a retry repeats the job exactly"
     egress: ["deb.debian.org"],
     repo: "main",
     repoForce: true,
+    useRepos: ["bookworm-updates", "tools"],
     retries: 5,
     recipe: "deb",
     recipeVersion: 3,

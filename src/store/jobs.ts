@@ -41,6 +41,7 @@ export const DEFINITION = [
   "egress",
   "repo",
   "repoForce",
+  "useRepos",
   "retries",
   "recipe",
   "recipeVersion",

@@ -73,5 +73,11 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "when": 1796127102034,
     "hash": "6fd750a40bb664cc3a0d0006d0267d16704ec11663e1178195b033749142fd00",
     "sql": "CREATE TABLE `audit_log` (\n\t`id` integer PRIMARY KEY AUTOINCREMENT NOT NULL,\n\t`at` integer NOT NULL,\n\t`token_id` text NOT NULL,\n\t`token_name` text NOT NULL,\n\t`role` text NOT NULL,\n\t`action` text NOT NULL,\n\t`target` text NOT NULL,\n\t`detail` text\n);\n--> statement-breakpoint\nCREATE INDEX `audit_log_at` ON `audit_log` (`at`);--> statement-breakpoint\nALTER TABLE `jobs` ADD `secrets` text;--> statement-breakpoint\nALTER TABLE `jobs` ADD `credential_hash` text;"
+  },
+  {
+    "tag": "0012_use_repos",
+    "when": 1796130990666,
+    "hash": "4babcaaa44b4feab0e7f2f799f1db2dd7a1f30da29fe0d08ab5fd0f2030e1665",
+    "sql": "ALTER TABLE `jobs` ADD `use_repos` text DEFAULT '[]' NOT NULL;"
   }
 ];

@@ -30,6 +30,10 @@ export const jobs = sqliteTable(
     repo: text("repo"),
     // Publish into `repo` even a package that is not newer than the repository's (`submit --force`).
     repoForce: integer("repo_force", { mode: "boolean" }).notNull().default(false),
+    // The repositories the job installs from (`submit --use-repo`, a recipe's `use_repos`): its API proxy
+    // reaches these, and no other, with the job's credential; their apt/dnf sources are written before its
+    // setup.
+    useRepos: text("use_repos", { mode: "json" }).$type<string[]>().notNull().default([]),
     retries: integer("retries").notNull(),
     attempt: integer("attempt").notNull().default(1),
     state: text("state").notNull(),

@@ -16,6 +16,7 @@ import { jobKey, removeJobDir, scanJobDirs } from "./job-dir.ts";
 import { createJobs } from "./jobs.ts";
 import { createLogPump, pumpOnce } from "./log-pump.ts";
 import { createOutbox } from "./outbox.ts";
+import { repoFileFetcher } from "./repo-files.ts";
 import { repoVersionAsker } from "./repo-version.ts";
 import { createSlotBook, slotsFromConfig } from "./slots.ts";
 import { createTemplateRequests } from "./template-requests.ts";
@@ -136,6 +137,7 @@ export async function startWorker(opts: WorkerOptions): Promise<RunningWorker> {
     outbox,
     askTemplate: templates.ask,
     askRepoVersion: repoVersionAsker(cfg.worker.master, opts.auth),
+    askRepoFile: repoFileFetcher(cfg.worker.master, opts.auth),
     log,
   });
 

@@ -14,6 +14,7 @@ import { createJobDir, type JobDir, jobDirOf, jobKey, openLog, removeJobDir } fr
 import type { LogPump } from "./log-pump.ts";
 import type { Outbox } from "./outbox.ts";
 import { JOB_FAULTS, outcomeOf } from "./outcome.ts";
+import { withRepoSources } from "./repo-sources.ts";
 import type { RepoVersion } from "./repo-version.ts";
 import type { SlotBook } from "./slots.ts";
 
@@ -85,6 +86,13 @@ export interface JobsOptions {
     repo: string,
     pkg: string,
   ): Promise<RepoVersion>;
+  /** A file of a repository the job uses (`--use-repo`), from the master with the attempt's credential. */
+  askRepoFile(
+    credential: string,
+    name: string,
+    path: string,
+    init: { method: "GET" | "HEAD"; headers: Record<string, string>; signal: AbortSignal },
+  ): Promise<Response>;
   log: ConsolaInstance;
 }
 
@@ -266,6 +274,8 @@ export function createJobs(o: JobsOptions): Jobs {
           jobId: spec.id,
           attempt: spec.attempt,
           egress: spec.egress,
+          useRepos: spec.useRepos,
+          repoFile: (name, path, init) => o.askRepoFile(spec.credential ?? "", name, path, init),
           outDir: join(job.dir, "out"),
           artifacts,
           progress: (percent, message) =>
@@ -286,7 +296,8 @@ export function createJobs(o: JobsOptions): Jobs {
         });
       }
       a.handle = await o.runner.start({
-        spec,
+        // Only the sandbox has the API proxy the repositories' sources point at.
+        spec: apiSocket ? withRepoSources(spec) : spec,
         slot,
         dir: job.dir,
         logFd,

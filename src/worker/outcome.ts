@@ -13,6 +13,7 @@ export const JOB_FAULTS = new Set([
   "ARTIFACT_FETCH",
   "SETUP_NEEDS_SANDBOX",
   "SETUP_NEEDS_TEMPLATE",
+  "REPO_SOURCES_TOO_LARGE",
 ]);
 
 /** Maps how a job ended to its state and reason (SPEC.md "Job states"). */

@@ -147,4 +147,11 @@ describe("parseRecipe", () => {
     expect(refusal(`script = "x"\n[submit]\nchannel = "Bad Name"`)).toContain("submit.channel:");
     expect(refusal(`script = "x"\n[submit]\nenv = { KILN_OUT = "/" }`)).toContain("submit.env.KILN_OUT");
   });
+
+  test("use_repos names the repositories the recipe's jobs install from, each a valid name", () => {
+    const def = parseRecipe(`script = "x"\n[submit]\nuse_repos = ["tools", "base"]`, "r.toml");
+    expect(def.submit.useRepos).toEqual(["tools", "base"]);
+    expect(refusal(`script = "x"\n[submit]\nuse_repos = ["../tools"]`)).toContain("submit.use_repos.0:");
+    expect(refusal(`script = "x"\n[submit]\nuse_repos = "tools"`)).toContain("submit.use_repos");
+  });
 });

@@ -63,6 +63,7 @@ const SubmitTableSchema = z.strictObject({
   scratch: size.optional(),
   timeout: z.string().optional(),
   repo: z.string().optional(),
+  use_repos: z.array(z.string()).optional(),
   egress: z.array(z.string()).optional(),
   needs: z.array(z.string()).optional(),
   priority: z.number().int().optional(),
@@ -239,6 +240,7 @@ function submitOptions(file: string, t: z.infer<typeof SubmitTableSchema>): Subm
     scratchBytes: convert("scratch", t.scratch, bytes),
     timeoutMs: convert("timeout", t.timeout, parseDuration),
     repo: t.repo,
+    useRepos: t.use_repos,
     egress: t.egress,
     needs: t.needs,
     priority: t.priority,
@@ -262,4 +264,5 @@ const KEY_OF: Record<string, string> = {
   memoryBytes: "memory",
   scratchBytes: "scratch",
   timeoutMs: "timeout",
+  useRepos: "use_repos",
 };

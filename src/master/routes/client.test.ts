@@ -6,6 +6,7 @@ import { eq } from "drizzle-orm";
 import { putArtifact } from "../../store/artifacts.ts";
 import { assignJob, finishJob, getJob, markRunning } from "../../store/jobs.ts";
 import { openStore, type Store } from "../../store/open.ts";
+import { insertRepo } from "../../store/repos.ts";
 import { jobs } from "../../store/schema.ts";
 import { putTemplate } from "../../store/templates.ts";
 import { createToken, type Role } from "../../store/tokens.ts";
@@ -141,6 +142,94 @@ describe("submit", () => {
     const other = await call("scoped", "POST", "/jobs", { command: ["true"], project: "beta" });
     expect(refusal(other)).toEqual([403, "FORBIDDEN"]);
     expect(other.body.error.message).toContain("limited to project alpha");
+  });
+});
+
+describe("submit --use-repo", () => {
+  const repo = (name: string, project: string | null, isPublic = false) =>
+    insertRepo(store, {
+      name,
+      format: "deb",
+      project,
+      public: isPublic,
+      dist: "stable",
+      component: "main",
+      archs: ["amd64"],
+      keep: 3,
+      keyFingerprint: null,
+      createdAt: Date.now(),
+      createdBy: "test",
+    });
+
+  test("a repository that does not exist, or another project's private one, is refused with 400 naming it", async () => {
+    await repo("mine", "alpha");
+    await repo("theirs", "beta");
+    await repo("shared", "beta", true);
+    const missing = await call("scoped", "POST", "/jobs", { command: ["true"], useRepos: ["nosuch"] });
+    expect(refusal(missing)).toEqual([400, "REPO_NOT_FOUND"]);
+    expect(missing.body.error.message).toContain("--use-repo nosuch: no repository nosuch");
+    // Project beta's private repository: refused to alpha's token and to an unscoped submit into alpha,
+    // in the same words as one that does not exist.
+    for (const who of ["scoped", "submitter"]) {
+      const theirs = await call(who, "POST", "/jobs", {
+        command: ["true"],
+        project: "alpha",
+        useRepos: ["mine", "theirs"],
+      });
+      expect(refusal(theirs)).toEqual([400, "REPO_NOT_FOUND"]);
+      expect(theirs.body.error.message).toContain(
+        "--use-repo theirs: no repository theirs that jobs of project alpha may read",
+      );
+    }
+    // A name that could climb or hide is no name.
+    for (const bad of ["..", "a/../b", "../theirs", "Mine", "mine/"]) {
+      const r = await call("scoped", "POST", "/jobs", { command: ["true"], useRepos: [bad] });
+      expect([bad, ...refusal(r)]).toEqual([bad, 400, "INVALID_NAME"]);
+    }
+    const many = Array.from({ length: 17 }, (_, i) => `r${i}`);
+    expect(refusal(await call("scoped", "POST", "/jobs", { command: ["true"], useRepos: many }))).toEqual([
+      400,
+      "INVALID_REQUEST",
+    ]);
+    // Nothing refused was queued.
+    expect((await call("viewer", "GET", "/jobs")).body).toEqual([]);
+  });
+
+  test("its own project's repositories and public ones are kept on the job, once each, shown and copied by a retry", async () => {
+    await repo("mine", "alpha");
+    await repo("shared", "beta", true);
+    await repo("everyones", null);
+    const id = await submit("scoped", {
+      command: ["true"],
+      useRepos: ["mine", "shared", "mine", "everyones"],
+    });
+    const row = (await getJob(store.db, id))!;
+    expect(row.useRepos).toEqual(["mine", "shared", "everyones"]);
+    // On the host root nothing is made writable for it.
+    expect(row.writableRoot).toBe(false);
+    expect((await call("scopedViewer", "GET", `/jobs/${id}`)).body.useRepos).toEqual([
+      "mine",
+      "shared",
+      "everyones",
+    ]);
+    await assignJob(store, id, "w", "slot-0", 60_000);
+    await finishJob(
+      store,
+      id,
+      1,
+      { state: "failed", reason: "exit", exitCode: 1, message: null, peakMemoryBytes: null, cpuMs: null },
+      0,
+    );
+    const retry = await call("scoped", "POST", `/jobs/${id}/retry`);
+    expect((await getJob(store.db, retry.body.id))!.useRepos).toEqual(["mine", "shared", "everyones"]);
+  });
+
+  test("on a template root the job's root is made writable, so Kiln can write the repositories' sources", async () => {
+    await repo("mine", "alpha");
+    const recipe = { kind: "debootstrap", suite: "bookworm", variant: "minbase", include: [] } as never;
+    await putTemplate(store, { name: "deb12", hash: "x", recipe, base: null, createdBy: "admin" });
+    const id = await submit("scoped", { command: ["true"], root: "deb12", useRepos: ["mine"] });
+    expect((await getJob(store.db, id))!.writableRoot).toBe(true);
   });
 });
 

@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { listJobs } from "../../store/jobs.ts";
 import { openStore, type Store } from "../../store/open.ts";
+import { insertRepo } from "../../store/repos.ts";
 import { putTemplate } from "../../store/templates.ts";
 import { createToken, type Role } from "../../store/tokens.ts";
 import { createApp } from "../app.ts";
@@ -224,6 +225,34 @@ describe("submitting a recipe", () => {
     expect((await listJobs(store.db, {})).map((j) => j.setup)).toEqual([
       `apt-get install -y "\${KILN_VAR_WHO}"`,
     ]);
+  });
+
+  test("a recipe's use_repos go with its jobs, a submit's --use-repo adds to them, and each must exist", async () => {
+    for (const name of ["tools", "extra"])
+      await insertRepo(store, {
+        name,
+        format: "deb",
+        project: null,
+        public: false,
+        dist: "stable",
+        component: "main",
+        archs: ["amd64"],
+        keep: 3,
+        keyFingerprint: null,
+        createdAt: Date.now(),
+        createdBy: "test",
+      });
+    const add = await call("operator", "POST", "/recipes", {
+      name: "uses",
+      source: `script = "true"\n[submit]\nuse_repos = ["tools"]\n`,
+    });
+    expect(add.status).toBe(201);
+    const plain = await call("submitter", "POST", "/jobs", { recipe: "uses" });
+    expect((await call("viewer", "GET", `/jobs/${plain.body.id}`)).body.useRepos).toEqual(["tools"]);
+    const more = await call("submitter", "POST", "/jobs", { recipe: "uses", useRepos: ["extra", "tools"] });
+    expect((await call("viewer", "GET", `/jobs/${more.body.id}`)).body.useRepos).toEqual(["tools", "extra"]);
+    const missing = await call("submitter", "POST", "/jobs", { recipe: "uses", useRepos: ["nosuch"] });
+    expect([missing.status, missing.body.error.code]).toEqual([400, "REPO_NOT_FOUND"]);
   });
 
   test("a plain job shows recipe null", async () => {

@@ -1,0 +1,1 @@
+ALTER TABLE `jobs` ADD `use_repos` text DEFAULT '[]' NOT NULL;
