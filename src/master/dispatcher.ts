@@ -1,6 +1,6 @@
 import { coerceError } from "../lib/errors.ts";
 import { type JobSpec, JobSpecSchema } from "../protocol/job.ts";
-import { assignJob, dispatchOrder, type QueuedJob, readyJobs, recordTemplateHash } from "../store/jobs.ts";
+import { assignJob, dispatchOrder, type QueuedJob, readyJobs } from "../store/jobs.ts";
 import type { JobRow } from "../store/schema.ts";
 import type { MasterContext } from "./context.ts";
 import { newJobCredential } from "./job-credential.ts";
@@ -126,6 +126,10 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
       slot.job = `${job.id}:?`;
       free.splice(i, 1);
       const credential = newJobCredential(job.id);
+      // Resolved now, not at submit: a template changed meanwhile means its current tree. A template
+      // removed meanwhile leaves null, and the worker fails the job with reason sandbox, saying so.
+      const template: JobSpec["template"] =
+        job.root !== "host" ? await resolveTemplate(ctx.store.db, job.root).catch(() => null) : null;
       const row = await assignJob(
         ctx.store,
         job.id,
@@ -134,6 +138,7 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
         ctx.cfg.master.lease,
         Date.now(),
         credential.hash,
+        template?.hash ?? null,
       );
       if (!row) {
         // Cancelled or taken meanwhile: the slot is free for the next candidate.
@@ -142,13 +147,6 @@ export async function dispatchOnce(ctx: MasterContext): Promise<number> {
         continue;
       }
       slot.job = `${row.id}:${row.attempt}`;
-      let template: JobSpec["template"] = null;
-      if (row.root !== "host") {
-        // Resolved now, not at submit: a template changed meanwhile means its current tree. A template
-        // removed meanwhile leaves null, and the worker fails the job with reason sandbox, saying so.
-        template = await resolveTemplate(ctx.store.db, row.root).catch(() => null);
-        if (template) await recordTemplateHash(ctx.store, row.id, row.attempt, template.hash);
-      }
       // The repositories the job uses, with their keys, for the sources its worker writes. Read here, like
       // the template, so a key imported since the submit is the one apt checks against. A key that cannot
       // be read (gpg failing) leaves the attempt unsent: its lease re-queues it.

@@ -134,19 +134,6 @@ export async function latestRebuildOf(db: Db, id: number): Promise<JobRow | unde
   return row;
 }
 
-/**
- * Records the hash of the template attempt `attempt` of job `id` was given. Not a state change: no event,
- * and a newer attempt's hash is never overwritten by an older one's.
- */
-export async function recordTemplateHash(store: Store, id: number, attempt: number, hash: string) {
-  await store.write(async (tx) => {
-    await tx
-      .update(jobs)
-      .set({ templateHash: hash })
-      .where(and(eq(jobs.id, id), eq(jobs.attempt, attempt)));
-  });
-}
-
 /** Lists jobs newest first, optionally filtered. */
 export function listJobs(db: Db, f: { state?: string; project?: string; limit?: number; before?: number }) {
   const conds = [];
@@ -162,7 +149,7 @@ export function listJobs(db: Db, f: { state?: string; project?: string; limit?: 
 }
 
 /** The columns the dispatcher reads of a queued job. */
-export type QueuedJob = Pick<JobRow, "id" | "priority" | "channel" | "arch" | "needs" | "avoidWorker">;
+export type QueuedJob = Pick<JobRow, "id" | "priority" | "channel" | "arch" | "needs" | "avoidWorker" | "root">;
 
 /**
  * The first `limit` queued jobs, in dispatch order (higher priority first, FIFO within), that a slot
@@ -190,6 +177,7 @@ export async function readyJobs(
         arch: jobs.arch,
         needs: jobs.needs,
         avoidWorker: jobs.avoidWorker,
+        root: jobs.root,
       })
       .from(jobs)
       .where(
@@ -239,7 +227,8 @@ const RELAXED: WriteOptions = { durable: false };
 
 /**
  * Assigns a queued job to a worker's slot; null if it is no longer queued. `credentialHash` is the hash of
- * the attempt's job credential, replacing any earlier attempt's.
+ * the attempt's job credential, replacing any earlier attempt's; `templateHash` the hash of the template
+ * tree the attempt is given (what a rebuild must find unchanged).
  */
 export function assignJob(
   store: Store,
@@ -249,11 +238,21 @@ export function assignJob(
   leaseMs: number,
   now = Date.now(),
   credentialHash: string | null = null,
+  templateHash: string | null = null,
 ) {
   return transition(
     store,
     and(eq(jobs.id, id), eq(jobs.state, "queued")),
-    { state: "assigned", worker, slot, assignedAt: now, leaseExpiresAt: now + leaseMs, credentialHash },
+    {
+      state: "assigned",
+      worker,
+      slot,
+      assignedAt: now,
+      leaseExpiresAt: now + leaseMs,
+      credentialHash,
+      // A template removed meanwhile resolves to nothing: the attempt keeps the hash recorded before.
+      ...(templateHash !== null ? { templateHash } : {}),
+    },
     now,
     RELAXED,
   );
