@@ -149,7 +149,10 @@ export function listJobs(db: Db, f: { state?: string; project?: string; limit?: 
 }
 
 /** The columns the dispatcher reads of a queued job. */
-export type QueuedJob = Pick<JobRow, "id" | "priority" | "channel" | "arch" | "needs" | "avoidWorker" | "root">;
+export type QueuedJob = Pick<
+  JobRow,
+  "id" | "priority" | "channel" | "arch" | "needs" | "avoidWorker" | "root"
+>;
 
 /**
  * The first `limit` queued jobs, in dispatch order (higher priority first, FIFO within), that a slot

@@ -7,10 +7,12 @@ import {
   KILN,
   kiln,
   type Master,
+  readAll,
   startMaster,
   stopAll,
   submitJob,
   tempDir,
+  waitFor,
   waitJob,
 } from "../harness.ts";
 
@@ -347,7 +349,6 @@ describe("config", () => {
       env: { PATH: process.env.PATH!, KILN_MASTER_LISTEN: `127.0.0.1:${p2}`, KILN_LOG_FORMAT: "json" },
       stderr: "pipe",
     });
-    const { waitFor } = await import("../harness.ts");
     await waitFor("env listen", async () => (await fetch(`http://127.0.0.1:${p2}/healthz`)).ok);
     env.kill("SIGTERM");
     expect(await env.exited).toBe(0);
@@ -423,6 +424,34 @@ describe("the store", () => {
     expect(bad.stderr).toContain("--db postgres://x: use a libsql://");
   });
 
+  test("a relative --data is taken from the directory the master starts in", async () => {
+    using d = tempDir();
+    const port = freePort();
+    const p = Bun.spawn([KILN, "master", "--data", "rel/data", "--listen", `127.0.0.1:${port}`], {
+      cwd: d.path,
+      env: { PATH: process.env.PATH!, KILN_LOG_FORMAT: "json" },
+      stderr: "pipe",
+      stdout: "ignore",
+    });
+    const stderr = readAll(p.stderr);
+    try {
+      await waitFor("the master with a relative --data", async () => {
+        if (p.exitCode !== null) throw new Error(`the master exited ${p.exitCode}: ${stderr.text()}`);
+        return (await fetch(`http://127.0.0.1:${port}/readyz`)).ok;
+      });
+      const token = (await Bun.file(join(d.path, "rel", "data", "admin.token")).text()).trim();
+      const res = await fetch(`http://127.0.0.1:${port}/api/v1/jobs`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: JSON.stringify({ command: ["true"] }),
+      });
+      expect(res.status).toBe(201);
+    } finally {
+      p.kill("SIGTERM");
+      await p.exited;
+    }
+  });
+
   test.skipIf(process.getuid?.() !== 0)(
     "the binary works with a noexec /tmp: the store library is unpacked into the data dir",
     async () => {
@@ -446,7 +475,6 @@ describe("the store", () => {
         { env: { PATH: process.env.PATH!, KILN_LOG_FORMAT: "json" }, stderr: "pipe", stdout: "ignore" },
       );
       try {
-        const { waitFor } = await import("../harness.ts");
         await waitFor("the master behind a noexec /tmp", async () => {
           if (p.exitCode !== null) throw new Error(`the master exited ${p.exitCode}`);
           return (await fetch(`http://127.0.0.1:${port}/readyz`)).ok;
