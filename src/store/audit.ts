@@ -1,5 +1,6 @@
 import { and, asc, desc, gte, lt } from "drizzle-orm";
 import type { Db, Store } from "./open.ts";
+import { insertPrepared } from "./prepared.ts";
 import { type AuditRow, auditLog } from "./schema.ts";
 
 /** What an audit entry records; the store adds its id. */
@@ -8,7 +9,8 @@ export type NewAuditEntry = Omit<AuditRow, "id">;
 /** Appends one audit entry durably. */
 export function appendAudit(store: Store, entry: NewAuditEntry) {
   return store.write(async (tx) => {
-    await tx.insert(auditLog).values(entry);
+    // One per submit: prepared once, not built anew.
+    await insertPrepared(store.db, tx, auditLog, "audit", entry);
   });
 }
 

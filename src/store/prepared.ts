@@ -1,3 +1,5 @@
+import { sql } from "drizzle-orm";
+import type { SQLiteTable } from "drizzle-orm/sqlite-core";
 import type { Db } from "./open.ts";
 
 const cache = new WeakMap<Db, Map<string, unknown>>();
@@ -18,4 +20,43 @@ export function prepared<T>(db: Db, key: string, build: () => T): T {
     m.set(key, q);
   }
   return q;
+}
+
+/**
+ * `q`, a query prepared once per store with prepared(), made to run inside the write transaction `tx`
+ * (Store.write's), so a hot write neither rebuilds its SQL nor leaves its transaction. Writers are
+ * serialised (Store.write), so one transaction at a time holds the statement; a savepoint shares its
+ * transaction's. Relies on drizzle's libSQL session keeping its transaction as `tx` on the session and on
+ * the prepared query (drizzle-orm/libsql/session.js); prepared.test.ts fails when that changes.
+ */
+export function inTransaction<Q extends object>(tx: Db, q: Q): Q {
+  const session = (tx as unknown as { session?: { tx?: unknown } }).session;
+  if (!session?.tx || !("tx" in q)) {
+    throw new Error("inTransaction: not inside a libSQL write transaction, or drizzle changed its session");
+  }
+  (q as { tx: unknown }).tx = session.tx;
+  return q;
+}
+
+/**
+ * Inserts `values` into `table` inside the write transaction `tx` and returns the new rows, with a
+ * statement prepared once per store (`db`) for each set of columns given: an undefined value leaves its
+ * column to its default, as drizzle's values() does. For the inserts every job makes.
+ */
+export async function insertPrepared<R>(
+  db: Db,
+  tx: Db,
+  table: SQLiteTable,
+  name: string,
+  values: Record<string, unknown>,
+): Promise<R[]> {
+  const cols = Object.keys(values).filter((c) => values[c] !== undefined);
+  const q = prepared(db, `insert:${name}:${cols.join(",")}`, () =>
+    db
+      .insert(table)
+      .values(Object.fromEntries(cols.map((c) => [c, sql.placeholder(c)])) as never)
+      .returning()
+      .prepare(),
+  );
+  return (await inTransaction(tx, q).all(Object.fromEntries(cols.map((c) => [c, values[c]])))) as R[];
 }
