@@ -110,7 +110,11 @@ async function createLoopImage(cfg: ScratchConfig, name: string, size: number): 
   chmodSync(cfg.dir, 0o700);
   // Canonical, so the path handed to the launcher is the one the kernel and losetup report for the device.
   const file = join(realpathSync(cfg.dir), `${name}.img`);
-  await destroyLoopImage(file);
+  // A leftover under this name (names repeat after a restart) is detached and deleted first. A name with
+  // no file has nothing to look for, and looking means reading every loop device of the host: a cost that
+  // grew with the host's devices on every job. A deleted image that still pins a device was found by the
+  // start-up sweep.
+  if (existsSync(file)) await destroyLoopImage(file);
   checkFreeSpace(cfg.dir, size);
   const fd = openSync(file, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600);
   try {

@@ -187,8 +187,6 @@ export async function deliverArtifacts(o: {
   const { dir, jobId, attempt } = o.job;
   const done = join(dir, "artifacts-delivered");
   if (existsSync(done)) return null;
-  // Each attempt's uploads carry its own credential, which the master gave with the assignment.
-  const credential = jobCredential(o.job) ?? "";
   const out = join(dir, "out");
   const names = listFiles(out, (name, why) =>
     o.log.warn(`job ${jobId}: ${JSON.stringify(name)} in $KILN_OUT is not kept: ${why}`),
@@ -196,6 +194,8 @@ export async function deliverArtifacts(o: {
   // Nothing to deliver (most jobs): no marker either, which would be one more file to write and delete;
   // after a restart the empty listing is as quick to repeat.
   if (names.length === 0) return null;
+  // Each attempt's uploads carry its own credential, which the master gave with the assignment.
+  const credential = jobCredential(o.job) ?? "";
   const refused: string[] = [];
   for (const name of names) {
     try {
