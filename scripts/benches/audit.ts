@@ -13,6 +13,7 @@ import { appendAudit, listAudit } from "../../src/store/audit.ts";
 import { insertJob } from "../../src/store/jobs.ts";
 import { openStore } from "../../src/store/open.ts";
 import { auditLog } from "../../src/store/schema.ts";
+import { testJob } from "../../src/store/test-job.ts";
 import { createToken } from "../../src/store/tokens.ts";
 
 const ROWS = Number(process.env.KILN_BENCH_AUDIT_ROWS ?? 1_000_000);
@@ -56,19 +57,9 @@ const offsetDeep = await timed(20, () => offset(deep));
 const ctx = testContext(dir, store);
 const app = createApp(ctx);
 const token = (await createToken(store, { role: "submitter", name: "bench" })).secret;
-const job = {
-  name: "t",
-  project: "default",
+const job = testJob({
   channel: "none",
-  arch: null,
-  priority: 0,
-  command: ["true"],
-  env: {},
-  timeoutMs: 60_000,
-  needs: [],
-  egress: [],
-  retries: 0,
-};
+});
 // Taken in turns, one of each, so a busy moment of the machine weighs on both alike.
 const entry = {
   tokenId: "t",

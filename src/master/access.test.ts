@@ -9,6 +9,7 @@ import { setupLogging } from "../lib/log.ts";
 import type { Outcome } from "../protocol/job.ts";
 import { buildDeb, controlText } from "../repo/deb-build.ts";
 import { assignJob, finishJob, getJob, insertJob, markRunning, requeueOrLose } from "../store/jobs.ts";
+import { testJob } from "../store/test-job.ts";
 import { createToken, revokeToken } from "../store/tokens.ts";
 import { upsertWorker } from "../store/workers.ts";
 import { type Access, type ClientRole, describeAccess, WORKER_SOCKET } from "./access.ts";
@@ -141,21 +142,16 @@ async function job(
   project = "alpha",
   useRepos: string[] = [],
 ) {
-  const row = await insertJob(master.ctx.store, {
-    name: "fixture",
-    project,
-    // A channel no worker serves, so the dispatcher leaves the queued ones be.
-    channel: "fixtures",
-    arch: null,
-    priority: 0,
-    command: ["true"],
-    env: {},
-    timeoutMs: 60_000,
-    needs: [],
-    egress: [],
-    useRepos,
-    retries: 0,
-  });
+  const row = await insertJob(
+    master.ctx.store,
+    testJob({
+      name: "fixture",
+      project,
+      // A channel no worker serves, so the dispatcher leaves the queued ones be.
+      channel: "fixtures",
+      useRepos,
+    }),
+  );
   if (state === "queued") return { id: row.id, credential: "" };
   const credential = newJobCredential(row.id);
   await assignJob(master.ctx.store, row.id, "w1", "slot-0", 3_600_000, Date.now(), credential.hash);

@@ -10,6 +10,7 @@ import { loadConfig } from "../config/load.ts";
 import type { MasterMessage } from "../protocol/wire.ts";
 import { cancelJob, getJob, insertJob, markRunning, type NewJob } from "../store/jobs.ts";
 import { openStore, type Store } from "../store/open.ts";
+import { testJob } from "../store/test-job.ts";
 import type { MasterContext } from "./context.ts";
 import { createDispatcher, dispatchOnce } from "./dispatcher.ts";
 import { reapLeasesOnce } from "./leases.ts";
@@ -46,20 +47,7 @@ afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const job = (over: Partial<NewJob> = {}): NewJob => ({
-  name: "t",
-  project: "default",
-  channel: "default",
-  arch: null,
-  priority: 0,
-  command: ["true"],
-  env: {},
-  timeoutMs: 60_000,
-  needs: [],
-  egress: [],
-  retries: 1,
-  ...over,
-});
+const job = (over: Partial<NewJob> = {}): NewJob => testJob({ retries: 1, ...over });
 
 /** A connected worker in the registry; `got` is every message the master sent it. */
 function worker(

@@ -6,6 +6,7 @@ import { waitFor } from "../../test/harness.ts";
 import { loadConfig } from "../config/load.ts";
 import { setupLogging } from "../lib/log.ts";
 import { assignJob, finishJob, insertJob, markRunning } from "../store/jobs.ts";
+import { testJob } from "../store/test-job.ts";
 import { type RunningMaster, startMaster } from "./index.ts";
 import { newJobCredential } from "./job-credential.ts";
 
@@ -33,19 +34,12 @@ beforeEach(async () => {
   port = Number(new URL(master.url).port);
   token = (await Bun.file(join(dir, "admin.token")).text()).trim();
   const store = master.ctx.store;
-  const row = await insertJob(store, {
-    name: "quiet",
-    project: "default",
-    channel: "default",
-    arch: null,
-    priority: 0,
-    command: ["true"],
-    env: {},
-    timeoutMs: 60_000,
-    needs: [],
-    egress: [],
-    retries: 0,
-  });
+  const row = await insertJob(
+    store,
+    testJob({
+      name: "quiet",
+    }),
+  );
   jobId = row.id;
   const made = newJobCredential(jobId);
   credential = made.secret;

@@ -8,6 +8,7 @@ import { loadConfig } from "../config/load.ts";
 import { setupLogging } from "../lib/log.ts";
 import type { MasterMessage, WorkerMessage } from "../protocol/wire.ts";
 import { assignJob, insertJob } from "../store/jobs.ts";
+import { testJob } from "../store/test-job.ts";
 import { createToken } from "../store/tokens.ts";
 import { clientTls, identityHeaders, joinMaster } from "../tls/join.ts";
 import type { WorkerIdentity } from "../tls/proof.ts";
@@ -132,19 +133,7 @@ test("a worker bearer token is refused on a TLS master, and a certified worker a
   const refused = await api("GET", "/jobs/1/artifacts", undefined, bearer);
   expect([refused.status, refused.body.error.code]).toEqual([401, "WORKER_CERT_MISSING"]);
   const { id } = await enroll("t-up");
-  const job = await insertJob(master.ctx.store, {
-    name: "t",
-    project: "default",
-    channel: "nobody",
-    arch: null,
-    priority: 0,
-    command: ["true"],
-    env: {},
-    timeoutMs: 60_000,
-    needs: [],
-    egress: [],
-    retries: 0,
-  });
+  const job = await insertJob(master.ctx.store, testJob({ channel: "nobody" }));
   await assignJob(master.ctx.store, job.id, "t-other", "slot-0", 60_000);
   const path = `/api/v1/worker/artifacts/${job.id}/1/x.txt`;
   const res = await fetch(`${master.url}${path}`, {

@@ -24,6 +24,7 @@ import {
 } from "./jobs.ts";
 import { openStore, type Store } from "./open.ts";
 import { jobs } from "./schema.ts";
+import { testJob } from "./test-job.ts";
 
 let dir: string;
 let store: Store;
@@ -37,20 +38,7 @@ afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const job = (over: Partial<NewJob> = {}): NewJob => ({
-  name: "t",
-  project: "default",
-  channel: "default",
-  arch: null,
-  priority: 0,
-  command: ["true"],
-  env: {},
-  timeoutMs: 60_000,
-  needs: [],
-  egress: [],
-  retries: 1,
-  ...over,
-});
+const job = (over: Partial<NewJob> = {}): NewJob => testJob({ retries: 1, ...over });
 
 const ok: Outcome = {
   state: "succeeded",

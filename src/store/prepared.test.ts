@@ -7,6 +7,7 @@ import { assignJob, getJob, insertJob, type NewJob } from "./jobs.ts";
 import { openStore, type Store } from "./open.ts";
 import { inTransaction, prepared } from "./prepared.ts";
 import { jobEvents, jobs, tokens } from "./schema.ts";
+import { testJob } from "./test-job.ts";
 
 let dir: string;
 let store: Store;
@@ -20,19 +21,9 @@ afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const job: NewJob = {
-  name: "t",
-  project: "default",
-  channel: "default",
-  arch: null,
-  priority: 0,
-  command: ["true"],
-  env: {},
-  timeoutMs: 60_000,
-  needs: [],
-  egress: [],
+const job: NewJob = testJob({
   retries: 1,
-};
+});
 
 const renameToken = () =>
   prepared(store.db, "test:renameToken", () =>

@@ -12,6 +12,7 @@ import { bearerAuth } from "../protocol/master-auth.ts";
 import { buildDeb, controlText } from "../repo/deb-build.ts";
 import { createArtifactBudget } from "../runner/artifact-budget.ts";
 import { assignJob, finishJob, insertJob, markRunning } from "../store/jobs.ts";
+import { testJob } from "../store/test-job.ts";
 import { createToken } from "../store/tokens.ts";
 import { repoFileFetcher } from "./repo-files.ts";
 
@@ -55,20 +56,15 @@ async function api(method: string, path: string, body?: unknown, raw?: Uint8Arra
 /** A running job of `project` using `useRepos`, with its attempt's credential. */
 async function runningJob(project: string, useRepos: string[]) {
   const store = master.ctx.store;
-  const row = await insertJob(store, {
-    name: "fixture",
-    project,
-    channel: "fixtures",
-    arch: null,
-    priority: 0,
-    command: ["true"],
-    env: {},
-    timeoutMs: 60_000,
-    needs: [],
-    egress: [],
-    useRepos,
-    retries: 0,
-  });
+  const row = await insertJob(
+    store,
+    testJob({
+      name: "fixture",
+      project,
+      channel: "fixtures",
+      useRepos,
+    }),
+  );
   const credential = newJobCredential(row.id);
   await assignJob(store, row.id, "w1", "slot-0", 3_600_000, Date.now(), credential.hash);
   await markRunning(store, row.id, 1, "w1", 3_600_000);

@@ -6,6 +6,7 @@ import type { ServerWebSocket } from "bun";
 import type { MasterMessage } from "../../protocol/wire.ts";
 import { assignJob, finishJob, insertJob } from "../../store/jobs.ts";
 import { openStore, type Store } from "../../store/open.ts";
+import { testJob } from "../../store/test-job.ts";
 import { createToken, type Role } from "../../store/tokens.ts";
 import { getWorker, upsertWorker } from "../../store/workers.ts";
 import { createApp } from "../app.ts";
@@ -140,19 +141,7 @@ describe("workers", () => {
     connect();
     expect(refusal(await call("operator", "DELETE", "/admin/workers/w1"))).toEqual([409, "WORKER_CONNECTED"]);
     ctx.registry.workers.clear();
-    const job = await insertJob(store, {
-      name: "t",
-      project: "default",
-      channel: "default",
-      arch: null,
-      priority: 0,
-      command: ["true"],
-      env: {},
-      timeoutMs: 60_000,
-      needs: [],
-      egress: [],
-      retries: 0,
-    });
+    const job = await insertJob(store, testJob());
     await assignJob(store, job.id, "w1", "slot-0", 60_000);
     const busy = await call("operator", "DELETE", "/admin/workers/w1");
     expect(refusal(busy)).toEqual([409, "WORKER_HAS_JOBS"]);

@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { assignJob, insertJob, markRunning } from "../../store/jobs.ts";
 import { openStore, type Store } from "../../store/open.ts";
+import { testJob } from "../../store/test-job.ts";
 import { createToken } from "../../store/tokens.ts";
 import { createApp } from "../app.ts";
 import { newJobCredential } from "../job-credential.ts";
@@ -22,19 +23,7 @@ const credentials = new Map<number, string>();
 let viewer = "";
 
 const newJob = async () => {
-  const row = await insertJob(store, {
-    name: "t",
-    project: "default",
-    channel: "default",
-    arch: null,
-    priority: 0,
-    command: ["true"],
-    env: {},
-    timeoutMs: 60_000,
-    needs: [],
-    egress: [],
-    retries: 0,
-  });
+  const row = await insertJob(store, testJob());
   const credential = newJobCredential(row.id);
   await assignJob(store, row.id, "w", "slot-0", 60_000, Date.now(), credential.hash);
   await markRunning(store, row.id, 1, "w", 60_000);

@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { assignJob, insertJob, markRunning } from "../../store/jobs.ts";
 import { openStore, type Store } from "../../store/open.ts";
+import { testJob } from "../../store/test-job.ts";
 import { createToken } from "../../store/tokens.ts";
 import { createApp } from "../app.ts";
 import { newJobCredential } from "../job-credential.ts";
@@ -28,19 +29,7 @@ beforeEach(async () => {
   const ctx = testContext(dir, store);
   app = createApp(ctx);
   viewer = (await createToken(store, { role: "viewer", name: "v" })).secret;
-  const row = await insertJob(store, {
-    name: "t",
-    project: "default",
-    channel: "default",
-    arch: null,
-    priority: 0,
-    command: ["true"],
-    env: {},
-    timeoutMs: 60_000,
-    needs: [],
-    egress: [],
-    retries: 0,
-  });
+  const row = await insertJob(store, testJob());
   jobId = row.id;
   const credential = newJobCredential(jobId);
   worker = credential.secret;

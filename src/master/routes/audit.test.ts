@@ -8,6 +8,7 @@ import { appendAudit, listAudit } from "../../store/audit.ts";
 import { assignJob, finishJob, insertJob, markRunning } from "../../store/jobs.ts";
 import { openStore, type Store } from "../../store/open.ts";
 import { auditLog } from "../../store/schema.ts";
+import { testJob } from "../../store/test-job.ts";
 import { createToken } from "../../store/tokens.ts";
 import { upsertWorker } from "../../store/workers.ts";
 import { createApp } from "../app.ts";
@@ -103,19 +104,13 @@ describe("what is recorded", () => {
     await ok(ops, "POST", "/templates/t1/build", {});
     await ok(ops, "DELETE", "/templates/t1");
     // A succeeded job with an artifact, uploaded with the job's own credential, promoted by the admin.
-    const row = await insertJob(store, {
-      name: "ship",
-      project: "default",
-      channel: "none",
-      arch: null,
-      priority: 0,
-      command: ["true"],
-      env: {},
-      timeoutMs: 60_000,
-      needs: [],
-      egress: [],
-      retries: 0,
-    });
+    const row = await insertJob(
+      store,
+      testJob({
+        name: "ship",
+        channel: "none",
+      }),
+    );
     const cred = newJobCredential(row.id);
     await assignJob(store, row.id, "w1", "s0", 60_000, Date.now(), cred.hash);
     await markRunning(store, row.id, 1, "w1", 60_000);

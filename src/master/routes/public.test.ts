@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { cancelJob, insertJob } from "../../store/jobs.ts";
 import { openStore, type Store } from "../../store/open.ts";
+import { testJob } from "../../store/test-job.ts";
 import { VERSION } from "../../version.ts";
 import { createApp } from "../app.ts";
 import { testContext } from "../test-context.ts";
@@ -27,20 +28,7 @@ afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const job = () =>
-  insertJob(store, {
-    name: "t",
-    project: "default",
-    channel: "default",
-    arch: null,
-    priority: 0,
-    command: ["true"],
-    env: {},
-    timeoutMs: 60_000,
-    needs: [],
-    egress: [],
-    retries: 0,
-  });
+const job = () => insertJob(store, testJob());
 
 test("health and readiness answer without a token", async () => {
   const health = await app.request("/healthz");

@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { assignJob, finishJob, insertJob, markRunning } from "../../store/jobs.ts";
 import { openStore, type Store } from "../../store/open.ts";
+import { testJob } from "../../store/test-job.ts";
 import { createToken } from "../../store/tokens.ts";
 import { createApp } from "../app.ts";
 import { newJobCredential } from "../job-credential.ts";
@@ -25,19 +26,7 @@ beforeEach(async () => {
   store = await openStore(`file:${join(dir, "kiln.db")}`);
   app = createApp(testContext(dir, store));
   admin = (await createToken(store, { role: "admin", name: "a" })).secret;
-  const row = await insertJob(store, {
-    name: "t",
-    project: "default",
-    channel: "default",
-    arch: null,
-    priority: 0,
-    command: ["true"],
-    env: {},
-    timeoutMs: 60_000,
-    needs: [],
-    egress: [],
-    retries: 0,
-  });
+  const row = await insertJob(store, testJob());
   jobId = row.id;
   // Uploads carry the attempt's own credential, as its worker sends them.
   const credential = newJobCredential(jobId);

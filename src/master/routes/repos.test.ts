@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { buildDeb, controlText } from "../../repo/deb-build.ts";
 import { assignJob, finishJob, insertJob, markRunning } from "../../store/jobs.ts";
 import { openStore, type Store } from "../../store/open.ts";
+import { testJob } from "../../store/test-job.ts";
 import { createToken, type Role } from "../../store/tokens.ts";
 import { createApp } from "../app.ts";
 import type { MasterContext } from "../context.ts";
@@ -68,19 +69,7 @@ const add = (who: string, body: Json) => call(who, "POST", "/repos", { format: "
 
 /** A job of `project` that succeeded with one .deb artifact stored as a worker would have left it. */
 async function jobWithDeb(project: string, name = "kiln-hello", version = "1.0-1") {
-  const row = await insertJob(store, {
-    name: "build",
-    project,
-    channel: "default",
-    arch: null,
-    priority: 0,
-    command: ["true"],
-    env: {},
-    timeoutMs: 60_000,
-    needs: [],
-    egress: [],
-    retries: 0,
-  });
+  const row = await insertJob(store, testJob({ name: "build", project }));
   // The attempt's own credential: its worker uploads and asks versions with it.
   const credential = newJobCredential(row.id);
   tokens[`job${row.id}`] = credential.secret;
