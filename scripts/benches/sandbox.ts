@@ -1,6 +1,8 @@
 // Sandbox launch benchmark: median wall time to run /bin/true through Kiln's launcher (no scratch, and
 // with a loop ext4 scratch including its creation and removal), beside plain fork+exec, bubblewrap, and
-// util-linux unshare + setpriv, all from Bun in the same run. Then the worker's RSS per running job.
+// util-linux unshare + setpriv, all from Bun in the same run. Then the CPU each launch costs (the
+// launched processes' own, kernel time included) beside the same peers and the floor of any per-job
+// namespace sandbox (floor.c), and the worker's RSS per running job.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -65,6 +67,46 @@ rows.push([
   ),
 ]);
 
+// CPU per launch: the task-clock of the launched process and every process it started, from perf stat,
+// which follows forks (the children fields of /proc/self/stat miss what a sandbox's own init reaps).
+// Wall time above includes waiting; this is what a launch takes from a busy machine.
+async function cpuPerLaunch(argv: string[], launches = N): Promise<number> {
+  const p = Bun.spawn(["perf", "stat", "-x", ",", "-e", "task-clock", "--", ...argv], {
+    stdout: "ignore",
+    stderr: "pipe",
+  });
+  const err = await new Response(p.stderr).text();
+  if ((await p.exited) !== 0) throw new Error(`${argv[0]} failed: ${err}`);
+  const line = err.split("\n").find((l) => l.includes("task-clock"));
+  return Number(line?.split(",")[0]) / launches;
+}
+const cpuRows: [string, number][] = [];
+if (Bun.which("perf")) {
+  // One perf per row over a shell loop would count the shell; each launch is measured on its own instead
+  // (perf stat -r), so a row is the mean of N.
+  const each = async (argv: string[]) => {
+    let total = 0;
+    for (let i = 0; i < N; i++) total += await cpuPerLaunch(argv, 1);
+    return total / N;
+  };
+  cpuRows.push(["fork+exec /bin/true", await each(["/bin/true"])]);
+  cpuRows.push(["Kiln launcher, tmpfs /tmp", await each([HELPER, ...sandbox, "--", "/bin/true"])]);
+  if (Bun.which("bwrap"))
+    cpuRows.push([
+      "bwrap --unshare-all --ro-bind / / /bin/true",
+      await each(["bwrap", "--unshare-all", "--ro-bind", "/", "/", "/bin/true"]),
+    ]);
+  // The floor, compiled here: one process launching N times itself.
+  const floor = join(dir, "floor");
+  if (Bun.which("gcc")) {
+    await run(["gcc", "-O2", "-o", floor, join(import.meta.dir, "floor.c")]);
+    cpuRows.push([
+      "floor: clone into new PID, mount, net, IPC, UTS, cgroup namespaces, /proc and a tmpfs, uid drop, exec (floor.c)",
+      await cpuPerLaunch([floor, String(N)]),
+    ]);
+  }
+}
+
 // Worker memory per running job: a worker with 4 slots, idle and then running 4 sleeping jobs.
 const c = await startCluster(dir, { capacity: 4 });
 await Bun.sleep(1000);
@@ -91,6 +133,12 @@ if (kiln !== undefined && bwrap !== undefined) {
   console.log(
     `\nover fork+exec: Kiln launcher ${kiln.toFixed(2)} ms, bwrap ${bwrap.toFixed(2)} ms, ratio ${(kiln / bwrap).toFixed(2)} (target: at most 0.70)`,
   );
+}
+if (cpuRows.length > 0) {
+  console.log(
+    "\n| CPU per launch of /bin/true (perf stat task-clock of all its processes) | ms |\n|---|---|",
+  );
+  for (const [what, ms] of cpuRows) console.log(`| ${what} | ${ms.toFixed(2)} |`);
 }
 console.log(
   `\nworker RSS: idle ${(idle / 1048576).toFixed(1)} MB, with 4 running jobs ${(busy / 1048576).toFixed(1)} MB: ${((busy - idle) / 4 / 1048576).toFixed(2)} MB per running job (${N} runs per row)`,
