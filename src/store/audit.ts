@@ -10,7 +10,7 @@ export type NewAuditEntry = Omit<AuditRow, "id">;
 export function appendAudit(store: Store, entry: NewAuditEntry) {
   return store.write(async (tx) => {
     // One per submit: prepared once, not built anew.
-    await insertPrepared(store.db, tx, auditLog, "audit", entry);
+    await insertPrepared(store.db, tx, auditLog, "audit", entry, false);
   });
 }
 

@@ -91,29 +91,15 @@ const P = sql.placeholder;
 
 async function event(store: Store, tx: Db, row: JobRow, at: number) {
   // Every change of every job writes one: prepared once per store, never rebuilt.
-  const q = prepared(store.db, "event", () =>
-    store.db
-      .insert(jobEvents)
-      .values({
-        jobId: P("jobId"),
-        attempt: P("attempt"),
-        at: P("at"),
-        state: P("state"),
-        reason: P("reason"),
-        message: P("message"),
-        worker: P("worker"),
-      })
-      .prepare(),
+  const { id: jobId, attempt, state, reason, message, worker } = row;
+  await insertPrepared(
+    store.db,
+    tx,
+    jobEvents,
+    "event",
+    { jobId, attempt, at, state, reason, message, worker },
+    false,
   );
-  await inTransaction(tx, q).run({
-    jobId: row.id,
-    attempt: row.attempt,
-    at,
-    state: row.state,
-    reason: row.reason,
-    message: row.message,
-    worker: row.worker,
-  });
 }
 
 /** Queues a new job durably; returns its row once committed. */

@@ -39,9 +39,10 @@ export function inTransaction<Q extends object>(tx: Db, q: Q): Q {
 }
 
 /**
- * Inserts `values` into `table` inside the write transaction `tx` and returns the new rows, with a
- * statement prepared once per store (`db`) for each set of columns given: an undefined value leaves its
- * column to its default, as drizzle's values() does. For the inserts every job makes.
+ * Inserts `values` into `table` inside the write transaction `tx` with a statement prepared once per store
+ * (`db`) for each set of columns given: an undefined value leaves its column to its default, as drizzle's
+ * values() does. Returns the new rows; with `returning` false (an insert nobody reads back) none. For the
+ * inserts every job makes.
  */
 export async function insertPrepared<R>(
   db: Db,
@@ -49,14 +50,19 @@ export async function insertPrepared<R>(
   table: SQLiteTable,
   name: string,
   values: Record<string, unknown>,
+  returning = true,
 ): Promise<R[]> {
   const cols = Object.keys(values).filter((c) => values[c] !== undefined);
-  const q = prepared(db, `insert:${name}:${cols.join(",")}`, () =>
-    db
+  const args = Object.fromEntries(cols.map((c) => [c, values[c]]));
+  const q = prepared(db, `insert:${name}:${returning}:${cols.join(",")}`, () => {
+    const insert = db
       .insert(table)
-      .values(Object.fromEntries(cols.map((c) => [c, sql.placeholder(c)])) as never)
-      .returning()
-      .prepare(),
-  );
-  return (await inTransaction(tx, q).all(Object.fromEntries(cols.map((c) => [c, values[c]])))) as R[];
+      .values(Object.fromEntries(cols.map((c) => [c, sql.placeholder(c)])) as never);
+    return returning ? insert.returning().prepare() : insert.prepare();
+  });
+  if (!returning) {
+    await inTransaction(tx, q).run(args);
+    return [];
+  }
+  return (await inTransaction(tx, q).all(args)) as R[];
 }
