@@ -359,6 +359,11 @@ export const ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
     source: "sandbox",
     meaning: "A slot's scratch could not be removed after its job.",
   },
+  SLOT_KEEPER: {
+    status: 500,
+    source: "sandbox",
+    meaning: "A slot's keeper (its network namespace and scratch volume) could not be started.",
+  },
   SCRATCH_SWEEP_FAILED: {
     status: 500,
     source: "sandbox",

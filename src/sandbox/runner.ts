@@ -35,7 +35,8 @@ import {
 import { collectArtifacts } from "./collect.ts";
 import { installLauncher } from "./launcher.ts";
 import { destroyScratch, releaseHold, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";
-import { createScratchPool } from "./scratch-pool.ts";
+import { createScratchPool, PREMADE_MAX_BYTES } from "./scratch-pool.ts";
+import { type SlotKeeper, startSlotKeeper } from "./slot-keeper.ts";
 import { parseStatus } from "./status.ts";
 import { buildSandboxOpener } from "./template-build.ts";
 import { killUid, slotUid } from "./uids.ts";
@@ -62,6 +63,8 @@ export interface SandboxOptions {
 interface SlotState {
   cg: JobCgroup;
   uid: number;
+  /** What the slot keeps across its jobs (its network namespace, its scratch volume); null until needed. */
+  keeper: SlotKeeper | null;
 }
 
 export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
@@ -88,11 +91,38 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
     serious ? log.warn(message) : log.debug(message),
   );
   const uidOf = (slot: Slot) => slotUid(o.cfg.sandbox.uid_base, o.worker, slot.index);
+  const MiB = 1024 * 1024;
+  // Loop volumes up to this size stay with the slot's keeper and are emptied after each job; bigger ones
+  // (and the other backends) are made for each job, as before.
+  const slotVolume = (size: number) => scratchCfg.backend === "loop" && size <= PREMADE_MAX_BYTES;
+  const stopKeeper = async (state: SlotState) => {
+    const k = state.keeper;
+    state.keeper = null;
+    if (!k) return;
+    await k.stop();
+    if (k.volume) await scratchPool.release(k.volume);
+  };
+  /** The slot's keeper, with a volume of `size` when the job's scratch is one a keeper holds. */
+  const keeperFor = async (slot: Slot, state: SlotState, size: number | null): Promise<SlotKeeper> => {
+    const k = state.keeper;
+    const want = size === null ? null : Math.ceil(size / MiB) * MiB;
+    if (k?.alive() && (want === null || k.volume?.sizeBytes === want)) return k;
+    await stopKeeper(state);
+    const volume = want === null ? null : await scratchPool.take(slot.name, want);
+    const dir = join(scratchCfg.dir, "slots", slot.name.replace(/[^A-Za-z0-9_-]/g, "-"));
+    try {
+      state.keeper = await startSlotKeeper(launcher, dir, volume);
+    } catch (err) {
+      if (volume) await destroyScratch(scratchCfg, volume).catch(() => {});
+      throw err;
+    }
+    return state.keeper;
+  };
 
   const slotState = (slot: Slot): SlotState => {
     let s = slots.get(slot.name);
     if (!s) {
-      s = { cg: openJobCgroup(layout, `${cgParent}/${slot.name}`), uid: uidOf(slot) };
+      s = { cg: openJobCgroup(layout, `${cgParent}/${slot.name}`), uid: uidOf(slot), keeper: null };
       slots.set(slot.name, s);
     }
     return s;
@@ -159,6 +189,8 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
       // as soon as the setup (or the command) runs.
       let setupRules: string[] = [];
       let made: Scratch | null = null;
+      let keeper: SlotKeeper | null = null;
+      const onSlotVolume = slotVolume(size);
       let child: Subprocess<"ignore", number, number>;
       try {
         resetCounters(state.cg);
@@ -168,9 +200,12 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           pids: spec.pids ?? slot.pids ?? undefined,
           devices: slot.devices,
         });
-        made = await scratchPool.take(slot.name, size);
-        setupRules = scratchRules(made);
-        setDeviceRules(state.cg, setupRules, true);
+        keeper = await keeperFor(slot, state, onSlotVolume ? size : null);
+        if (!onSlotVolume) {
+          made = await scratchPool.take(slot.name, size);
+          setupRules = scratchRules(made);
+          setDeviceRules(state.cg, setupRules, true);
+        }
         const args = [
           launcher,
           "--uid",
@@ -196,7 +231,9 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           ...o.masks.flatMap((m) => ["--mask", m]),
           ...slot.devices.flatMap((d) => ["--dev", d]),
           ...(req.apiSocket ? ["--api", `${API_PORT}:${req.apiSocket}`] : []),
-          ...scratchArgs(made),
+          "--slot",
+          String(keeper.pid),
+          ...(made ? scratchArgs(made) : ["--scratch-slot", keeper.dir!]),
           "--",
           ...spec.command,
         ];
@@ -215,8 +252,8 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         child = Bun.spawn(args, { env, stdio: ["ignore", req.logFd, req.logFd, "pipe", "pipe"] });
         at.spawned = performance.now();
         // The next job on this slot will most likely ask for the same size: make its volume while this
-        // one runs, so formatting it is off that job's path.
-        scratchPool.prepare(slot.name, size);
+        // one runs, so formatting it is off that job's path (a volume the keeper holds is reused instead).
+        if (made) scratchPool.prepare(slot.name, size);
       } catch (err) {
         // Set-up failed before the launcher ran: give back what was taken, or the slot would leak it.
         root?.release();
@@ -282,14 +319,14 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
               // and the job's mount holds the scratch device: it goes when the job's namespace does.
               if (!pid1) {
                 setDeviceRules(state.cg, setupRules, false);
-                releaseHold(scratch);
+                if (scratch) releaseHold(scratch);
               }
               pid1 = "ready" in st ? st.ready : st.setup;
               if ("ready" in st) at.ready = performance.now();
             } else {
               // A launch that failed before the mount never takes the scratch device: let it clear, as
               // the launcher waits for that before it exits.
-              releaseHold(scratch);
+              if (scratch) releaseHold(scratch);
               if (st.note) writeSync(req.logFd, st.note);
               final = st.exit;
               at.ended = performance.now();
@@ -323,12 +360,23 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
         if (leftInCgroups || final === null) await killUid(state.uid);
         const usage = readUsage(state.cg);
         releaseTemplates();
-        await scratchPool.release(scratch).catch((err) => {
-          throw new AppError(
-            "SCRATCH_CLEANUP",
-            `could not remove the scratch of ${slot.name}: ${coerceError(err).message}`,
-          );
-        });
+        if (scratch) {
+          await scratchPool.release(scratch).catch((err) => {
+            throw new AppError(
+              "SCRATCH_CLEANUP",
+              `could not remove the scratch of ${slot.name}: ${coerceError(err).message}`,
+            );
+          });
+        } else if (onSlotVolume) {
+          // Every process of the job is gone: the keeper empties the volume for the next one. One it could
+          // not empty is never handed on: the keeper and its volume go, and the next job gets fresh ones.
+          await keeper!.wipe().catch(async (err) => {
+            log.warn(
+              `job ${spec.id} on ${slot.name}: the slot's scratch volume could not be emptied (${coerceError(err).message}); a new one is made for the next job`,
+            );
+            await stopKeeper(state);
+          });
+        }
         at.clean = performance.now();
         const took = (from: number, to: number) =>
           from && to ? Math.round((to - from) * 10) / 10 : undefined;
@@ -388,6 +436,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
       };
     },
     async stop() {
+      for (const s of slots.values()) await stopKeeper(s);
       await scratchPool.drain();
       for (const s of slots.values()) await removeCgroup(s.cg);
       slots.clear();

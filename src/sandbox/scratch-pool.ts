@@ -40,7 +40,7 @@ export interface ScratchPool {
 
 // Made ahead only up to this size: an idle slot holds its next volume on the data disk, which must not
 // tie up a big share of it. Bigger volumes are made when their job starts, as before.
-const PREMADE_MAX_BYTES = 1024 * 1024 * 1024;
+export const PREMADE_MAX_BYTES = 1024 * 1024 * 1024;
 
 const MiB = 1024 * 1024;
 

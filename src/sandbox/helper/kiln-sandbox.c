@@ -72,16 +72,18 @@
 struct bind_opt { const char *src, *dst; bool ro; int fd; };
 
 static struct {
-  const char *root, *kiln_bin, *scratch_file, *scratch_dev, *scratch_tmpfs, *hostname, *chdir, *api_sock, *setup;
+  const char *root, *kiln_bin, *scratch_file, *scratch_dev, *scratch_tmpfs, *scratch_slot, *hostname, *chdir, *api_sock,
+      *setup;
   const char *masks[MAX_LIST], *devs[MAX_LIST], *cgroups[MAX_LIST];
   struct bind_opt binds[MAX_LIST];
-  int nmasks, ndevs, ncgroups, nbinds, api_port, status_fd, hold_fd;
+  int nmasks, ndevs, ncgroups, nbinds, api_port, status_fd, hold_fd, slot_pidfd;
+  pid_t slot_pid;
   uid_t uid;
   gid_t gid, groups[MAX_LIST];
   int ngroups;
   bool have_uid, have_gid, have_root, debug, templates, overlay_root, rw_root, build;
   char **argv;
-} o = {.root = "/", .hostname = "kiln", .chdir = "/tmp/home", .status_fd = -1, .hold_fd = -1};
+} o = {.root = "/", .hostname = "kiln", .chdir = "/tmp/home", .status_fd = -1, .hold_fd = -1, .slot_pidfd = -1};
 
 /* Shared between the outer process and PID 1 (MAP_SHARED survives fork): whether PID 1 managed to write
  * its final status line, and which loop device it attached, so the outer process can wait for it to go. */
@@ -314,6 +316,26 @@ static void bind_file(const char *src, const char *dst, bool ro) {
 static int root_fd = -1, kiln_bin_fd = -1, api_fd = -1, scratch_fd = -1, dev_fds[MAX_LIST];
 static int host_pid; /* PID 1 as the host sees it, for the "ready" line */
 
+/* --scratch-slot DIR: the slot keeper's volume, mounted at DIR in the keeper's mount namespace, which we
+ * joined. It must be that mount (ext4, its root, not the host directory beneath it) and empty but for
+ * lost+found: the keeper wipes it after every job, and a volume still holding anything would hand one
+ * job's files to the next. */
+static void open_slot_scratch(void) {
+  scratch_fd = open_host(o.scratch_slot, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  struct statfs sf;
+  struct stat st, up;
+  if (fstatfs(scratch_fd, &sf) < 0 || fstat(scratch_fd, &st) < 0 || fstatat(scratch_fd, "..", &up, 0) < 0)
+    die("stat %s", o.scratch_slot);
+  if (sf.f_type != EXT4_SUPER_MAGIC || st.st_dev == up.st_dev)
+    die_msg("%s is not the slot's scratch volume (is its keeper running?)", o.scratch_slot);
+  DIR *d = fdopendir(dup(scratch_fd));
+  if (!d) die("read %s", o.scratch_slot);
+  for (struct dirent *e; (e = readdir(d));)
+    if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && strcmp(e->d_name, "lost+found"))
+      die_msg("the slot's scratch volume still holds %s from an earlier job", e->d_name);
+  closedir(d);
+}
+
 static void open_host_objects(void) {
   step("mount-root");
   root_fd = open_host(o.root, O_RDONLY | O_DIRECTORY);
@@ -328,6 +350,7 @@ static void open_host_objects(void) {
   step("scratch");
   if (o.scratch_file) scratch_fd = open_host(o.scratch_file, O_RDWR);
   if (o.scratch_dev) scratch_fd = open_host(o.scratch_dev, O_PATH);
+  if (o.scratch_slot) open_slot_scratch();
 }
 
 /* Recreates each top-level entry of --root in the skeleton: directories and files are bound (and made
@@ -450,6 +473,9 @@ static void mount_scratch(const char *at, const char *host) {
     close(lfd);
   } else if (o.scratch_dev) {
     xmount(fd_path(scratch_fd, NULL), at, "ext4", SCRATCH_FLAGS, SCRATCH_EXT4);
+  } else if (o.scratch_slot) {
+    xmount(fd_path(scratch_fd, NULL), at, NULL, MS_BIND, NULL);
+    xmount(NULL, at, NULL, MS_REMOUNT | MS_BIND | SCRATCH_FLAGS, NULL);
   } else {
     char data[64];
     snprintf(data, sizeof data, "size=%s,mode=1777", o.scratch_tmpfs ? o.scratch_tmpfs : "67108864");
@@ -1210,7 +1236,13 @@ static void __attribute__((noreturn)) pid1_main(int alive_fd) {
   cap_last = atoi(last);
   free(last);
   step("unshare");
-  if (unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET | CLONE_NEWCGROUP) < 0) die("unshare");
+  /* --slot: the slot keeper's network namespace (lo already up, kept across the slot's jobs) and a private
+   * copy of its mount namespace, where the slot's scratch volume is mounted. setns through the pidfd is
+   * atomic: it fails if the keeper is gone rather than joining whatever reused its pid. */
+  if (o.slot_pidfd >= 0 && setns(o.slot_pidfd, CLONE_NEWNET | CLONE_NEWNS) < 0) die("join the slot keeper");
+  int fresh = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP | (o.slot_pidfd >= 0 ? 0 : CLONE_NEWNET);
+  if (unshare(fresh) < 0) die("unshare");
+  if (o.slot_pidfd >= 0) close(o.slot_pidfd), o.slot_pidfd = -1;
   open_host_objects();
   setup_mounts();
   /* Everything is bound now: drop our references to host objects. */
@@ -1259,6 +1291,8 @@ static void parse_args(int argc, char **argv) {
       PUSH(o.devs, o.ndevs, d);
     } else if (!strcmp(a, "--scratch-file")) o.scratch_file = abs_path(VAL(), a);
     else if (!strcmp(a, "--scratch-dev")) o.scratch_dev = abs_path(VAL(), a);
+    else if (!strcmp(a, "--scratch-slot")) o.scratch_slot = abs_path(VAL(), a);
+    else if (!strcmp(a, "--slot")) o.slot_pid = (pid_t)parse_num(VAL(), INT_MAX, a);
     else if (!strcmp(a, "--scratch-tmpfs")) { /* size=0 would mean "unlimited" to tmpfs */
       if (parse_num(o.scratch_tmpfs = VAL(), ~0UL, a) == 0) die_msg("bad %s: 0", a);
     }
@@ -1295,7 +1329,10 @@ static void parse_args(int argc, char **argv) {
   if (!o.have_uid || !o.have_gid) die_msg("--uid and --gid are required");
   if (!o.build && (o.uid == 0 || o.gid == 0)) die_msg("the job user must not be root");
   if (o.build && (o.uid != 0 || o.gid != 0 || o.ngroups)) die_msg("--build runs as root: no --uid, --gid, --groups");
-  if (!!o.scratch_file + !!o.scratch_dev + !!o.scratch_tmpfs > 1) die_msg("give at most one --scratch-*");
+  if (!!o.scratch_file + !!o.scratch_dev + !!o.scratch_tmpfs + !!o.scratch_slot > 1)
+    die_msg("give at most one --scratch-*");
+  if (o.scratch_slot && !o.slot_pid) die_msg("--scratch-slot needs --slot PID");
+  if (o.slot_pid && o.build) die_msg("--build takes no --slot");
   if (o.overlay_root && !o.have_root) die_msg("--overlay-root needs --root DIR");
   if (o.rw_root && (!o.have_root || o.overlay_root)) die_msg("--rw-root needs --root DIR and no --overlay-root");
   /* The setup installs into / as root: only an overlay on the job's own scratch may take that. */
@@ -1453,12 +1490,172 @@ static int inject_main(int argc, char **argv) {
   return 0;
 }
 
+/* ------------------------------------------------------------------------------------------------------ */
+/* --slot-keeper: what a slot keeps across its jobs                                                        */
+
+/*
+ * kiln-sandbox --slot-keeper [--dir DIR --scratch-dev DEV] [--debug]
+ *
+ * Runs for as long as its slot: a network namespace with lo up and a mount namespace (a slave copy of the
+ * host's: host mounts still show, ours never leave) in which DEV, an ext4 volume, is mounted at DIR. A job
+ * launched with `--slot PID` joins that network namespace and a private copy of that mount namespace, and
+ * with `--scratch-slot DIR` gets the volume as /tmp. Making and tearing down a network namespace, a loop
+ * device and an ext4 mount for every job cost more than the rest of a launch together.
+ *
+ * Lines on stdout: `ready PID` once set up; then, for each `wipe` line on stdin (sent once a job's sandbox
+ * is gone), `wiped` when the volume holds nothing but lost+found again, or `error wipe: MESSAGE` when it
+ * could not be emptied (or holds more than WIPE_MAX entries: a fresh volume is then cheaper). EOF on stdin,
+ * or the death of the worker, ends it; the volume's loop device clears itself once no namespace holds the
+ * mount any more.
+ */
+#define WIPE_MAX 100000
+
+/* Empties dir (but its lost+found) without following a symlink or holding an fd per level, however deep the
+ * tree. No process of the job is alive while this runs: the tree cannot change under us. */
+static const char *wipe(const char *dir) {
+  static char msg[512];
+  long seen = 0;
+  int depth = 0, fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return snprintf(msg, sizeof msg, "open %s: %s", dir, strerror(errno)), msg;
+  for (;;) {
+    int child = -1, dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    DIR *d = dfd < 0 ? NULL : fdopendir(dfd);
+    if (!d) {
+      snprintf(msg, sizeof msg, "read a directory: %s", strerror(errno));
+      goto fail;
+    }
+    rewinddir(d);
+    for (struct dirent *e; child < 0 && (e = readdir(d));) {
+      if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+      if (depth == 0 && !strcmp(e->d_name, "lost+found")) continue;
+      if (++seen > WIPE_MAX) {
+        closedir(d);
+        snprintf(msg, sizeof msg, "more than %d entries", WIPE_MAX);
+        goto fail;
+      }
+      struct stat st;
+      int r = fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW);
+      if (r == 0 && !S_ISDIR(st.st_mode)) r = unlinkat(fd, e->d_name, 0);
+      else if (r == 0 && unlinkat(fd, e->d_name, AT_REMOVEDIR) < 0 && (errno == ENOTEMPTY || errno == EEXIST)) {
+        child = openat(fd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        r = child < 0 ? -1 : 0;
+      }
+      if (r < 0 && errno != ENOENT) {
+        snprintf(msg, sizeof msg, "remove %s: %s", e->d_name, strerror(errno));
+        closedir(d);
+        goto fail;
+      }
+    }
+    closedir(d);
+    if (child >= 0) { /* descend; the emptied directory is removed when its parent is read again */
+      close(fd);
+      fd = child, depth++;
+      continue;
+    }
+    if (depth == 0) break;
+    int up = openat(fd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    close(fd);
+    if ((fd = up) < 0) return snprintf(msg, sizeof msg, "open ..: %s", strerror(errno)), msg;
+    depth--;
+  }
+  close(fd);
+  return NULL;
+fail:
+  close(fd);
+  return msg;
+}
+
+static int keeper_main(int argc, char **argv) {
+  static const char usage[] = "usage: kiln-sandbox --slot-keeper [--dir DIR --scratch-dev DEV] [--debug]";
+  const char *dir = NULL, *dev = NULL;
+  g_fail_code = 1;
+  o.status_fd = 1;
+  for (int i = 2; i < argc; i++) {
+    if (!strcmp(argv[i], "--debug")) o.debug = true;
+    else if (!strcmp(argv[i], "--dir") && i + 1 < argc) dir = abs_path(argv[++i], "--dir");
+    else if (!strcmp(argv[i], "--scratch-dev") && i + 1 < argc) dev = abs_path(argv[++i], "--scratch-dev");
+    else die_msg("%s", usage);
+  }
+  if (!dir != !dev) die_msg("%s", usage);
+  step("init");
+  pid_t ppid = getppid();
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) die("PR_SET_PDEATHSIG");
+  if (getppid() != ppid) die_msg("the worker died");
+  step("unshare");
+  if (unshare(CLONE_NEWNS | CLONE_NEWNET) < 0) die("unshare");
+  xmount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL);
+  bring_up_lo();
+  if (dev) {
+    step("scratch");
+    xmount(dev, dir, "ext4", SCRATCH_FLAGS, SCRATCH_EXT4);
+  }
+  status_line("ready %d", (int)getpid());
+  char line[64];
+  size_t len = 0;
+  for (;;) {
+    ssize_t n = read(0, line + len, sizeof line - 1 - len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    len += (size_t)n;
+    for (char *nl; (nl = memchr(line, '\n', len));) {
+      *nl = 0;
+      step(line);
+      if (!strcmp(line, "wipe") && dir) {
+        const char *err = wipe(dir);
+        if (err) status_line("error wipe: %s", err);
+        else status_line("wiped");
+      } else {
+        status_line("error unknown command %s", line);
+      }
+      len -= (size_t)(nl + 1 - line);
+      memmove(line, nl + 1, len);
+    }
+    if (len == sizeof line - 1) die_msg("command too long");
+  }
+  return 0;
+}
+
+/* --slot PID: the outer process checks that PID is a slot keeper of the worker that started us (the same
+ * executable, in --slot-keeper mode, a child of our parent, in a network namespace of its own) through a
+ * pidfd, which PID 1 then joins. A keeper that died and whose pid was reused fails the checks or the final
+ * liveness test. */
+static void open_slot_keeper(void) {
+  step("slot");
+  int pidfd = (int)syscall(SYS_pidfd_open, o.slot_pid, 0);
+  if (pidfd < 0) die("slot keeper %d", (int)o.slot_pid);
+  char path[64], exe[PATH_MAX], self[PATH_MAX];
+  snprintf(path, sizeof path, "/proc/%d/exe", (int)o.slot_pid);
+  ssize_t a = readlink(path, exe, sizeof exe - 1), b = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (a <= 0 || b <= 0) die("readlink %s", path);
+  exe[a] = self[b] = 0;
+  snprintf(path, sizeof path, "/proc/%d/cmdline", (int)o.slot_pid);
+  char cmd[256] = {0}; /* argv[0] NUL "--slot-keeper" NUL ...: the rest of the buffer stays zeroed */
+  int cfd = open(path, O_RDONLY | O_CLOEXEC);
+  if (cfd < 0 || read(cfd, cmd, sizeof cmd - 1) < 0) die("read %s", path);
+  close(cfd);
+  const char *arg1 = cmd + strnlen(cmd, sizeof cmd - 1) + 1;
+  if (arg1 >= cmd + sizeof cmd) arg1 = "";
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)o.slot_pid);
+  char *pstat = read_file(path), *end = strrchr(pstat, ')');
+  int parent = 0;
+  if (!end || sscanf(end + 1, " %*c %d", &parent) != 1) die_msg("cannot parse %s", path);
+  struct stat theirs, ours;
+  snprintf(path, sizeof path, "/proc/%d/ns/net", (int)o.slot_pid);
+  if (stat(path, &theirs) < 0 || stat("/proc/self/ns/net", &ours) < 0) die("stat %s", path);
+  if (strcmp(exe, self) || strcmp(arg1, "--slot-keeper") || parent != getppid() || theirs.st_ino == ours.st_ino)
+    die_msg("pid %d is not a slot keeper of this worker", (int)o.slot_pid);
+  free(pstat);
+  if (syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) < 0) die("slot keeper %d", (int)o.slot_pid);
+  o.slot_pidfd = pidfd;
+}
+
 int main(int argc, char **argv) {
   /* Dispositions set to "ignore" by the caller survive exec: an ignored SIGCHLD would stop us from
    * waiting for our children, an ignored SIGPIPE would leak into the job. Start from the defaults. */
   for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);
   if (argc > 1 && !strcmp(argv[1], "--inject")) return inject_main(argc, argv);
   if (argc > 1 && !strcmp(argv[1], "--collect")) return collect_main(argc, argv);
+  if (argc > 1 && !strcmp(argv[1], "--slot-keeper")) return keeper_main(argc, argv);
   parse_args(argc, argv);
   step("init");
   /* Die with the worker. Checking getppid() afterwards closes the race where it died just before. */
@@ -1474,6 +1671,7 @@ int main(int argc, char **argv) {
     if (fd < 0 || write(fd, pid, (size_t)pidlen) != pidlen) die("%s", o.cgroups[i]);
     close(fd);
   }
+  if (o.slot_pid) open_slot_keeper();
   step("init");
   shared = mmap(NULL, sizeof *shared, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (shared == MAP_FAILED) shared = NULL, die("mmap");
