@@ -4,7 +4,7 @@
 // job (strace, when it is there), and the launcher's own steps (its --debug trace). Beside it, the same
 // jobs through the plain-process runner. Prints Markdown tables.
 import { Database } from "bun:sqlite";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import {
@@ -12,9 +12,9 @@ import {
   detectCgroups,
   openJobCgroup,
   removeCgroup,
-  setDeviceRules,
 } from "../../src/sandbox/cgroups/index.ts";
-import { attachScratch, createScratch, destroyScratch, releaseHold } from "../../src/sandbox/scratch.ts";
+import { attachScratch, createScratch, destroyScratch } from "../../src/sandbox/scratch.ts";
+import { startSlotKeeper } from "../../src/sandbox/slot-keeper.ts";
 import { KILN, startCluster } from "./cluster.ts";
 
 const N = Number(process.env.BENCH_JOBS ?? 300);
@@ -200,24 +200,26 @@ async function run(runner: "process" | "sandbox") {
   };
 }
 
-/** The launcher's own steps: LAUNCHES runs of /bin/true as a worker starts a job, with --debug. */
+/**
+ * The launcher's own steps: LAUNCHES runs of /bin/true as a worker starts a job (its slot's keeper holding
+ * the network namespace, the 16 MiB scratch volume and the skeleton; the volume emptied after each run),
+ * with --debug.
+ */
 async function launcherSteps() {
   const layout = detectCgroups();
   const cg = openJobCgroup(layout, `kiln-bench-${process.pid}/slot-0`);
   const cfg = { backend: "loop" as const, dir: join(dir, "launch-scratch") };
+  const volume = attachScratch(await createScratch(cfg, "launch", 16 << 20));
+  const keeper = await startSlotKeeper(HELPER, join(cfg.dir, "slot-0"), volume, {
+    kilnBin: KILN,
+    masks: [],
+    devices: [],
+  });
   const steps = new Map<string, number[]>();
   const walls: number[] = [];
+  const wipes: number[] = [];
   try {
     for (let i = 0; i < LAUNCHES + 2; i++) {
-      const s = attachScratch(await createScratch(cfg, `launch-${i}`, 16 << 20));
-      const device = s.backend === "loop" && s.loop ? s.loop.device : "";
-      // As the runner does: on cgroup v1 the job's devices cgroup lets the launcher mount that device.
-      const { rdev } = statSync(device, { bigint: true });
-      setDeviceRules(
-        cg,
-        [`b ${(rdev >> 8n) & 0xfffn}:${(rdev & 0xffn) | ((rdev >> 12n) & ~0xffn)} rwm`],
-        true,
-      );
       const t0 = performance.now();
       const p = Bun.spawn(
         [
@@ -229,28 +231,27 @@ async function launcherSteps() {
           "1499999999",
           "--gid",
           "1499999999",
-          "--kiln-bin",
-          KILN,
           "--templates",
           ...cg.procsFiles.flatMap((f) => ["--cgroup", f]),
-          "--scratch-dev",
-          device,
+          "--slot",
+          String(keeper.pid),
+          "--slot-root",
+          keeper.skeleton,
+          "--scratch-slot",
+          keeper.dir!,
           "--",
           "/bin/true",
         ],
         { stdio: ["ignore", "ignore", "pipe", "pipe"] },
       );
-      // The worker lets go of the device at the launcher's first status line (mounted, or failed), and
-      // so does this.
-      const status = (async () => {
-        for await (const _ of Bun.file(p.stdio[3] as unknown as number).stream()) releaseHold(s);
-        releaseHold(s);
-      })();
+      const status = new Response(p.stdio[3] as unknown as ReadableStream).text();
       const err = await new Response(p.stderr as ReadableStream).text();
       await p.exited;
       await status;
       walls.push(performance.now() - t0);
-      await destroyScratch(cfg, s);
+      const w0 = performance.now();
+      await keeper.wipe();
+      wipes.push(performance.now() - w0);
       if (i < 2) continue; // warm-up
       const lines = err
         .split("\n")
@@ -267,9 +268,12 @@ async function launcherSteps() {
       for (const [key, took] of mine) steps.set(key, [...(steps.get(key) ?? []), took]);
     }
   } finally {
+    await keeper.stop();
+    await destroyScratch(cfg, volume);
     await removeCgroup(cg);
     await removeCgroup(attachJobCgroup(layout, `kiln-bench-${process.pid}`));
   }
+  steps.set("keeper: wipe (after the launcher exited)", wipes.slice(2));
   return { wall: median(walls.slice(2)), steps };
 }
 
@@ -313,7 +317,7 @@ for (const [key, what] of WORKER_STEPS) console.log(row(what, (r) => stage(r.wor
 console.log();
 const launch = await launcherSteps().finally(() => rmSync(dir, { recursive: true, force: true }));
 const total = [...launch.steps.values()].reduce((a, v) => a + median(v), 0);
-console.log(`The launcher alone (${LAUNCHES} launches of /bin/true with a slot's cgroups and a 16 MiB scratch attached ahead), wall median ${launch.wall.toFixed(1)} ms; each step of its --debug trace until the next, summed per launch (ms; "PID 1: exit" is the job's namespaces going away until the outer process sees it):
+console.log(`The launcher alone (${LAUNCHES} launches of /bin/true with a slot's cgroups, its keeper and its 16 MiB scratch volume), wall median ${launch.wall.toFixed(1)} ms; each step of its --debug trace until the next, summed per launch (ms; "PID 1: exit" is the job's namespaces going away until the outer process sees it):
 
 | step | median | mean |
 |---|---|---|`);

@@ -111,7 +111,11 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
     const volume = want === null ? null : await scratchPool.take(slot.name, want);
     const dir = join(scratchCfg.dir, "slots", slot.name.replace(/[^A-Za-z0-9_-]/g, "-"));
     try {
-      state.keeper = await startSlotKeeper(launcher, dir, volume);
+      state.keeper = await startSlotKeeper(launcher, dir, volume, {
+        kilnBin: process.execPath,
+        masks: o.masks,
+        devices: slot.devices,
+      });
     } catch (err) {
       if (volume) await destroyScratch(scratchCfg, volume).catch(() => {});
       throw err;
@@ -216,9 +220,9 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           groups,
           "--hostname",
           `kiln-${spec.id}`,
-          "--kiln-bin",
-          process.execPath,
-          ...(root ? ["--root", root.root] : []),
+          // A host-root job starts from the root its slot's keeper built once (the masks, devices and kiln
+          // binary below are in it); a template root is built for the job.
+          ...(root ? ["--kiln-bin", process.execPath, "--root", root.root] : []),
           ...(root && spec.writableRoot ? ["--overlay-root"] : []),
           // Run as root on that overlay before the command (see src/sandbox/helper/README.md "Setup").
           ...(spec.setup !== null ? ["--setup", spec.setup] : []),
@@ -228,11 +232,12 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           "--hold-fd",
           "4",
           ...state.cg.procsFiles.flatMap((f) => ["--cgroup", f]),
-          ...o.masks.flatMap((m) => ["--mask", m]),
-          ...slot.devices.flatMap((d) => ["--dev", d]),
+          ...(root ? o.masks.flatMap((m) => ["--mask", m]) : []),
+          ...(root ? slot.devices.flatMap((d) => ["--dev", d]) : []),
           ...(req.apiSocket ? ["--api", `${API_PORT}:${req.apiSocket}`] : []),
           "--slot",
           String(keeper.pid),
+          ...(root ? [] : ["--slot-root", keeper.skeleton]),
           ...(made ? scratchArgs(made) : ["--scratch-slot", keeper.dir!]),
           "--",
           ...spec.command,
@@ -367,15 +372,18 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
               `could not remove the scratch of ${slot.name}: ${coerceError(err).message}`,
             );
           });
-        } else if (onSlotVolume) {
-          // Every process of the job is gone: the keeper empties the volume for the next one. One it could
-          // not empty is never handed on: the keeper and its volume go, and the next job gets fresh ones.
-          await keeper!.wipe().catch(async (err) => {
+        }
+        // Every process of the job is gone: the keeper empties its volume for the next job. A volume it
+        // could not empty is never handed on: the keeper and its volume go, and the next job gets fresh
+        // ones; so does it when the host's mounts changed since the keeper made its copy of them.
+        if (keeper) {
+          const wiped = await keeper.wipe().catch((err) => {
             log.warn(
               `job ${spec.id} on ${slot.name}: the slot's scratch volume could not be emptied (${coerceError(err).message}); a new one is made for the next job`,
             );
-            await stopKeeper(state);
+            return "failed" as const;
           });
+          if (wiped !== "wiped") await stopKeeper(state);
         }
         at.clean = performance.now();
         const took = (from: number, to: number) =>

@@ -19,33 +19,58 @@ export interface SlotKeeper {
   /** Where its volume is mounted in its mount namespace (--scratch-slot), and the volume; null without. */
   readonly dir: string | null;
   readonly volume: Scratch | null;
+  /** Where the root its host-root jobs start from is, in its mount namespace (--slot-root). */
+  readonly skeleton: string;
   /** Whether it still runs (a keeper that died is replaced before the next job). */
   alive(): boolean;
-  /** Empties the volume after a job (every process of which is gone); rejects when it could not. */
-  wipe(): Promise<void>;
+  /**
+   * Empties the volume after a job (every process of which is gone); rejects when it could not. Resolves
+   * "stale" when the host's mounts changed since the keeper started: its copy of them (and the skeleton)
+   * is out of date, and a new keeper should serve the next job.
+   */
+  wipe(): Promise<"wiped" | "stale">;
   /** Ends it and waits for it; its volume is then the caller's to release. */
   stop(): Promise<void>;
+}
+
+/** What the read-only root of the slot's host-root jobs holds besides the host's own entries. */
+export interface SkeletonOptions {
+  /** Bound at /kiln/bin/kiln. */
+  kilnBin: string;
+  /** Host paths hidden from jobs. */
+  masks: string[];
+  /** Host device nodes the slot's jobs get in /dev. */
+  devices: string[];
 }
 
 /**
  * Starts a keeper with `launcher`; with a volume (a loop image attached ahead, held by this process until
  * the keeper's mount holds it), mounted at `dir`, a directory on the host the keeper mounts over in its
- * own namespace only.
+ * own namespace only. The skeleton of its host-root jobs is built at `dir`.root the same way.
  */
 export async function startSlotKeeper(
   launcher: string,
   dir: string,
   volume: Scratch | null,
+  skeleton: SkeletonOptions,
 ): Promise<SlotKeeper> {
   if (volume && (volume.backend !== "loop" || !volume.loop)) {
     throw new Error("a slot keeper's volume is a loop image attached ahead");
   }
-  if (volume) mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const root = `${dir}.root`;
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  mkdirSync(root, { recursive: true, mode: 0o700 });
   const child: Subprocess<"pipe", "pipe", "inherit"> = Bun.spawn(
     [
       launcher,
       "--slot-keeper",
       ...(volume?.backend === "loop" ? ["--dir", dir, "--scratch-dev", volume.loop!.device] : []),
+      "--skeleton",
+      root,
+      "--kiln-bin",
+      skeleton.kilnBin,
+      ...skeleton.masks.flatMap((m) => ["--mask", m]),
+      ...skeleton.devices.flatMap((d) => ["--dev", d]),
     ],
     { stdin: "pipe", stdout: "pipe", stderr: "inherit" },
   );
@@ -68,6 +93,7 @@ export async function startSlotKeeper(
     pid: Number(ready[1]),
     dir: volume ? dir : null,
     volume,
+    skeleton: root,
     alive: () => !exited,
     async wipe() {
       if (exited) throw new Error("the slot keeper is gone");
@@ -75,7 +101,9 @@ export async function startSlotKeeper(
       await child.stdin.flush();
       const got = await lines.next();
       if (got.done) throw new Error(`the slot keeper exited with ${await child.exited}`);
+      if (got.value === "wiped stale") return "stale";
       if (got.value !== "wiped") throw new Error(got.value);
+      return "wiped";
     },
     async stop() {
       try {

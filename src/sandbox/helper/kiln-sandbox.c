@@ -48,6 +48,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -72,8 +73,8 @@
 struct bind_opt { const char *src, *dst; bool ro; int fd; };
 
 static struct {
-  const char *root, *kiln_bin, *scratch_file, *scratch_dev, *scratch_tmpfs, *scratch_slot, *hostname, *chdir, *api_sock,
-      *setup;
+  const char *root, *kiln_bin, *scratch_file, *scratch_dev, *scratch_tmpfs, *scratch_slot, *slot_root, *hostname,
+      *chdir, *api_sock, *setup;
   const char *masks[MAX_LIST], *devs[MAX_LIST], *cgroups[MAX_LIST];
   struct bind_opt binds[MAX_LIST];
   int nmasks, ndevs, ncgroups, nbinds, api_port, status_fd, hold_fd, slot_pidfd;
@@ -304,13 +305,20 @@ static void make_ro(const char **prefixes, int n) {
 
 /* Binds a single non-directory (device node, file, socket) read-only or not. */
 static void bind_file(const char *src, const char *dst, bool ro) {
-  touch(dst, 0644);
+  /* A mount point the skeleton already holds (read-only: it cannot be opened for writing) is used as is. */
+  struct stat st;
+  if (lstat(dst, &st) < 0) touch(dst, 0644);
+  else if (!S_ISREG(st.st_mode)) die_msg("%s is not a file to bind onto", dst);
   xmount(src, dst, NULL, MS_BIND, NULL);
   if (ro) xmount(NULL, dst, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL);
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
 /* Building the job's root                                                                                 */
+
+/* Set while a slot keeper builds the skeleton its jobs share (see build_skeleton): only what is the same
+ * for every job goes in; each job mounts its own devpts, shm, templates tmpfs and API socket on top. */
+static bool g_prebuild;
 
 /* Host objects opened before the pivot (see fd_path). */
 static int root_fd = -1, kiln_bin_fd = -1, api_fd = -1, scratch_fd = -1, dev_fds[MAX_LIST];
@@ -527,11 +535,17 @@ static const char *mount_rw_root(void) {
 
 /* /tmp: the job's only writable space (plus /dev/shm, and / itself with --overlay-root), with HOME and the
  * artifact dir inside. */
+static void make_scratch_dirs(void);
 static void setup_scratch(void) {
   step("scratch");
   xmkdir("/tmp", 01777);
+  if (g_prebuild) return; /* the mount point only */
   if (o.overlay_root) xmount(HOST STAGE "/tmp", "/tmp", NULL, MS_BIND, NULL); /* keeps nosuid,nodev */
   else mount_scratch("/tmp", HOST);
+  make_scratch_dirs();
+}
+
+static void make_scratch_dirs(void) {
   static const struct { const char *path; mode_t mode; } dirs[] = {{"/tmp/home", 0700}, {"/tmp/out", 0755}};
   if (chmod("/tmp", 01777) < 0) die("chmod /tmp");
   for (size_t i = 0; i < 2; i++) {
@@ -543,6 +557,17 @@ static void setup_scratch(void) {
     if (fchown(fd, o.uid, o.gid) < 0 || fchmod(fd, dirs[i].mode) < 0) die("chown %s", dirs[i].path);
     close(fd);
   }
+}
+
+
+/* A job's own part of /dev, under `at` ("" once pivoted, the skeleton's path before): a private devpts
+ * instance and a shm tmpfs, which no other job may share. */
+static void setup_dev_own(const char *at) {
+  char p[PATH_MAX];
+  snprintf(p, sizeof p, "%s/dev/pts", at);
+  xmount("devpts", p, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5");
+  snprintf(p, sizeof p, "%s/dev/shm", at);
+  xmount("kiln-shm", p, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
 }
 
 /* /dev: a small tmpfs with just the harmless nodes bound from the host, a private devpts and a shm. */
@@ -569,11 +594,24 @@ static void setup_dev(void) {
     bind_file(fd_path(dev_fds[i], NULL), dst, false);
   }
   xmkdir("/dev/pts", 0755);
-  xmount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5");
   xmkdir("/dev/shm", 01777);
-  xmount("kiln-shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+  if (!g_prebuild) setup_dev_own("");
   for (size_t i = 0; i < sizeof links / sizeof *links; i++)
     if (symlink(links[i][0], links[i][1]) < 0) die("symlink %s", links[i][1]);
+}
+
+/* The job's own part of /kiln, under `at` as for setup_dev_own. --templates: stays writable, for root
+ * only, so --inject can make mount points in it later. */
+static void setup_kiln_own(const char *at) {
+  char p[PATH_MAX];
+  if (o.templates) {
+    snprintf(p, sizeof p, "%s" TEMPLATES, at);
+    xmkdir(p, 0755);
+    xmount("kiln-templates", p, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k");
+  }
+  step("api");
+  snprintf(p, sizeof p, "%s" API_SOCK, at);
+  if (api_fd >= 0) bind_file(fd_path(api_fd, NULL), p, true);
 }
 
 /* /kiln: the Kiln binary, the API socket the forwarder in PID 1 connects to, and --templates. */
@@ -583,17 +621,16 @@ static void setup_kiln(void) {
   /* With --overlay-root, / is writable and --root's own /kiln must not show: a tmpfs of ours, made
    * read-only at the end, as the skeleton is. */
   if (o.overlay_root || o.rw_root) xmount("kiln-dir", "/kiln", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k");
-  /* --templates: stays writable, for root only, so --inject can make mount points in it later. */
-  if (o.templates) {
-    xmkdir(TEMPLATES, 0755);
-    xmount("kiln-templates", TEMPLATES, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k");
-  }
   if (kiln_bin_fd >= 0) {
     xmkdir("/kiln/bin", 0755);
     bind_file(fd_path(kiln_bin_fd, NULL), "/kiln/bin/kiln", true);
   }
-  step("api");
-  if (api_fd >= 0) bind_file(fd_path(api_fd, NULL), API_SOCK, true);
+  if (g_prebuild) { /* mount points for setup_kiln_own */
+    xmkdir(TEMPLATES, 0755);
+    touch(API_SOCK, 0644);
+  } else {
+    setup_kiln_own("");
+  }
 }
 
 /* --bind / --ro-bind: a top-level DST is created in the skeleton, a deeper one must already exist. */
@@ -672,6 +709,87 @@ static void setup_mounts(void) {
   /* the skeleton; with --overlay-root, / stays writable and only our /kiln is sealed */
   const char *seal = o.overlay_root || o.rw_root ? "/kiln" : "/";
   xmount(NULL, seal, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL);
+}
+
+/*
+ * --slot-root DIR: the job's root is the skeleton its slot keeper built once (build_skeleton), read-only,
+ * at DIR in the keeper's mount namespace, of which we hold a private copy. Only what is the job's own is
+ * mounted here, on the skeleton's mount points, before we pivot into it: the scratch at /tmp, a devpts and
+ * a shm in /dev, the templates tmpfs and the API socket in /kiln; then /proc for our pid namespace.
+ * pivot_root(".", ".") stacks the old root on the skeleton, and detaching it leaves nothing of the host
+ * reachable (no mount point for it needed in the read-only skeleton).
+ */
+static void setup_mounts_on_skeleton(void) {
+  const char *sk = o.slot_root;
+  char p[PATH_MAX];
+  step("mount-root");
+  /* Nothing we mount may propagate back, and nothing of the keeper's or the host's may propagate in. */
+  xmount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
+  struct statfs sf;
+  if (statfs(sk, &sf) < 0) die("%s", sk);
+  if (sf.f_type != TMPFS_MAGIC || !(sf.f_flags & ST_RDONLY))
+    die_msg("%s is not the slot's skeleton (is its keeper running?)", sk);
+  snprintf(p, sizeof p, "%s/tmp", sk);
+  mount_scratch(p, "");
+  step("dev");
+  setup_dev_own(sk);
+  step("kiln");
+  setup_kiln_own(sk);
+  step("pivot_root");
+  if (chdir(sk) < 0) die("chdir %s", sk);
+  if (syscall(SYS_pivot_root, ".", ".") < 0) die("pivot_root");
+  if (umount2(".", MNT_DETACH) < 0) die("detach the host root");
+  if (chdir("/") < 0) die("chdir /");
+  setup_proc();
+  step("scratch");
+  make_scratch_dirs();
+}
+
+/*
+ * The slot keeper's --skeleton DIR: the root every host-root job of the slot starts from, built once the way
+ * setup_mounts builds it for a single job (the host's entries bound read-only, masks, /dev's nodes, the
+ * kiln binary), on a tmpfs at DIR in the keeper's namespace, then sealed read-only. A child does the
+ * work chrooted into DIR, with the host root bound at HOST for the duration, so every path the job-root code
+ * uses means what it means after a job's pivot. DIR (like the volume's mount) is unbindable: the recursive
+ * binds of host directories skip it, so the skeleton never contains itself, nor a copy of the host root.
+ * The skeleton's mounts are then made private: the host's later mounts do not reach it (a job sees the host
+ * as it was when its slot's keeper started), and none arrives writable inside the read-only tree.
+ */
+static void build_skeleton(const char *at) {
+  step("skeleton");
+  xmount("kiln-root", at, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=4m,nr_inodes=65536");
+  xmount(NULL, at, NULL, MS_UNBINDABLE, NULL);
+  pid_t pid = fork();
+  if (pid < 0) die("fork");
+  if (pid == 0) {
+    g_prebuild = true;
+    o.root = "/";
+    open_host_objects();
+    char host[PATH_MAX];
+    snprintf(host, sizeof host, "%s" HOST, at);
+    xmkdir(host, 0700);
+    xmount("/", host, NULL, MS_BIND | MS_REC, NULL);
+    if (chroot(at) < 0 || chdir("/") < 0) die("chroot %s", at);
+    setup_proc(); /* for fd_path() and make_ro(); unmounted below, each job mounts its own */
+    populate_root();
+    setup_scratch();
+    setup_dev();
+    setup_kiln();
+    setup_masks();
+    step("skeleton");
+    if (umount2("/proc", MNT_DETACH) < 0) die("umount /proc");
+    if (umount2(HOST, MNT_DETACH) < 0) die("detach the host root");
+    if (rmdir(HOST) < 0) die("rmdir " HOST);
+    xmount(NULL, "/dev", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL);
+    xmount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL);
+    _exit(0);
+  }
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0)
+    if (errno != EINTR) die("waitpid");
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) _exit(1); /* the child wrote its error line */
+  xmount(NULL, at, NULL, MS_REC | MS_PRIVATE, NULL);
+  xmount(NULL, at, NULL, MS_UNBINDABLE, NULL);
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -1244,7 +1362,8 @@ static void __attribute__((noreturn)) pid1_main(int alive_fd) {
   if (unshare(fresh) < 0) die("unshare");
   if (o.slot_pidfd >= 0) close(o.slot_pidfd), o.slot_pidfd = -1;
   open_host_objects();
-  setup_mounts();
+  if (o.slot_root) setup_mounts_on_skeleton();
+  else setup_mounts();
   /* Everything is bound now: drop our references to host objects. */
   int *fds[] = {&root_fd, &kiln_bin_fd, &api_fd, &scratch_fd};
   for (size_t i = 0; i < sizeof fds / sizeof *fds; i++)
@@ -1292,6 +1411,7 @@ static void parse_args(int argc, char **argv) {
     } else if (!strcmp(a, "--scratch-file")) o.scratch_file = abs_path(VAL(), a);
     else if (!strcmp(a, "--scratch-dev")) o.scratch_dev = abs_path(VAL(), a);
     else if (!strcmp(a, "--scratch-slot")) o.scratch_slot = abs_path(VAL(), a);
+    else if (!strcmp(a, "--slot-root")) o.slot_root = abs_path(VAL(), a);
     else if (!strcmp(a, "--slot")) o.slot_pid = (pid_t)parse_num(VAL(), INT_MAX, a);
     else if (!strcmp(a, "--scratch-tmpfs")) { /* size=0 would mean "unlimited" to tmpfs */
       if (parse_num(o.scratch_tmpfs = VAL(), ~0UL, a) == 0) die_msg("bad %s: 0", a);
@@ -1333,6 +1453,9 @@ static void parse_args(int argc, char **argv) {
     die_msg("give at most one --scratch-*");
   if (o.scratch_slot && !o.slot_pid) die_msg("--scratch-slot needs --slot PID");
   if (o.slot_pid && o.build) die_msg("--build takes no --slot");
+  /* The skeleton already holds the root, the masks, the devices and the kiln binary the keeper was given. */
+  if (o.slot_root && (!o.slot_pid || o.have_root || o.nbinds || o.nmasks || o.ndevs || o.kiln_bin))
+    die_msg("--slot-root needs --slot PID and takes no --root, --bind, --ro-bind, --mask, --dev or --kiln-bin");
   if (o.overlay_root && !o.have_root) die_msg("--overlay-root needs --root DIR");
   if (o.rw_root && (!o.have_root || o.overlay_root)) die_msg("--rw-root needs --root DIR and no --overlay-root");
   /* The setup installs into / as root: only an overlay on the job's own scratch may take that. */
@@ -1503,8 +1626,10 @@ static int inject_main(int argc, char **argv) {
  * device and an ext4 mount for every job cost more than the rest of a launch together.
  *
  * Lines on stdout: `ready PID` once set up; then, for each `wipe` line on stdin (sent once a job's sandbox
- * is gone), `wiped` when the volume holds nothing but lost+found again, or `error wipe: MESSAGE` when it
- * could not be emptied (or holds more than WIPE_MAX entries: a fresh volume is then cheaper). EOF on stdin,
+ * is gone), `wiped` when the volume holds nothing but lost+found again (`wiped stale` when the host's
+ * mounts changed since the keeper started: its view of them is out of date, and a new keeper should take
+ * over), or `error wipe: MESSAGE` when it could not be emptied (or holds more than WIPE_MAX entries: a
+ * fresh volume is then cheaper). EOF on stdin,
  * or the death of the worker, ends it; the volume's loop device clears itself once no namespace holds the
  * mount any more.
  */
@@ -1566,21 +1691,35 @@ fail:
 }
 
 static int keeper_main(int argc, char **argv) {
-  static const char usage[] = "usage: kiln-sandbox --slot-keeper [--dir DIR --scratch-dev DEV] [--debug]";
-  const char *dir = NULL, *dev = NULL;
+  static const char usage[] = "usage: kiln-sandbox --slot-keeper [--dir DIR --scratch-dev DEV] [--skeleton DIR "
+                              "[--kiln-bin FILE] [--mask PATH]... [--dev PATH]...] [--debug]";
+  const char *dir = NULL, *dev = NULL, *skeleton = NULL;
   g_fail_code = 1;
   o.status_fd = 1;
   for (int i = 2; i < argc; i++) {
     if (!strcmp(argv[i], "--debug")) o.debug = true;
     else if (!strcmp(argv[i], "--dir") && i + 1 < argc) dir = abs_path(argv[++i], "--dir");
     else if (!strcmp(argv[i], "--scratch-dev") && i + 1 < argc) dev = abs_path(argv[++i], "--scratch-dev");
-    else die_msg("%s", usage);
+    else if (!strcmp(argv[i], "--skeleton") && i + 1 < argc) skeleton = abs_path(argv[++i], "--skeleton");
+    else if (!strcmp(argv[i], "--kiln-bin") && i + 1 < argc) o.kiln_bin = abs_path(argv[++i], "--kiln-bin");
+    else if (!strcmp(argv[i], "--mask") && i + 1 < argc && o.nmasks < MAX_LIST)
+      o.masks[o.nmasks++] = abs_path(argv[++i], "--mask");
+    else if (!strcmp(argv[i], "--dev") && i + 1 < argc && o.ndevs < MAX_LIST) {
+      const char *d = abs_path(argv[++i], "--dev");
+      if (strncmp(d, "/dev/", 5) || !d[5]) die_msg("--dev wants a path under /dev: %s", d);
+      o.devs[o.ndevs++] = d;
+    } else die_msg("%s", usage);
   }
-  if (!dir != !dev) die_msg("%s", usage);
+  if (!dir != !dev || (!skeleton && (o.kiln_bin || o.nmasks || o.ndevs))) die_msg("%s", usage);
   step("init");
   pid_t ppid = getppid();
   if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) die("PR_SET_PDEATHSIG");
   if (getppid() != ppid) die_msg("the worker died");
+  /* The host's mount table, opened before we leave it: poll() says when it changed. Our copy of it, and
+   * the skeleton made from that copy, are then out of date (on a host whose mounts are private nothing of
+   * the change reaches us), and the keeper says so at the next wipe: the worker replaces it. */
+  int host_mounts = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+  if (host_mounts < 0) die("open /proc/self/mountinfo");
   step("unshare");
   if (unshare(CLONE_NEWNS | CLONE_NEWNET) < 0) die("unshare");
   xmount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL);
@@ -1588,11 +1727,21 @@ static int keeper_main(int argc, char **argv) {
   if (dev) {
     step("scratch");
     xmount(dev, dir, "ext4", SCRATCH_FLAGS, SCRATCH_EXT4);
+    xmount(NULL, dir, NULL, MS_UNBINDABLE, NULL); /* never in a copy of a host directory: see build_skeleton */
   }
+  if (skeleton) build_skeleton(skeleton);
   status_line("ready %d", (int)getpid());
   char line[64];
   size_t len = 0;
+  bool stale = false;
   for (;;) {
+    struct pollfd p[2] = {{.fd = 0, .events = POLLIN}, {.fd = skeleton ? host_mounts : -1, .events = POLLPRI}};
+    if (poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      die("poll");
+    }
+    if (p[1].revents & (POLLPRI | POLLERR)) stale = true;
+    if (!p[0].revents) continue;
     ssize_t n = read(0, line + len, sizeof line - 1 - len);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
@@ -1600,10 +1749,10 @@ static int keeper_main(int argc, char **argv) {
     for (char *nl; (nl = memchr(line, '\n', len));) {
       *nl = 0;
       step(line);
-      if (!strcmp(line, "wipe") && dir) {
-        const char *err = wipe(dir);
+      if (!strcmp(line, "wipe")) {
+        const char *err = dir ? wipe(dir) : NULL;
         if (err) status_line("error wipe: %s", err);
-        else status_line("wiped");
+        else status_line(stale ? "wiped stale" : "wiped");
       } else {
         status_line("error unknown command %s", line);
       }

@@ -5,7 +5,7 @@
  * goes leaves no loop device or mount behind. Real runs, as root.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import {
   attachScratch,
@@ -31,6 +31,8 @@ let mountsAtStart = "";
 async function launch(keeper: SlotKeeper | number, script: string, extra: string[] = []) {
   const pid = typeof keeper === "number" ? keeper : keeper.pid;
   const scratch = typeof keeper === "number" || !keeper.dir ? [] : ["--scratch-slot", keeper.dir];
+  // Host-root jobs start from the keeper's skeleton, as the worker launches them.
+  const root = typeof keeper === "number" ? [] : ["--slot-root", keeper.skeleton];
   const p = Bun.spawn(
     [
       helper,
@@ -40,6 +42,7 @@ async function launch(keeper: SlotKeeper | number, script: string, extra: string
       `${UID}`,
       "--slot",
       `${pid}`,
+      ...root,
       ...scratch,
       ...extra,
       "--",
@@ -57,9 +60,12 @@ async function launch(keeper: SlotKeeper | number, script: string, extra: string
   return { stdout, stderr, code };
 }
 
+/* The test's directory is masked, as the worker masks its data dir; the secret below it must not show. */
+const skeleton = () => ({ kilnBin: helper, masks: [join(dir, "masked")], devices: [] });
+
 async function keeperWithVolume(name: string): Promise<{ keeper: SlotKeeper; volume: Scratch }> {
   const volume = attachScratch(await createScratch(cfg, name, 16 << 20));
-  const keeper = await startSlotKeeper(helper, join(dir, "slots", name), volume);
+  const keeper = await startSlotKeeper(helper, join(dir, "slots", name), volume, skeleton());
   return { keeper, volume };
 }
 
@@ -77,6 +83,8 @@ describe("slot keeper", () => {
     helper = join(dir, "kiln-sandbox");
     Bun.spawnSync([join(REPO, "scripts/build-helper"), helper]);
     cfg = { backend: "loop", dir: join(dir, "scratch") };
+    mkdirSync(join(dir, "masked"));
+    writeFileSync(join(dir, "masked", "secret"), "host secret\n");
   });
   afterAll(() => {
     if (dir) rmSync(dir, { recursive: true, force: true });
@@ -190,9 +198,69 @@ describe("slot keeper", () => {
   });
 
   rootTest(
+    "a job's root is the keeper's skeleton: read-only, masked, with its own /proc, /dev/shm and /tmp, and neither the skeleton nor the volume shows elsewhere in it",
+    async () => {
+      const k = await keeperWithVolume("skeleton");
+      try {
+        const slots = join(dir, "slots");
+        const r = await launch(
+          k.keeper,
+          [
+            "touch /etc/x 2>/dev/null && echo ETC-WRITABLE",
+            `cat ${dir}/masked/secret 2>/dev/null && echo MASK-LEAK`,
+            `grep -c ' ${slots}' /proc/self/mountinfo`,
+            "touch /dev/shm/mine && echo shm-ok",
+            `echo $$; test -e /proc/${process.pid} && echo HOST-PROC`,
+            "test -x /kiln/bin/kiln && echo kiln-bin",
+          ].join("; "),
+        );
+        // No mount of the keeper's (its volume, its skeleton) shows again below the host's directories.
+        expect(r.stdout).toBe("0\nshm-ok\n2\nkiln-bin\n");
+        await k.keeper.wipe();
+        // The next job has its own /dev/shm: nothing the first left there.
+        const next = await launch(k.keeper, "ls -A /dev/shm | wc -l");
+        expect(next.stdout).toBe("0\n");
+        await k.keeper.wipe();
+      } finally {
+        await stop(k);
+      }
+    },
+  );
+
+  rootTest(
+    "a host mount made after the keeper started makes it say it is stale; a new keeper shows the mount, read-only",
+    async () => {
+      const k = await keeperWithVolume("remount");
+      const later = join(dir, "later");
+      mkdirSync(later);
+      try {
+        expect((await launch(k.keeper, `ls ${later}`)).stdout).toBe("");
+        Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=1m", "kiln-test-later", later]);
+        writeFileSync(join(later, "file"), "new\n");
+        expect(await k.keeper.wipe()).toBe("stale");
+        await stop(k);
+        const fresh = await keeperWithVolume("remount-2");
+        try {
+          const r = await launch(
+            fresh.keeper,
+            `cat ${later}/file; touch ${later}/x 2>/dev/null && echo WRITABLE`,
+          );
+          expect(r.stdout).toBe("new\n");
+          expect(await fresh.keeper.wipe()).toBe("wiped");
+        } finally {
+          await stop(fresh);
+        }
+      } finally {
+        Bun.spawnSync(["umount", later]);
+        if (k.keeper.alive()) await stop(k);
+      }
+    },
+  );
+
+  rootTest(
     "without a volume a keeper holds the network namespace alone, and jobs take another scratch",
     async () => {
-      const keeper = await startSlotKeeper(helper, join(dir, "slots", "none"), null);
+      const keeper = await startSlotKeeper(helper, join(dir, "slots", "none"), null, skeleton());
       try {
         expect(keeper.dir).toBeNull();
         const r = await launch(keeper, "df -P /tmp | tail -1 | cut -d' ' -f1", [
@@ -200,7 +268,7 @@ describe("slot keeper", () => {
           "1048576",
         ]);
         expect(r.stdout).toBe("kiln-scratch\n");
-        await expect(keeper.wipe()).rejects.toThrow("error unknown command wipe");
+        await keeper.wipe(); // nothing to empty; the skeleton is checked all the same
       } finally {
         await keeper.stop();
       }
