@@ -54,12 +54,7 @@ const keeper = await startSlotKeeper(HELPER, join(dir, "slot"), slotVolume, {
 });
 const viaKeeper = [
   ...sandbox.filter((_, i) => i < 4), // --uid, --gid: the kiln binary is in the skeleton
-  "--slot",
-  String(keeper.pid),
-  "--slot-root",
-  keeper.skeleton,
-  "--scratch-slot",
-  keeper.dir!,
+  ...keeper.launchArgs({ skeleton: true, volume: true }),
 ];
 const keeperLaunch = async () => {
   await run([HELPER, ...viaKeeper, "--", "/bin/true"]);

@@ -235,10 +235,8 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
           ...(root ? o.masks.flatMap((m) => ["--mask", m]) : []),
           ...(root ? slot.devices.flatMap((d) => ["--dev", d]) : []),
           ...(req.apiSocket ? ["--api", `${API_PORT}:${req.apiSocket}`] : []),
-          "--slot",
-          String(keeper.pid),
-          ...(root ? [] : ["--slot-root", keeper.skeleton]),
-          ...(made ? scratchArgs(made) : ["--scratch-slot", keeper.dir!]),
+          ...keeper.launchArgs({ skeleton: !root, volume: !made }),
+          ...(made ? scratchArgs(made) : []),
           "--",
           ...spec.command,
         ];

@@ -21,6 +21,11 @@ export interface SlotKeeper {
   readonly volume: Scratch | null;
   /** Where the root its host-root jobs start from is, in its mount namespace (--slot-root). */
   readonly skeleton: string;
+  /**
+   * The launcher's options for a job of this slot: its namespaces, the skeleton as the root (for a job on
+   * the host's root) and the volume as /tmp (when the job's scratch is the keeper's).
+   */
+  launchArgs(o: { skeleton: boolean; volume: boolean }): string[];
   /** Whether it still runs (a keeper that died is replaced before the next job). */
   alive(): boolean;
   /**
@@ -94,6 +99,12 @@ export async function startSlotKeeper(
     dir: volume ? dir : null,
     volume,
     skeleton: root,
+    launchArgs: (o) => [
+      "--slot",
+      ready[1]!,
+      ...(o.skeleton ? ["--slot-root", root] : []),
+      ...(o.volume && volume ? ["--scratch-slot", dir] : []),
+    ],
     alive: () => !exited,
     async wipe() {
       if (exited) throw new Error("the slot keeper is gone");

@@ -29,27 +29,13 @@ const hostMounts = () => readFileSync("/proc/self/mountinfo", "utf8");
 let mountsAtStart = "";
 
 async function launch(keeper: SlotKeeper | number, script: string, extra: string[] = []) {
-  const pid = typeof keeper === "number" ? keeper : keeper.pid;
-  const scratch = typeof keeper === "number" || !keeper.dir ? [] : ["--scratch-slot", keeper.dir];
   // Host-root jobs start from the keeper's skeleton, as the worker launches them.
-  const root = typeof keeper === "number" ? [] : ["--slot-root", keeper.skeleton];
+  const slot =
+    typeof keeper === "number"
+      ? ["--slot", `${keeper}`]
+      : keeper.launchArgs({ skeleton: true, volume: true });
   const p = Bun.spawn(
-    [
-      helper,
-      "--uid",
-      `${UID}`,
-      "--gid",
-      `${UID}`,
-      "--slot",
-      `${pid}`,
-      ...root,
-      ...scratch,
-      ...extra,
-      "--",
-      "/bin/sh",
-      "-c",
-      script,
-    ],
+    [helper, "--uid", `${UID}`, "--gid", `${UID}`, ...slot, ...extra, "--", "/bin/sh", "-c", script],
     { stdout: "pipe", stderr: "pipe", env: ENV },
   );
   const [stdout, stderr, code] = await Promise.all([
