@@ -8,6 +8,8 @@ import { join, resolve } from "node:path";
 export const KILN = resolve(import.meta.dir, "..", "..", "dist", "kiln");
 
 export interface Cluster {
+  /** The master's base URL (plain HTTP unless started with tls). */
+  url: string;
   masterPid: number;
   workerPid: number;
   api<T = Record<string, unknown>>(method: string, path: string, body?: unknown): Promise<T>;
@@ -91,6 +93,7 @@ export async function startCluster(
     async () => (await api<{ connected: boolean }[]>("GET", "/api/v1/workers"))[0]?.connected === true,
   );
   return {
+    url,
     masterPid: master.pid,
     workerPid: worker.pid,
     api,

@@ -7,6 +7,7 @@ import type { Outcome } from "../protocol/job.ts";
 import {
   assignJob,
   cancelJob,
+  countByState,
   DEFINITION,
   definitionOf,
   expiredLeases,
@@ -22,6 +23,7 @@ import {
   readyJobs,
   requeueOrLose,
 } from "./jobs.ts";
+import { MIGRATIONS } from "./migrations.gen.ts";
 import { openStore, type Store } from "./open.ts";
 import { jobs } from "./schema.ts";
 import { testJob } from "./test-job.ts";
@@ -193,4 +195,64 @@ test("a copied definition keeps every field, so a retry repeats the job exactly"
   const copy = await insertJob(store, { ...definitionOf(original), retryOf: original.id });
   expect(definitionOf(copy)).toEqual(unlike);
   expect(copy.retryOf).toBe(original.id);
+});
+
+/* What /metrics reports must be what a count over the table says, after every kind of write. */
+async function countedByTable(): Promise<Record<string, number>> {
+  const rows = await store.client.execute("SELECT state, count(*) FROM jobs GROUP BY state");
+  return Object.fromEntries(rows.rows.map((r) => [String(r[0]), Number(r[1])]));
+}
+const nonZero = (counts: Record<string, number>) =>
+  Object.fromEntries(Object.entries(counts).filter(([, n]) => n));
+
+test("the per-state counts follow every insert, transition, race and delete, in the same transaction", async () => {
+  const ids: number[] = [];
+  for (let i = 0; i < 6; i++) ids.push((await insertJob(store, job({ retries: 0 }))).id);
+  await assignJob(store, ids[0]!, "w", "s", 1000);
+  await markRunning(store, ids[0]!, 1, "w", 1000);
+  await finishJob(store, ids[0]!, 1, ok, 0);
+  await assignJob(store, ids[1]!, "w", "s", 1000);
+  await requeueOrLose(store, (await getJob(store.db, ids[1]!))!, "gone", 0); // failed: lost
+  await cancelJob(store, ids[2]!);
+  await assignJob(store, ids[3]!, "w", "s", 1000);
+  await markRunning(store, ids[3]!, 1, "w", 1000);
+  // Racing reports: one terminal state wins, and is counted once.
+  await Promise.all([finishJob(store, ids[3]!, 1, ok, 0), cancelJob(store, ids[3]!)]);
+  await assignJob(store, ids[4]!, "w", "s", 1000);
+  expect(await countByState(store.db)).toEqual(
+    expect.objectContaining({ queued: 1, assigned: 1, succeeded: 2, failed: 1, cancelled: 1 }),
+  );
+  expect(nonZero(await countByState(store.db))).toEqual(await countedByTable());
+  // A write that fails (a state the table's transaction rolls back) leaves the counts as they were.
+  await expect(
+    store.client.batch(
+      ["UPDATE jobs SET state = 'running' WHERE id = 5", "SELECT * FROM no_such_table"],
+      "write",
+    ),
+  ).rejects.toThrow();
+  await store.client.execute("DELETE FROM jobs WHERE id = 1");
+  expect(nonZero(await countByState(store.db))).toEqual(await countedByTable());
+});
+
+test("a store from before the counts gets them from the jobs it holds when it is opened", async () => {
+  for (let i = 0; i < 3; i++) await insertJob(store, job());
+  await cancelJob(store, 1);
+  // Back to how a store written by an earlier version looks: no counts, no triggers, migration 0013 not
+  // recorded; then more jobs written by that version.
+  await store.client.batch(
+    [
+      "DROP TRIGGER job_counts_insert",
+      "DROP TRIGGER job_counts_update",
+      "DROP TRIGGER job_counts_delete",
+      "DROP TABLE job_counts",
+      `DELETE FROM __drizzle_migrations WHERE hash = '${MIGRATIONS.find((m) => m.tag.startsWith("0013_"))!.hash}'`,
+    ],
+    "write",
+  );
+  await store.client.execute("UPDATE jobs SET state = 'running' WHERE id = 2");
+  store.close();
+  store = await openStore(`file:${join(dir, "kiln.db")}`);
+  expect(nonZero(await countByState(store.db))).toEqual({ queued: 1, running: 1, cancelled: 1 });
+  await insertJob(store, job());
+  expect(nonZero(await countByState(store.db))).toEqual(await countedByTable());
 });

@@ -79,5 +79,11 @@ export const MIGRATIONS: EmbeddedMigration[] = [
     "when": 1796130990666,
     "hash": "4babcaaa44b4feab0e7f2f799f1db2dd7a1f30da29fe0d08ab5fd0f2030e1665",
     "sql": "ALTER TABLE `jobs` ADD `use_repos` text DEFAULT '[]' NOT NULL;"
+  },
+  {
+    "tag": "0013_job_counts",
+    "when": 1796143749469,
+    "hash": "e745a5b7b4b264135777cc58be2ab1e0423ee55497bd614a1e420fa16ef8763c",
+    "sql": "CREATE TABLE `job_counts` (\n\t`state` text PRIMARY KEY NOT NULL,\n\t`n` integer DEFAULT 0 NOT NULL\n);\n--> statement-breakpoint\nINSERT INTO `job_counts` (`state`, `n`) SELECT `state`, count(*) FROM `jobs` GROUP BY `state`;\n--> statement-breakpoint\nCREATE TRIGGER `job_counts_insert` AFTER INSERT ON `jobs` BEGIN\n\tINSERT OR IGNORE INTO `job_counts` (`state`, `n`) VALUES (NEW.`state`, 0);\n\tUPDATE `job_counts` SET `n` = `n` + 1 WHERE `state` = NEW.`state`;\nEND;\n--> statement-breakpoint\nCREATE TRIGGER `job_counts_update` AFTER UPDATE OF `state` ON `jobs` WHEN OLD.`state` IS NOT NEW.`state` BEGIN\n\tUPDATE `job_counts` SET `n` = `n` - 1 WHERE `state` = OLD.`state`;\n\tINSERT OR IGNORE INTO `job_counts` (`state`, `n`) VALUES (NEW.`state`, 0);\n\tUPDATE `job_counts` SET `n` = `n` + 1 WHERE `state` = NEW.`state`;\nEND;\n--> statement-breakpoint\nCREATE TRIGGER `job_counts_delete` AFTER DELETE ON `jobs` BEGIN\n\tUPDATE `job_counts` SET `n` = `n` - 1 WHERE `state` = OLD.`state`;\nEND;\n"
   }
 ];

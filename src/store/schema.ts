@@ -94,6 +94,15 @@ export const jobs = sqliteTable(
   ],
 );
 
+/**
+ * How many jobs are in each state, kept by triggers on `jobs` (migration 0013) in the transaction of every
+ * insert, state change and delete: /metrics reads seven rows however many jobs are stored.
+ */
+export const jobCounts = sqliteTable("job_counts", {
+  state: text("state").primaryKey(),
+  n: integer("n").notNull().default(0),
+});
+
 /** Every state change of every job, appended in the same transaction as the change. */
 export const jobEvents = sqliteTable(
   "job_events",

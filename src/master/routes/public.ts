@@ -1,4 +1,5 @@
 import { Hono } from "hono";
+import { JOB_STATES } from "../../protocol/job.ts";
 import { countByState } from "../../store/jobs.ts";
 import { VERSION } from "../../version.ts";
 import { type ApiEnv, guardFor } from "../access.ts";
@@ -18,9 +19,7 @@ export function publicRoutes(ctx: MasterContext) {
     const lines = [
       "# HELP kiln_jobs Jobs by state.",
       "# TYPE kiln_jobs gauge",
-      ...["queued", "assigned", "running", "succeeded", "failed", "cancelled", "timed_out"].map(
-        (s) => `kiln_jobs{state="${s}"} ${counts[s] ?? 0}`,
-      ),
+      ...JOB_STATES.map((s) => `kiln_jobs{state="${s}"} ${counts[s] ?? 0}`),
       "# HELP kiln_workers_connected Workers with a live connection.",
       "# TYPE kiln_workers_connected gauge",
       `kiln_workers_connected ${ctx.registry.workers.size}`,
