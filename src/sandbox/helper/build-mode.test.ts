@@ -6,41 +6,20 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { BUILD_CAPS, makeRoot, mountsUnder, sh } from "./test-support.ts";
 
 const isRoot = process.getuid?.() === 0;
 if (!isRoot) console.warn("kiln-sandbox build mode tests skipped: they need root");
 const HELPER = resolve(import.meta.dir, "../../../dist/kiln-sandbox");
 const ENV = { PATH: "/usr/sbin:/usr/bin:/sbin:/bin", LANG: "C" };
-// CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID (bits 0-1, 3-7) and SETFCAP (31).
-const BUILD_CAPS = "00000000800000fb";
 
 let dir = "";
 let mountsAtStart = "";
-const mounts = () =>
-  readFileSync("/proc/self/mountinfo", "utf8")
-    .split("\n")
-    .filter((l) => l.includes(dir))
-    .join("\n");
-
-function sh(cmd: string[]): string {
-  const r = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`${cmd.join(" ")}: ${r.stderr.toString()}`);
-  return r.stdout.toString();
-}
+const mounts = () => mountsUnder(dir);
 
 /* A tree made of a few host programs and their libraries, as debootstrap's first stage would leave one. */
-function makeTree(name: string): string {
-  const root = join(dir, name);
-  mkdirSync(join(root, "etc"), { recursive: true });
-  for (const prog of "sh cat touch id ls mkdir grep chown stat mknod mount unshare tr".split(" ")) {
-    const file = sh(["readlink", "-f", Bun.which(prog)!]).trim();
-    const libs = sh(["ldd", file]).match(/\/\S+/gm) ?? [];
-    sh(["cp", "--parents", "-L", file, ...libs, root]);
-    if (prog === "sh") symlinkSync(file.split("/").pop()!, join(root, "usr/bin/sh"));
-  }
-  symlinkSync("usr/bin", join(root, "bin"));
-  return root;
-}
+const makeTree = (name: string) =>
+  makeRoot(dir, name, "sh cat touch id ls mkdir grep chown stat mknod mount unshare tr".split(" "));
 
 async function run(args: string[], script: string) {
   const p = Bun.spawn([HELPER, "--build", "--chdir", "/", ...args, "--", "/bin/sh", "-c", script], {

@@ -29,6 +29,7 @@ import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { waitFor } from "../../../test/harness.ts";
 import { attachLoop, loopBackedBy } from "../loop-device.ts";
+import { makeRoot, sh, treeState } from "./test-support.ts";
 
 const isRoot = process.getuid?.() === 0;
 const REPO = resolve(import.meta.dir, "../../..");
@@ -50,11 +51,6 @@ let mountsAtStart = "";
 let loopsAtStart = "";
 const cleanups: (() => void)[] = [];
 
-function sh(cmd: string[], opts: { ok?: boolean } = {}): string {
-  const r = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe" });
-  if (opts.ok !== false && r.exitCode !== 0) throw new Error(`${cmd.join(" ")}: ${r.stderr.toString()}`);
-  return r.stdout.toString();
-}
 const hostMounts = () => readFileSync("/proc/self/mountinfo", "utf8");
 /* Loop devices backed by this suite's files: other users of the machine may attach their own meanwhile. */
 const hostLoops = () =>
@@ -71,25 +67,18 @@ function makeImage(name: string, mib = 64): string {
   return file;
 }
 
-/* A tiny root made of real files (an overlay's lower layer sees no submounts, so binding /usr in will not
- * do): a few of the host's programs with their libraries, plus `opt/writable`, owned by the job user. */
+/* A tiny root of a few host programs, plus `opt/writable`, owned by the job user. */
 function makeMiniRoot(name: string): string {
-  const root = join(dir, name);
+  const root = makeRoot(
+    dir,
+    name,
+    "sh cat touch dd stat df id ls mkdir grep sleep cut head tail wc".split(" "),
+  );
   mkdirSync(join(root, "opt/writable"), { recursive: true });
-  mkdirSync(join(root, "etc"));
   writeFileSync(join(root, "etc/marker"), "from-template\n");
-  for (const prog of "sh cat touch dd stat df id ls mkdir grep sleep cut head tail wc".split(" ")) {
-    const file = sh(["readlink", "-f", Bun.which(prog)!]).trim();
-    const libs = sh(["ldd", file]).match(/\/\S+/gm) ?? [];
-    sh(["cp", "--parents", "-L", file, ...libs, root]);
-    if (prog === "sh") symlinkSync(file.split("/").pop()!, join(root, "usr/bin/sh"));
-  }
-  symlinkSync("usr/bin", join(root, "bin"));
   sh(["chown", `${UID}:${GID}`, join(root, "opt/writable")]);
   return root;
 }
-/* Everything about a tree that a write could change. */
-const treeState = (root: string) => sh(["find", root, "-printf", "%p %m %u %s %T@\n"]);
 
 interface Started {
   proc: Bun.Subprocess<"ignore", "pipe", "pipe">;

@@ -7,59 +7,29 @@
  * (dist/kiln-sandbox, built by scripts/build).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import {
-  closeSync,
-  mkdirSync,
-  mkdtempSync,
-  openSync,
-  readFileSync,
-  rmSync,
-  symlinkSync,
-  writeFileSync,
-} from "node:fs";
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { BUILD_CAPS, makeRoot, mountsUnder, treeState } from "./test-support.ts";
 
 const isRoot = process.getuid?.() === 0;
 if (!isRoot) console.warn("kiln-sandbox setup phase tests skipped: they need root");
 const HELPER = resolve(import.meta.dir, "../../../dist/kiln-sandbox");
 const UID = 61000;
 const ENV = { PATH: "/usr/bin:/bin", HOME: "/tmp/home", LANG: "C", KILN_VAR_X: "from-env" };
-// CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID (bits 0-1, 3-7) and SETFCAP (31): as --build.
-const BUILD_CAPS = "00000000800000fb";
 
 let dir = "";
 let tree = "";
 let mountsAtStart = "";
-const mounts = () =>
-  readFileSync("/proc/self/mountinfo", "utf8")
-    .split("\n")
-    .filter((l) => l.includes(dir))
-    .join("\n");
-
-function sh(cmd: string[]): string {
-  const r = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe" });
-  if (r.exitCode !== 0) throw new Error(`${cmd.join(" ")}: ${r.stderr.toString()}`);
-  return r.stdout.toString();
-}
+const mounts = () => mountsUnder(dir);
 
 /* A template-like tree of a few host programs and their libraries (bash for its /dev/tcp). */
 function makeTree(name: string): string {
-  const root = join(dir, name);
-  mkdirSync(join(root, "etc"), { recursive: true });
+  const programs = "sh bash cat touch id ls sleep chmod chown cp grep mount unshare rm tr nohup".split(" ");
+  const root = makeRoot(dir, name, programs);
   mkdirSync(join(root, "opt"));
   writeFileSync(join(root, "etc/marker"), "from-template\n");
-  for (const prog of "sh bash cat touch id ls sleep chmod chown cp grep mount unshare rm tr nohup".split(
-    " ",
-  )) {
-    const file = sh(["readlink", "-f", Bun.which(prog)!]).trim();
-    const libs = sh(["ldd", file]).match(/\/\S+/gm) ?? [];
-    sh(["cp", "--parents", "-L", file, ...libs, root]);
-    if (prog === "sh") symlinkSync(file.split("/").pop()!, join(root, "usr/bin/sh"));
-  }
-  symlinkSync("usr/bin", join(root, "bin"));
   return root;
 }
-const treeState = (root: string) => sh(["find", root, "-printf", "%p %m %u %s %T@\n"]);
 
 async function run(setup: string, job: string, extra: string[] = []) {
   const status = join(dir, `status-${Math.random().toString(36).slice(2)}`);
