@@ -1,10 +1,8 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ServerWebSocket } from "bun";
 import { waitFor } from "../../test/harness.ts";
-import { loadConfig } from "../config/load.ts";
 import { setupLogging } from "../lib/log.ts";
 import type { Outcome } from "../protocol/job.ts";
 import { buildDeb, controlText } from "../repo/deb-build.ts";
@@ -15,9 +13,10 @@ import { upsertWorker } from "../store/workers.ts";
 import { type Access, type ClientRole, describeAccess, WORKER_SOCKET } from "./access.ts";
 import { type App, createApp, routeTable } from "./app.ts";
 import { RANK } from "./auth.ts";
-import { type RunningMaster, startMaster } from "./index.ts";
+import type { RunningMaster } from "./index.ts";
 import { newJobCredential } from "./job-credential.ts";
 import { OPENAPI } from "./routes/public.ts";
+import { startTestMaster, type TestMaster } from "./test-master.ts";
 
 /*
  * The access matrix: every route of the route table, and the worker websocket, tried with every kind of
@@ -31,7 +30,7 @@ setupLogging("json", "error");
 // The repository fixtures sign their metadata with gpg: seconds each, more on a busy machine.
 setDefaultTimeout(120_000);
 
-let dir: string;
+let fixture: TestMaster;
 let master: RunningMaster;
 let app: App;
 let n = 0;
@@ -383,12 +382,9 @@ function secretOf(c: Cred, k: Case): string | null {
 }
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), "kiln-access-"));
-  const cfg = loadConfig({
-    // Leases far longer than the test: a fixture's running job must not be re-queued under it.
-    env: { KILN_MASTER_LISTEN: "127.0.0.1:0", KILN_MASTER_LEASE: "1h", KILN_MASTER_HEARTBEAT: "1s" },
-  });
-  master = await startMaster(cfg, dir);
+  // Leases far longer than the test: a fixture's running job must not be re-queued under it.
+  fixture = await startTestMaster("kiln-access-", { KILN_MASTER_LEASE: "1h", KILN_MASTER_HEARTBEAT: "1s" });
+  master = fixture.master;
   app = createApp(master.ctx);
   const store = master.ctx.store;
   for (const c of CREDS) {
@@ -441,10 +437,7 @@ beforeAll(async () => {
   await admin("POST", "/api/v1/repos/ra/publish", { job: built.id });
 });
 
-afterAll(async () => {
-  await master.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+afterAll(() => fixture.stop());
 
 describe("the route table", () => {
   test("every route has a declared rule and a fixture to call it with", () => {

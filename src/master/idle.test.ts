@@ -1,14 +1,11 @@
 import { afterEach, beforeEach, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { waitFor } from "../../test/harness.ts";
-import { loadConfig } from "../config/load.ts";
 import { setupLogging } from "../lib/log.ts";
 import { assignJob, finishJob, insertJob, markRunning } from "../store/jobs.ts";
 import { testJob } from "../store/test-job.ts";
-import { type RunningMaster, startMaster } from "./index.ts";
+import type { RunningMaster } from "./index.ts";
 import { newJobCredential } from "./job-credential.ts";
+import { startTestMaster, type TestMaster } from "./test-master.ts";
 
 /*
  * The idle timeout against a real master (Bun.serve on 127.0.0.1, a real store) with a 5 s timeout: a
@@ -19,7 +16,7 @@ import { newJobCredential } from "./job-credential.ts";
 
 setupLogging("json", "error");
 
-let dir: string;
+let fixture: TestMaster;
 let master: RunningMaster;
 let token = "";
 let jobId = 0;
@@ -28,11 +25,9 @@ let credential = "";
 let port = 0;
 
 beforeEach(async () => {
-  dir = mkdtempSync(join(tmpdir(), "kiln-idle-"));
-  const cfg = loadConfig({ env: { KILN_MASTER_LISTEN: "127.0.0.1:0", KILN_MASTER_IDLE_TIMEOUT: "5s" } });
-  master = await startMaster(cfg, dir);
+  fixture = await startTestMaster("kiln-idle-", { KILN_MASTER_IDLE_TIMEOUT: "5s" });
+  ({ master, admin: token } = fixture);
   port = Number(new URL(master.url).port);
-  token = (await Bun.file(join(dir, "admin.token")).text()).trim();
   const store = master.ctx.store;
   const row = await insertJob(
     store,
@@ -46,10 +41,7 @@ beforeEach(async () => {
   await assignJob(store, jobId, "w", "slot-0", 60_000, Date.now(), made.hash);
   await markRunning(store, jobId, 1, "w", 60_000);
 });
-afterEach(async () => {
-  await master.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+afterEach(() => fixture.stop());
 
 /** A raw connection: `closed` resolves when the master closes it; `text()` is what it answered. */
 function connect(first: string) {

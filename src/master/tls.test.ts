@@ -1,10 +1,7 @@
 import { afterEach, beforeEach, expect, setDefaultTimeout, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createConsola } from "consola";
 import { waitFor } from "../../test/harness.ts";
-import { loadConfig } from "../config/load.ts";
 import { setupLogging } from "../lib/log.ts";
 import type { MasterMessage, WorkerMessage } from "../protocol/wire.ts";
 import { assignJob, insertJob } from "../store/jobs.ts";
@@ -13,7 +10,8 @@ import { createToken } from "../store/tokens.ts";
 import { clientTls, identityHeaders, joinMaster } from "../tls/join.ts";
 import type { WorkerIdentity } from "../tls/proof.ts";
 import { x509 } from "../tls/x509.ts";
-import { type RunningMaster, startMaster } from "./index.ts";
+import type { RunningMaster } from "./index.ts";
+import { startTestMaster, type TestMaster } from "./test-master.ts";
 import { warnServerCertificateOnce } from "./tls.ts";
 
 /*
@@ -27,6 +25,7 @@ setupLogging("json", "error");
 // Key generation and TLS handshakes share two cores with other test runs.
 setDefaultTimeout(30_000);
 
+let fixture: TestMaster;
 let dir: string;
 let master: RunningMaster;
 let admin: string;
@@ -34,18 +33,16 @@ let ca: string;
 const sockets: WebSocket[] = [];
 
 beforeEach(async () => {
-  dir = mkdtempSync(join(tmpdir(), "kiln-t-mtls-"));
-  const cfg = loadConfig({
-    env: { KILN_MASTER_LISTEN: "127.0.0.1:0", KILN_MASTER_TLS: "true", KILN_MASTER_TLS_NAMES: "127.0.0.1" },
+  fixture = await startTestMaster("kiln-t-mtls-", {
+    KILN_MASTER_TLS: "true",
+    KILN_MASTER_TLS_NAMES: "127.0.0.1",
   });
-  master = await startMaster(cfg, dir);
-  admin = (await Bun.file(join(dir, "admin.token")).text()).trim();
+  ({ dir, master, admin } = fixture);
   ca = master.ctx.tls!.authority.caPem;
 });
 afterEach(async () => {
   for (const s of sockets.splice(0)) s.close();
-  await master.stop();
-  rmSync(dir, { recursive: true, force: true });
+  await fixture.stop();
 });
 
 async function api(method: string, path: string, body?: unknown, token = admin) {

@@ -1,15 +1,12 @@
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { waitFor } from "../../test/harness.ts";
-import { loadConfig } from "../config/load.ts";
 import { setupLogging } from "../lib/log.ts";
 import type { Outcome } from "../protocol/job.ts";
 import { encodeLogFrame, type MasterMessage, type WorkerMessage } from "../protocol/wire.ts";
 import { buildDeb, controlText } from "../repo/deb-build.ts";
 import { createToken } from "../store/tokens.ts";
-import { type RunningMaster, startMaster } from "./index.ts";
+import type { RunningMaster } from "./index.ts";
+import { startTestMaster, type TestMaster } from "./test-master.ts";
 
 /*
  * The worker websocket against a real master: Bun.serve on 127.0.0.1, a real libSQL file, and a real
@@ -19,25 +16,23 @@ import { type RunningMaster, startMaster } from "./index.ts";
 // The refusals below are logged as warnings by design; only errors would say something is wrong here.
 setupLogging("json", "error");
 
-let dir: string;
+let fixture: TestMaster;
 let master: RunningMaster;
 let admin: string;
 let workerToken: string;
 const sockets: Wire[] = [];
 
 beforeEach(async () => {
-  dir = mkdtempSync(join(tmpdir(), "kiln-t-socket-"));
-  const cfg = loadConfig({
-    env: { KILN_MASTER_LISTEN: "127.0.0.1:0", KILN_MASTER_HEARTBEAT: "1s", KILN_MASTER_LEASE: "30s" },
+  fixture = await startTestMaster("kiln-t-socket-", {
+    KILN_MASTER_HEARTBEAT: "1s",
+    KILN_MASTER_LEASE: "30s",
   });
-  master = await startMaster(cfg, dir);
-  admin = (await Bun.file(join(dir, "admin.token")).text()).trim();
+  ({ master, admin } = fixture);
   workerToken = (await createToken(master.ctx.store, { role: "worker", name: "w" })).secret;
 });
 afterEach(async () => {
   for (const s of sockets.splice(0)) s.ws.close();
-  await master.stop();
-  rmSync(dir, { recursive: true, force: true });
+  await fixture.stop();
 });
 
 /** A worker's end of the socket: every message it got, and how it was closed. */

@@ -1,13 +1,11 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { loadConfig } from "../config/load.ts";
 import { startApiProxy } from "../job-api/api-proxy.ts";
 import { setupLogging } from "../lib/log.ts";
-import { type RunningMaster, startMaster } from "../master/index.ts";
+import type { RunningMaster } from "../master/index.ts";
 import { newJobCredential } from "../master/job-credential.ts";
+import { startTestMaster, type TestMaster } from "../master/test-master.ts";
 import { bearerAuth } from "../protocol/master-auth.ts";
 import { buildDeb, controlText } from "../repo/deb-build.ts";
 import { createArtifactBudget } from "../runner/artifact-budget.ts";
@@ -27,6 +25,7 @@ setupLogging("json", "error");
 // The repositories sign their metadata with gpg: seconds each, more on a busy machine.
 setDefaultTimeout(120_000);
 
+let fixture: TestMaster;
 let dir: string;
 let master: RunningMaster;
 let admin = "";
@@ -149,11 +148,11 @@ const get = (path: string, extra = "", method = "GET") =>
   `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1:7070\r\n${extra}\r\n`;
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), "kiln-repo-files-"));
-  const cfg = loadConfig({
-    env: { KILN_MASTER_LISTEN: "127.0.0.1:0", KILN_MASTER_LEASE: "1h", KILN_MASTER_HEARTBEAT: "1s" },
+  fixture = await startTestMaster("kiln-repo-files-", {
+    KILN_MASTER_LEASE: "1h",
+    KILN_MASTER_HEARTBEAT: "1s",
   });
-  master = await startMaster(cfg, dir);
+  ({ dir, master } = fixture);
   admin = (await createToken(master.ctx.store, { role: "admin", name: "admin" })).secret;
   // tools: private to project alpha, holding a 12 MiB package; open: public; theirs: beta's.
   await api("POST", "/api/v1/repos", { name: "tools", format: "deb", project: "alpha" });
@@ -188,8 +187,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const p of proxies) p.close();
-  await master.stop();
-  rmSync(dir, { recursive: true, force: true });
+  await fixture.stop();
 });
 
 describe("a job's repositories through its API proxy", () => {
