@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { loadConfig } from "../config/load.ts";
 import { type RunningMaster, startMaster } from "./index.ts";
 
+/** A running in-process master and the temp dir that holds it; stop() leaves nothing behind. */
 export interface TestMaster {
   /** The temp dir; the master's data dir is `data`, the dir itself unless a sub dir was asked for. */
   dir: string;
