@@ -34,7 +34,14 @@ import {
 } from "./cgroups/index.ts";
 import { collectArtifacts } from "./collect.ts";
 import { installLauncher } from "./launcher.ts";
-import { destroyScratch, releaseHold, type Scratch, type ScratchConfig, sweepScratch } from "./scratch.ts";
+import {
+  destroyScratch,
+  releaseHold,
+  type Scratch,
+  type ScratchConfig,
+  scratchSize,
+  sweepScratch,
+} from "./scratch.ts";
 import { createScratchPool, PREMADE_MAX_BYTES } from "./scratch-pool.ts";
 import { type SlotKeeper, startSlotKeeper } from "./slot-keeper.ts";
 import { parseStatus } from "./status.ts";
@@ -43,8 +50,10 @@ import { killUid, slotUid } from "./uids.ts";
 
 /*
  * The sandbox runner: each job runs through the native launcher (kiln-sandbox) in its own namespaces,
- * inside its slot's cgroups, on a fresh scratch volume, as its slot's unprivileged uid. A slot is handed
- * back only after its cleanup has finished: processes gone, scratch destroyed, cgroup empty.
+ * inside its slot's cgroups, on an empty scratch volume, as its slot's unprivileged uid. The slot's keeper
+ * (slot-keeper.ts) holds the network namespace, the root of host-root jobs and, up to 1 GiB, the volume
+ * across jobs. A slot is handed back only after its cleanup has finished: processes gone, scratch emptied
+ * (or destroyed), cgroup empty.
  */
 
 /** Port of $KILN_API inside every sandbox (its own network namespace, so it never clashes). */
@@ -91,7 +100,6 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
     serious ? log.warn(message) : log.debug(message),
   );
   const uidOf = (slot: Slot) => slotUid(o.cfg.sandbox.uid_base, o.worker, slot.index);
-  const MiB = 1024 * 1024;
   // Loop volumes up to this size stay with the slot's keeper and are emptied after each job; bigger ones
   // (and the other backends) are made for each job, as before.
   const slotVolume = (size: number) => scratchCfg.backend === "loop" && size <= PREMADE_MAX_BYTES;
@@ -105,7 +113,7 @@ export async function createSandboxRunner(o: SandboxOptions): Promise<Runner> {
   /** The slot's keeper, with a volume of `size` when the job's scratch is one a keeper holds. */
   const keeperFor = async (slot: Slot, state: SlotState, size: number | null): Promise<SlotKeeper> => {
     const k = state.keeper;
-    const want = size === null ? null : Math.ceil(size / MiB) * MiB;
+    const want = size === null ? null : scratchSize(size);
     if (k?.alive() && (want === null || k.volume?.sizeBytes === want)) return k;
     await stopKeeper(state);
     const volume = want === null ? null : await scratchPool.take(slot.name, want);

@@ -1,7 +1,8 @@
 // Pre-made scratch volumes: formatting a loop image (fallocate, mkfs) is the slowest step of starting a
 // sandboxed job, so while a slot's job runs the next one's volume is made in the background, and attached
-// to its loop device, so the launcher only mounts it. Each volume is made fresh for, and handed to,
-// exactly one job; it is never reused. Pre-made volumes are ordinary images in the scratch directory, so
+// to its loop device, so the launcher only mounts it. Each volume is made fresh and handed out once: to a
+// job, or to a slot keeper, which keeps it for its slot's jobs and empties it after each (slot-keeper.ts).
+// Pre-made volumes are ordinary images in the scratch directory, so
 // the start-up sweep (sweepScratch) removes them after a crash (their devices clear themselves as the
 // worker's hold on them goes with it).
 //
@@ -18,6 +19,7 @@ import {
   removeScratch,
   type Scratch,
   type ScratchConfig,
+  scratchSize,
 } from "./scratch.ts";
 
 /** Hands out scratch volumes per slot, making the next one ahead of time where that pays off. */
@@ -41,8 +43,6 @@ export interface ScratchPool {
 // Made ahead only up to this size: an idle slot holds its next volume on the data disk, which must not
 // tie up a big share of it. Bigger volumes are made when their job starts, as before.
 export const PREMADE_MAX_BYTES = 1024 * 1024 * 1024;
-
-const MiB = 1024 * 1024;
 
 interface Premade {
   sizeBytes: number;
@@ -80,7 +80,7 @@ export function createScratchPool(
       const p = ahead.get(slot);
       ahead.delete(slot);
       if (p !== undefined) {
-        if (p.sizeBytes === Math.ceil(sizeBytes / MiB) * MiB) {
+        if (p.sizeBytes === scratchSize(sizeBytes)) {
           const v = await p.volume;
           if (v) return v;
         } else {
@@ -96,7 +96,7 @@ export function createScratchPool(
         onError(`could not make the next scratch volume of ${slot} ahead: ${coerceError(err).message}`);
         return null;
       });
-      ahead.set(slot, { sizeBytes: Math.ceil(sizeBytes / MiB) * MiB, volume });
+      ahead.set(slot, { sizeBytes: scratchSize(sizeBytes), volume });
     },
     async release(s) {
       await detachScratch(s);

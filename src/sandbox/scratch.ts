@@ -1,7 +1,7 @@
 // Scratch volumes: each job's /tmp is a filesystem of the size it asked for, so writing past it gives the
 // job ENOSPC and never fills the host. This module prepares and frees the backing storage; the native
-// launcher mounts it inside the job's mount namespace, so the mount (and, with autoclear, the loop device)
-// goes away with the job.
+// launcher mounts it inside the job's mount namespace, or a slot keeper inside its own (slot-keeper.ts), so
+// the mount (and, with autoclear, the loop device) goes away with the job or the keeper.
 //
 // Backends: "loop" (default) is an ext4 image on a preallocated file that the launcher attaches to a loop
 // device; "lvm" is a logical volume in a configured volume group; "tmpfs" needs no backing storage (its
@@ -85,6 +85,11 @@ const MKFS_LVM = [...MKFS_COMMON, "-E", "lazy_itable_init=1,nodiscard", "-L", "k
  * a leftover of the same name. For loop images it refuses, before writing anything, a size that would leave
  * the host less than 5% of the filesystem free, and guarantees the space is allocated, not sparse.
  */
+/** The real size of a volume asked for with sizeBytes: whole MiB, rounded up. */
+export function scratchSize(sizeBytes: number): number {
+  return Math.ceil(sizeBytes / MiB) * MiB;
+}
+
 export async function createScratch(cfg: ScratchConfig, name: string, sizeBytes: number): Promise<Scratch> {
   if (!NAME.test(name)) {
     const hint = 'expected lowercase letters, digits and "-"';
@@ -94,7 +99,7 @@ export async function createScratch(cfg: ScratchConfig, name: string, sizeBytes:
     const hint = "expected a positive whole number of bytes";
     throw new AppError("SCRATCH_INVALID_SIZE", `invalid scratch size ${sizeBytes}: ${hint}`);
   }
-  const size = Math.ceil(sizeBytes / MiB) * MiB;
+  const size = scratchSize(sizeBytes);
   switch (cfg.backend) {
     case "tmpfs":
       return { backend: "tmpfs", sizeBytes: size };

@@ -16,11 +16,8 @@ import { releaseHold, type Scratch } from "./scratch.ts";
 export interface SlotKeeper {
   /** Its pid, for the launcher's --slot. */
   readonly pid: number;
-  /** Where its volume is mounted in its mount namespace (--scratch-slot), and the volume; null without. */
-  readonly dir: string | null;
+  /** The volume it holds (mounted in its mount namespace), or null. */
   readonly volume: Scratch | null;
-  /** Where the root its host-root jobs start from is, in its mount namespace (--slot-root). */
-  readonly skeleton: string;
   /**
    * The launcher's options for a job of this slot: its namespaces, the skeleton as the root (for a job on
    * the host's root) and the volume as /tmp (when the job's scratch is the keeper's).
@@ -63,7 +60,7 @@ export async function startSlotKeeper(
     throw new Error("a slot keeper's volume is a loop image attached ahead");
   }
   const root = `${dir}.root`;
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  if (volume) mkdirSync(dir, { recursive: true, mode: 0o700 });
   mkdirSync(root, { recursive: true, mode: 0o700 });
   const child: Subprocess<"pipe", "pipe", "inherit"> = Bun.spawn(
     [
@@ -96,9 +93,7 @@ export async function startSlotKeeper(
   });
   return {
     pid: Number(ready[1]),
-    dir: volume ? dir : null,
     volume,
-    skeleton: root,
     launchArgs: (o) => [
       "--slot",
       ready[1]!,

@@ -248,7 +248,8 @@ describe("slot keeper", () => {
     async () => {
       const keeper = await startSlotKeeper(helper, join(dir, "slots", "none"), null, skeleton());
       try {
-        expect(keeper.dir).toBeNull();
+        expect(keeper.volume).toBeNull();
+        expect(keeper.launchArgs({ skeleton: false, volume: true })).toEqual(["--slot", String(keeper.pid)]);
         const r = await launch(keeper, "df -P /tmp | tail -1 | cut -d' ' -f1", [
           "--scratch-tmpfs",
           "1048576",
